@@ -1,0 +1,63 @@
+"""resilient: composable resilience policies for async Python services.
+
+Retries with jitter, timeouts, circuit breakers, bulkheads, rate limits,
+stale-cache and plain fallbacks, as decorators, as an httpx transport and as
+ASGI middleware. Optional integrations live in their own modules
+(``resilient.httpx``, ``resilient.asgi``, ``resilient.otel``,
+``resilient.redis``) and are never imported from here.
+"""
+
+from __future__ import annotations
+
+from resilient.backoff import Backoff, constant, exponential, linear
+from resilient.budget import RetryBudget
+from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
+from resilient.deadline import Deadline, current_deadline, deadline, remaining
+from resilient.errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    RateLimitedError,
+    RejectedError,
+    ResilienceError,
+    TimeoutError,
+)
+from resilient.events import ResilienceEvent, Severity, add_listener, remove_listener
+from resilient.fallback import Fallback
+from resilient.policy import Outcome, Pipeline, Policy
+from resilient.retry import Retry, current_attempt
+from resilient.timeout import Timeout
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SYSTEM_CLOCK",
+    "Backoff",
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "Clock",
+    "Deadline",
+    "Fallback",
+    "Outcome",
+    "Pipeline",
+    "Policy",
+    "RateLimitedError",
+    "RejectedError",
+    "ResilienceError",
+    "ResilienceEvent",
+    "Retry",
+    "RetryBudget",
+    "Severity",
+    "SystemClock",
+    "Timeout",
+    "TimeoutError",
+    "__version__",
+    "add_listener",
+    "constant",
+    "current_attempt",
+    "current_deadline",
+    "deadline",
+    "exponential",
+    "linear",
+    "remaining",
+    "remove_listener",
+]

@@ -1,0 +1,93 @@
+"""Deadlines that travel with the call, through every policy and integration.
+
+``with deadline(2.0):`` says "whatever happens below must be done within two
+seconds". The deadline lives in a :mod:`contextvars` variable, so it follows
+the task (and the threads started with ``contextvars.copy_context``). Every
+:class:`~resilient.Timeout` clamps itself to it, :class:`~resilient.Retry`
+does not start a backoff that would outlive it, the httpx transport sends
+what is left downstream in a header, and the ASGI middleware sets it from
+that header.
+
+Nested deadlines keep the earliest: an inner ``deadline(10)`` under an outer
+``deadline(1)`` still ends after one second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from resilient.clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["Deadline", "current_deadline", "deadline", "remaining"]
+
+
+class Deadline:
+    """An absolute point in time on a clock's scale."""
+
+    __slots__ = ("clock", "expires_at")
+
+    def __init__(self, expires_at: float, clock: Clock = SYSTEM_CLOCK) -> None:
+        #: When it expires, in ``clock.now()`` units.
+        self.expires_at = expires_at
+        #: The clock it is measured on.
+        self.clock = clock
+
+    def remaining(self) -> float:
+        """Seconds left; negative once expired."""
+        return self.expires_at - self.clock.now()
+
+    @property
+    def expired(self) -> bool:
+        """Whether no time is left."""
+        return self.remaining() <= 0.0
+
+    def __repr__(self) -> str:
+        return f"Deadline(remaining={self.remaining():.3f})"
+
+
+_current: ContextVar[Deadline | None] = ContextVar("resilient_deadline", default=None)
+
+
+@contextmanager
+def deadline(seconds: float, *, clock: Clock | None = None) -> Iterator[Deadline]:
+    """Run the block under a deadline ``seconds`` from now.
+
+    If an earlier deadline is already in force, that one is kept (and
+    yielded): a callee can never extend its caller's deadline.
+
+    Raises:
+        ValueError: ``seconds`` is NaN or negative.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"seconds must be a number, got {seconds!r}")
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+    clk = clock if clock is not None else SYSTEM_CLOCK
+    new = Deadline(clk.now() + seconds, clk)
+    outer = _current.get()
+    if outer is not None and outer.remaining() <= seconds:
+        new = outer
+    token = _current.set(new)
+    try:
+        yield new
+    finally:
+        _current.reset(token)
+
+
+def current_deadline() -> Deadline | None:
+    """The deadline in force, or ``None``."""
+    return _current.get()
+
+
+def remaining() -> float | None:
+    """Seconds left before the current deadline, ``None`` when there is none.
+
+    The value is negative once the deadline has passed.
+    """
+    d = _current.get()
+    if d is None:
+        return None
+    return d.expires_at - d.clock.now()

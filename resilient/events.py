@@ -1,0 +1,291 @@
+"""Telemetry events: what policies report when something notable happens.
+
+Nothing here runs on the success path. A policy builds a
+:class:`ResilienceEvent` only after it has checked that somebody listens
+(:meth:`EventSite.enabled`), so with no listener registered the cost of
+telemetry is one truth test on the failure path and nothing on success.
+
+Listeners are plain callables taking one event. They are registered
+globally (:func:`add_listener`), per pipeline (``Pipeline(listeners=...)``)
+or per policy (``Retry(listeners=...)``). An ``async def`` listener is
+scheduled on the running loop and never awaited by the call. A listener
+that raises is logged once (per listener) and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final, Protocol
+
+__all__ = [
+    "BUDGET_EXHAUSTED",
+    "CACHE_STALE_HIT",
+    "CIRCUIT_CLOSED",
+    "CIRCUIT_HALF_OPENED",
+    "CIRCUIT_OPENED",
+    "FALLBACK_USED",
+    "HEDGE_FIRED",
+    "REJECTED",
+    "RETRY",
+    "STORE_FAILED_OPEN",
+    "STORE_RECOVERED",
+    "TIMEOUT",
+    "DurationListener",
+    "EventSite",
+    "Listener",
+    "ResilienceEvent",
+    "Severity",
+    "add_duration_listener",
+    "add_listener",
+    "remove_duration_listener",
+    "remove_listener",
+]
+
+logger = logging.getLogger("resilient.events")
+
+# Stable event names: part of the public contract (dashboards depend on them).
+RETRY: Final = "retry"
+CIRCUIT_OPENED: Final = "circuit_opened"
+CIRCUIT_CLOSED: Final = "circuit_closed"
+CIRCUIT_HALF_OPENED: Final = "circuit_half_opened"
+REJECTED: Final = "rejected"
+TIMEOUT: Final = "timeout"
+FALLBACK_USED: Final = "fallback_used"
+CACHE_STALE_HIT: Final = "cache_stale_hit"
+HEDGE_FIRED: Final = "hedge_fired"
+BUDGET_EXHAUSTED: Final = "budget_exhausted"
+STORE_FAILED_OPEN: Final = "store_failed_open"
+STORE_RECOVERED: Final = "store_recovered"
+
+
+class Severity(StrEnum):
+    """How much an event matters; maps onto logging levels."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+ExtraValue = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResilienceEvent:
+    """One notable thing a policy did.
+
+    Attributes are low-cardinality by design: ``extras`` holds safe values
+    only (a status code, a host), never URLs with queries, credentials or
+    header values.
+    """
+
+    #: A stable name such as ``"retry"``; see the module constants.
+    name: str
+    #: How much it matters.
+    severity: Severity
+    #: The kind of policy that emitted it (``"retry"``, ``"circuit_breaker"``...).
+    policy_type: str
+    #: The policy's name, if it was given one.
+    policy: str | None = None
+    #: The name of the pipeline the policy ran in, if any.
+    pipeline: str | None = None
+    #: The operation: the guarded function's qualified name by default.
+    operation: str | None = None
+    #: The attempt number the event concerns (1 = the first call), if any.
+    attempt: int | None = None
+    #: A duration in seconds (the delay before a retry, the timeout...), if any.
+    duration: float | None = None
+    #: The qualified name of the exception type involved, if any.
+    exception: str | None = None
+    #: A few safe extra attributes.
+    extras: Mapping[str, ExtraValue] = field(default_factory=dict)
+
+
+Listener = Callable[[ResilienceEvent], Any]
+
+
+class DurationListener(Protocol):
+    """Receives durations of attempts and of whole pipeline calls.
+
+    ``kind`` is ``"attempt"`` or ``"pipeline"``; ``outcome`` is
+    ``"success"`` or ``"failure"``. Called synchronously, so keep it cheap.
+    """
+
+    def __call__(self, kind: str, site: EventSite, seconds: float, outcome: str) -> None:
+        """Record one duration."""
+        ...
+
+
+_global_listeners: list[Listener] = []
+# Read by the hot path of pipelines and retries as a plain truth test.
+_duration_listeners: list[DurationListener] = []
+_failed_listeners: set[int] = set()
+_background: set[asyncio.Task[Any]] = set()
+
+
+def add_listener(listener: Listener) -> None:
+    """Register ``listener`` for every event of every policy in the process."""
+    if not callable(listener):
+        raise TypeError(f"listener must be callable, got {listener!r}")
+    _global_listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    """Unregister a listener added with :func:`add_listener` (no error if absent)."""
+    with contextlib.suppress(ValueError):
+        _global_listeners.remove(listener)
+
+
+def add_duration_listener(listener: DurationListener) -> None:
+    """Register a listener for attempt and pipeline durations.
+
+    While at least one is registered, pipelines and retries read the clock
+    around each call; with none, they do not.
+    """
+    if not callable(listener):
+        raise TypeError(f"listener must be callable, got {listener!r}")
+    _duration_listeners.append(listener)
+
+
+def remove_duration_listener(listener: DurationListener) -> None:
+    """Unregister a duration listener (no error if absent)."""
+    with contextlib.suppress(ValueError):
+        _duration_listeners.remove(listener)
+
+
+def durations_enabled() -> bool:
+    """Whether any duration listener is registered."""
+    return bool(_duration_listeners)
+
+
+def _report_failure(listener: object, exc: BaseException) -> None:
+    key = id(listener)
+    if key in _failed_listeners:
+        return
+    _failed_listeners.add(key)
+    logger.error(
+        "resilient: event listener %r raised %s; it is ignored from now on in the logs",
+        listener,
+        type(exc).__name__,
+        exc_info=exc,
+    )
+
+
+def _on_task_done(task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _report_failure(task.get_coro(), exc)
+
+
+def _deliver(listener: Listener, event: ResilienceEvent) -> None:
+    try:
+        result = listener(event)
+        if inspect.isawaitable(result):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                # A sync caller cannot await an async listener; close it to
+                # avoid a "never awaited" warning, and say so once.
+                if inspect.iscoroutine(result):
+                    result.close()
+                _report_failure(listener, RuntimeError("async listener called outside an event loop"))
+                return
+            task = loop.create_task(_await(result))
+            _background.add(task)
+            task.add_done_callback(_on_task_done)
+    except Exception as exc:  # a listener must never break a call
+        _report_failure(listener, exc)
+
+
+async def _await(awaitable: Awaitable[Any]) -> None:
+    await awaitable
+
+
+class EventSite:
+    """Where a policy runs: its pipeline, operation and pipeline listeners.
+
+    Built once per wrapped function (at wrap time), never per call.
+    """
+
+    __slots__ = ("listeners", "operation", "pipeline")
+
+    def __init__(
+        self,
+        operation: str | None = None,
+        pipeline: str | None = None,
+        listeners: tuple[Listener, ...] = (),
+    ) -> None:
+        self.operation = operation
+        self.pipeline = pipeline
+        self.listeners = listeners
+
+    def enabled(self, policy_listeners: tuple[Listener, ...]) -> bool:
+        """Whether an event emitted here would reach anybody."""
+        return bool(_global_listeners or self.listeners or policy_listeners)
+
+    def emit(
+        self,
+        policy_listeners: tuple[Listener, ...],
+        name: str,
+        severity: Severity,
+        policy_type: str,
+        policy: str | None,
+        *,
+        attempt: int | None = None,
+        duration: float | None = None,
+        exception: BaseException | type[BaseException] | None = None,
+        extras: Mapping[str, ExtraValue] | None = None,
+    ) -> None:
+        """Build one event and hand it to every listener, if there is any."""
+        if not (_global_listeners or self.listeners or policy_listeners):
+            return
+        exc_name = None
+        if exception is not None:
+            exc_type = exception if isinstance(exception, type) else type(exception)
+            exc_name = _qualname(exc_type)
+        event = ResilienceEvent(
+            name=name,
+            severity=severity,
+            policy_type=policy_type,
+            policy=policy,
+            pipeline=self.pipeline,
+            operation=self.operation,
+            attempt=attempt,
+            duration=duration,
+            exception=exc_name,
+            extras=extras if extras is not None else {},
+        )
+        for listener in (*policy_listeners, *self.listeners, *_global_listeners):
+            _deliver(listener, event)
+
+    def record_duration(self, kind: str, seconds: float, outcome: str) -> None:
+        """Hand one duration to every duration listener."""
+        for listener in tuple(_duration_listeners):
+            try:
+                listener(kind, self, seconds, outcome)
+            except Exception as exc:
+                _report_failure(listener, exc)
+
+    def child(self, pipeline: str | None, listeners: Iterable[Listener]) -> EventSite:
+        """The site seen by policies inside a (nested) pipeline."""
+        return EventSite(
+            operation=self.operation,
+            pipeline=pipeline if pipeline is not None else self.pipeline,
+            listeners=(*tuple(listeners), *self.listeners),
+        )
+
+    def __repr__(self) -> str:
+        return f"EventSite(operation={self.operation!r}, pipeline={self.pipeline!r})"
+
+
+def _qualname(exc_type: type[BaseException]) -> str:
+    module = exc_type.__module__
+    if module in ("builtins", "__main__"):
+        return exc_type.__qualname__
+    return f"{module}.{exc_type.__qualname__}"

@@ -1,0 +1,307 @@
+"""The one idea: a policy wraps a callable.
+
+Every policy derives from :class:`Policy`. ``policy.wrap(fn)`` (or
+``@policy``) is called once per function and returns a callable with the
+same signature; it decides once, at wrap time, whether ``fn`` is a coroutine
+function and returns the async or the sync implementation, so the per-call
+path never asks again.
+
+:class:`Pipeline` composes policies: the first one listed is the outermost,
+as in Polly and tower.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from time import perf_counter
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+
+from resilient.events import EventSite, Listener, _duration_listeners
+
+__all__ = [
+    "ExceptionPredicate",
+    "Outcome",
+    "Pipeline",
+    "Policy",
+    "ResultPredicate",
+    "exception_predicate",
+    "live_policies",
+    "result_predicate",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+AsyncFn = Callable[..., Awaitable[Any]]
+AsyncWrapped = Callable[..., Coroutine[Any, Any, Any]]
+SyncFn = Callable[..., Any]
+
+ExceptionPredicate = Callable[[Exception], bool]
+ResultPredicate = Callable[[Any], bool]
+
+OnArg = type[BaseException] | tuple[type[BaseException], ...] | Callable[[Exception], bool]
+
+_live: weakref.WeakSet[Policy] = weakref.WeakSet()
+
+
+def live_policies() -> list[Policy]:
+    """Every policy object alive in the process that has a name.
+
+    The ASGI status endpoint lists these (with :meth:`Policy.status`).
+    """
+    return sorted((p for p in _live if p.name), key=lambda p: (type(p).__name__, p.name or ""))
+
+
+class Outcome(Generic[T]):
+    """What a call produced: a result or an exception, never both.
+
+    Handed to fallback handlers and delay hints.
+    """
+
+    __slots__ = ("exception", "result")
+
+    def __init__(self, result: T | None = None, exception: Exception | None = None) -> None:
+        #: The value returned, when the call returned.
+        self.result = result
+        #: The exception raised, when the call raised.
+        self.exception = exception
+
+    def __repr__(self) -> str:
+        if self.exception is not None:
+            return f"Outcome(exception={self.exception!r})"
+        return f"Outcome(result={self.result!r})"
+
+
+def _never(_: Any) -> bool:
+    return False
+
+
+def exception_predicate(on: OnArg | None, *, param: str = "on") -> ExceptionPredicate:
+    """Normalise an ``on=`` argument into a predicate over exceptions.
+
+    ``on`` may be an exception type, a tuple of types or a predicate. Only
+    :class:`Exception` subclasses ever reach the predicate: policies catch
+    ``Exception``, so cancellation, ``KeyboardInterrupt`` and ``SystemExit``
+    always propagate, even with ``on=BaseException``.
+
+    Raises:
+        TypeError: ``on`` is none of those.
+    """
+    if on is None:
+        return _never
+    if isinstance(on, type):
+        if not issubclass(on, BaseException):
+            raise TypeError(f"{param} must be an exception type, a tuple of them or a predicate, got {on!r}")
+        exc_type = on
+        return lambda exc: isinstance(exc, exc_type)
+    if isinstance(on, tuple):
+        for item in on:
+            if not (isinstance(item, type) and issubclass(item, BaseException)):
+                raise TypeError(f"{param} must contain only exception types, got {item!r}")
+        types = on
+        return lambda exc: isinstance(exc, types)
+    if callable(on):
+        return on
+    raise TypeError(f"{param} must be an exception type, a tuple of them or a predicate, got {on!r}")
+
+
+def result_predicate(on_result: Callable[[Any], bool] | None, *, param: str = "on_result") -> ResultPredicate | None:
+    """Validate an ``on_result=`` argument (a predicate over results, or ``None``)."""
+    if on_result is None:
+        return None
+    if isinstance(on_result, type) or not callable(on_result):
+        raise TypeError(f"{param} must be a callable taking a result and returning bool, got {on_result!r}")
+    return on_result
+
+
+def _is_async_callable(fn: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _check_callable(fn: Any, policy: Policy) -> None:
+    if not callable(fn):
+        raise TypeError(f"{type(policy).__name__}.wrap() needs a callable, got {fn!r}")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"{type(policy).__name__} cannot wrap the generator function {getattr(fn, '__qualname__', fn)!r}: "
+            "a generator has already produced values when it fails, so it cannot be retried, "
+            "timed or replaced safely; wrap a function that returns (or awaits) a complete value"
+        )
+
+
+def _operation_name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__qualname__
+
+
+class Policy:
+    """Base class of every policy.
+
+    Subclasses implement :meth:`_wrap_async` and, when they can work without
+    an event loop, :meth:`_wrap_sync`. Both are called once per wrapped
+    function and must return closures whose success path does O(1) work.
+    """
+
+    #: The kind of policy, used in events (``"retry"``, ``"timeout"``...).
+    policy_type: str = "policy"
+
+    def __init__(self, *, name: str | None = None, listeners: Iterable[Listener] = ()) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        #: The policy's name: shown in errors, events and the status endpoint.
+        self.name = name
+        listeners = tuple(listeners)
+        for listener in listeners:
+            if not callable(listener):
+                raise TypeError(f"listeners must be callables, got {listener!r}")
+        #: Listeners that receive this policy's events only.
+        self.listeners: tuple[Listener, ...] = listeners
+        _live.add(self)
+
+    # -- public API ----------------------------------------------------------
+
+    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """Return ``fn`` guarded by this policy, with the same signature.
+
+        Raises:
+            TypeError: ``fn`` is a generator function, or the policy cannot
+                guard a synchronous function and ``fn`` is one.
+        """
+        _check_callable(fn, self)
+        site = EventSite(operation=_operation_name(fn))
+        wrapped = self._wrap(fn, site, _is_async_callable(fn))
+        if wrapped is not fn:
+            functools.update_wrapper(wrapped, fn)
+        return cast("Callable[P, R]", wrapped)
+
+    __call__ = wrap
+
+    async def run(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one call of the async ``fn`` under this policy."""
+        _check_callable(fn, self)
+        wrapped = self._wrap(fn, EventSite(operation=_operation_name(fn)), True)
+        return cast(T, await wrapped(*args, **kwargs))
+
+    def run_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one call of the synchronous ``fn`` under this policy."""
+        _check_callable(fn, self)
+        if _is_async_callable(fn):
+            raise TypeError(f"{type(self).__name__}.run_sync() needs a synchronous function; use `await run(...)`")
+        wrapped = self._wrap(fn, EventSite(operation=_operation_name(fn)), False)
+        return cast(T, wrapped(*args, **kwargs))
+
+    def status(self) -> dict[str, Any] | None:
+        """A JSON-able snapshot of the policy's state, or ``None`` if stateless."""
+        return None
+
+    # -- for subclasses ------------------------------------------------------
+
+    def _wrap(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+        if is_async:
+            return self._wrap_async(fn, site)
+        return self._wrap_sync(fn, site)
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        raise NotImplementedError
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        raise TypeError(f"{type(self).__name__} works only with async functions")
+
+    def _emit(self, site: EventSite, name: str, severity: Any, **fields: Any) -> None:
+        if site.enabled(self.listeners):
+            site.emit(self.listeners, name, severity, self.policy_type, self.name, **fields)
+
+    def _label(self) -> str:
+        return f"{type(self).__name__} {self.name!r}" if self.name else type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class Pipeline(Policy):
+    """Policies composed into one; the first listed is the outermost.
+
+    ``Pipeline(Timeout(10), Retry(3), CircuitBreaker())`` gives each call a
+    total timeout of 10 s around up to 3 attempts, each attempt passing
+    through the breaker. A pipeline is itself a policy, so pipelines nest.
+
+    ``len()``, iteration and indexing expose the policies for inspection.
+    """
+
+    policy_type = "pipeline"
+
+    def __init__(self, *policies: Policy, name: str | None = None, listeners: Iterable[Listener] = ()) -> None:
+        for i, p in enumerate(policies):
+            if not isinstance(p, Policy):
+                raise TypeError(f"Pipeline() takes policies, got {p!r} at position {i}")
+        super().__init__(name=name, listeners=listeners)
+        self._policies: tuple[Policy, ...] = policies
+
+    def __len__(self) -> int:
+        return len(self._policies)
+
+    def __iter__(self) -> Iterator[Policy]:
+        return iter(self._policies)
+
+    @overload
+    def __getitem__(self, index: int) -> Policy: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Policy, ...]: ...
+    def __getitem__(self, index: int | slice) -> Policy | tuple[Policy, ...]:
+        return self._policies[index]
+
+    def _wrap(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+        inner_site = site.child(self.name, self.listeners)
+        wrapped = fn
+        for policy in reversed(self._policies):
+            wrapped = policy._wrap(wrapped, inner_site, is_async)
+        if not self._policies:
+            return fn
+        return _timed_async(wrapped, inner_site) if is_async else _timed_sync(wrapped, inner_site)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(p) for p in self._policies)
+        return f"Pipeline({inner}, name={self.name!r})"
+
+
+def _timed_async(inner: AsyncWrapped, site: EventSite) -> AsyncWrapped:
+    durations = _duration_listeners
+
+    async def pipeline_call(*args: Any, **kwargs: Any) -> Any:
+        if not durations:
+            return await inner(*args, **kwargs)
+        start = perf_counter()
+        try:
+            result = await inner(*args, **kwargs)
+        except BaseException:
+            site.record_duration("pipeline", perf_counter() - start, "failure")
+            raise
+        site.record_duration("pipeline", perf_counter() - start, "success")
+        return result
+
+    return pipeline_call
+
+
+def _timed_sync(inner: SyncFn, site: EventSite) -> SyncFn:
+    durations = _duration_listeners
+
+    def pipeline_call(*args: Any, **kwargs: Any) -> Any:
+        if not durations:
+            return inner(*args, **kwargs)
+        start = perf_counter()
+        try:
+            result = inner(*args, **kwargs)
+        except BaseException:
+            site.record_duration("pipeline", perf_counter() - start, "failure")
+            raise
+        site.record_duration("pipeline", perf_counter() - start, "success")
+        return result
+
+    return pipeline_call

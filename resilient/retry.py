@@ -1,0 +1,448 @@
+"""Retry: call again when a call fails, after a backoff delay.
+
+The success path is one ``await`` inside a ``try``: the backoff iterator,
+the clock and the event objects are created only after a failure.
+
+Outcomes:
+
+* an exception matched by ``on`` is retried; when the attempts run out the
+  last exception is re-raised as itself, with a note saying how many
+  attempts were made;
+* a result flagged by ``on_result`` is retried; when the attempts run out
+  the last result is *returned* (an HTTP 503 response stays a response);
+* anything else (other exceptions, cancellation, ``KeyboardInterrupt``) goes
+  straight through, never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from time import perf_counter
+from typing import Any, Protocol
+
+from resilient.backoff import Backoff, exponential
+from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.deadline import remaining as _remaining
+from resilient.events import BUDGET_EXHAUSTED, RETRY, EventSite, Listener, Severity, _duration_listeners
+from resilient.policy import (
+    AsyncFn,
+    AsyncWrapped,
+    OnArg,
+    Outcome,
+    Policy,
+    SyncFn,
+    exception_predicate,
+    result_predicate,
+)
+
+__all__ = ["Retry", "RetryBudgetLike", "current_attempt"]
+
+logger = logging.getLogger("resilient.retry")
+
+_attempt: ContextVar[int] = ContextVar("resilient_attempt", default=1)
+
+
+def current_attempt() -> int:
+    """The attempt number of the innermost retry running this code (1 = first)."""
+    return _attempt.get()
+
+
+class RetryBudgetLike(Protocol):
+    """What :class:`Retry` needs of a budget (see :class:`resilient.RetryBudget`)."""
+
+    def record_request(self) -> None:
+        """Count one call."""
+        ...
+
+    def try_spend(self) -> bool:
+        """Take one retry, or say there is none left."""
+        ...
+
+
+DelayHint = Callable[[Any], "float | None"]
+
+
+class _TenacityOutcome:
+    """Just enough of a ``concurrent.futures.Future`` for tenacity's waits."""
+
+    __slots__ = ("_outcome",)
+
+    def __init__(self, outcome: Outcome[Any]) -> None:
+        self._outcome = outcome
+
+    @property
+    def failed(self) -> bool:
+        return self._outcome.exception is not None
+
+    def exception(self) -> BaseException | None:
+        return self._outcome.exception
+
+    def result(self) -> Any:
+        if self._outcome.exception is not None:
+            raise self._outcome.exception
+        return self._outcome.result
+
+
+class _TenacityState:
+    """Just enough of tenacity's ``RetryCallState`` for its wait strategies."""
+
+    __slots__ = ("attempt_number", "idle_for", "outcome", "outcome_timestamp", "seconds_since_start", "start_time")
+
+    def __init__(self, attempt: int, outcome: Outcome[Any], elapsed: float, idle: float) -> None:
+        self.attempt_number = attempt
+        self.outcome = _TenacityOutcome(outcome)
+        self.seconds_since_start = elapsed
+        self.idle_for = idle
+        self.start_time = 0.0
+        self.outcome_timestamp = elapsed
+
+
+def _is_tenacity_wait(obj: object) -> bool:
+    return type(obj).__module__.split(".", 1)[0] == "tenacity"
+
+
+def _finite_delay(value: Any) -> float | None:
+    """A delay from a user callable or a hint: ignore what is not a sane number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if math.isnan(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _check_seconds(value: float | None, param: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{param} must be a number of seconds or None, got {value!r}")
+    if math.isnan(value) or value < 0 or math.isinf(value):
+        raise ValueError(f"{param} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class Retry(Policy):
+    """Call again on handled failures, up to ``attempts`` calls in all.
+
+    Args:
+        attempts: total calls, the first included (``attempts=3``: two retries).
+        backoff: a :class:`~resilient.backoff.Backoff`, a callable
+            ``(retry_number) -> seconds``, or a tenacity ``wait_*`` object.
+            Default: ``exponential(0.1, jitter="full")``.
+        on: exceptions to retry: a type, a tuple of types or a predicate.
+            Default: ``Exception``.
+        on_result: predicate flagging results to retry (e.g. a 503 response).
+        max_delay: cap on any single delay, backoff or hint (seconds).
+        max_elapsed: give up instead of sleeping past this many seconds
+            since the call started.
+        delay_hint: ``(result_or_exception) -> seconds | None``; a number
+            overrides the backoff for that retry (``Retry-After``), capped by
+            ``max_delay``; ``None`` or garbage falls back to the backoff.
+        budget: a shared :class:`~resilient.RetryBudget`.
+        clock: time source for sleeping (tests: ``FakeClock``).
+        name: shown in notes, events and status.
+        listeners: event listeners for this policy only.
+
+    A retry is never started when the current deadline
+    (:func:`resilient.deadline`) would expire during its backoff: the last
+    outcome is returned or re-raised at once, with a note.
+    """
+
+    policy_type = "retry"
+
+    def __init__(
+        self,
+        attempts: int = 3,
+        *,
+        backoff: Backoff | Callable[[int], float] | Any | None = None,
+        on: OnArg | None = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        max_delay: float | None = 30.0,
+        max_elapsed: float | None = None,
+        delay_hint: DelayHint | None = None,
+        budget: RetryBudgetLike | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        super().__init__(name=name, listeners=listeners)
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise TypeError(f"attempts must be an int >= 1, got {attempts!r}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts!r}")
+        self.attempts = attempts
+        if backoff is None:
+            backoff = exponential(0.1, jitter="full")
+        elif not (isinstance(backoff, Backoff) or callable(backoff)):
+            raise TypeError(
+                f"backoff must be a Backoff, a callable (retry) -> seconds or a tenacity wait, got {backoff!r}"
+            )
+        self.backoff = backoff
+        self._on = exception_predicate(on)
+        self._on_result = result_predicate(on_result)
+        self.max_delay = _check_seconds(max_delay, "max_delay")
+        self.max_elapsed = _check_seconds(max_elapsed, "max_elapsed")
+        if delay_hint is not None and not callable(delay_hint):
+            raise TypeError(f"delay_hint must be a callable or None, got {delay_hint!r}")
+        self.delay_hint = delay_hint
+        if budget is not None and not (hasattr(budget, "record_request") and hasattr(budget, "try_spend")):
+            raise TypeError(f"budget must be a RetryBudget, got {budget!r}")
+        self.budget = budget
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+
+    # -- the slow path, shared by sync and async -----------------------------
+
+    def _delays(self) -> Iterator[float] | None:
+        backoff = self.backoff
+        if isinstance(backoff, Backoff):
+            return backoff.delays()
+        return None  # computed per retry by _delay_for
+
+    def _delay_for(
+        self, retry: int, delays: Iterator[float] | None, outcome: Outcome[Any], elapsed: float, idle: float
+    ) -> float:
+        delay: float | None = None
+        if self.delay_hint is not None:
+            value = outcome.exception if outcome.exception is not None else outcome.result
+            try:
+                delay = _finite_delay(self.delay_hint(value))
+            except Exception:  # a broken hint must not turn a retry into a crash
+                logger.debug("resilient: delay_hint raised; using the backoff", exc_info=True)
+                delay = None
+        if delay is None:
+            if delays is not None:
+                delay = next(delays)
+            elif _is_tenacity_wait(self.backoff):
+                wait: Any = self.backoff
+                delay = _finite_delay(wait(_TenacityState(retry, outcome, elapsed, idle))) or 0.0
+            else:
+                delay = _finite_delay(self.backoff(retry)) or 0.0
+        if self.max_delay is not None and delay > self.max_delay:
+            delay = self.max_delay
+        return delay
+
+    def _give_up_reason(self, attempt: int, delay: float, elapsed: float) -> str | None:
+        """Why the next retry must not happen, or None. Budget is checked last."""
+        if attempt >= self.attempts:
+            return f"gave up after {attempt} attempt{'s' if attempt > 1 else ''}"
+        if self.max_elapsed is not None and elapsed + delay > self.max_elapsed:
+            return f"gave up after {attempt} attempts: the next delay ({delay:.3g} s) would exceed max_elapsed"
+        rem = _remaining()
+        if rem is not None and rem <= delay:
+            return (
+                f"gave up after {attempt} attempt{'s' if attempt > 1 else ''}: "
+                f"the deadline leaves {max(rem, 0.0):.3g} s, less than the next delay ({delay:.3g} s)"
+            )
+        if self.budget is not None and not self.budget.try_spend():
+            return f"gave up after {attempt} attempt{'s' if attempt > 1 else ''}: the retry budget is spent"
+        return None
+
+    def _finish(self, site: EventSite, reason: str, outcome: Outcome[Any], elapsed: float, attempt: int) -> Any:
+        if reason.endswith("budget is spent"):
+            logger.warning("resilient: %s: retry budget exhausted", self._label())
+            self._emit(site, BUDGET_EXHAUSTED, Severity.WARNING, attempt=attempt, exception=outcome.exception)
+        exc = outcome.exception
+        if exc is not None:
+            exc.add_note(f"resilient: {self._label()} {reason} in {elapsed:.2f} s")
+            raise exc
+        return outcome.result
+
+    # -- wrappers ------------------------------------------------------------
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        on = self._on
+        on_result = self._on_result
+        budget = self.budget
+        attempts = self.attempts
+        clock = self.clock
+        durations = _duration_listeners
+
+        async def slow(first: Outcome[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            start = clock.now()
+            delays = self._delays()
+            outcome = first
+            attempt = 1
+            idle = 0.0
+            token = None
+            try:
+                while True:
+                    elapsed = clock.now() - start
+                    delay = self._delay_for(attempt, delays, outcome, elapsed, idle)
+                    reason = self._give_up_reason(attempt, delay, elapsed)
+                    if reason is not None:
+                        return self._finish(site, reason, outcome, elapsed, attempt)
+                    self._emit(
+                        site, RETRY, Severity.INFO, attempt=attempt + 1, duration=delay, exception=outcome.exception
+                    )
+                    if delay > 0:
+                        await clock.asleep(delay)
+                    idle += delay
+                    attempt += 1
+                    if token is None:
+                        token = _attempt.set(attempt)
+                    else:
+                        _attempt.set(attempt)
+                    t0 = perf_counter() if durations else 0.0
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except BaseException as exc:
+                        if durations:
+                            site.record_duration("attempt", perf_counter() - t0, "failure")
+                        if not isinstance(exc, Exception) or not on(exc):
+                            raise
+                        outcome = Outcome(exception=exc)
+                        continue
+                    failed = on_result is not None and on_result(result)
+                    if durations:
+                        site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
+                    if failed:
+                        outcome = Outcome(result=result)
+                        continue
+                    return result
+            finally:
+                if token is not None:
+                    _attempt.reset(token)
+
+        if attempts == 1 and budget is None:
+            # Nothing to retry: avoid even the try block.
+            return _passthrough_async(fn)
+
+        async def timed_first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            t0 = perf_counter()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                site.record_duration("attempt", perf_counter() - t0, "failure")
+                if not isinstance(exc, Exception) or not on(exc):
+                    raise
+                return await slow(Outcome(exception=exc), args, kwargs)
+            failed = on_result is not None and on_result(result)
+            site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
+            if failed:
+                return await slow(Outcome(result=result), args, kwargs)
+            return result
+
+        async def retry_call(*args: Any, **kwargs: Any) -> Any:
+            if budget is not None:
+                budget.record_request()
+            if durations:
+                return await timed_first(args, kwargs)
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                if not on(exc):
+                    raise
+                outcome: Outcome[Any] = Outcome(exception=exc)
+            else:
+                if on_result is None or not on_result(result):
+                    return result
+                outcome = Outcome(result=result)
+            # Outside the except block, so that a re-raised exception does not
+            # carry itself as its own context.
+            return await slow(outcome, args, kwargs)
+
+        return retry_call
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        on = self._on
+        on_result = self._on_result
+        budget = self.budget
+        clock = self.clock
+        durations = _duration_listeners
+
+        def slow(first: Outcome[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            start = clock.now()
+            delays = self._delays()
+            outcome = first
+            attempt = 1
+            idle = 0.0
+            token = None
+            try:
+                while True:
+                    elapsed = clock.now() - start
+                    delay = self._delay_for(attempt, delays, outcome, elapsed, idle)
+                    reason = self._give_up_reason(attempt, delay, elapsed)
+                    if reason is not None:
+                        return self._finish(site, reason, outcome, elapsed, attempt)
+                    self._emit(
+                        site, RETRY, Severity.INFO, attempt=attempt + 1, duration=delay, exception=outcome.exception
+                    )
+                    if delay > 0:
+                        clock.sleep(delay)
+                    idle += delay
+                    attempt += 1
+                    if token is None:
+                        token = _attempt.set(attempt)
+                    else:
+                        _attempt.set(attempt)
+                    t0 = perf_counter() if durations else 0.0
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        if durations:
+                            site.record_duration("attempt", perf_counter() - t0, "failure")
+                        if not isinstance(exc, Exception) or not on(exc):
+                            raise
+                        outcome = Outcome(exception=exc)
+                        continue
+                    failed = on_result is not None and on_result(result)
+                    if durations:
+                        site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
+                    if failed:
+                        outcome = Outcome(result=result)
+                        continue
+                    return result
+            finally:
+                if token is not None:
+                    _attempt.reset(token)
+
+        if self.attempts == 1 and budget is None:
+            return fn
+
+        def timed_first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            t0 = perf_counter()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                site.record_duration("attempt", perf_counter() - t0, "failure")
+                if not isinstance(exc, Exception) or not on(exc):
+                    raise
+                return slow(Outcome(exception=exc), args, kwargs)
+            failed = on_result is not None and on_result(result)
+            site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
+            if failed:
+                return slow(Outcome(result=result), args, kwargs)
+            return result
+
+        def retry_call(*args: Any, **kwargs: Any) -> Any:
+            if budget is not None:
+                budget.record_request()
+            if durations:
+                return timed_first(args, kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                if not on(exc):
+                    raise
+                outcome: Outcome[Any] = Outcome(exception=exc)
+            else:
+                if on_result is None or not on_result(result):
+                    return result
+                outcome = Outcome(result=result)
+            # Outside the except block, so that a re-raised exception does not
+            # carry itself as its own context.
+            return slow(outcome, args, kwargs)
+
+        return retry_call
+
+    def __repr__(self) -> str:
+        return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, name={self.name!r})"
+
+
+def _passthrough_async(fn: AsyncFn) -> AsyncWrapped:
+    async def retry_call(*args: Any, **kwargs: Any) -> Any:
+        return await fn(*args, **kwargs)
+
+    return retry_call

@@ -1,0 +1,31 @@
+"""The public surface: sorted, documented, and free of optional imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import resilient
+
+
+def test_all_is_sorted_and_unique() -> None:
+    assert list(resilient.__all__) == sorted(set(resilient.__all__), key=lambda n: (not n.isupper(), n)) or list(
+        resilient.__all__
+    ) == sorted(resilient.__all__)
+
+
+def test_every_exported_name_exists_and_has_a_docstring() -> None:
+    for name in resilient.__all__:
+        obj = getattr(resilient, name)
+        if callable(obj) and not isinstance(obj, str):
+            assert obj.__doc__, f"{name} has no docstring"
+
+
+def test_optional_integrations_are_not_imported() -> None:
+    code = (
+        "import sys, resilient; "
+        "bad = [m for m in ('httpx', 'opentelemetry', 'redis', 'starlette', 'uvicorn', 'tenacity', 'pybreaker') "
+        "if m in sys.modules]; print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
