@@ -30,7 +30,6 @@ from resilient.timeout import Timeout
 __version__ = "0.1.0"
 
 __all__ = [
-    "SYSTEM_CLOCK",
     "Backoff",
     "BulkheadFullError",
     "CircuitOpenError",
@@ -46,6 +45,7 @@ __all__ = [
     "ResilienceEvent",
     "Retry",
     "RetryBudget",
+    "SYSTEM_CLOCK",
     "Severity",
     "SystemClock",
     "Timeout",

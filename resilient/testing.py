@@ -57,9 +57,20 @@ class FakeClock:
             due: list[asyncio.Future[None]] = []
             while self._sleepers and self._sleepers[0][0] <= self._now:
                 due.append(heapq.heappop(self._sleepers)[2])
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         for fut in due:
-            if not fut.done():
-                fut.get_loop().call_soon_threadsafe(_wake, fut)
+            if fut.done():
+                continue
+            loop = fut.get_loop()
+            if loop is running:
+                # Same thread: wake now, so one `await asyncio.sleep(0)` in the
+                # test lets the sleeper run.
+                fut.set_result(None)
+            else:
+                loop.call_soon_threadsafe(_wake, fut)
 
     def set(self, now: float) -> None:
         """Jump to the absolute time ``now`` (never backwards)."""
