@@ -136,7 +136,7 @@ class Retry(Policy):
         on_result: predicate flagging results to retry (e.g. a 503 response).
         max_delay: cap on any single delay, backoff or hint (seconds).
         max_elapsed: give up instead of sleeping past this many seconds
-            since the call started.
+            since the first failure.
         delay_hint: ``(result_or_exception) -> seconds | None``; a number
             overrides the backoff for that retry (``Retry-After``), capped by
             ``max_delay``; ``None`` or garbage falls back to the backoff.
