@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from resilient.backoff import Backoff, constant, exponential, linear
 from resilient.budget import RetryBudget
+from resilient.chaos import Fault, Latency, ResultInjection
 from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
 from resilient.deadline import Deadline, current_deadline, deadline, remaining
 from resilient.errors import (
@@ -23,6 +24,7 @@ from resilient.errors import (
 )
 from resilient.events import ResilienceEvent, Severity, add_listener, remove_listener
 from resilient.fallback import Fallback
+from resilient.hedge import Hedge
 from resilient.policy import Outcome, Pipeline, Policy
 from resilient.retry import Retry, current_attempt
 from resilient.timeout import Timeout
@@ -36,6 +38,9 @@ __all__ = [
     "Clock",
     "Deadline",
     "Fallback",
+    "Fault",
+    "Hedge",
+    "Latency",
     "Outcome",
     "Pipeline",
     "Policy",
@@ -43,6 +48,7 @@ __all__ = [
     "RejectedError",
     "ResilienceError",
     "ResilienceEvent",
+    "ResultInjection",
     "Retry",
     "RetryBudget",
     "SYSTEM_CLOCK",

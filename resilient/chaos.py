@@ -1,0 +1,176 @@
+"""Chaos injection: faults, latency and results on purpose, to test resilience.
+
+Polly's Simmy, as policies. Put them *inside* the policies you want to
+exercise (innermost in a pipeline, where the dependency would fail):
+
+```python
+guard = Pipeline(Retry(3), CircuitBreaker(), Fault(rate=0.2, exception=ConnectionError))
+```
+
+Each takes ``rate`` (the share of calls affected, 0..1), ``enabled`` (a bool
+or a zero-argument callable read on every call, e.g. a feature flag) and
+``random`` (a callable returning floats in ``[0, 1)``, for reproducible
+tests). A disabled or rate-0 injector costs one check per call.
+"""
+
+from __future__ import annotations
+
+import math
+import random as _random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.events import EventSite, Listener
+from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
+
+__all__ = ["Fault", "Latency", "ResultInjection"]
+
+
+def _check_rate(rate: float) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or math.isnan(rate):
+        raise TypeError(f"rate must be a number in [0, 1], got {rate!r}")
+    if not 0 <= rate <= 1:
+        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
+    return float(rate)
+
+
+class _Injector(Policy):
+    def __init__(
+        self,
+        rate: float,
+        *,
+        enabled: bool | Callable[[], bool] = True,
+        random: Callable[[], float] | None = None,
+        name: str | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        super().__init__(name=name, listeners=listeners)
+        self.rate = _check_rate(rate)
+        if not (isinstance(enabled, bool) or callable(enabled)):
+            raise TypeError(f"enabled must be a bool or a callable returning bool, got {enabled!r}")
+        self.enabled = enabled
+        if random is not None and not callable(random):
+            raise TypeError(f"random must be a callable returning floats in [0, 1), got {random!r}")
+        self._random = random if random is not None else _random.random
+        #: How many calls were affected.
+        self.injected = 0
+
+    def _hit(self) -> bool:
+        enabled = self.enabled
+        if enabled is False or (enabled is not True and not enabled()):
+            return False
+        if self._random() < self.rate:
+            self.injected += 1
+            return True
+        return False
+
+    def status(self) -> dict[str, Any]:
+        """Rate and count of injections."""
+        return {"type": self.policy_type, "rate": self.rate, "injected": self.injected}
+
+
+class Fault(_Injector):
+    """Raise ``exception`` instead of calling the function, for ``rate`` of the calls.
+
+    ``exception`` is an exception instance, an exception type, or a
+    zero-argument callable returning an exception (a fresh one per call).
+    """
+
+    policy_type = "chaos_fault"
+
+    def __init__(
+        self,
+        rate: float,
+        exception: BaseException | type[BaseException] | Callable[[], BaseException] = ConnectionError,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(rate, **kwargs)
+        if not (isinstance(exception, BaseException) or callable(exception)):
+            raise TypeError(f"exception must be an exception, a type or a factory, got {exception!r}")
+        self.exception = exception
+
+    def _make(self) -> BaseException:
+        exc = self.exception
+        made = exc if isinstance(exc, BaseException) else exc()
+        if not isinstance(made, BaseException):
+            raise TypeError(f"{self._label()}: exception factory returned {made!r}")
+        made.add_note(f"resilient: injected by {self._label()}")
+        return made
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        async def fault_call(*args: Any, **kwargs: Any) -> Any:
+            if self._hit():
+                raise self._make()
+            return await fn(*args, **kwargs)
+
+        return fault_call
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        def fault_call(*args: Any, **kwargs: Any) -> Any:
+            if self._hit():
+                raise self._make()
+            return fn(*args, **kwargs)
+
+        return fault_call
+
+
+class Latency(_Injector):
+    """Sleep ``delay`` seconds before calling the function, for ``rate`` of the calls."""
+
+    policy_type = "chaos_latency"
+
+    def __init__(self, rate: float, delay: float, *, clock: Clock | None = None, **kwargs: Any) -> None:
+        super().__init__(rate, **kwargs)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
+            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+        self.delay = float(delay)
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        async def latency_call(*args: Any, **kwargs: Any) -> Any:
+            if self._hit():
+                await self.clock.asleep(self.delay)
+            return await fn(*args, **kwargs)
+
+        return latency_call
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        def latency_call(*args: Any, **kwargs: Any) -> Any:
+            if self._hit():
+                self.clock.sleep(self.delay)
+            return fn(*args, **kwargs)
+
+        return latency_call
+
+
+class ResultInjection(_Injector):
+    """Return ``result`` (or ``result()`` when ``factory=True``) instead of calling the function."""
+
+    policy_type = "chaos_result"
+
+    def __init__(self, rate: float, result: Any, *, factory: bool = False, **kwargs: Any) -> None:
+        super().__init__(rate, **kwargs)
+        if factory and not callable(result):
+            raise TypeError(f"result must be callable when factory=True, got {result!r}")
+        self.result = result
+        self.factory = factory
+
+    def _value(self) -> Any:
+        return self.result() if self.factory else self.result
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        async def result_call(*args: Any, **kwargs: Any) -> Any:
+            if self._hit():
+                return self._value()
+            return await fn(*args, **kwargs)
+
+        return result_call
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        def result_call(*args: Any, **kwargs: Any) -> Any:
+            if self._hit():
+                return self._value()
+            return fn(*args, **kwargs)
+
+        return result_call

@@ -1,0 +1,146 @@
+"""Hedging: when a call is slow, start another one and take the first good answer.
+
+A tail-latency weapon (Dean and Barroso, "The Tail at Scale"; Polly's
+hedging strategy). ``Hedge(delay=0.05)`` starts the call; if no good
+outcome has arrived after 50 ms it starts a second, identical call, and so
+on up to ``max_hedged`` extra calls. The first good outcome wins and the
+other calls are cancelled. A call that fails (with an exception matched by
+``on`` or a result flagged by ``on_result``) starts the next hedge at once
+instead of waiting for the delay.
+
+Only hedge idempotent operations: every hedge is a real extra call. The
+httpx transport hedges only idempotent requests.
+
+Hedging needs concurrent calls, so it is async only, and each call runs in
+its own task: the success path costs a task creation (a few microseconds),
+unlike the other policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from resilient.events import HEDGE_FIRED, EventSite, Listener, Severity
+from resilient.policy import (
+    AsyncFn,
+    AsyncWrapped,
+    OnArg,
+    Outcome,
+    Policy,
+    SyncFn,
+    exception_predicate,
+    result_predicate,
+)
+
+__all__ = ["Hedge"]
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    # A loser may still finish with an exception after we stopped caring:
+    # retrieve it so asyncio does not log "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
+class Hedge(Policy):
+    """Start up to ``max_hedged`` extra calls when the first is slow; first good outcome wins.
+
+    Args:
+        delay: seconds to wait for a good outcome before starting the next
+            call (> 0). A failed call starts the next one at once.
+        max_hedged: extra calls allowed (>= 1).
+        on: exceptions that make an outcome bad (type, tuple or predicate).
+        on_result: predicate flagging bad results.
+        name: shown in events and status.
+        listeners: event listeners for this policy only.
+
+    When every call fails, the last outcome is returned (a result) or
+    re-raised (an exception) with a note. An exception ``on`` does not match
+    propagates at once, and the other calls are cancelled.
+    """
+
+    policy_type = "hedge"
+
+    def __init__(
+        self,
+        delay: float,
+        *,
+        max_hedged: int = 1,
+        on: OnArg | None = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        name: str | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        super().__init__(name=name, listeners=listeners)
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise TypeError(f"delay must be a number of seconds, got {delay!r}")
+        if math.isnan(delay) or math.isinf(delay) or delay <= 0:
+            raise ValueError(f"delay must be a finite number > 0, got {delay!r}")
+        if isinstance(max_hedged, bool) or not isinstance(max_hedged, int):
+            raise TypeError(f"max_hedged must be an int >= 1, got {max_hedged!r}")
+        if max_hedged < 1:
+            raise ValueError(f"max_hedged must be >= 1, got {max_hedged!r}")
+        self.delay = float(delay)
+        self.max_hedged = max_hedged
+        self._on = exception_predicate(on)
+        self._on_result = result_predicate(on_result)
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        raise TypeError(f"{self._label()} can only wrap async functions: hedged calls must run concurrently")
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        on = self._on
+        on_result = self._on_result
+        delay = self.delay
+        max_hedged = self.max_hedged
+
+        async def hedge_call(*args: Any, **kwargs: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            tasks: set[asyncio.Future[Any]] = {asyncio.ensure_future(fn(*args, **kwargs), loop=loop)}
+            hedges_left = max_hedged
+            started = 1
+            last: Outcome[Any] | None = None
+            try:
+                while True:
+                    timeout = delay if hedges_left > 0 else None
+                    done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    launch_now = not done
+                    for task in done:
+                        tasks.discard(task)
+                        exc = task.exception()
+                        if exc is not None:
+                            if not isinstance(exc, Exception) or not on(exc):
+                                raise exc
+                            last = Outcome(exception=exc)
+                            launch_now = True
+                            continue
+                        result = task.result()
+                        if on_result is not None and on_result(result):
+                            last = Outcome(result=result)
+                            launch_now = True
+                            continue
+                        return result
+                    if launch_now and hedges_left > 0:
+                        hedges_left -= 1
+                        started += 1
+                        self._emit(site, HEDGE_FIRED, Severity.INFO, attempt=started)
+                        tasks.add(asyncio.ensure_future(fn(*args, **kwargs), loop=loop))
+                        continue
+                    if not tasks:
+                        assert last is not None
+                        if last.exception is not None:
+                            last.exception.add_note(f"resilient: {self._label()}: all {started} hedged calls failed")
+                            raise last.exception
+                        return last.result
+            finally:
+                for task in tasks:
+                    task.cancel()
+                    task.add_done_callback(_consume)
+
+        return hedge_call
+
+    def __repr__(self) -> str:
+        return f"Hedge(delay={self.delay}, max_hedged={self.max_hedged}, name={self.name!r})"
