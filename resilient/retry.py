@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -192,121 +192,34 @@ class Retry(Policy):
         self.budget = budget
         self.clock = clock if clock is not None else SYSTEM_CLOCK
 
-    # -- the slow path, shared by sync and async -----------------------------
-
-    def _delays(self) -> Iterator[float] | None:
-        backoff = self.backoff
-        if isinstance(backoff, Backoff):
-            return backoff.delays()
-        return None  # computed per retry by _delay_for
-
-    def _delay_for(
-        self, retry: int, delays: Iterator[float] | None, outcome: Outcome[Any], elapsed: float, idle: float
-    ) -> float:
-        delay: float | None = None
-        if self.delay_hint is not None:
-            value = outcome.exception if outcome.exception is not None else outcome.result
-            try:
-                delay = _finite_delay(self.delay_hint(value))
-            except Exception:  # a broken hint must not turn a retry into a crash
-                logger.debug("resilient: delay_hint raised; using the backoff", exc_info=True)
-                delay = None
-        if delay is None:
-            if delays is not None:
-                delay = next(delays)
-            elif _is_tenacity_wait(self.backoff):
-                wait: Any = self.backoff
-                delay = _finite_delay(wait(_TenacityState(retry, outcome, elapsed, idle))) or 0.0
-            else:
-                delay = _finite_delay(self.backoff(retry)) or 0.0
-        if self.max_delay is not None and delay > self.max_delay:
-            delay = self.max_delay
-        return delay
-
-    def _give_up_reason(self, attempt: int, delay: float, elapsed: float) -> str | None:
-        """Why the next retry must not happen, or None. Budget is checked last."""
-        if attempt >= self.attempts:
-            return f"gave up after {attempt} attempt{'s' if attempt > 1 else ''}"
-        if self.max_elapsed is not None and elapsed + delay > self.max_elapsed:
-            return f"gave up after {attempt} attempts: the next delay ({delay:.3g} s) would exceed max_elapsed"
-        rem = _remaining()
-        if rem is not None and rem <= delay:
-            return (
-                f"gave up after {attempt} attempt{'s' if attempt > 1 else ''}: "
-                f"the deadline leaves {max(rem, 0.0):.3g} s, less than the next delay ({delay:.3g} s)"
-            )
-        if self.budget is not None and not self.budget.try_spend():
-            return f"gave up after {attempt} attempt{'s' if attempt > 1 else ''}: the retry budget is spent"
-        return None
-
-    def _finish(self, site: EventSite, reason: str, outcome: Outcome[Any], elapsed: float, attempt: int) -> Any:
-        if reason.endswith("budget is spent"):
-            logger.warning("resilient: %s: retry budget exhausted", self._label())
-            self._emit(site, BUDGET_EXHAUSTED, Severity.WARNING, attempt=attempt, exception=outcome.exception)
-        exc = outcome.exception
-        if exc is not None:
-            exc.add_note(f"resilient: {self._label()} {reason} in {elapsed:.2f} s")
-            raise exc
-        return outcome.result
-
     # -- wrappers ------------------------------------------------------------
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         on = self._on
         on_result = self._on_result
         budget = self.budget
-        attempts = self.attempts
-        clock = self.clock
         durations = _duration_listeners
 
         async def slow(first: Outcome[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            start = clock.now()
-            delays = self._delays()
-            outcome = first
-            attempt = 1
-            idle = 0.0
-            token = None
+            run = _Run(self, site, first)
             try:
-                while True:
-                    elapsed = clock.now() - start
-                    delay = self._delay_for(attempt, delays, outcome, elapsed, idle)
-                    reason = self._give_up_reason(attempt, delay, elapsed)
-                    if reason is not None:
-                        return self._finish(site, reason, outcome, elapsed, attempt)
-                    self._emit(
-                        site, RETRY, Severity.INFO, attempt=attempt + 1, duration=delay, exception=outcome.exception
-                    )
+                while (delay := run.next_delay()) is not None:
                     if delay > 0:
-                        await clock.asleep(delay)
-                    idle += delay
-                    attempt += 1
-                    if token is None:
-                        token = _attempt.set(attempt)
-                    else:
-                        _attempt.set(attempt)
-                    t0 = perf_counter() if durations else 0.0
+                        await self.clock.asleep(delay)
+                    t0 = run.begin_attempt()
                     try:
                         result = await fn(*args, **kwargs)
                     except BaseException as exc:
-                        if durations:
-                            site.record_duration("attempt", perf_counter() - t0, "failure")
-                        if not isinstance(exc, Exception) or not on(exc):
+                        if not run.failed_with(exc, t0):
                             raise
-                        outcome = Outcome(exception=exc)
                         continue
-                    failed = on_result is not None and on_result(result)
-                    if durations:
-                        site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
-                    if failed:
-                        outcome = Outcome(result=result)
-                        continue
-                    return result
+                    if not run.failed_with_result(result, t0):
+                        return result
+                return run.give_up()
             finally:
-                if token is not None:
-                    _attempt.reset(token)
+                run.close()
 
-        if attempts == 1 and budget is None:
-            # Nothing to retry: avoid even the try block.
+        if self.attempts == 1 and budget is None:
             return _passthrough_async(fn)
 
         async def timed_first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -317,12 +230,14 @@ class Retry(Policy):
                 site.record_duration("attempt", perf_counter() - t0, "failure")
                 if not isinstance(exc, Exception) or not on(exc):
                     raise
-                return await slow(Outcome(exception=exc), args, kwargs)
-            failed = on_result is not None and on_result(result)
-            site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
-            if failed:
-                return await slow(Outcome(result=result), args, kwargs)
-            return result
+                outcome: Outcome[Any] = Outcome(exception=exc)
+            else:
+                failed = on_result is not None and on_result(result)
+                site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
+                if not failed:
+                    return result
+                outcome = Outcome(result=result)
+            return await slow(outcome, args, kwargs)
 
         async def retry_call(*args: Any, **kwargs: Any) -> Any:
             if budget is not None:
@@ -349,54 +264,26 @@ class Retry(Policy):
         on = self._on
         on_result = self._on_result
         budget = self.budget
-        clock = self.clock
         durations = _duration_listeners
 
         def slow(first: Outcome[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            start = clock.now()
-            delays = self._delays()
-            outcome = first
-            attempt = 1
-            idle = 0.0
-            token = None
+            run = _Run(self, site, first)
             try:
-                while True:
-                    elapsed = clock.now() - start
-                    delay = self._delay_for(attempt, delays, outcome, elapsed, idle)
-                    reason = self._give_up_reason(attempt, delay, elapsed)
-                    if reason is not None:
-                        return self._finish(site, reason, outcome, elapsed, attempt)
-                    self._emit(
-                        site, RETRY, Severity.INFO, attempt=attempt + 1, duration=delay, exception=outcome.exception
-                    )
+                while (delay := run.next_delay()) is not None:
                     if delay > 0:
-                        clock.sleep(delay)
-                    idle += delay
-                    attempt += 1
-                    if token is None:
-                        token = _attempt.set(attempt)
-                    else:
-                        _attempt.set(attempt)
-                    t0 = perf_counter() if durations else 0.0
+                        self.clock.sleep(delay)
+                    t0 = run.begin_attempt()
                     try:
                         result = fn(*args, **kwargs)
                     except BaseException as exc:
-                        if durations:
-                            site.record_duration("attempt", perf_counter() - t0, "failure")
-                        if not isinstance(exc, Exception) or not on(exc):
+                        if not run.failed_with(exc, t0):
                             raise
-                        outcome = Outcome(exception=exc)
                         continue
-                    failed = on_result is not None and on_result(result)
-                    if durations:
-                        site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
-                    if failed:
-                        outcome = Outcome(result=result)
-                        continue
-                    return result
+                    if not run.failed_with_result(result, t0):
+                        return result
+                return run.give_up()
             finally:
-                if token is not None:
-                    _attempt.reset(token)
+                run.close()
 
         if self.attempts == 1 and budget is None:
             return fn
@@ -409,12 +296,14 @@ class Retry(Policy):
                 site.record_duration("attempt", perf_counter() - t0, "failure")
                 if not isinstance(exc, Exception) or not on(exc):
                     raise
-                return slow(Outcome(exception=exc), args, kwargs)
-            failed = on_result is not None and on_result(result)
-            site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
-            if failed:
-                return slow(Outcome(result=result), args, kwargs)
-            return result
+                outcome: Outcome[Any] = Outcome(exception=exc)
+            else:
+                failed = on_result is not None and on_result(result)
+                site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
+                if not failed:
+                    return result
+                outcome = Outcome(result=result)
+            return slow(outcome, args, kwargs)
 
         def retry_call(*args: Any, **kwargs: Any) -> Any:
             if budget is not None:
@@ -431,8 +320,6 @@ class Retry(Policy):
                 if on_result is None or not on_result(result):
                     return result
                 outcome = Outcome(result=result)
-            # Outside the except block, so that a re-raised exception does not
-            # carry itself as its own context.
             return slow(outcome, args, kwargs)
 
         return retry_call
@@ -446,3 +333,130 @@ def _passthrough_async(fn: AsyncFn) -> AsyncWrapped:
         return await fn(*args, **kwargs)
 
     return retry_call
+
+
+class _Run:
+    """The state of one call after its first failure, shared by the sync and async loops.
+
+    Created only on the failure path, so its cost never touches a success.
+    """
+
+    __slots__ = ("attempt", "delays", "elapsed", "idle", "outcome", "policy", "reason", "site", "start", "token")
+
+    def __init__(self, policy: Retry, site: EventSite, first: Outcome[Any]) -> None:
+        self.policy = policy
+        self.site = site
+        self.outcome = first
+        self.start = policy.clock.now()
+        backoff = policy.backoff
+        self.delays: Iterator[float] | None = backoff.delays() if isinstance(backoff, Backoff) else None
+        self.attempt = 1
+        self.idle = 0.0
+        self.elapsed = 0.0
+        self.reason: str | None = None
+        self.token: Token[int] | None = None
+
+    def next_delay(self) -> float | None:
+        """The delay before the next attempt, or None when the retry must give up."""
+        policy = self.policy
+        self.elapsed = policy.clock.now() - self.start
+        delay = self._delay()
+        self.reason = self._give_up_reason(delay)
+        if self.reason is not None:
+            return None
+        policy._emit(
+            self.site, RETRY, Severity.INFO, attempt=self.attempt + 1, duration=delay, exception=self.outcome.exception
+        )
+        self.idle += delay
+        return delay
+
+    def begin_attempt(self) -> float:
+        """Count the attempt, publish its number, and return its start time if durations are recorded."""
+        self.attempt += 1
+        if self.token is None:
+            self.token = _attempt.set(self.attempt)
+        else:
+            _attempt.set(self.attempt)
+        return perf_counter() if _duration_listeners else 0.0
+
+    def failed_with(self, exc: BaseException, t0: float) -> bool:
+        """Record a raised exception; True when it is to be retried."""
+        if _duration_listeners:
+            self.site.record_duration("attempt", perf_counter() - t0, "failure")
+        if not isinstance(exc, Exception) or not self.policy._on(exc):
+            return False
+        self.outcome = Outcome(exception=exc)
+        return True
+
+    def failed_with_result(self, result: Any, t0: float) -> bool:
+        """Record a returned result; True when it is flagged for a retry."""
+        on_result = self.policy._on_result
+        failed = on_result is not None and on_result(result)
+        if _duration_listeners:
+            self.site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
+        if failed:
+            self.outcome = Outcome(result=result)
+        return failed
+
+    def give_up(self) -> Any:
+        """Return the last result or re-raise the last exception, with a note."""
+        policy = self.policy
+        reason = self.reason or "gave up"
+        outcome = self.outcome
+        if reason.endswith("budget is spent"):
+            logger.warning("resilient: %s: retry budget exhausted", policy._label())
+            policy._emit(
+                self.site, BUDGET_EXHAUSTED, Severity.WARNING, attempt=self.attempt, exception=outcome.exception
+            )
+        exc = outcome.exception
+        if exc is not None:
+            exc.add_note(f"resilient: {policy._label()} {reason} in {self.elapsed:.2f} s")
+            raise exc
+        return outcome.result
+
+    def close(self) -> None:
+        """Restore the caller's attempt number."""
+        if self.token is not None:
+            _attempt.reset(self.token)
+
+    def _delay(self) -> float:
+        policy = self.policy
+        outcome = self.outcome
+        delay: float | None = None
+        if policy.delay_hint is not None:
+            value = outcome.exception if outcome.exception is not None else outcome.result
+            try:
+                delay = _finite_delay(policy.delay_hint(value))
+            except Exception:  # a broken hint must not turn a retry into a crash
+                logger.debug("resilient: delay_hint raised; using the backoff", exc_info=True)
+                delay = None
+        if delay is None:
+            backoff: Any = policy.backoff
+            if self.delays is not None:
+                delay = next(self.delays)
+            elif _is_tenacity_wait(backoff):
+                delay = _finite_delay(backoff(_TenacityState(self.attempt, outcome, self.elapsed, self.idle))) or 0.0
+            else:
+                delay = _finite_delay(backoff(self.attempt)) or 0.0
+        if policy.max_delay is not None and delay > policy.max_delay:
+            delay = policy.max_delay
+        return delay
+
+    def _give_up_reason(self, delay: float) -> str | None:
+        """Why the next retry must not happen, or None. The budget is asked last, so it is spent only on a retry."""
+        policy = self.policy
+        attempt = self.attempt
+        plural = "s" if attempt > 1 else ""
+        if attempt >= policy.attempts:
+            return f"gave up after {attempt} attempt{plural}"
+        if policy.max_elapsed is not None and self.elapsed + delay > policy.max_elapsed:
+            return f"gave up after {attempt} attempt{plural}: the next delay ({delay:.3g} s) would exceed max_elapsed"
+        rem = _remaining()
+        if rem is not None and rem <= delay:
+            return (
+                f"gave up after {attempt} attempt{plural}: "
+                f"the deadline leaves {max(rem, 0.0):.3g} s, less than the next delay ({delay:.3g} s)"
+            )
+        if policy.budget is not None and not policy.budget.try_spend():
+            return f"gave up after {attempt} attempt{plural}: the retry budget is spent"
+        return None
