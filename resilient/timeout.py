@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+import weakref
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,6 +36,62 @@ __all__ = ["Timeout"]
 def _fire(task: asyncio.Task[Any], fired: list[bool]) -> None:
     fired.append(True)
     task.cancel()
+
+
+# Entry states in a _TimerQueue.
+_RUNNING, _DONE, _FIRED = 0, 1, 2
+# asyncio runs a timer up to one clock tick early; so do we, to avoid
+# rescheduling a timer for a moment that has, for the loop, already come.
+_SLACK = time.get_clock_info("monotonic").resolution
+
+
+class _TimerQueue:
+    """One event-loop timer for every in-flight call of one Timeout on one loop.
+
+    All calls of a Timeout share its duration, so their expiry times are
+    ordered like their start times: a FIFO queue holds them, and a single
+    ``loop.call_at`` handle is armed for the oldest running entry. A call
+    then costs a deque append and a state change instead of a ``TimerHandle``
+    allocation, a heap push and a cancellation (about 1.3 us on CPython).
+    Calls finishing out of order leave entries behind; they are dropped from
+    the head as soon as the head is done, and the queue is compacted when
+    more than half of it is dead.
+    """
+
+    __slots__ = ("__weakref__", "entries", "handle", "live", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.entries: deque[list[Any]] = deque()
+        self.handle: asyncio.TimerHandle | None = None
+        self.live = 0
+
+    def done(self, entry: list[Any]) -> None:
+        """Retire ``entry`` (any state) and drop dead entries from the head."""
+        if entry[2] == _RUNNING:
+            entry[2] = _DONE
+        self.live -= 1
+        entries = self.entries
+        while entries and entries[0][2] != _RUNNING:
+            entries.popleft()
+        if len(entries) > 2 * self.live + 64:
+            self.entries = deque(e for e in entries if e[2] == _RUNNING)
+
+    def _fire(self) -> None:
+        self.handle = None
+        now = self.loop.time() + _SLACK
+        entries = self.entries
+        while entries:
+            entry = entries[0]
+            if entry[2] != _RUNNING:
+                entries.popleft()
+                continue
+            if entry[0] > now:
+                self.handle = self.loop.call_at(entry[0], self._fire)
+                return
+            entries.popleft()
+            entry[2] = _FIRED
+            entry[1].cancel()
 
 
 class Timeout(Policy):
@@ -69,16 +128,14 @@ class Timeout(Policy):
         current = _current_deadline
         get_loop = asyncio.get_running_loop
         current_task = asyncio.current_task
+        queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TimerQueue] = weakref.WeakKeyDictionary()
+        # The queue of the loop seen last: one attribute check per call instead
+        # of a weak-dictionary lookup.
+        last: list[_TimerQueue | None] = [None]
 
-        async def timeout_call(*args: Any, **kwargs: Any) -> Any:
-            limit = seconds
-            d = current.get()
-            if d is not None:
-                left = d.expires_at - d.clock.now()
-                if left < limit:
-                    if left <= 0:
-                        raise self._expired(site, 0.0, by_deadline=True)
-                    limit = left
+        async def clamped_call(limit: float, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            # A deadline shortened this call's limit, so it cannot join the
+            # FIFO queue: give it a timer of its own.
             loop = get_loop()
             task = current_task(loop)
             if task is None:  # pragma: no cover - awaited outside a task
@@ -90,16 +147,65 @@ class Timeout(Policy):
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 handle.cancel()
-                # Only a cancellation that we requested, with no other request
-                # pending, becomes a timeout; an outer cancel always wins.
                 if fired and task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
-                    raise self._expired(site, limit, by_deadline=limit < seconds) from exc
+                    raise self._expired(site, limit, by_deadline=True) from exc
                 raise
             handle.cancel()
             if fired:
-                # The timer fired but the call finished anyway (it swallowed the
-                # cancellation): balance the cancel request we made.
                 task.uncancel()
+            return result
+
+        async def timeout_call(*args: Any, **kwargs: Any) -> Any:
+            d = current.get()
+            if d is not None:
+                left = d.expires_at - d.clock.now()
+                if left < seconds:
+                    if left <= 0:
+                        raise self._expired(site, 0.0, by_deadline=True)
+                    return await clamped_call(left, args, kwargs)
+            task = current_task()
+            if task is None:  # pragma: no cover - awaited outside a task
+                raise RuntimeError("Timeout must be awaited inside an asyncio task")
+            loop = task.get_loop()
+            queue = last[0]
+            if queue is None or queue.loop is not loop:
+                queue = queues.get(loop)
+                if queue is None:
+                    queue = queues[loop] = _TimerQueue(loop)
+                last[0] = queue
+            cancelling = task.cancelling()
+            # queue.push(), inlined: this is the whole per-call cost.
+            entry: list[Any] = [loop.time() + seconds, task, _RUNNING]
+            queue.entries.append(entry)
+            queue.live += 1
+            if queue.handle is None:
+                queue.handle = loop.call_at(entry[0], queue._fire)
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                fired = entry[2] == _FIRED
+                queue.done(entry)
+                # Only a cancellation that we requested, with no other request
+                # pending, becomes a timeout; an outer cancel always wins.
+                if fired and task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
+                    raise self._expired(site, seconds, by_deadline=False) from exc
+                raise
+            if entry[2] == _RUNNING:
+                # queue.done(), inlined for the common case: the call finished
+                # first in line, before its timer.
+                entry[2] = _DONE
+                queue.live -= 1
+                entries = queue.entries
+                if entries[0] is entry and len(entries) == 1:
+                    entries.popleft()
+                else:
+                    queue.live += 1
+                    queue.done(entry)
+                return result
+            # The timer fired but the call finished anyway (it swallowed the
+            # cancellation): balance the cancel request we made.
+            task.uncancel()
+            queue.done(entry)
             return result
 
         return timeout_call

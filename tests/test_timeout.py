@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 
+import gc
+
 import pytest
 
 import resilient
 from resilient import Retry, Timeout, constant, deadline
 from resilient.testing import FakeClock, recording
+from resilient.timeout import _TimerQueue
 
 
 async def test_fast_call_passes_through() -> None:
@@ -215,3 +218,86 @@ def test_bad_seconds(seconds: float) -> None:
 def test_seconds_type() -> None:
     with pytest.raises(TypeError, match="seconds must be a number"):
         Timeout("1")  # type: ignore[arg-type]
+
+
+async def test_many_concurrent_calls_out_of_order_each_get_their_own_expiry() -> None:
+    # Calls share one timer queue per Timeout and loop; finishing out of order
+    # must neither lose a timeout nor fire one early.
+    timeout = Timeout(0.05)
+    durations = [0.0, 0.2, 0.01, 0.2, 0.0, 0.03, 0.2, 0.0] * 5
+
+    async def work(d: float) -> float:
+        await asyncio.sleep(d)
+        return d
+
+    guarded = timeout(work)
+    results = await asyncio.gather(*(guarded(d) for d in durations), return_exceptions=True)
+    for d, r in zip(durations, results, strict=True):
+        if d >= 0.2:
+            assert isinstance(r, resilient.TimeoutError)
+        else:
+            assert r == d
+
+
+async def test_timer_queue_stays_bounded_with_a_long_call_at_its_head() -> None:
+    timeout = Timeout(5)
+    release = asyncio.Event()
+
+    async def long_call() -> None:
+        await release.wait()
+
+    async def quick() -> int:
+        return 1
+
+    long_task = asyncio.create_task(timeout(long_call)())
+    await asyncio.sleep(0)
+    guarded_quick = timeout(quick)
+    for _ in range(5000):
+        assert await guarded_quick() == 1
+    queues = _live_queues()
+    assert queues
+    assert max(len(q.entries) for q in queues) < 200
+    release.set()
+    await long_task
+
+
+def _live_queues() -> list[_TimerQueue]:
+    return [o for o in gc.get_objects() if isinstance(o, _TimerQueue)]
+
+
+def test_one_timeout_object_works_across_event_loops() -> None:
+    timeout = Timeout(0.02)
+
+    @timeout
+    async def slow() -> None:
+        await asyncio.sleep(1)
+
+    @timeout
+    async def fast() -> int:
+        return 1
+
+    for _ in range(2):
+        assert asyncio.run(fast()) == 1
+        with pytest.raises(resilient.TimeoutError):
+            asyncio.run(slow())
+
+
+async def test_cancellation_while_queued_behind_others_propagates() -> None:
+    timeout = Timeout(5)
+    started = asyncio.Event()
+
+    @timeout
+    async def hang() -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    first = asyncio.create_task(hang())
+    second = asyncio.create_task(hang())
+    await started.wait()
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
