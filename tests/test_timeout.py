@@ -7,7 +7,6 @@ times (tens of milliseconds); nothing waits for time logic with a sleep.
 from __future__ import annotations
 
 import asyncio
-
 import gc
 
 import pytest
