@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 __all__ = [
     "BUDGET_EXHAUSTED",
@@ -65,12 +66,25 @@ STORE_RECOVERED: Final = "store_recovered"
 
 
 class Severity(StrEnum):
-    """How much an event matters; maps onto logging levels."""
+    """How much an event matters; maps onto logging levels (:attr:`logging_level`)."""
 
     DEBUG = "debug"
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
+    @property
+    def logging_level(self) -> int:
+        """The matching :mod:`logging` level (``Severity.WARNING`` -> ``logging.WARNING``)."""
+        return _LEVELS[self]
+
+
+_LEVELS: Final = {
+    Severity.DEBUG: logging.DEBUG,
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.ERROR: logging.ERROR,
+}
 
 
 ExtraValue = str | int | float | bool
@@ -108,6 +122,7 @@ class ResilienceEvent:
 
 
 Listener = Callable[[ResilienceEvent], Any]
+L = TypeVar("L", bound=Callable[[ResilienceEvent], Any])
 
 
 class DurationListener(Protocol):
@@ -125,15 +140,25 @@ class DurationListener(Protocol):
 _global_listeners: list[Listener] = []
 # Read by the hot path of pipelines and retries as a plain truth test.
 _duration_listeners: list[DurationListener] = []
-_failed_listeners: set[int] = set()
+# Listeners that already raised once: their later failures are not logged.
+# Kept by value (strong references), so that a bound method, recreated on each
+# attribute access, is recognised, and an id is never reused by a new object.
+_failed_listeners: list[object] = []
+# Async listeners' tasks: the loop keeps only weak references to tasks.
 _background: set[asyncio.Task[Any]] = set()
 
 
-def add_listener(listener: Listener) -> None:
-    """Register ``listener`` for every event of every policy in the process."""
+def add_listener(listener: L) -> L:
+    """Register ``listener`` for every event of every policy in the process.
+
+    Returns the listener, so this works as a decorator too. A listener may be
+    an ``async def`` function: it is then scheduled as a task on the running
+    loop and the call that emitted the event does not wait for it.
+    """
     if not callable(listener):
         raise TypeError(f"listener must be callable, got {listener!r}")
     _global_listeners.append(listener)
+    return listener
 
 
 def remove_listener(listener: Listener) -> None:
@@ -164,47 +189,68 @@ def durations_enabled() -> bool:
     return bool(_duration_listeners)
 
 
-def _report_failure(listener: object, exc: BaseException) -> None:
-    key = id(listener)
-    if key in _failed_listeners:
+def _report_failure(listener: object, exc: BaseException, what: str = "raised") -> None:
+    """Log a listener's failure, once per listener: a broken listener must not flood the logs."""
+    if any(_same(listener, known) for known in _failed_listeners):
         return
-    _failed_listeners.add(key)
+    _failed_listeners.append(listener)
     logger.error(
-        "resilient: event listener %r raised %s; it is ignored from now on in the logs",
+        "resilient: event listener %r %s %s; the event is dropped for it, calls are not affected, "
+        "and further failures of this listener are not logged",
         listener,
+        what,
         type(exc).__name__,
         exc_info=exc,
     )
 
 
-def _on_task_done(task: asyncio.Task[Any]) -> None:
-    _background.discard(task)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        _report_failure(task.get_coro(), exc)
+def _same(a: object, b: object) -> bool:
+    # Equality, not identity: ``obj.method`` is a new bound-method object on
+    # each access but compares equal. A hostile __eq__ only costs a log line.
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def _deliver(listener: Listener, event: ResilienceEvent) -> None:
     try:
         result = listener(event)
-        if inspect.isawaitable(result):
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                # A sync caller cannot await an async listener; close it to
-                # avoid a "never awaited" warning, and say so once.
-                if inspect.iscoroutine(result):
-                    result.close()
-                _report_failure(listener, RuntimeError("async listener called outside an event loop"))
-                return
-            task = loop.create_task(_await(result))
-            _background.add(task)
-            task.add_done_callback(_on_task_done)
+        if result is not None and inspect.isawaitable(result):
+            _schedule(listener, result)
     except Exception as exc:  # a listener must never break a call
         _report_failure(listener, exc)
 
 
-async def _await(awaitable: Awaitable[Any]) -> None:
-    await awaitable
+def _schedule(listener: Listener, awaitable: Awaitable[Any]) -> None:
+    """Run an async listener's awaitable as a task; the emitting call never waits for it."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        # A synchronous caller outside any loop cannot run it: close it (no
+        # "never awaited" warning) and say so, once.
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        _report_failure(
+            listener, RuntimeError("no running event loop"), "is async but the event was emitted outside a loop:"
+        )
+        return
+    coro = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
+    task = loop.create_task(coro)
+    _background.add(task)
+    task.add_done_callback(functools.partial(_on_task_done, listener))
+
+
+def _on_task_done(listener: Listener, task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _report_failure(listener, exc)
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 class EventSite:
