@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final, Protocol, TypeVar
 
 __all__ = [
@@ -122,6 +123,8 @@ class ResilienceEvent:
 
 
 Listener = Callable[[ResilienceEvent], Any]
+# Shared by events without extras; read-only so no listener can change it for the others.
+_NO_EXTRAS: Final[Mapping[str, ExtraValue]] = MappingProxyType({})
 L = TypeVar("L", bound=Callable[[ResilienceEvent], Any])
 
 
@@ -295,17 +298,19 @@ class EventSite:
         if exception is not None:
             exc_type = exception if isinstance(exception, type) else type(exception)
             exc_name = _qualname(exc_type)
+        # Positional: half the cost of keywords for a frozen dataclass. The
+        # order is the field order (tests compare against a keyword build).
         event = ResilienceEvent(
-            name=name,
-            severity=severity,
-            policy_type=policy_type,
-            policy=policy,
-            pipeline=self.pipeline,
-            operation=self.operation,
-            attempt=attempt,
-            duration=duration,
-            exception=exc_name,
-            extras=extras if extras is not None else {},
+            name,
+            severity,
+            policy_type,
+            policy,
+            self.pipeline,
+            self.operation,
+            attempt,
+            duration,
+            exc_name,
+            extras if extras is not None else _NO_EXTRAS,
         )
         for listener in (*policy_listeners, *self.listeners, *_global_listeners):
             _deliver(listener, event)

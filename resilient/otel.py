@@ -44,11 +44,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, Final, cast
 
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import Histogram, MeterProvider, NoOpMeterProvider
+from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, NoOpMeterProvider, Observation
 from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
 from resilient import events as _events
@@ -228,6 +228,8 @@ class OpenTelemetryListener:
             to switch span events off.
         span_events: ``True`` (default) for every event, ``False`` for
             none, or the event names to add to spans.
+        durations: ``False`` to record no duration histograms at all (with
+            the Python SDK each record costs a few microseconds per call).
 
     :func:`instrument` creates one and registers it globally. It can also
     be given to one pipeline or policy (``Pipeline(..., listeners=[l])``);
@@ -241,18 +243,30 @@ class OpenTelemetryListener:
         tracer_provider: TracerProvider | None = None,
         *,
         span_events: bool | Iterable[str] = True,
+        durations: bool = True,
     ) -> None:
         from resilient import __version__
 
         provider, self._global_provider = _resolve_meter_provider(meter_provider)
         meter = provider.get_meter(SCOPE, __version__)
-        self._events = meter.create_counter(
-            EVENTS_COUNTER, unit="{event}", description="Events emitted by resilience policies."
+        # The events counter is aggregated here and observed by the SDK at
+        # collection time: an SDK ``Counter.add`` costs several microseconds
+        # in Python, a dict increment a fraction of one.
+        self._counts: dict[Hashable, list[Any]] = {}
+        self._counts_lock = threading.Lock()
+        meter.create_observable_counter(
+            EVENTS_COUNTER,
+            callbacks=[self._observe_events],
+            unit="{event}",
+            description="Events emitted by resilience policies.",
         )
         self._attempt = self._histogram(meter, ATTEMPT_DURATION, "Duration of each attempt made by a retry.")
         self._pipeline = self._histogram(meter, PIPELINE_DURATION, "Duration of each call through a pipeline.")
-        #: Whether a real SDK is behind the meter, so durations are worth recording.
-        self.records_durations = not _is_noop_meter_provider(provider)
+        if not isinstance(durations, bool):
+            raise TypeError(f"durations must be a bool, got {durations!r}")
+        self._want_durations = durations
+        #: Whether durations are recorded: asked for, and a real SDK behind the meter.
+        self.records_durations = durations and not _is_noop_meter_provider(provider)
         self._installed = False
         self._durations_registered = False
         self._lock = threading.Lock()
@@ -302,7 +316,7 @@ class OpenTelemetryListener:
 
     def _recheck_provider(self) -> None:
         """The global SDK provider may have been set since we were created."""
-        if not _is_noop_meter_provider(metrics.get_meter_provider()):
+        if self._want_durations and not _is_noop_meter_provider(metrics.get_meter_provider()):
             # The proxy instruments we hold now delegate to the SDK.
             self.records_durations = True
             with self._lock:
@@ -315,18 +329,52 @@ class OpenTelemetryListener:
         """Count ``event`` and add it to the current span."""
         if not self.records_durations and self._global_provider:
             self._recheck_provider()
-        attrs = event_attributes(event)
-        self._events.add(1, attrs)
+        attrs = self._count(event)
         wanted = self._span_events
         if wanted is None or event.name in wanted:
             span = trace.get_current_span()
             if span.is_recording():
-                span_attrs: dict[str, AttributeValue] = dict(attrs)
+                span_attrs = dict(attrs) if attrs is not None else event_attributes(event)
                 if event.attempt is not None:
                     span_attrs[ATTEMPT_NUMBER] = event.attempt
                 if event.duration is not None:
                     span_attrs[EVENT_DURATION] = event.duration
                 span.add_event(f"resilience.{event.name}", span_attrs)
+
+    def _count(self, event: ResilienceEvent) -> dict[str, AttributeValue] | None:
+        """Add one to the event's attribute set; returns its attributes (None: counted as overflow)."""
+        try:
+            extras = tuple(event.extras.items()) if event.extras else ()
+            key: Hashable = (
+                event.name,
+                event.severity,
+                event.policy_type,
+                event.policy,
+                event.pipeline,
+                event.operation,
+                event.exception,
+                extras,
+            )
+            hash(key)
+        except TypeError:  # an unhashable extra value: key by the checked attributes
+            attrs = event_attributes(event)
+            key = frozenset(attrs.items())
+        with self._counts_lock:
+            entry = self._counts.get(key)
+            if entry is None:
+                if len(self._counts) >= _MAX_ATTRIBUTE_SETS:
+                    key = _OVERFLOW_KEY
+                    entry = self._counts.get(key)
+                if entry is None:
+                    entry = [0, dict(_OVERFLOW) if key is _OVERFLOW_KEY else event_attributes(event)]
+                    self._counts[key] = entry
+            entry[0] += 1
+        return None if key is _OVERFLOW_KEY else cast("dict[str, AttributeValue]", entry[1])
+
+    def _observe_events(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._counts_lock:
+            entries = [(n, attrs) for n, attrs in self._counts.values()]
+        return [Observation(n, attrs) for n, attrs in entries]
 
     def record_duration(self, kind: str, site: EventSite, seconds: float, outcome: str) -> None:
         """Record an attempt's or a pipeline call's duration (a duration listener)."""
@@ -348,6 +396,12 @@ class OpenTelemetryListener:
         return f"OpenTelemetryListener(records_durations={self.records_durations}, installed={self._installed})"
 
 
+# Past this many distinct attribute sets, events are counted under one
+# overflow set, as the SDK's own cardinality limit does.
+_MAX_ATTRIBUTE_SETS: Final = 2000
+_OVERFLOW: Final[Mapping[str, AttributeValue]] = {"otel.metric.overflow": True}
+_OVERFLOW_KEY: Final = ("otel.metric.overflow",)
+
 _current: OpenTelemetryListener | None = None
 _current_lock = threading.Lock()
 
@@ -357,6 +411,7 @@ def instrument(
     tracer_provider: TracerProvider | None = None,
     *,
     span_events: bool | Iterable[str] = True,
+    durations: bool = True,
 ) -> OpenTelemetryListener:
     """Send every policy's events and durations to OpenTelemetry; returns the listener.
 
@@ -368,7 +423,7 @@ def instrument(
     with _current_lock:
         if _current is not None:
             _current.uninstall()
-        listener = OpenTelemetryListener(meter_provider, tracer_provider, span_events=span_events)
+        listener = OpenTelemetryListener(meter_provider, tracer_provider, span_events=span_events, durations=durations)
         listener.install()
         _current = listener
     if not listener.records_durations:

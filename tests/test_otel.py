@@ -395,6 +395,35 @@ def test_safe_extras_mapping(extras: dict[str, Any], expected: dict[str, Any]) -
     assert attrs == {**base, **expected}
 
 
+async def test_attribute_sets_beyond_the_limit_are_counted_as_overflow(
+    tel: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(otel, "_MAX_ATTRIBUTE_SETS", 2)
+    with tel.tracer.start_as_current_span("request"):
+        for i in range(5):
+            EventSite(f"op{i}", "p").emit((), ev.RETRY, Severity.INFO, "retry", None)
+    counts = sorted(
+        (p.value, p.attributes.get("resilience.operation.name", "overflow")) for p in tel.points("resilience.events")
+    )
+    assert counts == [(1, "op0"), (1, "op1"), (3, "overflow")]
+    overflow = [p for p in tel.points("resilience.events") if "otel.metric.overflow" in p.attributes]
+    assert dict(overflow[0].attributes) == {"otel.metric.overflow": True}
+    # Span events keep the real attributes.
+    assert [a["resilience.operation.name"] for _, a in tel.span_events()] == [f"op{i}" for i in range(5)]
+
+
+def test_durations_false_records_no_histograms() -> None:
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    listener = otel.instrument(mp, durations=False)
+    try:
+        assert not listener.records_durations
+        assert ev._duration_listeners == []
+    finally:
+        otel.uninstrument()
+    with pytest.raises(TypeError, match="durations"):
+        otel.OpenTelemetryListener(mp, durations="yes")  # type: ignore[arg-type]
+
+
 # -- span events: only on recording spans, configurable ----------------------------
 
 
