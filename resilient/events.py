@@ -41,6 +41,7 @@ __all__ = [
     "DurationListener",
     "EventSite",
     "Listener",
+    "LoggingListener",
     "ResilienceEvent",
     "Severity",
     "add_duration_listener",
@@ -254,6 +255,50 @@ def _on_task_done(listener: Listener, task: asyncio.Task[Any]) -> None:
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+class LoggingListener:
+    """A listener that writes each event as one log line, at the event's severity.
+
+    ``add_listener(LoggingListener())`` logs every event of the process on
+    the ``resilient.events`` logger; ``min_severity`` drops the chattier
+    ones. The policies' own loggers (``resilient.retry``,
+    ``resilient.breaker``...) already warn on the events that need a human
+    (a circuit opening, a spent retry budget); this listener is for a full
+    trail, e.g. in development or when no metrics backend is set up.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None, min_severity: Severity = Severity.DEBUG) -> None:
+        self.logger = logger if logger is not None else logging.getLogger("resilient.events")
+        self.min_level = Severity(min_severity).logging_level
+
+    def __call__(self, event: ResilienceEvent) -> None:
+        """Log ``event`` (nothing is formatted unless the logger is enabled for its level)."""
+        level = event.severity.logging_level if isinstance(event.severity, Severity) else logging.INFO
+        if level < self.min_level or not self.logger.isEnabledFor(level):
+            return
+        self.logger.log(level, "resilient: %s", _describe(event), extra={"resilience_event": event})
+
+    def __repr__(self) -> str:
+        return f"LoggingListener(logger={self.logger.name!r}, min_level={logging.getLevelName(self.min_level)})"
+
+
+def _describe(event: ResilienceEvent) -> str:
+    policy = f"{event.policy_type} {event.policy!r}" if event.policy else event.policy_type
+    parts = [f"{event.name} by {policy}"]
+    if event.pipeline:
+        parts.append(f"in pipeline {event.pipeline!r}")
+    if event.operation:
+        parts.append(f"for {event.operation}")
+    if event.attempt is not None:
+        parts.append(f"attempt {event.attempt}")
+    if event.duration is not None:
+        parts.append(f"{event.duration:.3g} s")
+    if event.exception:
+        parts.append(f"after {event.exception}")
+    if event.extras:
+        parts.append(" ".join(f"{k}={v}" for k, v in event.extras.items()))
+    return ", ".join(parts)
 
 
 class EventSite:

@@ -408,3 +408,31 @@ def test_every_event_constant_is_a_distinct_snake_case_name() -> None:
     names = [getattr(ev, n) for n in ev.__all__ if n.isupper()]
     assert len(names) == len(set(names)) == 12
     assert all(n.replace("_", "").isalpha() and n.islower() for n in names)
+
+
+async def test_logging_listener_writes_one_line_per_event_at_its_severity(caplog: pytest.LogCaptureFixture) -> None:
+    async def slow() -> None:
+        await asyncio.sleep(1)
+
+    listener = ev.LoggingListener()
+    guard = Pipeline(Timeout(0.01, name="t"), Retry(2, backoff=constant(0), name="r"), name="p", listeners=[listener])
+    with caplog.at_level(logging.DEBUG, logger="resilient.events"):
+        await guard(flaky(1))()
+        with pytest.raises(TimeoutError):
+            await guard(slow)()
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "resilient.events"]
+    assert lines[0][0] == logging.INFO
+    assert lines[0][1].startswith("resilient: retry by retry 'r', in pipeline 'p', for ")
+    assert lines[0][1].endswith("attempt 2, 0 s, after ConnectionError")
+    assert lines[1][0] == logging.WARNING
+    assert lines[1][1].startswith("resilient: timeout by timeout 't', in pipeline 'p'")
+    assert "deadline=False" in lines[1][1]
+    assert caplog.records[0].resilience_event.name == "retry"  # type: ignore[attr-defined]
+
+
+async def test_logging_listener_min_severity(caplog: pytest.LogCaptureFixture) -> None:
+    listener = ev.LoggingListener(logging.getLogger("app.resilience"), min_severity=Severity.WARNING)
+    with caplog.at_level(logging.DEBUG):
+        await Retry(2, backoff=constant(0), listeners=[listener])(flaky(1))()
+    assert [r for r in caplog.records if r.name == "app.resilience"] == []
+    assert "WARNING" in repr(listener)
