@@ -41,9 +41,11 @@ configure the SDK first to record them from the first call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Final, cast
 
@@ -205,6 +207,48 @@ def event_attributes(event: ResilienceEvent) -> dict[str, AttributeValue]:
     return attrs
 
 
+class _EventCounts:
+    """The cumulative event counts of one meter provider, observed by its SDK."""
+
+    __slots__ = ("__weakref__", "counts", "lock")
+
+    def __init__(self) -> None:
+        # attribute-set key -> [count, attributes]
+        self.counts: dict[Hashable, list[Any]] = {}
+        self.lock = threading.Lock()
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self.lock:
+            entries = [(n, attrs) for n, attrs in self.counts.values()]
+        return [Observation(n, attrs) for n, attrs in entries]
+
+
+# One table (and one observable counter) per meter provider: the SDK keeps
+# only the first callback registered under an instrument name, so a second
+# instrument() on the same provider must count into the same table.
+_tables: weakref.WeakKeyDictionary[object, _EventCounts] = weakref.WeakKeyDictionary()
+_tables_lock = threading.Lock()
+
+
+def _event_counts(provider: MeterProvider, meter: metrics.Meter) -> _EventCounts:
+    with _tables_lock:
+        try:
+            table = _tables.get(provider)
+        except TypeError:  # pragma: no cover - a provider that cannot be weakly referenced
+            table = None
+        if table is None:
+            table = _EventCounts()
+            meter.create_observable_counter(
+                EVENTS_COUNTER,
+                callbacks=[table.observe],
+                unit="{event}",
+                description="Events emitted by resilience policies.",
+            )
+            with contextlib.suppress(TypeError):
+                _tables[provider] = table
+        return table
+
+
 def _is_noop_meter_provider(provider: object) -> bool:
     # The API's proxy stays a no-op until an SDK provider is set globally;
     # its class is private, hence the name test.
@@ -252,14 +296,9 @@ class OpenTelemetryListener:
         # The events counter is aggregated here and observed by the SDK at
         # collection time: an SDK ``Counter.add`` costs several microseconds
         # in Python, a dict increment a fraction of one.
-        self._counts: dict[Hashable, list[Any]] = {}
-        self._counts_lock = threading.Lock()
-        meter.create_observable_counter(
-            EVENTS_COUNTER,
-            callbacks=[self._observe_events],
-            unit="{event}",
-            description="Events emitted by resilience policies.",
-        )
+        table = _event_counts(provider, meter)
+        self._counts = table.counts
+        self._counts_lock = table.lock
         self._attempt = self._histogram(meter, ATTEMPT_DURATION, "Duration of each attempt made by a retry.")
         self._pipeline = self._histogram(meter, PIPELINE_DURATION, "Duration of each call through a pipeline.")
         if not isinstance(durations, bool):
@@ -370,11 +409,6 @@ class OpenTelemetryListener:
                     self._counts[key] = entry
             entry[0] += 1
         return None if key is _OVERFLOW_KEY else cast("dict[str, AttributeValue]", entry[1])
-
-    def _observe_events(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._counts_lock:
-            entries = [(n, attrs) for n, attrs in self._counts.values()]
-        return [Observation(n, attrs) for n, attrs in entries]
 
     def record_duration(self, kind: str, site: EventSite, seconds: float, outcome: str) -> None:
         """Record an attempt's or a pipeline call's duration (a duration listener)."""

@@ -484,6 +484,26 @@ def test_instrument_replaces_and_uninstrument_removes() -> None:
     assert (ev._global_listeners, ev._duration_listeners) == before
 
 
+def test_instrument_again_on_the_same_provider_keeps_counting() -> None:
+    # The SDK keeps the first callback of an instrument name: a second
+    # instrument() must count into the same cumulative table.
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    site = EventSite("op", "p")
+    try:
+        otel.instrument(mp)
+        site.emit((), ev.RETRY, Severity.INFO, "retry", None)
+        otel.instrument(mp)
+        site.emit((), ev.RETRY, Severity.INFO, "retry", None)
+        site.emit((), ev.RETRY, Severity.INFO, "retry", None)
+    finally:
+        otel.uninstrument()
+    data = reader.get_metrics_data()
+    assert data is not None
+    (metric,) = [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+    assert [p.value for p in metric.data.data_points] == [3]
+
+
 def test_no_sdk_means_no_duration_listener() -> None:
     listener = otel.instrument(NoOpMeterProvider())
     try:
