@@ -46,6 +46,7 @@ __all__ = [
     "Severity",
     "add_duration_listener",
     "add_listener",
+    "durations_enabled",
     "remove_duration_listener",
     "remove_listener",
 ]
