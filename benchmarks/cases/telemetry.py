@@ -14,7 +14,9 @@ subtract from the others:
   duration per call (two histogram records, two clock reads);
 * ``retried call SDK`` - ``retried call harness`` = the telemetry of a call
   that fails once and succeeds on the retry: one event (counter + span
-  check), three histogram records. Polly reports 272 ns per event.
+  check), three histogram records. Polly reports 272 ns per event;
+* ``retried call SDK durations=False`` - ``retried call harness`` = the cost
+  of that one event alone (built, delivered, counted, span checked).
 """
 
 from __future__ import annotations
@@ -81,14 +83,14 @@ def _otel_noop() -> Any:
     return listener
 
 
-def _otel_sdk() -> Any:
+def _otel_sdk(durations: bool = True) -> Any:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     from resilient.otel import OpenTelemetryListener
 
-    listener = OpenTelemetryListener(MeterProvider(metric_readers=[InMemoryMetricReader()]))
-    assert listener.records_durations
+    listener = OpenTelemetryListener(MeterProvider(metric_readers=[InMemoryMetricReader()]), durations=durations)
+    assert listener.records_durations is durations
     return listener
 
 
@@ -124,6 +126,10 @@ def _retried_sdk() -> Callable[[], Any]:
     return _harnessed(_pipeline(_flaky_once()), listener, listener.record_duration)
 
 
+def _retried_events_only() -> Callable[[], Any]:
+    return _harnessed(_pipeline(_flaky_once()), _otel_sdk(durations=False))
+
+
 CASES: list[Case] = [
     Case("Retry(3) harness only", "telemetry", _retry_harness, ours=True),
     Case("Pipeline(Retry) harness only", "telemetry", _success_harness, ours=True),
@@ -135,4 +141,5 @@ if _have_otel():
         Case("Pipeline(Retry) instrument() no SDK", "telemetry", _success_noop, ours=True),
         Case("Pipeline(Retry) SDK success", "telemetry", _success_sdk, ours=True),
         Case("Pipeline(Retry) retried call SDK", "telemetry", _retried_sdk, ours=True),
+        Case("Pipeline(Retry) retried call SDK durations=False", "telemetry", _retried_events_only, ours=True),
     ]
