@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from types import MappingProxyType
+from typing import Any, Final, Protocol, TypeVar
 
 __all__ = [
     "BUDGET_EXHAUSTED",
@@ -39,10 +41,12 @@ __all__ = [
     "DurationListener",
     "EventSite",
     "Listener",
+    "LoggingListener",
     "ResilienceEvent",
     "Severity",
     "add_duration_listener",
     "add_listener",
+    "durations_enabled",
     "remove_duration_listener",
     "remove_listener",
 ]
@@ -65,12 +69,25 @@ STORE_RECOVERED: Final = "store_recovered"
 
 
 class Severity(StrEnum):
-    """How much an event matters; maps onto logging levels."""
+    """How much an event matters; maps onto logging levels (:attr:`logging_level`)."""
 
     DEBUG = "debug"
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
+    @property
+    def logging_level(self) -> int:
+        """The matching :mod:`logging` level (``Severity.WARNING`` -> ``logging.WARNING``)."""
+        return _LEVELS[self]
+
+
+_LEVELS: Final = {
+    Severity.DEBUG: logging.DEBUG,
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.ERROR: logging.ERROR,
+}
 
 
 ExtraValue = str | int | float | bool
@@ -108,6 +125,9 @@ class ResilienceEvent:
 
 
 Listener = Callable[[ResilienceEvent], Any]
+# Shared by events without extras; read-only so no listener can change it for the others.
+_NO_EXTRAS: Final[Mapping[str, ExtraValue]] = MappingProxyType({})
+L = TypeVar("L", bound=Callable[[ResilienceEvent], Any])
 
 
 class DurationListener(Protocol):
@@ -125,15 +145,25 @@ class DurationListener(Protocol):
 _global_listeners: list[Listener] = []
 # Read by the hot path of pipelines and retries as a plain truth test.
 _duration_listeners: list[DurationListener] = []
-_failed_listeners: set[int] = set()
+# Listeners that already raised once: their later failures are not logged.
+# Kept by value (strong references), so that a bound method, recreated on each
+# attribute access, is recognised, and an id is never reused by a new object.
+_failed_listeners: list[object] = []
+# Async listeners' tasks: the loop keeps only weak references to tasks.
 _background: set[asyncio.Task[Any]] = set()
 
 
-def add_listener(listener: Listener) -> None:
-    """Register ``listener`` for every event of every policy in the process."""
+def add_listener(listener: L) -> L:
+    """Register ``listener`` for every event of every policy in the process.
+
+    Returns the listener, so this works as a decorator too. A listener may be
+    an ``async def`` function: it is then scheduled as a task on the running
+    loop and the call that emitted the event does not wait for it.
+    """
     if not callable(listener):
         raise TypeError(f"listener must be callable, got {listener!r}")
     _global_listeners.append(listener)
+    return listener
 
 
 def remove_listener(listener: Listener) -> None:
@@ -164,47 +194,112 @@ def durations_enabled() -> bool:
     return bool(_duration_listeners)
 
 
-def _report_failure(listener: object, exc: BaseException) -> None:
-    key = id(listener)
-    if key in _failed_listeners:
+def _report_failure(listener: object, exc: BaseException, what: str = "raised") -> None:
+    """Log a listener's failure, once per listener: a broken listener must not flood the logs."""
+    if any(_same(listener, known) for known in _failed_listeners):
         return
-    _failed_listeners.add(key)
+    _failed_listeners.append(listener)
     logger.error(
-        "resilient: event listener %r raised %s; it is ignored from now on in the logs",
+        "resilient: event listener %r %s %s; the event is dropped for it, calls are not affected, "
+        "and further failures of this listener are not logged",
         listener,
+        what,
         type(exc).__name__,
         exc_info=exc,
     )
 
 
-def _on_task_done(task: asyncio.Task[Any]) -> None:
-    _background.discard(task)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        _report_failure(task.get_coro(), exc)
+def _same(a: object, b: object) -> bool:
+    # Equality, not identity: ``obj.method`` is a new bound-method object on
+    # each access but compares equal. A hostile __eq__ only costs a log line.
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def _deliver(listener: Listener, event: ResilienceEvent) -> None:
     try:
         result = listener(event)
-        if inspect.isawaitable(result):
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                # A sync caller cannot await an async listener; close it to
-                # avoid a "never awaited" warning, and say so once.
-                if inspect.iscoroutine(result):
-                    result.close()
-                _report_failure(listener, RuntimeError("async listener called outside an event loop"))
-                return
-            task = loop.create_task(_await(result))
-            _background.add(task)
-            task.add_done_callback(_on_task_done)
+        if result is not None and inspect.isawaitable(result):
+            _schedule(listener, result)
     except Exception as exc:  # a listener must never break a call
         _report_failure(listener, exc)
 
 
-async def _await(awaitable: Awaitable[Any]) -> None:
-    await awaitable
+def _schedule(listener: Listener, awaitable: Awaitable[Any]) -> None:
+    """Run an async listener's awaitable as a task; the emitting call never waits for it."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        # A synchronous caller outside any loop cannot run it: close it (no
+        # "never awaited" warning) and say so, once.
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        _report_failure(
+            listener, RuntimeError("no running event loop"), "is async but the event was emitted outside a loop:"
+        )
+        return
+    coro = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
+    task = loop.create_task(coro)
+    _background.add(task)
+    task.add_done_callback(functools.partial(_on_task_done, listener))
+
+
+def _on_task_done(listener: Listener, task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _report_failure(listener, exc)
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+class LoggingListener:
+    """A listener that writes each event as one log line, at the event's severity.
+
+    ``add_listener(LoggingListener())`` logs every event of the process on
+    the ``resilient.events`` logger; ``min_severity`` drops the chattier
+    ones. The policies' own loggers (``resilient.retry``,
+    ``resilient.breaker``...) already warn on the events that need a human
+    (a circuit opening, a spent retry budget); this listener is for a full
+    trail, e.g. in development or when no metrics backend is set up.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None, min_severity: Severity = Severity.DEBUG) -> None:
+        self.logger = logger if logger is not None else logging.getLogger("resilient.events")
+        self.min_level = Severity(min_severity).logging_level
+
+    def __call__(self, event: ResilienceEvent) -> None:
+        """Log ``event`` (nothing is formatted unless the logger is enabled for its level)."""
+        level = event.severity.logging_level if isinstance(event.severity, Severity) else logging.INFO
+        if level < self.min_level or not self.logger.isEnabledFor(level):
+            return
+        self.logger.log(level, "resilient: %s", _describe(event), extra={"resilience_event": event})
+
+    def __repr__(self) -> str:
+        return f"LoggingListener(logger={self.logger.name!r}, min_level={logging.getLevelName(self.min_level)})"
+
+
+def _describe(event: ResilienceEvent) -> str:
+    policy = f"{event.policy_type} {event.policy!r}" if event.policy else event.policy_type
+    parts = [f"{event.name} by {policy}"]
+    if event.pipeline:
+        parts.append(f"in pipeline {event.pipeline!r}")
+    if event.operation:
+        parts.append(f"for {event.operation}")
+    if event.attempt is not None:
+        parts.append(f"attempt {event.attempt}")
+    if event.duration is not None:
+        parts.append(f"{event.duration:.3g} s")
+    if event.exception:
+        parts.append(f"after {event.exception}")
+    if event.extras:
+        parts.append(" ".join(f"{k}={v}" for k, v in event.extras.items()))
+    return ", ".join(parts)
 
 
 class EventSite:
@@ -249,17 +344,19 @@ class EventSite:
         if exception is not None:
             exc_type = exception if isinstance(exception, type) else type(exception)
             exc_name = _qualname(exc_type)
+        # Positional: half the cost of keywords for a frozen dataclass. The
+        # order is the field order (tests compare against a keyword build).
         event = ResilienceEvent(
-            name=name,
-            severity=severity,
-            policy_type=policy_type,
-            policy=policy,
-            pipeline=self.pipeline,
-            operation=self.operation,
-            attempt=attempt,
-            duration=duration,
-            exception=exc_name,
-            extras=extras if extras is not None else {},
+            name,
+            severity,
+            policy_type,
+            policy,
+            self.pipeline,
+            self.operation,
+            attempt,
+            duration,
+            exc_name,
+            extras if extras is not None else _NO_EXTRAS,
         )
         for listener in (*policy_listeners, *self.listeners, *_global_listeners):
             _deliver(listener, event)

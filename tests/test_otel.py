@@ -1,0 +1,568 @@
+"""The OpenTelemetry listener against the real SDK (in-memory reader and exporter)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NoOpTracerProvider
+
+from resilient import BulkheadFullError, Pipeline, Policy, Retry, Timeout, constant, otel
+from resilient import events as ev
+from resilient.events import EventSite, Severity
+from resilient.policy import AsyncFn, AsyncWrapped
+
+
+class Telemetry:
+    """An SDK meter and tracer provider wired to in-memory sinks, instrumented."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.tracer = self.tracer_provider.get_tracer("test")
+        self.listener = otel.instrument(self.meter_provider, self.tracer_provider, **kwargs)
+
+    def metrics(self) -> dict[str, Any]:
+        data = self.reader.get_metrics_data()
+        found: dict[str, Any] = {}
+        if data is None:
+            return found
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                assert sm.scope.name == "resilient"
+                for metric in sm.metrics:
+                    found[metric.name] = metric
+        return found
+
+    def points(self, name: str) -> list[Any]:
+        return list(self.metrics()[name].data.data_points)
+
+    def span_events(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(e.name, dict(e.attributes or {})) for s in self.exporter.get_finished_spans() for e in s.events]
+
+    def all_attribute_values(self) -> list[Any]:
+        values: list[Any] = []
+        for metric in self.metrics().values():
+            for point in metric.data.data_points:
+                values += list(point.attributes.values())
+        for _, attrs in self.span_events():
+            values += list(attrs.values())
+        return values
+
+
+@pytest.fixture
+def tel() -> Iterator[Telemetry]:
+    t = Telemetry()
+    yield t
+    otel.uninstrument()
+    t.meter_provider.shutdown()
+    t.tracer_provider.shutdown()
+
+
+def flaky(failures: int, exc: type[Exception] = ConnectionError) -> Any:
+    calls = {"n": 0}
+
+    async def call() -> str:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise exc("boom")
+        return "ok"
+
+    return call
+
+
+# -- a retrying call ---------------------------------------------------------------
+
+
+async def test_retrying_call_records_events_durations_and_span_events(tel: Telemetry) -> None:
+    fn = flaky(2)
+    op = fn.__qualname__
+    guarded = Pipeline(Retry(3, backoff=constant(0), name="r"), name="p")(fn)
+    with tel.tracer.start_as_current_span("request"):
+        assert await guarded() == "ok"
+
+    found = tel.metrics()
+    assert sorted(found) == ["resilience.attempt.duration", "resilience.events", "resilience.pipeline.duration"]
+    assert found["resilience.events"].unit == "{event}"
+    assert found["resilience.attempt.duration"].unit == "s"
+    assert found["resilience.pipeline.duration"].unit == "s"
+    assert found["resilience.events"].data.is_monotonic
+
+    (point,) = tel.points("resilience.events")
+    assert point.value == 2
+    assert dict(point.attributes) == {
+        "resilience.event.name": "retry",
+        "resilience.event.severity": "info",
+        "resilience.policy.type": "retry",
+        "resilience.policy.name": "r",
+        "resilience.pipeline.name": "p",
+        "resilience.operation.name": op,
+        "error.type": "ConnectionError",
+    }
+
+    attempts = {p.attributes["resilience.outcome"]: p for p in tel.points("resilience.attempt.duration")}
+    assert {k: v.count for k, v in attempts.items()} == {"failure": 2, "success": 1}
+    for outcome, p in attempts.items():
+        assert dict(p.attributes) == {
+            "resilience.pipeline.name": "p",
+            "resilience.operation.name": op,
+            "resilience.outcome": outcome,
+        }
+        assert tuple(p.explicit_bounds) == otel.DURATION_BUCKETS
+        assert 0 <= p.sum < 1
+
+    (pipe,) = tel.points("resilience.pipeline.duration")
+    assert pipe.count == 1
+    assert dict(pipe.attributes) == {
+        "resilience.pipeline.name": "p",
+        "resilience.operation.name": op,
+        "resilience.outcome": "success",
+    }
+
+    span_events = tel.span_events()
+    assert [name for name, _ in span_events] == ["resilience.retry", "resilience.retry"]
+    assert [a["resilience.attempt.number"] for _, a in span_events] == [2, 3]
+    assert all(a["resilience.event.duration"] == 0.0 for _, a in span_events)
+    assert all(a["error.type"] == "ConnectionError" and a["resilience.policy.name"] == "r" for _, a in span_events)
+
+
+async def test_a_retry_that_gives_up_records_failures(tel: Telemetry) -> None:
+    guarded = Pipeline(Retry(2, backoff=constant(0)), name="p")(flaky(5))
+    with pytest.raises(ConnectionError):
+        await guarded()
+    (pipe,) = tel.points("resilience.pipeline.duration")
+    assert pipe.attributes["resilience.outcome"] == "failure"
+    (att,) = tel.points("resilience.attempt.duration")
+    assert (att.attributes["resilience.outcome"], att.count) == ("failure", 2)
+    (point,) = tel.points("resilience.events")
+    assert "resilience.policy.name" not in point.attributes  # unnamed policy: no attribute, not ""
+
+
+def test_sync_retry_records_attempts(tel: Telemetry) -> None:
+    n = {"i": 0}
+
+    def call() -> int:
+        n["i"] += 1
+        if n["i"] == 1:
+            raise OSError
+        return 1
+
+    assert Pipeline(Retry(2, backoff=constant(0)), name="s").run_sync(call) == 1
+    assert sorted(p.count for p in tel.points("resilience.attempt.duration")) == [1, 1]
+    assert tel.points("resilience.pipeline.duration")[0].count == 1
+
+
+# -- a rejection -------------------------------------------------------------------
+
+
+class AlwaysFull(Policy):
+    """A bulkhead that is always full: rejects through the real emit path."""
+
+    policy_type = "bulkhead"
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            exc = BulkheadFullError("full", policy=self.name)
+            self._emit(site, ev.REJECTED, Severity.WARNING, exception=exc, extras={"status_code": 503})
+            raise exc
+
+        return call
+
+
+async def test_rejection_counts_and_adds_a_span_event(tel: Telemetry) -> None:
+    fn = flaky(0)
+    guarded = Pipeline(AlwaysFull(name="pool"), name="p")(fn)
+    with tel.tracer.start_as_current_span("request"), pytest.raises(BulkheadFullError):
+        await guarded()
+    (point,) = tel.points("resilience.events")
+    assert point.value == 1
+    expected = {
+        "resilience.event.name": "rejected",
+        "resilience.event.severity": "warning",
+        "resilience.policy.type": "bulkhead",
+        "resilience.policy.name": "pool",
+        "resilience.pipeline.name": "p",
+        "resilience.operation.name": fn.__qualname__,
+        "error.type": "resilient.errors.BulkheadFullError",
+        "http.response.status_code": 503,
+    }
+    assert dict(point.attributes) == expected
+    assert tel.span_events() == [("resilience.rejected", expected)]
+    (pipe,) = tel.points("resilience.pipeline.duration")
+    assert pipe.attributes["resilience.outcome"] == "failure"
+    # No Retry in the pipeline: no attempt durations.
+    assert "resilience.attempt.duration" not in tel.metrics()
+
+
+# -- a timeout ---------------------------------------------------------------------
+
+
+async def test_timeout_counts_and_adds_a_span_event(tel: Telemetry) -> None:
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    guarded = Pipeline(Timeout(0.01, name="t"), name="p")(slow)
+    with tel.tracer.start_as_current_span("request"), pytest.raises(TimeoutError):
+        await guarded()
+    (point,) = tel.points("resilience.events")
+    expected = {
+        "resilience.event.name": "timeout",
+        "resilience.event.severity": "warning",
+        "resilience.policy.type": "timeout",
+        "resilience.policy.name": "t",
+        "resilience.pipeline.name": "p",
+        "resilience.operation.name": slow.__qualname__,
+        "resilience.timeout.deadline": False,
+    }
+    assert dict(point.attributes) == expected
+    ((name, attrs),) = tel.span_events()
+    assert name == "resilience.timeout"
+    assert attrs == {**expected, "resilience.event.duration": pytest.approx(0.01)}
+    (pipe,) = tel.points("resilience.pipeline.duration")
+    assert pipe.attributes["resilience.outcome"] == "failure"
+    assert 0.005 < pipe.sum < 1
+
+
+# -- events emitted by other policies (synthetic, through the real EventSite) ------
+
+
+async def test_breaker_opening(tel: Telemetry) -> None:
+    site = EventSite("fetch_user", "users")
+    with tel.tracer.start_as_current_span("request"):
+        site.emit(
+            (),
+            ev.CIRCUIT_OPENED,
+            Severity.WARNING,
+            "circuit_breaker",
+            "users-api",
+            duration=5.0,
+            exception=ConnectionError("down"),
+            extras={"state": "open", "previous_state": "closed", "host": "users.internal"},
+        )
+    expected = {
+        "resilience.event.name": "circuit_opened",
+        "resilience.event.severity": "warning",
+        "resilience.policy.type": "circuit_breaker",
+        "resilience.policy.name": "users-api",
+        "resilience.pipeline.name": "users",
+        "resilience.operation.name": "fetch_user",
+        "error.type": "ConnectionError",
+        "resilience.circuit.state": "open",
+        "resilience.circuit.previous_state": "closed",
+        "server.address": "users.internal",
+    }
+    (point,) = tel.points("resilience.events")
+    assert (point.value, dict(point.attributes)) == (1, expected)
+    assert tel.span_events() == [("resilience.circuit_opened", {**expected, "resilience.event.duration": 5.0})]
+
+
+async def test_stale_hit(tel: Telemetry) -> None:
+    site = EventSite("get_prices", None)
+    with tel.tracer.start_as_current_span("request"):
+        for _ in range(3):
+            site.emit((), ev.CACHE_STALE_HIT, Severity.INFO, "stale_cache", "prices", exception=TimeoutError())
+    (point,) = tel.points("resilience.events")
+    assert point.value == 3
+    assert dict(point.attributes) == {
+        "resilience.event.name": "cache_stale_hit",
+        "resilience.event.severity": "info",
+        "resilience.policy.type": "stale_cache",
+        "resilience.policy.name": "prices",
+        "resilience.operation.name": "get_prices",
+        "error.type": "TimeoutError",
+    }
+    assert [n for n, _ in tel.span_events()] == ["resilience.cache_stale_hit"] * 3
+
+
+async def test_every_event_name_is_handled(tel: Telemetry) -> None:
+    names = [getattr(ev, n) for n in ev.__all__ if n.isupper()]
+    site = EventSite("op", "p")
+    with tel.tracer.start_as_current_span("request"):
+        for name in names:
+            site.emit((), name, Severity.INFO, "policy", None)
+    counted = {p.attributes["resilience.event.name"]: p.value for p in tel.points("resilience.events")}
+    assert counted == dict.fromkeys(names, 1)
+    assert sorted(n for n, _ in tel.span_events()) == sorted(f"resilience.{n}" for n in names)
+
+
+# -- safety: nothing secret or high-cardinality in attributes ----------------------
+
+SECRETS = ("SECRET", "?", "://", "@", "Bearer", "token=", "/")
+
+
+async def test_no_url_query_credential_or_header_value_reaches_attributes(tel: Telemetry) -> None:
+    site = EventSite("call", "p")
+    hostile: list[dict[str, Any]] = [
+        {"url": "https://user:SECRET@api.example.com/v1/users/42?token=SECRET"},
+        {"host": "api.example.com/?q=SECRET"},
+        {"host": "user:SECRET@api.example.com"},
+        {"host": "api.example.com:8443"},
+        {"host": "https://api.example.com"},
+        {"authorization": "Bearer SECRET", "cookie": "session=SECRET", "x-api-key": "SECRET"},
+        {"headers": {"authorization": "Bearer SECRET"}},
+        {"user_id": "SECRET-42", "query": "a=SECRET", "path": "/users/SECRET"},
+        {"method": "SECRET /admin?x=1"},
+        {"status_code": "503 SECRET"},
+        {"state": "open?SECRET"},
+        {"deadline": "SECRET"},
+    ]
+    with tel.tracer.start_as_current_span("request"):
+        for extras in hostile:
+            site.emit((), ev.RETRY, Severity.INFO, "retry", "r", extras=extras)
+    values = tel.all_attribute_values()
+    assert values
+    for value in values:
+        text = str(value)
+        assert not any(s in text for s in SECRETS), text
+    keys = {k for p in tel.points("resilience.events") for k in p.attributes}
+    assert keys <= {
+        "resilience.event.name",
+        "resilience.event.severity",
+        "resilience.policy.type",
+        "resilience.policy.name",
+        "resilience.pipeline.name",
+        "resilience.operation.name",
+        "http.request.method",
+    }
+    # The unknown method became the semantic conventions' "_OTHER".
+    assert {p.attributes.get("http.request.method") for p in tel.points("resilience.events")} == {None, "_OTHER"}
+
+
+TRICKY = st.sampled_from(
+    ["a.b", "a.b?x=1", "u:p@h", "h:80", "[::1]", "::1", "::1/path", "GET", "get /x", "open", "x" * 300, "a b", ""]
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=300)
+@given(
+    st.dictionaries(
+        st.sampled_from([*otel.SAFE_EXTRAS, "url", "authorization", "user", "x"]),
+        st.one_of(TRICKY, st.text(), st.integers(), st.booleans(), st.floats(allow_nan=False), st.none()),
+    )
+)
+def test_extras_become_only_checked_low_cardinality_values(extras: dict[str, Any]) -> None:
+    event = ev.ResilienceEvent("retry", Severity.INFO, "retry", extras=extras)
+    attrs = otel.event_attributes(event)
+    allowed = {key for key, _ in otel.SAFE_EXTRAS.values()}
+    for key, value in attrs.items():
+        if key.startswith("resilience.event") or key == "resilience.policy.type":
+            continue
+        assert key in allowed
+        assert isinstance(value, str | int | bool)
+        if isinstance(value, str):
+            assert len(value) <= 253
+            assert not set(value) & set("/?@#&=% \t\r\n\"'<>\\")
+
+
+@pytest.mark.parametrize(
+    ("extras", "expected"),
+    [
+        ({"host": "API.Example.com"}, {"server.address": "api.example.com"}),
+        ({"host": "10.0.0.1"}, {"server.address": "10.0.0.1"}),
+        ({"host": "[::1]"}, {"server.address": "::1"}),
+        ({"host": "a.b:80"}, {}),
+        ({"port": 8443}, {"server.port": 8443}),
+        ({"port": 0}, {}),
+        ({"method": "patch"}, {"http.request.method": "PATCH"}),
+        ({"status_code": 429}, {"http.response.status_code": 429}),
+        ({"status_code": True}, {}),
+        ({"status_code": 9999}, {}),
+        ({"deadline": True}, {"resilience.timeout.deadline": True}),
+        ({"state": "half_open"}, {"resilience.circuit.state": "half_open"}),
+    ],
+)
+def test_safe_extras_mapping(extras: dict[str, Any], expected: dict[str, Any]) -> None:
+    attrs = otel.event_attributes(ev.ResilienceEvent("retry", Severity.INFO, "retry", extras=extras))
+    base = {"resilience.event.name": "retry", "resilience.event.severity": "info", "resilience.policy.type": "retry"}
+    assert attrs == {**base, **expected}
+
+
+async def test_attribute_sets_beyond_the_limit_are_counted_as_overflow(
+    tel: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(otel, "_MAX_ATTRIBUTE_SETS", 2)
+    with tel.tracer.start_as_current_span("request"):
+        for i in range(5):
+            EventSite(f"op{i}", "p").emit((), ev.RETRY, Severity.INFO, "retry", None)
+    counts = sorted(
+        (p.value, p.attributes.get("resilience.operation.name", "overflow")) for p in tel.points("resilience.events")
+    )
+    assert counts == [(1, "op0"), (1, "op1"), (3, "overflow")]
+    overflow = [p for p in tel.points("resilience.events") if "otel.metric.overflow" in p.attributes]
+    assert dict(overflow[0].attributes) == {"otel.metric.overflow": True}
+    # Span events keep the real attributes.
+    assert [a["resilience.operation.name"] for _, a in tel.span_events()] == [f"op{i}" for i in range(5)]
+
+
+def test_durations_false_records_no_histograms() -> None:
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    listener = otel.instrument(mp, durations=False)
+    try:
+        assert not listener.records_durations
+        assert ev._duration_listeners == []
+    finally:
+        otel.uninstrument()
+    with pytest.raises(TypeError, match="durations"):
+        otel.OpenTelemetryListener(mp, durations="yes")  # type: ignore[arg-type]
+
+
+# -- span events: only on recording spans, configurable ----------------------------
+
+
+async def test_no_current_span_is_fine_and_counts_anyway(tel: Telemetry) -> None:
+    await Retry(2, backoff=constant(0))(flaky(1))()
+    assert tel.span_events() == []
+    assert tel.points("resilience.events")[0].value == 1
+
+
+async def test_span_events_can_be_limited_to_some_names() -> None:
+    t = Telemetry(span_events={ev.RETRY})
+    try:
+
+        async def slow() -> None:
+            await asyncio.sleep(5)
+
+        with t.tracer.start_as_current_span("request"):
+            await Retry(2, backoff=constant(0))(flaky(1))()
+            with pytest.raises(TimeoutError):
+                await Timeout(0.01)(slow)()
+        assert [n for n, _ in t.span_events()] == ["resilience.retry"]
+        assert {p.attributes["resilience.event.name"] for p in t.points("resilience.events")} == {"retry", "timeout"}
+    finally:
+        otel.uninstrument()
+
+
+async def test_noop_tracer_provider_switches_span_events_off() -> None:
+    t = Telemetry()
+    otel.instrument(t.meter_provider, NoOpTracerProvider())
+    try:
+        with t.tracer.start_as_current_span("request"):
+            await Retry(2, backoff=constant(0))(flaky(1))()
+        assert t.span_events() == []
+    finally:
+        otel.uninstrument()
+
+
+def test_span_events_rejects_a_bare_string() -> None:
+    with pytest.raises(TypeError, match="span_events"):
+        otel.OpenTelemetryListener(NoOpMeterProvider(), span_events="retry")
+
+
+# -- registration and cost -----------------------------------------------------------
+
+
+def test_instrument_replaces_and_uninstrument_removes() -> None:
+    before = (list(ev._global_listeners), list(ev._duration_listeners))
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    first = otel.instrument(mp)
+    second = otel.instrument(mp)
+    assert otel.instrumented() is second
+    assert first not in ev._global_listeners
+    assert ev._global_listeners.count(second) == 1
+    assert ev._duration_listeners.count(second.record_duration) == 1
+    otel.uninstrument()
+    otel.uninstrument()
+    assert otel.instrumented() is None
+    assert (ev._global_listeners, ev._duration_listeners) == before
+
+
+def test_instrument_again_on_the_same_provider_keeps_counting() -> None:
+    # The SDK keeps the first callback of an instrument name: a second
+    # instrument() must count into the same cumulative table.
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    site = EventSite("op", "p")
+    try:
+        otel.instrument(mp)
+        site.emit((), ev.RETRY, Severity.INFO, "retry", None)
+        otel.instrument(mp)
+        site.emit((), ev.RETRY, Severity.INFO, "retry", None)
+        site.emit((), ev.RETRY, Severity.INFO, "retry", None)
+    finally:
+        otel.uninstrument()
+    data = reader.get_metrics_data()
+    assert data is not None
+    (metric,) = [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+    assert [p.value for p in metric.data.data_points] == [3]
+
+
+def test_no_sdk_means_no_duration_listener() -> None:
+    listener = otel.instrument(NoOpMeterProvider())
+    try:
+        assert not listener.records_durations
+        assert listener in ev._global_listeners
+        assert ev._duration_listeners == []
+        assert not ev.durations_enabled()
+        # Events still go through the no-op instruments without error.
+        EventSite("op", "p").emit((), ev.RETRY, Severity.INFO, "retry", None, exception=OSError())
+    finally:
+        otel.uninstrument()
+
+
+async def test_a_pipeline_listener_records_events_but_not_durations() -> None:
+    reader = InMemoryMetricReader()
+    listener = otel.OpenTelemetryListener(MeterProvider(metric_readers=[reader]))
+    await Pipeline(Retry(2, backoff=constant(0)), name="p", listeners=[listener])(flaky(1))()
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert names == {"resilience.events"}
+
+
+def test_global_proxy_provider_costs_nothing_until_an_sdk_is_set() -> None:
+    # The global meter provider can be set once per process: a subprocess.
+    code = textwrap.dedent(
+        """
+        import asyncio
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from resilient import Pipeline, Retry, constant, events
+        import resilient.otel
+
+        listener = resilient.otel.instrument()
+        assert not listener.records_durations and events._duration_listeners == [], "no SDK: no durations"
+        n = {"i": 0}
+        async def call():
+            n["i"] += 1
+            if n["i"] % 2:
+                raise OSError
+            return 1
+        guarded = Pipeline(Retry(2, backoff=constant(0)), name="p")(call)
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        asyncio.run(guarded())  # one retry: an event, which notices the SDK
+        assert listener.records_durations and events._duration_listeners, "SDK set: durations on"
+        asyncio.run(guarded())
+        found = {m.name: m for rm in reader.get_metrics_data().resource_metrics
+                 for sm in rm.scope_metrics for m in sm.metrics}
+        print(sorted(found))
+        print(sum(p.value for p in found["resilience.events"].data.data_points))
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("OTEL_PYTHON_METER_PROVIDER", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "['resilience.attempt.duration', 'resilience.events', 'resilience.pipeline.duration']"
+    assert lines[1] == "2"
