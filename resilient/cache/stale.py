@@ -212,7 +212,7 @@ class StaleCache(Policy):
         """The key this policy uses for ``fn(*args, **kwargs)`` (for :meth:`invalidate`)."""
         if self.key is not None:
             return self.key(*args, **kwargs)
-        prefix, prefix_kw = _key_prefixes(fn)
+        prefix, prefix_kw = _key_prefixes(_operation_name(inspect.unwrap(fn)))
         if kwargs:
             return (prefix_kw, args, frozenset(kwargs.items()))
         return prefix + args
@@ -283,7 +283,7 @@ class StaleCache(Policy):
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         ttl = self.ttl
         keyfn = self.key
-        prefix, prefix_kw = _key_prefixes(fn)
+        prefix, prefix_kw = _key_prefixes(site.operation)
         get = self.store.get
         store_async = self._store_async
         now = self._now
@@ -448,7 +448,7 @@ class StaleCache(Policy):
             raise TypeError(f"{self._label()} has an async store and cannot guard the synchronous function {fn!r}")
         ttl = self.ttl
         keyfn = self.key
-        prefix, prefix_kw = _key_prefixes(fn)
+        prefix, prefix_kw = _key_prefixes(site.operation)
         get = self.store.get
         now = self._now
         set_last = _last.set
@@ -616,8 +616,10 @@ class StaleCache(Policy):
         return f"StaleCache(ttl={self.ttl}, stale_ttl={self.stale_ttl}, name={self.name!r})"
 
 
-def _key_prefixes(fn: Callable[..., Any]) -> tuple[tuple[str], str]:
-    # "**" cannot occur in a qualified name, so keys with and without
-    # keyword arguments can never be equal.
-    name = f"{getattr(fn, '__module__', None)}.{_operation_name(fn)}"
+def _key_prefixes(operation: str | None) -> tuple[tuple[str], str]:
+    # The site's operation is the guarded function's qualified name even
+    # inside a pipeline, where ``fn`` is the next policy's closure. "**"
+    # cannot occur in a qualified name, so keys with and without keyword
+    # arguments can never be equal.
+    name = operation or "?"
     return (name,), name + "**"
