@@ -8,6 +8,7 @@ existing ``pybreaker.CircuitBreaker`` in a pipeline.
 
 from __future__ import annotations
 
+from resilient.breaker.circuit import BreakerGuard, CircuitBreaker
 from resilient.breaker.state import (
     BreakDuration,
     BreakerConfig,
@@ -20,11 +21,13 @@ from resilient.breaker.store import AsyncBreakerStore, BreakerStore, InMemoryBre
 
 __all__ = [
     "AsyncBreakerStore",
+    "BreakerGuard",
     "BreakDuration",
     "BreakerConfig",
     "BreakerMetrics",
     "BreakerSnapshot",
     "BreakerStore",
+    "CircuitBreaker",
     "CircuitState",
     "InMemoryBreakerStore",
     "StateChange",
