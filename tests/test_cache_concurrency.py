@@ -9,8 +9,6 @@ import time
 import traceback
 from typing import Any
 
-import pytest
-
 from resilient.cache import CacheLookup, StaleCache, last_lookup
 from resilient.deadline import deadline, remaining
 from resilient.testing import FakeClock
@@ -67,7 +65,8 @@ async def test_cancelling_one_waiter_does_not_cancel_the_shared_call(clock: Fake
     first.cancel()
     others[0].cancel()
     await settle()
-    assert first.cancelled() and others[0].cancelled()
+    assert first.cancelled()
+    assert others[0].cancelled()
     assert up.cancelled == 0
     up.gate.set()
     assert await asyncio.gather(*others[1:]) == ["v1", "v1"]
