@@ -289,10 +289,11 @@ async def test_entries_older_than_stale_ttl_are_never_served(clock: FakeClock) -
     await cached(1)
     clock.advance(60)
     up.error = ConnectionError("down")
-    with pytest.raises(ConnectionError):
+    with pytest.raises(ConnectionError) as info:
         await cached(1)
     assert last_lookup() == CacheLookup("miss", 0.0)
     assert len(cache.store) == 0  # type: ignore[arg-type]
+    assert info.value.__notes__ == ["resilient: StaleCache had no value younger than stale_ttl=60 s to serve instead"]
 
 
 async def test_stale_if_error_inline(clock: FakeClock) -> None:

@@ -32,6 +32,8 @@ async def test_a_thousand_concurrent_callers_on_a_cold_key_make_one_call(
     assert await asyncio.gather(*tasks) == ["v1"] * 1000
     assert up.calls == 1
     assert cache.status()["in_flight"] == 0
+    assert cache.status()["misses"] == 1000
+    assert cache.status()["coalesced"] == 999
     assert await cached("hot") == "v1"
     assert up.calls == 1
 
