@@ -582,3 +582,34 @@ def test_sync_recursion_on_the_same_key_does_not_deadlock(clock: FakeClock) -> N
         return n if depth["n"] > 1 else again(n)
 
     assert again(3) == 3
+
+
+async def test_an_entry_that_ages_past_stale_ttl_during_the_call_is_not_served(clock: FakeClock) -> None:
+    calls = 0
+
+    async def slow_then_failing() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return "v1"
+        clock.advance(20)  # the call takes 20 s, taking the entry from age 50 to 70
+        raise ConnectionError("down")
+
+    cached = StaleCache(10, stale_ttl=60, refresh="inline", clock=clock)(slow_then_failing)
+    await cached()
+    clock.advance(50)
+    with pytest.raises(ConnectionError):
+        await cached()
+
+
+async def test_policy_listeners_receive_the_stale_hit(clock: FakeClock) -> None:
+    events: list[Any] = []
+    up = Upstream()
+    cached = StaleCache(10, stale_ttl=60, refresh="inline", clock=clock, listeners=[events.append])(up)
+    await cached(1)
+    clock.advance(30)
+    up.error = CircuitOpenError("open")
+    await cached(1)
+    assert [(e.name, e.severity.value, e.exception) for e in events] == [
+        (CACHE_STALE_HIT, "warning", "resilient.errors.CircuitOpenError")
+    ]

@@ -158,3 +158,12 @@ def test_sync_pipeline_with_retry(clock: FakeClock) -> None:
     clock.advance(30)
     assert get(4) == 40
     assert calls == 3
+
+
+async def test_the_unhashable_error_names_the_guarded_function_inside_a_pipeline(clock: FakeClock) -> None:
+    async def get_users(ids: list[int]) -> list[str]:
+        return []
+
+    cached = Pipeline(StaleCache(10, clock=clock), Timeout(1))(get_users)
+    with pytest.raises(TypeError, match=r"cannot cache test_the_unhashable.*get_users\(\).*key="):
+        await cached([1])

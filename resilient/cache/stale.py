@@ -304,7 +304,7 @@ class StaleCache(Policy):
                 try:
                     k = (prefix_kw, args, frozenset(kwargs.items()))
                 except TypeError as exc:
-                    raise self._unhashable(fn, exc) from exc
+                    raise self._unhashable(site.operation, exc) from exc
             else:
                 k = prefix + args
             try:
@@ -312,7 +312,7 @@ class StaleCache(Policy):
                 if store_async:
                     entry = await entry
             except Exception as exc:
-                entry = lookup_failed(fn, k, exc)
+                entry = lookup_failed(site.operation, k, exc)
             if entry is not None:
                 age = now() - entry.stored_at
                 if age < ttl:
@@ -356,7 +356,7 @@ class StaleCache(Policy):
                 if self._store_async:
                     newest = await newest
             except Exception as exc:
-                newest = self._lookup_failed(fn, k, exc)
+                newest = self._lookup_failed(site.operation, k, exc)
             if newest is not None:
                 age = self._now() - newest.stored_at
                 if age < self.stale_ttl:
@@ -472,13 +472,13 @@ class StaleCache(Policy):
                 try:
                     k = (prefix_kw, args, frozenset(kwargs.items()))
                 except TypeError as exc:
-                    raise self._unhashable(fn, exc) from exc
+                    raise self._unhashable(site.operation, exc) from exc
             else:
                 k = prefix + args
             try:
                 entry = get(k)
             except Exception as exc:
-                entry = lookup_failed(fn, k, exc)
+                entry = lookup_failed(site.operation, k, exc)
             if entry is not None:
                 age = now() - entry.stored_at
                 if age < ttl:
@@ -533,7 +533,7 @@ class StaleCache(Policy):
             try:
                 newest = self.store.get(k)
             except Exception as exc:
-                newest = self._lookup_failed(fn, k, exc)
+                newest = self._lookup_failed(site.operation, k, exc)
             if newest is not None:
                 age = self._now() - newest.stored_at
                 if age < self.stale_ttl:
@@ -601,12 +601,12 @@ class StaleCache(Policy):
         logger.debug("resilient: %s: background refresh of %s failed: %r", self._label(), site.operation, exc)
         self._emit(site, CACHE_REFRESH_FAILED, Severity.WARNING, exception=exc)
 
-    def _lookup_failed(self, fn: Callable[..., Any], k: Hashable, exc: Exception) -> CacheEntry | None:
+    def _lookup_failed(self, operation: str | None, k: Hashable, exc: Exception) -> CacheEntry | None:
         if isinstance(exc, TypeError):
             try:
                 hash(k)
             except TypeError:
-                raise self._unhashable(fn, exc) from exc
+                raise self._unhashable(operation, exc) from exc
         # A broken or unreachable store is a miss: the function is still there.
         self._store_error("get", exc)
         return None
@@ -624,8 +624,8 @@ class StaleCache(Policy):
         else:
             logger.debug("resilient: %s: store %s failed: %r", self._label(), op, exc)
 
-    def _unhashable(self, fn: Callable[..., Any], exc: TypeError) -> TypeError:
-        what = _operation_name(fn)
+    def _unhashable(self, operation: str | None, exc: TypeError) -> TypeError:
+        what = operation or "the function"
         if self.key is None:
             return TypeError(
                 f"{self._label()} cannot cache {what}(): its arguments are not hashable ({exc}); "
