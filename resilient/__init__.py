@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from resilient.backoff import Backoff, constant, exponential, linear
 from resilient.budget import RetryBudget
+from resilient.cache import StaleCache
 from resilient.chaos import Fault, Latency, ResultInjection
 from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
 from resilient.deadline import Deadline, current_deadline, deadline, remaining
@@ -53,6 +54,7 @@ __all__ = [
     "RetryBudget",
     "SYSTEM_CLOCK",
     "Severity",
+    "StaleCache",
     "SystemClock",
     "Timeout",
     "TimeoutError",

@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 __all__ = [
     "BUDGET_EXHAUSTED",
+    "CACHE_REFRESH_FAILED",
     "CACHE_STALE_HIT",
     "CIRCUIT_CLOSED",
     "CIRCUIT_HALF_OPENED",
@@ -62,6 +63,7 @@ REJECTED: Final = "rejected"
 TIMEOUT: Final = "timeout"
 FALLBACK_USED: Final = "fallback_used"
 CACHE_STALE_HIT: Final = "cache_stale_hit"
+CACHE_REFRESH_FAILED: Final = "cache_refresh_failed"
 HEDGE_FIRED: Final = "hedge_fired"
 BUDGET_EXHAUSTED: Final = "budget_exhausted"
 STORE_FAILED_OPEN: Final = "store_failed_open"

@@ -29,7 +29,7 @@ from resilient.cache.store import CacheEntry, CacheStore, MemoryStore
 from resilient.clock import Clock, SystemClock
 from resilient.deadline import _current as _current_deadline
 from resilient.errors import RejectedError, TimeoutError
-from resilient.events import CACHE_STALE_HIT, EventSite, Listener, Severity
+from resilient.events import CACHE_REFRESH_FAILED, CACHE_STALE_HIT, EventSite, Listener, Severity
 from resilient.policy import (
     AsyncFn,
     AsyncWrapped,
@@ -46,7 +46,6 @@ __all__ = ["CACHE_REFRESH_FAILED", "StaleCache"]
 logger = logging.getLogger("resilient.cache")
 
 #: Event emitted when a background refresh fails (the stale value stays).
-CACHE_REFRESH_FAILED: Final = "cache_refresh_failed"
 
 # Failures that always count as failures, whatever ``on`` says: an inner
 # breaker, bulkhead, limiter or timeout refusing the call is exactly when a
