@@ -10,6 +10,7 @@ ASGI middleware. Optional integrations live in their own modules
 from __future__ import annotations
 
 from resilient.backoff import Backoff, constant, exponential, linear
+from resilient.breaker import CircuitBreaker, CircuitState
 from resilient.budget import RetryBudget
 from resilient.cache import StaleCache
 from resilient.chaos import Fault, Latency, ResultInjection
@@ -35,7 +36,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Backoff",
     "BulkheadFullError",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitState",
     "Clock",
     "Deadline",
     "Fallback",
