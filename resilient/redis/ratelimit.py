@@ -233,6 +233,7 @@ class _RedisRateLimiterBase(Policy):
         return self.max_wait if left is None else min(self.max_wait, left)
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        self._need_async()
         acquire = self._acquire
         key_of = self._key_of
         clock = self._clock
@@ -252,7 +253,19 @@ class _RedisRateLimiterBase(Policy):
 
         return rate_limited
 
+    def _need_sync(self) -> None:
+        if not self._conn.has_sync:
+            raise TypeError(
+                f"{type(self).__name__} was given an async client only; synchronous use needs a URL, "
+                "a redis.Redis client or sync_client="
+            )
+
+    def _need_async(self) -> None:
+        if not self._conn.has_async:
+            raise TypeError(f"{type(self).__name__} was given a sync client only; async use needs a URL or a client")
+
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        self._need_sync()
         acquire = self._acquire_sync
         key_of = self._key_of
         clock = self._clock
@@ -376,11 +389,13 @@ class RedisRateLimiter(_RedisRateLimiterBase):
     async def try_acquire(self, cost: int = 1) -> RateDecision:
         """Take ``cost`` permits if the shared limit allows it, without waiting."""
         self._check_cost(cost)
+        self._need_async()
         return await self._acquire(None, cost, None)
 
     def try_acquire_sync(self, cost: int = 1) -> RateDecision:
         """Synchronous :meth:`try_acquire`."""
         self._check_cost(cost)
+        self._need_sync()
         return self._acquire_sync(None, cost, None)
 
 
@@ -453,9 +468,11 @@ class KeyedRedisRateLimiter(_RedisRateLimiterBase):
     async def try_acquire(self, key: str, cost: int = 1) -> RateDecision:
         """Take ``cost`` permits for ``key`` if its shared limit allows it, without waiting."""
         self._check_cost(cost)
+        self._need_async()
         return await self._acquire(str(key), cost, None)
 
     def try_acquire_sync(self, key: str, cost: int = 1) -> RateDecision:
         """Synchronous :meth:`try_acquire`."""
         self._check_cost(cost)
+        self._need_sync()
         return self._acquire_sync(str(key), cost, None)
