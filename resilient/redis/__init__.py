@@ -3,7 +3,7 @@
 Optional integration (the ``redis`` extra, redis-py's ``redis.asyncio``);
 ``resilient/__init__.py`` never imports it. Import from here::
 
-    from resilient.redis import RedisRateLimiter, KeyedRedisRateLimiter
+    from resilient.redis import RedisBreakerStore, RedisRateLimiter, KeyedRedisRateLimiter
 
 Every store updates its state atomically with one Lua script per decision
 (one round trip), reads time from Redis ``TIME`` (replicas' clocks differ),
@@ -17,6 +17,15 @@ back by itself (``store_recovered``) when a probe, sent at most once per
 from __future__ import annotations
 
 from resilient.redis._common import logger
+from resilient.redis.breaker import BREAKER_SCRIPT, RedisBreakerStore
 from resilient.redis.ratelimit import GCRA_SCRIPT, KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
 
-__all__ = ["GCRA_SCRIPT", "KeyedRedisRateLimiter", "RateDecision", "RedisRateLimiter", "logger"]
+__all__ = [
+    "BREAKER_SCRIPT",
+    "GCRA_SCRIPT",
+    "KeyedRedisRateLimiter",
+    "RateDecision",
+    "RedisBreakerStore",
+    "RedisRateLimiter",
+    "logger",
+]
