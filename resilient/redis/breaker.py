@@ -384,7 +384,19 @@ class RedisBreakerStore:
     def snapshot(self) -> BreakerSnapshot:
         """The last snapshot Redis gave (or the local one while failed open); no I/O."""
         local = self._local
-        return self._snap if local is None else local.snapshot
+        if local is None:
+            return self._snap
+        # Failed open: a breaker that is open locally rejects calls without
+        # calling the store, so reading the snapshot is where a probe of
+        # Redis gets started (in the background, at most once per interval).
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            assert self._failopen is not None
+            self._failopen.aprobe(self._aprobe)
+        return local.snapshot
 
     # -- Redis round trips ---------------------------------------------------------
 
