@@ -230,7 +230,7 @@ class CircuitBreaker(Policy):
             "type": self.policy_type,
             "name": self.name,
             "mode": "ratio" if cfg.ratio_mode else "consecutive",
-            "since": snap.since,
+            "state_for": max(0.0, self._now() - snap.since),
             "break_duration": snap.break_duration,
             "failed_probes": snap.failed_probes,
             "store": type(self.store).__name__,
