@@ -70,10 +70,10 @@ async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> No
 
 async def test_cost_and_validation(redis_server: RedisServer) -> None:  # noqa: F811
     lim = RedisRateLimiter(redis_server.url, rate=5, burst=5, name="cost")
-    assert (await lim.try_acquire(cost=4)).remaining == 1
-    assert not (await lim.try_acquire(cost=2)).allowed
-    with pytest.raises(ValueError, match="cost"):
-        await lim.try_acquire(cost=6)
+    assert (await lim.try_acquire(tokens=4)).remaining == 1
+    assert not (await lim.try_acquire(tokens=2)).allowed
+    with pytest.raises(ValueError, match="tokens"):
+        await lim.try_acquire(tokens=6)
     with pytest.raises(ValueError, match="rate"):
         RedisRateLimiter(redis_server.url, rate=0, name="x")
     with pytest.raises(ValueError, match="burst"):
@@ -120,7 +120,7 @@ async def test_two_limiters_with_one_name_share_the_limit(redis_server: RedisSer
 
 
 def test_sync_client_and_sync_policy(redis_server: RedisServer) -> None:  # noqa: F811
-    lim = RedisRateLimiter(sync_redis.Redis.from_url(redis_server.url), rate=1, burst=2, name="sync")
+    lim = RedisRateLimiter(sync_redis.Redis.from_url(redis_server.url), rate=1, burst=2, name="sync", mode="reject")
     calls: list[int] = []
 
     @lim
@@ -150,7 +150,7 @@ async def test_async_client_only_refuses_sync_use(redis_server: RedisServer) -> 
 
 
 async def test_policy_rejects_with_event_and_waits_within_max_wait(redis_server: RedisServer) -> None:  # noqa: F811
-    lim = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol")
+    lim = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol", mode="reject")
 
     @lim
     async def work() -> str:
@@ -180,7 +180,9 @@ async def test_policy_rejects_with_event_and_waits_within_max_wait(redis_server:
 
 
 async def test_keyed_policy_uses_the_key_function(redis_server: RedisServer) -> None:  # noqa: F811
-    lim = KeyedRedisRateLimiter(redis_server.url, rate=1, burst=1, name="tenant", key=lambda tenant, _: tenant)
+    lim = KeyedRedisRateLimiter(
+        redis_server.url, rate=1, burst=1, name="tenant", key=lambda tenant, _: tenant, mode="reject"
+    )
 
     @lim
     async def work(tenant: str, n: int) -> int:

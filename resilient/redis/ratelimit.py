@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis as _sync_redis
 
@@ -16,24 +14,10 @@ from resilient.deadline import remaining as _deadline_remaining
 from resilient.errors import RateLimitedError
 from resilient.events import EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
+from resilient.ratelimit import KeyedRateLimiter, Mode, RateDecision
 from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, validate_common
 
 __all__ = ["GCRA_SCRIPT", "KeyedRedisRateLimiter", "RateDecision", "RedisRateLimiter"]
-
-
-class RateDecision(NamedTuple):
-    """The answer of a limiter: admitted or not, and what to tell the client.
-
-    ``retry_after`` and ``reset`` are seconds from now; ``limit`` is the
-    burst size and ``remaining`` the calls that would still be admitted at
-    once (the ``RateLimit-*`` header fields).
-    """
-
-    allowed: bool
-    retry_after: float
-    limit: int
-    remaining: int
-    reset: float
 
 
 #: GCRA (the generic cell rate algorithm) over one key holding the
@@ -55,47 +39,24 @@ local allow_at = new_tat - tolerance
 if now < allow_at then
   local left = math.floor((now - (tat - tolerance)) / interval)
   if left < 0 then left = 0 end
-  return {0, math.ceil(allow_at - now), left, math.ceil(tat - now)}
+  return string.format('0|%d|%d|%d', math.ceil(allow_at - now), left, math.ceil(tat - now))
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, 0, math.floor((now - allow_at) / interval), math.ceil(new_tat - now)}
+return string.format('1|0|%d|%d', math.floor((now - allow_at) / interval), math.ceil(new_tat - now))
 """
 
 _GCRA = LuaScript(GCRA_SCRIPT)
 
 
-class _LocalGCRA:
-    """The same GCRA in process memory: the state used while Redis is away.
+class _LocalFallback(KeyedRateLimiter):
+    """The local limiter used while Redis is away (the same GCRA, in memory).
 
-    Per-key state is bounded (least recently used keys are dropped first,
-    which only forgets how full an idle key's bucket was).
+    Quiet: the Redis limiter reports its rejections, so they are not
+    reported twice.
     """
 
-    __slots__ = ("_tats", "burst", "clock", "interval", "max_keys")
-
-    def __init__(self, interval: float, burst: int, clock: Clock, max_keys: int) -> None:
-        self.interval = interval
-        self.burst = burst
-        self.clock = clock
-        self.max_keys = max_keys
-        self._tats: OrderedDict[str, float] = OrderedDict()
-
-    def try_acquire(self, key: str, cost: int) -> RateDecision:
-        now = self.clock.now()
-        tats = self._tats
-        tat = max(tats.get(key, now), now)
-        interval = self.interval
-        tolerance = interval * self.burst
-        new_tat = tat + interval * cost
-        allow_at = new_tat - tolerance
-        if now < allow_at:
-            left = max(0, math.floor((now - (tat - tolerance)) / interval + 1e-9))
-            return RateDecision(False, allow_at - now, self.burst, left, tat - now)
-        tats[key] = new_tat
-        tats.move_to_end(key)
-        if len(tats) > self.max_keys:
-            tats.popitem(last=False)
-        return RateDecision(True, 0.0, self.burst, math.floor((now - allow_at) / interval + 1e-9), new_tat - now)
+    def _emit(self, site: EventSite, name: str, severity: Any, **fields: Any) -> None:
+        return None
 
 
 def _positive(name: str, value: object, *, maximum: float = 1e9) -> float:
@@ -117,7 +78,8 @@ class _RedisRateLimiterBase(Policy):
         name: str,
         prefix: str,
         timeout: float,
-        max_wait: float,
+        mode: Mode,
+        max_wait: float | None,
         fallback_rate: float | None,
         recovery_interval: float,
         max_local_keys: int,
@@ -130,11 +92,15 @@ class _RedisRateLimiterBase(Policy):
         rate = _positive("rate", rate)
         per = _positive("per", per, maximum=86400 * 365)
         if burst is None:
-            burst = max(1, math.ceil(rate))
+            burst = max(1, int(rate))
         if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 10**9:
             raise ValueError(f"burst must be an int in [1, 1e9], got {burst!r}")
-        if isinstance(max_wait, bool) or not isinstance(max_wait, int | float) or not 0 <= max_wait <= 3600:
-            raise ValueError(f"max_wait must be a number of seconds in [0, 3600], got {max_wait!r}")
+        if mode not in ("wait", "reject"):
+            raise ValueError(f"mode must be 'wait' or 'reject', got {mode!r}")
+        if max_wait is not None and (
+            isinstance(max_wait, bool) or not isinstance(max_wait, int | float) or not 0 <= max_wait <= 86400
+        ):
+            raise ValueError(f"max_wait must be a number of seconds in [0, 86400] or None, got {max_wait!r}")
         fallback = rate if fallback_rate is None else _positive("fallback_rate", fallback_rate)
         if isinstance(max_local_keys, bool) or not isinstance(max_local_keys, int) or max_local_keys < 1:
             raise ValueError(f"max_local_keys must be an int >= 1, got {max_local_keys!r}")
@@ -147,8 +113,10 @@ class _RedisRateLimiterBase(Policy):
         self.per = per
         #: Calls that may be admitted at once after a quiet period.
         self.burst = burst
-        #: Seconds a call may wait for a permit before being rejected.
-        self.max_wait = float(max_wait)
+        #: ``"wait"`` (sleep until admitted, within ``max_wait`` and the deadline) or ``"reject"``.
+        self.mode: Mode = mode
+        #: The longest a call may wait, in seconds (``None``: only the deadline bounds it).
+        self.max_wait = None if max_wait is None else float(max_wait)
         self.prefix = prefix
         self.timeout = float(timeout)
         self._clock = clock if clock is not None else SYSTEM_CLOCK
@@ -156,7 +124,9 @@ class _RedisRateLimiterBase(Policy):
         self._interval_us = str(per / rate * 1e6)
         self._burst_arg = str(burst)
         self._base_key = f"{prefix}rl:{name}"
-        self._local = _LocalGCRA(per / fallback, burst, self._clock, max_local_keys)
+        self._local = _LocalFallback(
+            fallback, per, burst=burst, mode="reject", max_keys=max_local_keys, clock=self._clock
+        )
         self._failopen = FailOpen(
             kind=self.policy_type,
             name=name,
@@ -168,12 +138,19 @@ class _RedisRateLimiterBase(Policy):
 
     # -- the decision ---------------------------------------------------------
 
+    def _decision(self, reply: Any) -> RateDecision:
+        # One string, not an array: redis-py's pure-Python parser pays per element.
+        allowed, wait, left, reset = (reply.decode() if isinstance(reply, bytes) else reply).split("|")
+        return RateDecision(allowed == "1", int(wait) / 1e6, self.burst, int(left), int(reset) / 1e6)
+
     def _redis_key(self, key: str | None) -> str:
         return self._base_key if key is None else f"{self._base_key}:{key}"
 
-    def _check_cost(self, cost: int) -> None:
-        if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= self.burst:
-            raise ValueError(f"cost must be an int in [1, burst={self.burst}], got {cost!r}")
+    def _check_tokens(self, tokens: int) -> None:
+        if isinstance(tokens, bool) or not isinstance(tokens, int):
+            raise TypeError(f"tokens must be an int between 1 and burst ({self.burst}), got {tokens!r}")
+        if not 1 <= tokens <= self.burst:
+            raise ValueError(f"tokens must be between 1 and burst ({self.burst}), got {tokens!r}")
 
     async def _acquire(self, key: str | None, cost: int, site: EventSite | None) -> RateDecision:
         failopen = self._failopen
@@ -182,7 +159,7 @@ class _RedisRateLimiterBase(Policy):
                 client = self._conn.aclient()
                 async with asyncio.timeout(self.timeout):
                     res = await _GCRA.arun(client, (self._redis_key(key),), (self._interval_us, self._burst_arg, cost))
-                return RateDecision(res[0] == 1, res[1] / 1e6, self.burst, int(res[2]), res[3] / 1e6)
+                return self._decision(res)
             except Exception as exc:  # any Redis trouble fails open, never the call
                 failopen.failed(exc, site)
         else:
@@ -200,7 +177,7 @@ class _RedisRateLimiterBase(Policy):
                 res = _GCRA.run(
                     self._conn.sclient(), (self._redis_key(key),), (self._interval_us, self._burst_arg, cost)
                 )
-                return RateDecision(res[0] == 1, res[1] / 1e6, self.burst, int(res[2]), res[3] / 1e6)
+                return self._decision(res)
             except Exception as exc:  # any Redis trouble fails open, never the call
                 failopen.failed(exc, site)
         return self._local.try_acquire(key or "", cost)
@@ -213,24 +190,41 @@ class _RedisRateLimiterBase(Policy):
     def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         return None
 
-    def _reject(self, site: EventSite, decision: RateDecision) -> RateLimitedError:
+    def _reject(self, site: EventSite, wait: float, why: str) -> RateLimitedError:
+        err = RateLimitedError(
+            f"{self._label()} is over its shared limit ({self.rate:g} per {self.per:g} s, burst {self.burst}): "
+            f"{why}; retry after {wait:.3g} s",
+            policy=self.name,
+            retry_after=wait,
+        )
         self._emit(
             site,
             events.REJECTED,
             Severity.WARNING,
-            duration=decision.retry_after,
-            extras={"reason": "rate_limited", "backend": "redis" if self._failopen.healthy else "local"},
+            exception=err,
+            extras={
+                "reason": "rate_limited",
+                "retry_after": wait,
+                "backend": "redis" if self._failopen.healthy else "local",
+            },
         )
-        return RateLimitedError(
-            f"{self._label()} refused the call: more than {self.rate:g} calls per {self.per:g} s "
-            f"(retry after {decision.retry_after:.3f} s)",
-            policy=self.name,
-            retry_after=decision.retry_after,
-        )
+        return err
 
-    def _wait_budget(self) -> float:
+    def _why_not_wait(self, wait: float, waited: float) -> str | None:
+        if self.mode == "reject":
+            return "mode='reject'"
+        max_wait = self.max_wait
+        if max_wait is not None and waited + wait > max_wait:
+            return f"the wait ({wait:.3g} s) would exceed max_wait ({max_wait:.3g} s)"
         left = _deadline_remaining()
-        return self.max_wait if left is None else min(self.max_wait, left)
+        if left is not None and wait > left:
+            return f"the wait ({wait:.3g} s) would outlive the deadline ({max(left, 0.0):.3g} s left)"
+        return None
+
+    # Waiting does not reserve a token in Redis: after sleeping retry_after
+    # the call asks again, so under contention it may wait more than once,
+    # always within max_wait and the deadline, and a cancelled waiter holds
+    # nothing that would need to be given back.
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         self._need_async()
@@ -242,12 +236,14 @@ class _RedisRateLimiterBase(Policy):
             key = key_of(args, kwargs)
             decision = await acquire(key, 1, site)
             if not decision.allowed:
-                budget = self._wait_budget()
+                waited = 0.0
                 while not decision.allowed:
-                    if decision.retry_after > budget:
-                        raise self._reject(site, decision)
-                    budget -= decision.retry_after
-                    await clock.asleep(decision.retry_after)
+                    wait = decision.retry_after
+                    why = self._why_not_wait(wait, waited)
+                    if why is not None:
+                        raise self._reject(site, wait, why)
+                    await clock.asleep(wait)
+                    waited += wait
                     decision = await acquire(key, 1, site)
             return await fn(*args, **kwargs)
 
@@ -274,12 +270,14 @@ class _RedisRateLimiterBase(Policy):
             key = key_of(args, kwargs)
             decision = acquire(key, 1, site)
             if not decision.allowed:
-                budget = self._wait_budget()
+                waited = 0.0
                 while not decision.allowed:
-                    if decision.retry_after > budget:
-                        raise self._reject(site, decision)
-                    budget -= decision.retry_after
-                    clock.sleep(decision.retry_after)
+                    wait = decision.retry_after
+                    why = self._why_not_wait(wait, waited)
+                    if why is not None:
+                        raise self._reject(site, wait, why)
+                    clock.sleep(wait)
+                    waited += wait
                     decision = acquire(key, 1, site)
             return fn(*args, **kwargs)
 
@@ -300,6 +298,8 @@ class _RedisRateLimiterBase(Policy):
             "rate": self.rate,
             "per": self.per,
             "burst": self.burst,
+            "mode": self.mode,
+            "max_wait": self.max_wait,
             "key": self._base_key,
             **self._failopen.status(),
         }
@@ -324,7 +324,7 @@ class RedisRateLimiter(_RedisRateLimiterBase):
     in one key ``{prefix}rl:{name}`` that expires once the bucket is full
     again. As a policy it admits the call or raises
     :class:`~resilient.RateLimitedError` with ``retry_after`` (after waiting
-    up to ``max_wait`` seconds, within the current deadline).
+    up to ``max_wait`` seconds, within the current deadline, in ``mode="wait"``).
 
     When Redis is unreachable, slow (more than ``timeout`` seconds) or
     errors, it fails open: decisions come from the same algorithm in local
@@ -339,11 +339,14 @@ class RedisRateLimiter(_RedisRateLimiterBase):
         rate: calls admitted per ``per`` seconds.
         per: the period, in seconds.
         burst: calls admitted at once after a quiet period (default:
-            ``ceil(rate)``).
+            ``max(1, int(rate))``, as the local limiter).
         name: required; every replica that shares the limit uses the same.
         prefix: the namespace of every key.
         timeout: seconds one Redis operation may take before failing open.
-        max_wait: seconds a call may wait for a permit instead of being rejected.
+        mode: ``"wait"`` (sleep ``retry_after`` and ask again) or ``"reject"``
+            (raise :class:`~resilient.RateLimitedError` at once).
+        max_wait: in wait mode, the longest total wait in seconds (``None``:
+            only the current deadline bounds it).
         fallback_rate: the local rate while Redis is away.
         recovery_interval: seconds between two probes of a failed Redis.
         max_local_keys: bound on the per-key local state.
@@ -362,7 +365,8 @@ class RedisRateLimiter(_RedisRateLimiterBase):
         name: str,
         prefix: str = "resilient:",
         timeout: float = 0.05,
-        max_wait: float = 0.0,
+        mode: Mode = "wait",
+        max_wait: float | None = None,
         fallback_rate: float | None = None,
         recovery_interval: float = 1.0,
         sync_client: _sync_redis.Redis | None = None,
@@ -377,6 +381,7 @@ class RedisRateLimiter(_RedisRateLimiterBase):
             name=name,
             prefix=prefix,
             timeout=timeout,
+            mode=mode,
             max_wait=max_wait,
             fallback_rate=fallback_rate,
             recovery_interval=recovery_interval,
@@ -386,17 +391,17 @@ class RedisRateLimiter(_RedisRateLimiterBase):
             listeners=listeners,
         )
 
-    async def try_acquire(self, cost: int = 1) -> RateDecision:
-        """Take ``cost`` permits if the shared limit allows it, without waiting."""
-        self._check_cost(cost)
+    async def try_acquire(self, tokens: int = 1) -> RateDecision:
+        """Take ``tokens`` if the shared limit allows it now; never waits, whatever the mode."""
+        self._check_tokens(tokens)
         self._need_async()
-        return await self._acquire(None, cost, None)
+        return await self._acquire(None, tokens, None)
 
-    def try_acquire_sync(self, cost: int = 1) -> RateDecision:
+    def try_acquire_sync(self, tokens: int = 1) -> RateDecision:
         """Synchronous :meth:`try_acquire`."""
-        self._check_cost(cost)
+        self._check_tokens(tokens)
         self._need_sync()
-        return self._acquire_sync(None, cost, None)
+        return self._acquire_sync(None, tokens, None)
 
 
 class KeyedRedisRateLimiter(_RedisRateLimiterBase):
@@ -419,7 +424,8 @@ class KeyedRedisRateLimiter(_RedisRateLimiterBase):
         key: Callable[..., str] | None = None,
         prefix: str = "resilient:",
         timeout: float = 0.05,
-        max_wait: float = 0.0,
+        mode: Mode = "wait",
+        max_wait: float | None = None,
         fallback_rate: float | None = None,
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
@@ -437,6 +443,7 @@ class KeyedRedisRateLimiter(_RedisRateLimiterBase):
             name=name,
             prefix=prefix,
             timeout=timeout,
+            mode=mode,
             max_wait=max_wait,
             fallback_rate=fallback_rate,
             recovery_interval=recovery_interval,
@@ -465,14 +472,14 @@ class KeyedRedisRateLimiter(_RedisRateLimiterBase):
         if self._key_fn is None:
             raise TypeError("KeyedRedisRateLimiter needs key= (a function of the call's arguments) to guard a function")
 
-    async def try_acquire(self, key: str, cost: int = 1) -> RateDecision:
-        """Take ``cost`` permits for ``key`` if its shared limit allows it, without waiting."""
-        self._check_cost(cost)
+    async def try_acquire(self, key: str, tokens: int = 1) -> RateDecision:
+        """Take ``tokens`` from ``key``'s shared bucket if they are there now; never waits."""
+        self._check_tokens(tokens)
         self._need_async()
-        return await self._acquire(str(key), cost, None)
+        return await self._acquire(str(key), tokens, None)
 
-    def try_acquire_sync(self, key: str, cost: int = 1) -> RateDecision:
+    def try_acquire_sync(self, key: str, tokens: int = 1) -> RateDecision:
         """Synchronous :meth:`try_acquire`."""
-        self._check_cost(cost)
+        self._check_tokens(tokens)
         self._need_sync()
-        return self._acquire_sync(str(key), cost, None)
+        return self._acquire_sync(str(key), tokens, None)
