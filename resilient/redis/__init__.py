@@ -1,0 +1,31 @@
+"""State shared across replicas through Redis, failing open to local state.
+
+Optional integration (the ``redis`` extra, redis-py's ``redis.asyncio``);
+``resilient/__init__.py`` never imports it. Import from here::
+
+    from resilient.redis import RedisBreakerStore, RedisRateLimiter, KeyedRedisRateLimiter
+
+Every store updates its state atomically with one Lua script per decision
+(one round trip), reads time from Redis ``TIME`` (replicas' clocks differ),
+keeps its keys under ``prefix`` with expiries, and fails open: when Redis is
+unreachable, slow or errors, it uses local in-memory state, logs one warning
+on the ``resilient.redis`` logger, emits ``store_failed_open``, and switches
+back by itself (``store_recovered``) when a probe, sent at most once per
+``recovery_interval``, gets an answer.
+"""
+
+from __future__ import annotations
+
+from resilient.redis._common import logger
+from resilient.redis.breaker import BREAKER_SCRIPT, RedisBreakerStore
+from resilient.redis.ratelimit import GCRA_SCRIPT, KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
+
+__all__ = [
+    "BREAKER_SCRIPT",
+    "GCRA_SCRIPT",
+    "KeyedRedisRateLimiter",
+    "RateDecision",
+    "RedisBreakerStore",
+    "RedisRateLimiter",
+    "logger",
+]

@@ -1,0 +1,344 @@
+"""What the Redis stores share: connections, Lua scripts and the fail-open switch."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis as _sync_redis
+import redis.asyncio as _aio_redis
+from redis.asyncio.retry import Retry as _AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
+from redis.retry import Retry as _SyncRetry
+
+from resilient import events
+from resilient.clock import Clock
+from resilient.events import EventSite, Listener, Severity
+
+__all__ = ["ClientArg", "Connector", "FailOpen", "LuaScript", "logger", "validate_common"]
+
+#: Every warning and info line of the Redis stores goes to this logger.
+logger = logging.getLogger("resilient.redis")
+
+ClientArg = str | _aio_redis.Redis | _sync_redis.Redis
+
+
+def validate_common(prefix: str, timeout: float, recovery_interval: float) -> None:
+    """Check the options every store takes; raise naming the parameter."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {prefix!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
+        raise ValueError(f"timeout must be a number of seconds in (0, 60], got {timeout!r}")
+    if (
+        isinstance(recovery_interval, bool)
+        or not isinstance(recovery_interval, int | float)
+        or not 0 < recovery_interval <= 3600
+    ):
+        raise ValueError(f"recovery_interval must be a number of seconds in (0, 3600], got {recovery_interval!r}")
+
+
+def _redact_url(url: str) -> str:
+    # Only scheme, host, port and database ever reach a log line: never a
+    # user name, a password or a query string (which can hold credentials).
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+        path = parts.path if parts.path not in ("", "/") else ""
+    except ValueError:
+        return "redis"
+    return f"{parts.scheme}://{host}{port}{path}"
+
+
+def _describe_client(client: Any) -> str:
+    try:
+        kw = client.connection_pool.connection_kwargs
+    except AttributeError:
+        return type(client).__name__
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+
+
+class Connector:
+    """Gives the async and sync clients a store uses, from a URL or given clients.
+
+    From a URL, clients are made on demand with the store's timeout as
+    socket timeouts and without redis-py's own retries (the store decides
+    what a failure means); an async client is made per event loop, because
+    redis-py's asyncio connections belong to the loop that opened them.
+    Given clients are used as they are: their TLS, auth and timeouts are
+    their owner's business.
+    """
+
+    __slots__ = ("_aclient", "_lock", "_loop", "_sclient", "_url", "timeout", "where")
+
+    def __init__(self, client_or_url: ClientArg, sync_client: _sync_redis.Redis | None, timeout: float) -> None:
+        self.timeout = timeout
+        self._url: str | None = None
+        self._aclient: _aio_redis.Redis | None = None
+        self._sclient: _sync_redis.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        if isinstance(client_or_url, str):
+            if not client_or_url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("client_or_url must be a redis://, rediss:// or unix:// URL, or a redis-py client")
+            self._url = client_or_url
+            self.where = _redact_url(client_or_url)
+        elif isinstance(client_or_url, _aio_redis.Redis):
+            self._aclient = client_or_url
+            self.where = _describe_client(client_or_url)
+        elif isinstance(client_or_url, _sync_redis.Redis):
+            self._sclient = client_or_url
+            self.where = _describe_client(client_or_url)
+        else:
+            raise TypeError(
+                "client_or_url must be a URL or a redis.asyncio.Redis / redis.Redis client, "
+                f"got {type(client_or_url).__name__}"
+            )
+        if sync_client is not None:
+            if not isinstance(sync_client, _sync_redis.Redis):
+                raise TypeError(f"sync_client must be a redis.Redis, got {type(sync_client).__name__}")
+            self._sclient = sync_client
+
+    @property
+    def has_async(self) -> bool:
+        """Whether async calls can reach Redis."""
+        return self._url is not None or self._aclient is not None
+
+    @property
+    def has_sync(self) -> bool:
+        """Whether sync calls can reach Redis."""
+        return self._url is not None or self._sclient is not None
+
+    def aclient(self) -> _aio_redis.Redis:
+        """The async client for the running loop."""
+        if self._url is None:
+            if self._aclient is None:
+                raise TypeError("this store was given a sync client only; async calls need a URL or an async client")
+            return self._aclient
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._aclient is None:
+            self._aclient = _aio_redis.Redis.from_url(
+                self._url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry=_AsyncRetry(NoBackoff(), 0),
+            )
+            self._loop = loop
+        return self._aclient
+
+    def sclient(self) -> _sync_redis.Redis:
+        """The sync client (thread-safe: redis-py pools its connections)."""
+        if self._sclient is None:
+            if self._url is None:
+                raise TypeError(
+                    "this store was given an async client only; synchronous calls need a URL, "
+                    "a redis.Redis client or sync_client="
+                )
+            with self._lock:
+                if self._sclient is None:
+                    self._sclient = _sync_redis.Redis.from_url(
+                        self._url,
+                        socket_timeout=self.timeout,
+                        socket_connect_timeout=self.timeout,
+                        retry=_SyncRetry(NoBackoff(), 0),
+                    )
+        return self._sclient
+
+    async def aclose(self) -> None:
+        """Close the clients this connector made itself (given ones stay open)."""
+        if self._url is None:
+            return
+        aclient, self._aclient = self._aclient, None
+        if aclient is not None:
+            await aclient.aclose()
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        """Close the sync client this connector made itself."""
+        if self._url is None:
+            return
+        sclient, self._sclient = self._sclient, None
+        if sclient is not None:
+            sclient.close()
+
+
+class LuaScript:
+    """One Lua script run with EVALSHA, loaded again when Redis forgot it."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def arun(self, client: _aio_redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the script (one round trip, two after a Redis restart)."""
+        try:
+            return await client.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self.sha, len(keys), *keys, *args
+            )
+        except NoScriptError:
+            return await client.execute_command(  # type: ignore[no-untyped-call]
+                "EVAL", self.source, len(keys), *keys, *args
+            )
+
+    def run(self, client: _sync_redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Synchronous :meth:`arun`."""
+        try:
+            return client.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self.sha, len(keys), *keys, *args
+            )
+        except NoScriptError:
+            return client.execute_command(  # type: ignore[no-untyped-call]
+                "EVAL", self.source, len(keys), *keys, *args
+            )
+
+
+class FailOpen:
+    """Whether a store uses Redis or its local state, and the switch between them.
+
+    The first failure of an outage logs ONE warning on ``resilient.redis``
+    and emits ``STORE_FAILED_OPEN``; from then on calls use local state and
+    do not touch Redis, except for one probe at most every
+    ``recovery_interval`` seconds (a background task for async callers, an
+    inline bounded call for sync ones). The first probe that succeeds logs
+    one info line, emits ``STORE_RECOVERED`` and switches back.
+    """
+
+    __slots__ = (
+        "_lock",
+        "_probe_task",
+        "clock",
+        "healthy",
+        "interval",
+        "kind",
+        "listeners",
+        "name",
+        "next_probe",
+        "outages",
+        "where",
+    )
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        name: str | None,
+        where: str,
+        interval: float,
+        clock: Clock,
+        listeners: tuple[Listener, ...],
+    ) -> None:
+        #: ``True`` while Redis answers; read by every call, so a plain attribute.
+        self.healthy = True
+        self.kind = kind
+        self.name = name
+        self.where = where
+        self.interval = interval
+        self.clock = clock
+        self.listeners = listeners
+        self.next_probe = 0.0
+        #: How many times this store has failed open (for status()).
+        self.outages = 0
+        self._lock = threading.Lock()
+        self._probe_task: asyncio.Task[None] | None = None
+
+    def _emit(self, site: EventSite | None, name: str, severity: Severity, exc: BaseException | None) -> None:
+        site = site if site is not None else EventSite(operation=self.name)
+        if site.enabled(self.listeners):
+            site.emit(
+                self.listeners,
+                name,
+                severity,
+                self.kind,
+                self.name,
+                exception=exc,
+                extras={"backend": "redis", "where": self.where},
+            )
+
+    def failed(self, exc: BaseException, site: EventSite | None = None) -> None:
+        """Record a failed Redis operation; warn once per outage."""
+        with self._lock:
+            self.next_probe = self.clock.now() + self.interval
+            if not self.healthy:
+                return
+            self.healthy = False
+            self.outages += 1
+        reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+        logger.warning(
+            "resilient: %s %r cannot use Redis at %s (%s); failing open to local in-memory state, "
+            "checking Redis again every %.3g s",
+            self.kind,
+            self.name,
+            self.where,
+            reason,
+            self.interval,
+        )
+        self._emit(site, events.STORE_FAILED_OPEN, Severity.WARNING, exc)
+
+    def recovered(self, site: EventSite | None = None) -> None:
+        """Record that Redis answered again."""
+        with self._lock:
+            if self.healthy:
+                return
+            self.healthy = True
+        logger.info("resilient: %s %r uses Redis at %s again", self.kind, self.name, self.where)
+        self._emit(site, events.STORE_RECOVERED, Severity.INFO, None)
+
+    def probe_due(self) -> bool:
+        """Whether a probe should run now; at most one per interval gets ``True``."""
+        now = self.clock.now()
+        with self._lock:
+            if now < self.next_probe:
+                return False
+            self.next_probe = now + self.interval
+            return True
+
+    def aprobe(self, probe: Callable[[], Any], site: EventSite | None = None) -> None:
+        """Start ``probe()`` (a coroutine function) in the background if one is due."""
+        if not self.probe_due():
+            return
+        task = self._probe_task
+        if task is not None and not task.done():
+            return
+        self._probe_task = asyncio.get_running_loop().create_task(self._run_probe(probe, site))
+
+    async def _run_probe(self, probe: Callable[[], Any], site: EventSite | None) -> None:
+        try:
+            await probe()
+        except Exception as exc:
+            with self._lock:
+                self.next_probe = self.clock.now() + self.interval
+            logger.debug("resilient: Redis probe for %r failed: %s", self.name, type(exc).__name__)
+            return
+        self.recovered(site)
+
+    def probe_sync(self, probe: Callable[[], Any], site: EventSite | None = None) -> bool:
+        """Run ``probe()`` inline if one is due; ``True`` when Redis answered."""
+        if not self.probe_due():
+            return False
+        try:
+            probe()
+        except Exception as exc:
+            logger.debug("resilient: Redis probe for %r failed: %s", self.name, type(exc).__name__)
+            return False
+        self.recovered(site)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """What the status endpoint shows about the backend."""
+        return {
+            "backend": "redis",
+            "where": self.where,
+            "redis_healthy": self.healthy,
+            "failed_open": not self.healthy,
+            "outages": self.outages,
+        }

@@ -1,0 +1,722 @@
+"""A circuit breaker's state shared by every replica: :class:`RedisBreakerStore`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis as _sync_redis
+
+from resilient.breaker.state import BreakerConfig, BreakerMetrics, BreakerSnapshot, CircuitState
+from resilient.breaker.store import InMemoryBreakerStore
+from resilient.clock import SYSTEM_CLOCK
+from resilient.events import Listener
+from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, validate_common
+
+__all__ = ["BREAKER_SCRIPT", "RedisBreakerStore"]
+
+_CLOSED = CircuitState.CLOSED
+_OPEN = CircuitState.OPEN
+_HALF_OPEN = CircuitState.HALF_OPEN
+_ISOLATED = CircuitState.ISOLATED
+_STATES = {s.value: s for s in CircuitState}
+
+#: Every decision of a shared circuit, atomically, in one script. Times are
+#: microseconds of Redis ``TIME``. KEYS: state hash, window hash, probe lease.
+#: ARGV: op, permit epoch, batched successes, break duration (s) of an
+#: opening caused by this op, transition target, then the breaker's options.
+#: The reply gives the state with times relative to Redis' now, which the
+#: client adds to its own clock.
+BREAKER_SCRIPT = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local S, W, P = KEYS[1], KEYS[2], KEYS[3]
+-- ARGV[1]: 'op|permit epoch|batched successes|break (s)|target'; ARGV[2]: the options.
+local op, pe, pend, brk, target = string.match(ARGV[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+pe = tonumber(pe); pend = tonumber(pend); brk = tonumber(brk)
+local rm, fratio, min_tp, cons_max, nb, width, ho_max, ho_succ, ttl =
+  string.match(ARGV[2], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+local ratio_mode = rm == '1'
+fratio = tonumber(fratio); min_tp = tonumber(min_tp); cons_max = tonumber(cons_max); nb = tonumber(nb)
+width = tonumber(width); ho_max = tonumber(ho_max); ho_succ = tonumber(ho_succ); ttl = tonumber(ttl)
+
+local function n(x) return string.format('%.0f', x) end
+
+local f = redis.call('HMGET', S, 'st', 'ep', 'since', 'until', 'fp', 'bd', 'prev', 'man', 'ps', 'cons', 'cc', 'cf')
+local st, ep, since, untl, fp, bd, prev, man, ps, cons, cc, cf
+-- dirty: rewrite the whole state; touched: only the counters changed.
+local dirty, touched, rolled = false, false, false
+if f[1] then
+  st = f[1]; ep = tonumber(f[2]); since = tonumber(f[3]); untl = tonumber(f[4]); fp = tonumber(f[5])
+  bd = tonumber(f[6]); prev = f[7]; man = tonumber(f[8]); ps = tonumber(f[9]); cons = tonumber(f[10])
+  cc = tonumber(f[11]); cf = tonumber(f[12])
+else
+  -- A new (or expired) circuit: closed, with an epoch no earlier one used.
+  st = 'closed'; ep = now; since = now; untl = -1; fp = 0; bd = 0; prev = ''; man = 0; ps = 0
+  cons = 0; cc = 0; cf = 0; dirty = true
+end
+-- A permit issued before this replica heard from Redis counts against the closed epoch.
+if pe < 0 and st == 'closed' then pe = ep end
+local changed, admitted = 0, 0
+local idx = math.floor(now / width)
+
+local function wsum()
+  if not ratio_mode then return cc, cf end
+  local fields = {}
+  for s = 0, nb - 1 do
+    fields[#fields + 1] = 'i' .. s; fields[#fields + 1] = 'c' .. s; fields[#fields + 1] = 'f' .. s
+  end
+  local v = redis.call('HMGET', W, unpack(fields))
+  local c, fl = 0, 0
+  for s = 0, nb - 1 do
+    local i = tonumber(v[3 * s + 1])
+    if i and i > idx - nb then
+      c = c + tonumber(v[3 * s + 2]); fl = fl + tonumber(v[3 * s + 3])
+    end
+  end
+  return c, fl
+end
+
+local function wadd(calls, fails)
+  if not ratio_mode then
+    cc = cc + calls; cf = cf + fails; touched = true
+    return
+  end
+  local s = idx % nb
+  if tonumber(redis.call('HGET', W, 'i' .. s)) ~= idx then
+    redis.call('HSET', W, 'i' .. s, n(idx), 'c' .. s, calls, 'f' .. s, fails)
+    -- Expiries are refreshed once per bucket, not on every call.
+    redis.call('PEXPIRE', W, math.ceil(width * nb / 1000) + 1000)
+    rolled = true
+  else
+    redis.call('HINCRBY', W, 'c' .. s, calls)
+    if fails > 0 then redis.call('HINCRBY', W, 'f' .. s, fails) end
+  end
+end
+
+local function open_(nfp, dur, manual)
+  prev = st; ep = ep + 1; st = 'open'; since = now; untl = now + dur * 1000000
+  fp = nfp; bd = dur; man = manual; ps = 0; changed = 1; dirty = true
+  redis.call('DEL', P)
+end
+
+local function close_(manual)
+  prev = st; ep = ep + 1; st = 'closed'; since = now; untl = -1; fp = 0; man = manual; ps = 0
+  cons = 0; cc = 0; cf = 0; changed = 1; dirty = true
+  redis.call('DEL', P, W)
+end
+
+local function half_open_()
+  -- The probe lease: a key that expires when the half-open period ends, so
+  -- a probe whose process died gives its slot back by itself.
+  prev = st; ep = ep + 1; st = 'half_open'; since = now; untl = now + bd * 1000000; man = 0; ps = 0
+  changed = 1; dirty = true; admitted = 1
+  redis.call('SET', P, 1, 'PX', math.max(1, math.ceil(bd * 1000)))
+end
+
+local function successes(k)
+  if k > 0 and st == 'closed' and ep == pe then
+    wadd(k, 0)
+    if cons ~= 0 then cons = 0; touched = true end
+  end
+end
+
+if op == 'sync' then
+  successes(pend)
+elseif op == 'failure' then
+  successes(pend)
+  if ep == pe then
+    if st == 'half_open' then
+      open_(fp + 1, brk, 0)
+    elseif st == 'closed' then
+      wadd(1, 1); cons = cons + 1; touched = true
+      if ratio_mode then
+        local c, fl = wsum()
+        if c >= min_tp and fl / c >= fratio then open_(0, brk, 0) end
+      elseif cons >= cons_max then
+        open_(0, brk, 0)
+      end
+    end
+  end
+elseif op == 'success' then
+  if st == 'half_open' and ep == pe then
+    if tonumber(redis.call('GET', P) or '0') > 0 then redis.call('DECR', P) end
+    ps = ps + 1; dirty = true
+    if ps >= ho_succ then close_(0) end
+  else
+    successes(pend)
+  end
+elseif op == 'acquire' then
+  if st == 'closed' then
+    admitted = 1
+  elseif st == 'open' then
+    if now >= untl then half_open_() end
+  elseif st == 'half_open' then
+    if now >= untl then
+      half_open_()
+    elseif tonumber(redis.call('GET', P) or '0') < ho_max then
+      redis.call('INCR', P)
+      redis.call('PEXPIRE', P, math.max(1, math.ceil((untl - now) / 1000)))
+      admitted = 1
+    end
+  end
+elseif op == 'release' then
+  if st == 'half_open' and ep == pe and tonumber(redis.call('GET', P) or '0') > 0 then
+    redis.call('DECR', P)
+  end
+elseif op == 'transition' then
+  if target == 'closed' then
+    close_(1)
+  elseif target == 'open' then
+    local nfp = 0
+    if st ~= 'closed' then nfp = fp end
+    open_(nfp, brk, 1)
+  else
+    prev = st; ep = ep + 1; st = 'isolated'; since = now; untl = -1; ps = 0; man = 1
+    changed = 1; dirty = true
+    redis.call('DEL', P)
+  end
+end
+
+if dirty then
+  redis.call('HSET', S, 'st', st, 'ep', n(ep), 'since', n(since), 'until', n(untl), 'fp', fp, 'bd', tostring(bd),
+    'prev', prev, 'man', man, 'ps', ps, 'cons', cons, 'cc', cc, 'cf', cf)
+elseif touched then
+  redis.call('HSET', S, 'cons', cons, 'cc', cc, 'cf', cf)
+end
+if dirty or touched or rolled then
+  if st == 'isolated' then
+    redis.call('PERSIST', S)
+  else
+    local keep = ttl
+    if untl > now then keep = keep + math.ceil((untl - now) / 1000) end
+    redis.call('PEXPIRE', S, keep)
+  end
+end
+
+local calls, fails, inflight = 0, 0, 0
+if op == 'metrics' then
+  calls, fails = wsum()
+  inflight = tonumber(redis.call('GET', P) or '0')
+end
+local inf, until_in = 1, 0
+if untl >= 0 then inf = 0; until_in = untl - now end
+return table.concat({st, n(ep), n(now - since), inf, n(until_in), fp, n(bd * 1000000), prev, man, changed,
+  admitted, calls, fails, cons, inflight, ps}, '|')
+"""
+
+_SCRIPT = LuaScript(BREAKER_SCRIPT)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisBreakerStore:
+    """Keeps a :class:`~resilient.CircuitBreaker`'s state in Redis, shared by every replica.
+
+    ``CircuitBreaker(name="payments", store=RedisBreakerStore("redis://..."))``
+    in each replica gives them one circuit: when one replica's failures open
+    it, the others fail fast too, and exactly one of them (or
+    ``half_open_max_calls``) gets each half-open probe.
+
+    * Every decision is one Lua script run (one round trip): counting a
+      failure (and opening), admitting a probe (and half-opening), counting a
+      probe's outcome (and closing or reopening). The window's clock is Redis
+      ``TIME``; times in the snapshots are converted to the breaker's clock.
+    * Successes in the closed state are batched: counted locally and sent
+      with the next failure, or at most ``sync_interval`` seconds later (that
+      round trip also refreshes this replica's view of the circuit). A
+      replica therefore learns that another one opened the circuit on its
+      next failure, or on its first success ``sync_interval`` after its last
+      sync; ``sync_interval=0`` sends every success (one round trip per call).
+    * The probe lease is a key that expires when the half-open period ends:
+      a probe whose process dies frees its slot by expiry.
+    * Keys (``{prefix}cb:{name}:state``, ``...:window``, ``...:probes``; the
+      name is a cluster hash tag) expire: the window after one sampling
+      duration, the state after ``idle_ttl`` seconds without a write (plus
+      the remaining break). Only an isolated circuit persists until reset.
+    * Fail open: when Redis is unreachable, slow (``timeout``) or errors,
+      the store switches to an :class:`~resilient.breaker.InMemoryBreakerStore`
+      (starting open if the circuit was open), logs one warning on
+      ``resilient.redis`` and emits ``store_failed_open``; a probe at most
+      every ``recovery_interval`` seconds switches back when Redis answers
+      (``store_recovered``), and Redis' state is authoritative again.
+
+    Manual control (``isolate()``, ``reset()``, ``trip()``) and ``metrics``
+    are synchronous: they use the sync client (from the URL, a
+    ``redis.Redis`` or ``sync_client=``). One store serves one breaker.
+    """
+
+    def __init__(
+        self,
+        client_or_url: ClientArg,
+        *,
+        prefix: str = "resilient:",
+        name: str | None = None,
+        timeout: float = 0.05,
+        sync_interval: float = 0.1,
+        idle_ttl: float = 3600.0,
+        recovery_interval: float = 1.0,
+        sync_client: _sync_redis.Redis | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        validate_common(prefix, timeout, recovery_interval)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str or None, got {name!r}")
+        if (
+            isinstance(sync_interval, bool)
+            or not isinstance(sync_interval, int | float)
+            or not 0 <= sync_interval <= 60
+        ):
+            raise ValueError(f"sync_interval must be a number of seconds in [0, 60], got {sync_interval!r}")
+        if isinstance(idle_ttl, bool) or not isinstance(idle_ttl, int | float) or not 1 <= idle_ttl <= 86400 * 30:
+            raise ValueError(f"idle_ttl must be a number of seconds in [1, 2592000], got {idle_ttl!r}")
+        self.prefix = prefix
+        self.name = name
+        self.timeout = float(timeout)
+        self.sync_interval = float(sync_interval)
+        self.idle_ttl = float(idle_ttl)
+        self._recovery_interval = float(recovery_interval)
+        self._listeners = tuple(listeners)
+        self._conn = Connector(client_or_url, sync_client, self.timeout)
+        self._bound = False
+        # Until bind(), a closed placeholder; the real one comes from Redis.
+        self._snap = BreakerSnapshot(_CLOSED, -1, 0.0)
+        self._local: InMemoryBreakerStore | None = None
+        self._pending = 0
+        self._next_sync = 0.0
+        self._now = time.monotonic
+        self._keys: tuple[str, str, str] = ("", "", "")
+        self._cfg_arg = ""
+        self._failopen: FailOpen | None = None
+
+    # -- binding ---------------------------------------------------------------
+
+    def bind(self, config: BreakerConfig) -> None:
+        """Take the breaker's options (once) and derive the keys from its name."""
+        if self._bound:
+            raise RuntimeError("this RedisBreakerStore is already bound to a breaker; give each breaker its own")
+        name = self.name if self.name is not None else config.name
+        if not name:
+            raise ValueError(
+                "RedisBreakerStore needs a name, which every replica shares: give the breaker a name or the store name="
+            )
+        self._bound = True
+        self.name = name
+        self._config = config
+        clock = config.clock
+        self._now = time.monotonic if clock is SYSTEM_CLOCK else clock.now
+        base = f"{self.prefix}cb:{{{name}}}"
+        self._keys = (f"{base}:state", f"{base}:window", f"{base}:probes")
+        buckets = 10
+        ratio = config.ratio_mode
+        self._cfg_arg = "|".join(
+            (
+                "1" if ratio else "0",
+                repr(config.failure_ratio),
+                str(config.minimum_throughput),
+                str(config.consecutive_failures or 0),
+                str(buckets),
+                repr(config.sampling_duration / buckets * 1e6),
+                str(config.half_open_max_calls),
+                str(config.half_open_successes),
+                str(math.ceil(max(self.idle_ttl, 2 * config.sampling_duration) * 1000)),
+            )
+        )
+        self._failopen = FailOpen(
+            kind="circuit_breaker",
+            name=name,
+            where=self._conn.where,
+            interval=self._recovery_interval,
+            clock=clock,
+            listeners=self._listeners,
+        )
+        self._snap = BreakerSnapshot(_CLOSED, -1, self._now())
+        if self._conn.has_sync:
+            # Start from the shared truth: a replica that starts while the
+            # circuit is open fails fast from its first call.
+            self.refresh()
+
+    def refresh(self) -> BreakerSnapshot:
+        """Send the batched successes and fetch the shared state now (one sync round trip)."""
+        local = self._local_sync()
+        if local is not None:
+            return local.snapshot
+        pending, self._pending = self._pending, 0
+        now = self._now()
+        self._next_sync = now + self.sync_interval
+        try:
+            res = self._run("sync", self._snap.epoch, pending)
+        except Exception as exc:
+            return self._fail_open(exc).snapshot
+        return self._apply(res, now)[0]
+
+    async def arefresh(self) -> BreakerSnapshot:
+        """Async :meth:`refresh`."""
+        local = self._local_async()
+        if local is not None:
+            return local.snapshot
+        pending, self._pending = self._pending, 0
+        now = self._now()
+        self._next_sync = now + self.sync_interval
+        try:
+            res = await self._arun("sync", self._snap.epoch, pending)
+        except Exception as exc:
+            return self._fail_open(exc).snapshot
+        return self._apply(res, now)[0]
+
+    @property
+    def keys(self) -> tuple[str, str, str]:
+        """The state, window and probe-lease keys (after :meth:`bind`)."""
+        return self._keys
+
+    @property
+    def using_redis(self) -> bool:
+        """``False`` while the store has failed open to local state."""
+        return self._failopen is None or self._failopen.healthy
+
+    @property
+    def snapshot(self) -> BreakerSnapshot:
+        """The last snapshot Redis gave (or the local one while failed open); no I/O."""
+        local = self._local
+        if local is None:
+            return self._snap
+        # Failed open: a breaker that is open locally rejects calls without
+        # calling the store, so reading the snapshot is where a probe of
+        # Redis gets started (in the background, at most once per interval).
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            assert self._failopen is not None
+            self._failopen.aprobe(self._aprobe)
+        return local.snapshot
+
+    # -- Redis round trips ---------------------------------------------------------
+
+    def _args(self, op: str, epoch: int, pending: int, brk: float, target: str) -> tuple[str, str]:
+        # Two arguments, one reply string: with redis-py's pure-Python parser
+        # every extra element costs microseconds.
+        return f"{op}|{epoch}|{pending}|{brk!r}|{target}", self._cfg_arg
+
+    def _apply(self, reply: Any, now: float) -> tuple[BreakerSnapshot, bool, bool]:
+        """Turn a reply into (snapshot, changed by this op, admitted)."""
+        res = _text(reply).split("|")
+        state = _STATES[res[0]]
+        epoch = int(res[1])
+        cur = self._snap
+        if cur.epoch == epoch and cur.state is state:
+            snap = cur  # same epoch: keep the object, it is the permit of calls in flight
+        else:
+            until = math.inf if int(res[3]) else now + int(res[4]) / 1e6
+            prev = res[7]
+            snap = BreakerSnapshot(
+                state,
+                epoch,
+                now - int(res[2]) / 1e6,
+                until,
+                int(res[5]),
+                int(res[6]) / 1e6,
+                _STATES[prev] if prev else None,
+                bool(int(res[8])),
+            )
+            self._snap = snap
+        if state is not _CLOSED:
+            self._pending = 0
+        return snap, bool(int(res[9])), bool(int(res[10]))
+
+    async def _arun(self, op: str, epoch: int, pending: int = 0, brk: float = 0.0, target: str = "") -> Any:
+        client = self._conn.aclient()
+        async with asyncio.timeout(self.timeout):
+            return await _SCRIPT.arun(client, self._keys, self._args(op, epoch, pending, brk, target))
+
+    def _run(self, op: str, epoch: int, pending: int = 0, brk: float = 0.0, target: str = "") -> Any:
+        return _SCRIPT.run(self._conn.sclient(), self._keys, self._args(op, epoch, pending, brk, target))
+
+    # -- failing open and back ---------------------------------------------------------
+
+    def _fail_open(self, exc: BaseException) -> InMemoryBreakerStore:
+        failopen = self._failopen
+        assert failopen is not None
+        failopen.failed(exc)
+        local = self._local
+        if local is None:
+            local = InMemoryBreakerStore()
+            local.bind(self._config)
+            last = self._snap
+            # Keep failing fast if the circuit was open: an outage of Redis
+            # must not send a burst of calls to a dependency known to be down.
+            if last.state is _OPEN or last.state is _HALF_OPEN:
+                local.transition(_OPEN, self._now())
+            elif last.state is _ISOLATED:
+                local.transition(_ISOLATED, self._now())
+            self._pending = 0
+            self._local = local
+        return local
+
+    def _recovered_with(self, res: Any) -> None:
+        self._apply(res, self._now())
+        self._local = None
+        assert self._failopen is not None
+        self._failopen.recovered()
+
+    async def _aprobe(self) -> None:
+        res = await self._arun("sync", self._snap.epoch)
+        self._recovered_with(res)
+
+    def _probe(self) -> None:
+        self._recovered_with(self._run("sync", self._snap.epoch))
+
+    def _local_async(self) -> InMemoryBreakerStore | None:
+        local = self._local
+        if local is not None:
+            assert self._failopen is not None
+            self._failopen.aprobe(self._aprobe)
+            return self._local
+        return None
+
+    def _local_sync(self) -> InMemoryBreakerStore | None:
+        local = self._local
+        if local is not None:
+            assert self._failopen is not None
+            self._failopen.probe_sync(self._probe)
+            return self._local
+        return None
+
+    def _break_for(self, permit: BreakerSnapshot) -> float:
+        cfg = self._config
+        if permit.state is _HALF_OPEN:
+            return cfg.break_duration_for(permit.failed_probes + 1, permit.break_duration)
+        return cfg.break_duration_for(0, permit.break_duration)
+
+    # -- the protocol, async ------------------------------------------------------------
+
+    async def aacquire(self, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None]:
+        """Admit a probe or refuse, atomically across replicas (one round trip)."""
+        local = self._local_async()
+        if local is None:
+            try:
+                res = await self._arun("acquire", self._snap.epoch)
+            except Exception as exc:  # Redis trouble never fails the call
+                local = self._fail_open(exc)
+            else:
+                snap, changed, admitted = self._apply(res, now)
+                return (snap if admitted else None), (snap if changed else None)
+        return local.acquire(now)
+
+    async def arecord_success(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Count a success: batched while closed, one round trip for a probe."""
+        snap = self._snap
+        if permit is snap and self._local is None:
+            if snap.state is _CLOSED:
+                self._pending += 1
+                if now is None:
+                    now = self._now()
+                if now < self._next_sync:
+                    return None
+                self._next_sync = now + self.sync_interval
+                pending, self._pending = self._pending, 0
+                try:
+                    res = await self._arun("sync", snap.epoch, pending)
+                except Exception as exc:
+                    self._fail_open(exc)
+                    return None
+                self._apply(res, now)
+                return None
+            try:
+                res = await self._arun("success", snap.epoch)
+            except Exception as exc:
+                self._fail_open(exc)
+                return None
+            new, changed, _ = self._apply(res, self._now() if now is None else now)
+            return new if changed else None
+        local = self._local_async()
+        return None if local is None else local.record_success(permit, now)
+
+    async def arecord_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Count a failure (with the batched successes) and maybe open: one round trip."""
+        snap = self._snap
+        if permit is snap and self._local is None:
+            pending, self._pending = self._pending, 0
+            try:
+                res = await self._arun("failure", snap.epoch, pending, self._break_for(snap))
+            except Exception as exc:
+                self._fail_open(exc)
+                return None
+            if now is None:
+                now = self._now()
+            self._next_sync = now + self.sync_interval
+            new, changed, _ = self._apply(res, now)
+            return new if changed else None
+        local = self._local_async()
+        return None if local is None else local.record_failure(permit, now)
+
+    async def arelease(self, permit: BreakerSnapshot) -> None:
+        """Free a probe slot (one round trip, for a half-open permit only)."""
+        snap = self._snap
+        if permit is snap and self._local is None:
+            if snap.state is not _HALF_OPEN:
+                return
+            try:
+                res = await self._arun("release", snap.epoch)
+            except Exception as exc:
+                self._fail_open(exc)
+                return
+            self._apply(res, self._now())
+            return
+        local = self._local_async()
+        if local is not None:
+            local.release(permit)
+
+    # -- the protocol, sync ------------------------------------------------------------
+
+    def acquire(self, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None]:
+        """Sync :meth:`aacquire`."""
+        local = self._local_sync()
+        if local is None:
+            try:
+                res = self._run("acquire", self._snap.epoch)
+            except Exception as exc:
+                local = self._fail_open(exc)
+            else:
+                snap, changed, admitted = self._apply(res, now)
+                return (snap if admitted else None), (snap if changed else None)
+        return local.acquire(now)
+
+    def record_success(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Sync :meth:`arecord_success`."""
+        snap = self._snap
+        if permit is snap and self._local is None:
+            if snap.state is _CLOSED:
+                self._pending += 1
+                if now is None:
+                    now = self._now()
+                if now < self._next_sync:
+                    return None
+                self._next_sync = now + self.sync_interval
+                pending, self._pending = self._pending, 0
+                op = "sync"
+            else:
+                pending, op = 0, "success"
+            try:
+                res = self._run(op, snap.epoch, pending)
+            except Exception as exc:
+                self._fail_open(exc)
+                return None
+            new, changed, _ = self._apply(res, self._now() if now is None else now)
+            return new if changed else None
+        local = self._local_sync()
+        return None if local is None else local.record_success(permit, now)
+
+    def record_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Sync :meth:`arecord_failure`."""
+        snap = self._snap
+        if permit is snap and self._local is None:
+            pending, self._pending = self._pending, 0
+            try:
+                res = self._run("failure", snap.epoch, pending, self._break_for(snap))
+            except Exception as exc:
+                self._fail_open(exc)
+                return None
+            if now is None:
+                now = self._now()
+            self._next_sync = now + self.sync_interval
+            new, changed, _ = self._apply(res, now)
+            return new if changed else None
+        local = self._local_sync()
+        return None if local is None else local.record_failure(permit, now)
+
+    def release(self, permit: BreakerSnapshot) -> None:
+        """Sync :meth:`arelease`."""
+        snap = self._snap
+        if permit is snap and self._local is None:
+            if snap.state is not _HALF_OPEN:
+                return
+            try:
+                res = self._run("release", snap.epoch)
+            except Exception as exc:
+                self._fail_open(exc)
+                return
+            self._apply(res, self._now())
+            return
+        local = self._local_sync()
+        if local is not None:
+            local.release(permit)
+
+    def transition(self, to: CircuitState, now: float) -> BreakerSnapshot:
+        """Manual control, for every replica: CLOSED (reset), OPEN (trip) or ISOLATED."""
+        if to not in (_CLOSED, _OPEN, _ISOLATED):
+            raise ValueError(f"to must be CLOSED, OPEN or ISOLATED, got {to!r}")
+        if not self._conn.has_sync:
+            raise TypeError("manual control of a RedisBreakerStore needs a URL, a redis.Redis client or sync_client=")
+        local = self._local_sync()
+        if local is None:
+            snap = self._snap
+            brk = 0.0
+            if to is _OPEN:
+                failed = snap.failed_probes if snap.state is not _CLOSED else 0
+                brk = self._config.break_duration_for(failed, snap.break_duration)
+            try:
+                res = self._run("transition", snap.epoch, 0, brk, to.value)
+            except Exception as exc:
+                local = self._fail_open(exc)
+            else:
+                self._pending = 0
+                return self._apply(res, now)[0]
+        return local.transition(to, now)
+
+    def metrics(self, now: float) -> BreakerMetrics:
+        """The shared counters (one synchronous round trip; local ones while failed open)."""
+        local = self._local_sync() if self._conn.has_sync else self._local
+        if local is None:
+            if not self._conn.has_sync:
+                return self._cached_metrics(now)
+            try:
+                reply = self._run("metrics", self._snap.epoch)
+            except Exception as exc:
+                local = self._fail_open(exc)
+            else:
+                snap = self._apply(reply, now)[0]
+                res = _text(reply).split("|")
+                calls, failures = int(res[11]) + self._pending, int(res[12])
+                return BreakerMetrics(
+                    state=snap.state,
+                    calls=calls,
+                    failures=failures,
+                    failure_ratio=failures / calls if calls else 0.0,
+                    consecutive_failures=int(res[13]),
+                    probes_in_flight=int(res[14]),
+                    probe_successes=int(res[15]),
+                    retry_after=snap.retry_after(now),
+                )
+        return local.metrics(now)
+
+    def _cached_metrics(self, now: float) -> BreakerMetrics:
+        snap = self._snap
+        return BreakerMetrics(snap.state, 0, 0, 0.0, 0, 0, 0, snap.retry_after(now))
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Backend details for a status page."""
+        out: dict[str, Any] = {"keys": list(self._keys), "sync_interval": self.sync_interval}
+        if self._failopen is not None:
+            out.update(self._failopen.status())
+        return out
+
+    async def aclose(self) -> None:
+        """Close the connections this store opened from a URL."""
+        await self._conn.aclose()
+
+    def close(self) -> None:
+        """Close the sync connection this store opened from a URL."""
+        self._conn.close_sync()
+
+    def __repr__(self) -> str:
+        return f"RedisBreakerStore(name={self.name!r}, state={self.snapshot.state.value!r}, redis={self.using_redis})"

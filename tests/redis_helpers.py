@@ -1,0 +1,204 @@
+"""A private redis-server for tests: start, kill, pause, resume, restart.
+
+Tests never touch a system Redis (6379): each :class:`RedisServer` runs its
+own ``redis-server`` on a free port of 127.0.0.1 with persistence off, and
+the fixtures stop it at the end. When the binary is missing, the tests that
+need it are skipped with a reason that says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+__all__ = ["REDIS_SERVER", "RedisServer", "free_port", "redis_server", "require_redis_server", "running_redis"]
+
+#: The redis-server binary, or ``None`` when the machine has none.
+REDIS_SERVER: str | None = (
+    "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else shutil.which("redis-server")
+)
+
+
+def require_redis_server() -> str:
+    """Return the binary's path, or skip the calling test with the reason."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found (looked at /usr/bin/redis-server and on PATH)")
+    return REDIS_SERVER
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listened on a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ping(port: int, timeout: float = 0.2) -> bool:
+    """Whether a Redis on ``port`` answers PING right now (raw RESP, no client library)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One redis-server process on a fixed port, which survives restarts.
+
+    ``kill()`` sends SIGKILL (a crash), ``pause()``/``resume()`` send
+    SIGSTOP/SIGCONT (a server that accepts connections but never answers,
+    i.e. a slow one), ``restart()`` starts a fresh process on the same port.
+    """
+
+    def __init__(self, binary: str, port: int | None = None) -> None:
+        self.binary = binary
+        self.port = port if port is not None else free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="resilient-redis-")
+        self.paused = False
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("redis-server is already running")
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.paused = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ping(self.port):
+                return
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode} on port {self.port}: {err}")
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer PING on port {self.port} within {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash) and reap it; the port is then refused."""
+        if self.proc is None:
+            return
+        if self.paused:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)
+            self.paused = False
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are still accepted by the kernel, nothing answers."""
+        if self.proc is None:
+            raise RuntimeError("redis-server is not running")
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self.proc is None:
+            raise RuntimeError("redis-server is not running")
+        self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def restart(self) -> None:
+        """Kill the server if it runs and start a new one on the same port."""
+        self.kill()
+        for attempt in range(50):
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                # The port can linger for a moment after a SIGKILL.
+                if attempt == 49:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL) and clean up."""
+        if self.proc is not None:
+            if self.paused:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(signal.SIGCONT)
+                self.paused = False
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        state = "stopped" if self.proc is None else ("paused" if self.paused else "running")
+        return f"RedisServer(port={self.port}, {state})"
+
+
+@contextlib.contextmanager
+def running_redis(binary: str | None = None) -> Iterator[RedisServer]:
+    """Start a private redis-server on a free port; stop it on exit.
+
+    A free port can be taken between the check and the start, so starting
+    is retried on a new port a few times.
+    """
+    binary = binary or require_redis_server()
+    last: Exception | None = None
+    for _ in range(3):
+        server = RedisServer(binary)
+        try:
+            server.start()
+        except RuntimeError as exc:
+            server.stop()
+            last = exc
+            continue
+        try:
+            yield server
+        finally:
+            server.stop()
+        return
+    raise RuntimeError(f"could not start redis-server: {last}")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for one test (skipped when the binary is missing)."""
+    with running_redis() as server:
+        yield server

@@ -1,0 +1,405 @@
+"""RedisBreakerStore: one circuit shared by several breakers and processes, failing open."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from resilient import events
+from resilient.breaker import AsyncBreakerStore, CircuitBreaker, CircuitState
+from resilient.errors import CircuitOpenError
+from resilient.redis import RedisBreakerStore
+from resilient.testing import FakeClock, recording
+from tests.redis_helpers import RedisServer, redis_server  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def fail() -> None:
+    raise ConnectionError("upstream down")
+
+
+async def ok() -> str:
+    return "ok"
+
+
+def breaker(url: str, name: str = "pay", **kw: object) -> CircuitBreaker:
+    store_kw = {k: kw.pop(k) for k in ("sync_interval", "recovery_interval", "timeout", "prefix") if k in kw}
+    return CircuitBreaker(name=name, store=RedisBreakerStore(url, **store_kw), **kw)  # type: ignore[arg-type]
+
+
+async def fail_n(cb: CircuitBreaker, n: int) -> None:
+    guarded = cb(fail)
+    for _ in range(n):
+        with pytest.raises((ConnectionError, CircuitOpenError)):
+            await guarded()
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None:
+    end = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "resilient.redis" and r.levelno == logging.WARNING]
+
+
+def run_workers(code: str, *args: str, n: int) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
+        )
+        for _ in range(n)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err.decode()
+        outs.append(out.decode().strip())
+    return outs
+
+
+@pytest.fixture
+async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+# -- sharing -----------------------------------------------------------------------
+
+
+async def test_store_implements_the_async_protocol(redis_server: RedisServer) -> None:  # noqa: F811
+    store = RedisBreakerStore(redis_server.url)
+    assert isinstance(store, AsyncBreakerStore)
+    with pytest.raises(ValueError, match="name"):
+        CircuitBreaker(store=store)
+    with pytest.raises(ValueError, match="sync_interval"):
+        RedisBreakerStore(redis_server.url, sync_interval=-1)
+    cb = CircuitBreaker(name="x", store=RedisBreakerStore(redis_server.url))
+    with pytest.raises(RuntimeError, match="already bound"):
+        CircuitBreaker(name="y", store=cb.store)
+
+
+OPENER = """
+    import asyncio, sys
+    from resilient.breaker import CircuitBreaker
+    from resilient.redis import RedisBreakerStore
+
+    async def fail():
+        raise ConnectionError("down")
+
+    async def main(url):
+        cb = CircuitBreaker(name="pay", consecutive_failures=3, break_duration=30, store=RedisBreakerStore(url))
+        for _ in range(3):
+            try:
+                await cb(fail)()
+            except ConnectionError:
+                pass
+        print(cb.state.value)
+
+    asyncio.run(main(sys.argv[1]))
+"""
+
+CHECKER = """
+    import asyncio, sys
+    from resilient.breaker import CircuitBreaker
+    from resilient.errors import CircuitOpenError
+    from resilient.redis import RedisBreakerStore
+
+    calls = 0
+
+    async def work():
+        global calls
+        calls += 1
+
+    async def main(url):
+        cb = CircuitBreaker(name="pay", consecutive_failures=3, break_duration=30, store=RedisBreakerStore(url))
+        try:
+            await cb(work)()
+            print("admitted", calls)
+        except CircuitOpenError as exc:
+            print("rejected", calls, round(exc.retry_after))
+
+    asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_one_process_opens_the_other_fails_fast(redis_server: RedisServer) -> None:  # noqa: F811
+    # A long-lived breaker in this process, closed and in use.
+    here = breaker(redis_server.url, consecutive_failures=3, break_duration=30)
+    assert await here(ok)() == "ok"
+    # Another process opens the circuit...
+    assert run_workers(OPENER, redis_server.url, n=1) == ["open"]
+    # ...a process that starts now fails fast on its first call, without calling...
+    out = run_workers(CHECKER, redis_server.url, n=1)[0].split()
+    assert out[:2] == ["rejected", "0"]
+    assert 25 <= int(out[2]) <= 30
+    # ...and this one learns it at its next sync and fails fast from then on.
+    await here.store.arefresh()  # type: ignore[attr-defined]
+    assert here.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        await here(ok)()
+    assert info.value.retry_after is not None
+    assert info.value.retry_after > 25
+
+
+async def test_a_replica_learns_from_its_next_outcome(redis_server: RedisServer) -> None:  # noqa: F811
+    a = breaker(redis_server.url, consecutive_failures=2, break_duration=30)
+    b = breaker(redis_server.url, consecutive_failures=2, break_duration=30, sync_interval=0)
+    assert await b(ok)() == "ok"
+    with recording() as rec:
+        await fail_n(a, 2)
+    assert a.state is CircuitState.OPEN
+    # Only the replica whose failure opened the circuit reports the transition.
+    assert [e.name for e in rec.events if e.name == events.CIRCUIT_OPENED] == [events.CIRCUIT_OPENED]
+    assert b.state is CircuitState.CLOSED  # b has not heard from Redis yet
+    assert await b(ok)() == "ok"  # the call that was already admitted; its outcome brings the news
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        await b(ok)()
+
+
+async def test_ratio_window_counts_every_replicas_calls(redis_server: RedisServer) -> None:  # noqa: F811
+    opts = {"failure_ratio": 0.5, "minimum_throughput": 10, "sampling_duration": 10, "break_duration": 30}
+    good = breaker(redis_server.url, sync_interval=0, **opts)
+    bad = breaker(redis_server.url, **opts)
+    for _ in range(5):
+        await good(ok)()
+    await fail_n(bad, 4)
+    assert bad.state is CircuitState.CLOSED  # 4/9 calls
+    assert good.metrics.calls == 9
+    await fail_n(bad, 1)  # 5/10: the shared window opens it
+    assert bad.state is CircuitState.OPEN
+
+
+async def test_successes_are_batched_and_sent_with_the_next_failure(redis_server: RedisServer) -> None:  # noqa: F811
+    a = breaker(redis_server.url, sync_interval=60, failure_ratio=0.5, minimum_throughput=4, sampling_duration=10)
+    other = breaker(redis_server.url, sync_interval=0, failure_ratio=0.5, minimum_throughput=4, sampling_duration=10)
+    for _ in range(3):
+        await a(ok)()  # counted locally: the last sync (at bind) is less than 60 s old
+    assert other.metrics.calls == 0
+    await fail_n(a, 1)
+    m = other.metrics
+    assert (m.calls, m.failures) == (4, 1)
+    assert a.state is CircuitState.CLOSED
+
+
+async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
+    cb = breaker(redis_server.url, name="inventory", prefix="svc:", failure_ratio=0.5, sampling_duration=2)
+    await cb(ok)()
+    await fail_n(cb, 1)
+    keys = sorted(await rclient.keys("*"))
+    assert keys == ["svc:cb:{inventory}:state", "svc:cb:{inventory}:window"]
+    assert cb.store.keys[0] == "svc:cb:{inventory}:state"  # type: ignore[attr-defined]
+    assert 0 < await rclient.pttl("svc:cb:{inventory}:window") <= 3000
+    assert 0 < await rclient.pttl("svc:cb:{inventory}:state") <= 3600 * 1000
+    cb.isolate()
+    assert await rclient.pttl("svc:cb:{inventory}:state") == -1  # held until reset()
+    cb.reset()
+    assert await rclient.pttl("svc:cb:{inventory}:state") > 0
+
+
+async def test_manual_control_reaches_every_replica(redis_server: RedisServer) -> None:  # noqa: F811
+    a = breaker(redis_server.url, sync_interval=0)
+    b = breaker(redis_server.url, sync_interval=0)
+    a.isolate()
+    await b.store.arefresh()  # type: ignore[attr-defined]
+    with pytest.raises(CircuitOpenError, match="isolated"):
+        await b(ok)()
+    a.reset()
+    await b.store.arefresh()  # type: ignore[attr-defined]
+    assert await b(ok)() == "ok"
+
+
+# -- the half-open probe ------------------------------------------------------------
+
+PROBER = """
+    import asyncio, sys, time
+    from resilient.breaker import CircuitBreaker
+    from resilient.errors import CircuitOpenError
+    from resilient.redis import RedisBreakerStore
+
+    async def probe():
+        await asyncio.sleep(0.3)
+
+    async def main(url, start_at):
+        cb = CircuitBreaker(name="probe", consecutive_failures=1, break_duration=5, store=RedisBreakerStore(url))
+        while time.time() < start_at:
+            await asyncio.sleep(0.001)
+        try:
+            await cb(probe)()
+            print("probe")
+        except CircuitOpenError:
+            print("rejected")
+
+    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+async def test_only_one_of_n_replicas_gets_the_half_open_probe(redis_server: RedisServer) -> None:  # noqa: F811
+    opener = breaker(redis_server.url, name="probe", consecutive_failures=1, break_duration=5)
+    await fail_n(opener, 1)
+    assert opener.state is CircuitState.OPEN
+    # Let the break end just before the replicas all call at the same moment.
+    start_at = time.time() + 2.0
+    key = opener.store.keys[0]  # type: ignore[attr-defined]
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.hset(key, "until", "0")  # the break is over for everyone
+    await client.aclose()
+    outs = run_workers(PROBER, redis_server.url, str(start_at), n=5)
+    assert sorted(outs) == ["probe", "rejected", "rejected", "rejected", "rejected"]
+
+
+async def test_a_dead_probe_releases_its_lease_by_expiry(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
+    a = breaker(redis_server.url, consecutive_failures=1, break_duration=0.2)
+    b = breaker(redis_server.url, consecutive_failures=1, break_duration=0.2)
+    await fail_n(a, 1)
+    await asyncio.sleep(0.25)
+    # a takes the probe and "dies": its outcome never comes.
+    permit, moved = await a.store.aacquire(a.clock.now())  # type: ignore[attr-defined]
+    assert permit is not None
+    assert moved is not None
+    assert moved.state is CircuitState.HALF_OPEN
+    assert await rclient.get(a.store.keys[2]) == "1"  # type: ignore[attr-defined]
+    await b.store.arefresh()  # type: ignore[attr-defined]
+    with pytest.raises(CircuitOpenError, match="half-open"):
+        await b(ok)()
+    pttl = await rclient.pttl(a.store.keys[2])  # type: ignore[attr-defined]
+    assert 0 < pttl <= 200
+    await asyncio.sleep(0.25)
+    # The lease expired with the half-open period: b probes, succeeds, closes.
+    assert await b(ok)() == "ok"
+    assert b.state is CircuitState.CLOSED
+    # The dead probe's late outcome belongs to an old epoch and is ignored.
+    assert await a.store.arecord_failure(permit) is None  # type: ignore[attr-defined]
+    await a.store.arefresh()  # type: ignore[attr-defined]
+    assert a.state is CircuitState.CLOSED
+
+
+async def test_probe_failure_reopens_with_a_longer_break(redis_server: RedisServer) -> None:  # noqa: F811
+    cb = breaker(redis_server.url, consecutive_failures=1, break_duration=lambda n, last: 0.1 * (n + 1))
+    await fail_n(cb, 1)
+    assert cb.store.snapshot.break_duration == pytest.approx(0.1)
+    await asyncio.sleep(0.12)
+    await fail_n(cb, 1)  # the probe fails
+    snap = cb.store.snapshot
+    assert snap.state is CircuitState.OPEN
+    assert snap.failed_probes == 1
+    assert snap.break_duration == pytest.approx(0.2)
+
+
+def test_sync_functions_use_the_sync_client(redis_server: RedisServer) -> None:  # noqa: F811
+    cb = breaker(redis_server.url, consecutive_failures=2, break_duration=30)
+
+    @cb
+    def sync_fail() -> None:
+        raise ConnectionError("down")
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            sync_fail()
+    with pytest.raises(CircuitOpenError):
+        sync_fail()
+    other = breaker(redis_server.url, consecutive_failures=2, break_duration=30)
+    assert other.state is CircuitState.OPEN
+
+
+# -- fail open -----------------------------------------------------------------------------
+
+
+async def test_sigkill_fails_open_keeps_calls_flowing_and_recovers(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    cb = breaker(redis_server.url, consecutive_failures=3, break_duration=30, sync_interval=0, clock=clock)
+    guarded = cb(ok)
+    assert await guarded() == "ok"
+    caplog.set_level(logging.INFO, logger="resilient.redis")
+    redis_server.kill()
+    with recording() as rec:
+        for _ in range(50):
+            assert await guarded() == "ok"  # a Redis outage never fails a call
+        assert not cb.store.using_redis  # type: ignore[attr-defined]
+        # The local state still protects: failures open the circuit locally.
+        await fail_n(cb, 3)
+        assert cb.state is CircuitState.OPEN
+        assert len(redis_warnings(caplog)) == 1
+        assert [e.name for e in rec.events if e.name.startswith("store_")] == [events.STORE_FAILED_OPEN]
+
+        redis_server.restart()
+        clock.advance(1.0)
+        with pytest.raises(CircuitOpenError):
+            await guarded()  # locally open; this call also starts the probe
+        await eventually(lambda: cb.store.using_redis)  # type: ignore[attr-defined]
+        assert [e.name for e in rec.events if e.name.startswith("store_")] == [
+            events.STORE_FAILED_OPEN,
+            events.STORE_RECOVERED,
+        ]
+    # Redis' state (a fresh, closed circuit) is authoritative again.
+    assert cb.state is CircuitState.CLOSED
+    assert await guarded() == "ok"
+    assert len(redis_warnings(caplog)) == 1
+
+
+async def test_sigstop_slow_redis_fails_open_within_the_timeout(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    cb = breaker(redis_server.url, consecutive_failures=3, sync_interval=0, clock=clock, timeout=0.05)
+    guarded = cb(ok)
+    assert await guarded() == "ok"
+    caplog.set_level(logging.WARNING, logger="resilient.redis")
+    redis_server.pause()
+    try:
+        start = time.monotonic()
+        assert await guarded() == "ok"
+        assert time.monotonic() - start < 0.5  # the 50 ms timeout, with a loaded machine's slack
+        start = time.monotonic()
+        for _ in range(100):
+            assert await guarded() == "ok"
+        assert time.monotonic() - start < 0.5  # failed open: nobody waits for Redis
+        assert len(redis_warnings(caplog)) == 1
+        clock.advance(1.0)
+        await guarded()  # a probe, which times out in the background
+        await asyncio.sleep(0.15)
+        assert not cb.store.using_redis  # type: ignore[attr-defined]
+    finally:
+        redis_server.resume()
+    clock.advance(1.0)
+    await guarded()
+    await eventually(lambda: cb.store.using_redis)  # type: ignore[attr-defined]
+    assert await guarded() == "ok"
+    assert len(redis_warnings(caplog)) == 1
+
+
+async def test_an_open_circuit_stays_open_when_redis_goes_away(redis_server: RedisServer) -> None:  # noqa: F811
+    cb = breaker(redis_server.url, consecutive_failures=1, break_duration=30)
+    await fail_n(cb, 1)
+    redis_server.kill()
+    await cb.store.arefresh()  # type: ignore[attr-defined]
+    assert not cb.store.using_redis  # type: ignore[attr-defined]
+    with pytest.raises(CircuitOpenError):
+        await cb(ok)()

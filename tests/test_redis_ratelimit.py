@@ -1,0 +1,365 @@
+"""RedisRateLimiter / KeyedRedisRateLimiter against a real, private redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import redis as sync_redis
+import redis.asyncio as aioredis
+
+from resilient import RateLimitedError, events
+from resilient.deadline import deadline
+from resilient.redis import KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
+from resilient.testing import FakeClock, recording
+from tests.redis_helpers import RedisServer, redis_server  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None:
+    """Poll a condition that a background task (a probe) will make true."""
+    end = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "resilient.redis" and r.levelno == logging.WARNING]
+
+
+# -- the algorithm ---------------------------------------------------------------
+
+
+async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> None:  # noqa: F811
+    lim = RedisRateLimiter(redis_server.url, rate=10, burst=3, name="api")
+    got = [await lim.try_acquire() for _ in range(4)]
+    assert [d.allowed for d in got] == [True, True, True, False]
+    assert [d.remaining for d in got[:3]] == [2, 1, 0]
+    assert all(d.limit == 3 for d in got)
+    denied = got[3]
+    assert isinstance(denied, RateDecision)
+    # One token comes back every 100 ms.
+    assert 0.05 < denied.retry_after <= 0.1
+    assert 0.2 < denied.reset <= 0.3
+    await asyncio.sleep(denied.retry_after + 0.01)
+    assert (await lim.try_acquire()).allowed
+    assert lim.using_redis
+    await lim.aclose()
+
+
+async def test_cost_and_validation(redis_server: RedisServer) -> None:  # noqa: F811
+    lim = RedisRateLimiter(redis_server.url, rate=5, burst=5, name="cost")
+    assert (await lim.try_acquire(tokens=4)).remaining == 1
+    assert not (await lim.try_acquire(tokens=2)).allowed
+    with pytest.raises(ValueError, match="tokens"):
+        await lim.try_acquire(tokens=6)
+    with pytest.raises(ValueError, match="rate"):
+        RedisRateLimiter(redis_server.url, rate=0, name="x")
+    with pytest.raises(ValueError, match="burst"):
+        RedisRateLimiter(redis_server.url, rate=1, burst=0, name="x")
+    with pytest.raises(ValueError, match="timeout"):
+        RedisRateLimiter(redis_server.url, rate=1, name="x", timeout=0)
+    with pytest.raises(TypeError, match="name"):
+        RedisRateLimiter(redis_server.url, rate=1, name="")
+    with pytest.raises(TypeError, match="client_or_url"):
+        RedisRateLimiter(42, rate=1, name="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="URL"):
+        RedisRateLimiter("localhost:6379", rate=1, name="x")
+    await lim.aclose()
+
+
+async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
+    lim = KeyedRedisRateLimiter(redis_server.url, rate=20, burst=2, name="per-user", prefix="svc:")
+    assert (await lim.try_acquire("alice")).allowed
+    assert (await lim.try_acquire("alice")).allowed
+    assert not (await lim.try_acquire("alice")).allowed
+    # Another key has its own bucket.
+    assert (await lim.try_acquire("bob")).allowed
+    keys = sorted(await rclient.keys("*"))
+    assert keys == ["svc:rl:per-user:alice", "svc:rl:per-user:bob"]
+    # The key lives as long as the bucket needs to refill, no longer.
+    pttl = await rclient.pttl("svc:rl:per-user:alice")
+    assert 0 < pttl <= 102
+    await asyncio.sleep(0.15)
+    assert await rclient.keys("*") == []
+    await lim.aclose()
+
+
+async def test_two_limiters_with_one_name_share_the_limit(redis_server: RedisServer) -> None:  # noqa: F811
+    a = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="shared")
+    b = RedisRateLimiter(aioredis.Redis.from_url(redis_server.url), rate=1, burst=2, name="shared")
+    c = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="other")
+    assert (await a.try_acquire()).allowed
+    assert (await b.try_acquire()).allowed
+    assert not (await a.try_acquire()).allowed
+    assert not (await b.try_acquire()).allowed
+    assert (await c.try_acquire()).allowed
+    for lim in (a, c):
+        await lim.aclose()
+
+
+def test_sync_client_and_sync_policy(redis_server: RedisServer) -> None:  # noqa: F811
+    lim = RedisRateLimiter(sync_redis.Redis.from_url(redis_server.url), rate=1, burst=2, name="sync", mode="reject")
+    calls: list[int] = []
+
+    @lim
+    def work(x: int) -> int:
+        calls.append(x)
+        return x * 2
+
+    assert work(1) == 2
+    assert work(2) == 4
+    with pytest.raises(RateLimitedError) as info:
+        work(3)
+    assert calls == [1, 2]
+    assert info.value.retry_after is not None
+    assert 0.5 < info.value.retry_after <= 1.0
+    assert not lim.try_acquire_sync().allowed
+
+
+async def test_async_client_only_refuses_sync_use(redis_server: RedisServer) -> None:  # noqa: F811
+    client = aioredis.Redis.from_url(redis_server.url)
+    lim = RedisRateLimiter(client, rate=1, name="a-only")
+    with pytest.raises(TypeError, match="sync"):
+        lim.try_acquire_sync()
+    await client.aclose()
+
+
+# -- as a policy ---------------------------------------------------------------------
+
+
+async def test_policy_rejects_with_event_and_waits_within_max_wait(redis_server: RedisServer) -> None:  # noqa: F811
+    lim = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol", mode="reject")
+
+    @lim
+    async def work() -> str:
+        return "ok"
+
+    with recording() as rec:
+        assert await work() == "ok"
+        with pytest.raises(RateLimitedError) as info:
+            await work()
+    assert info.value.policy == "pol"
+    assert [e.name for e in rec.events] == [events.REJECTED]
+    assert rec.events[0].extras["backend"] == "redis"
+
+    async def bare() -> str:
+        return "ok"
+
+    waiting = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol", max_wait=0.2)
+    start = time.monotonic()
+    assert await waiting.run(bare) == "ok"
+    assert time.monotonic() - start >= 0.02
+    # A deadline shorter than the wait wins: reject at once.
+    with deadline(0.001), pytest.raises(RateLimitedError):
+        await waiting.run(bare)
+    assert waiting.status()["redis_healthy"] is True
+    for lim_ in (lim, waiting):
+        await lim_.aclose()
+
+
+async def test_keyed_policy_uses_the_key_function(redis_server: RedisServer) -> None:  # noqa: F811
+    lim = KeyedRedisRateLimiter(
+        redis_server.url, rate=1, burst=1, name="tenant", key=lambda tenant, _: tenant, mode="reject"
+    )
+
+    @lim
+    async def work(tenant: str, n: int) -> int:
+        return n
+
+    assert await work("a", 1) == 1
+    assert await work("b", 2) == 2
+    with pytest.raises(RateLimitedError):
+        await work("a", 3)
+    with pytest.raises(TypeError, match="key="):
+        KeyedRedisRateLimiter(redis_server.url, rate=1, name="nokey")(work)
+    await lim.aclose()
+
+
+# -- fail open -------------------------------------------------------------------------
+
+
+async def test_sigkill_fails_open_with_one_warning_and_recovers_after_restart(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    lim = RedisRateLimiter(redis_server.url, rate=1000, burst=1000, name="down", clock=clock)
+    assert (await lim.try_acquire()).allowed
+    redis_server.kill()
+    caplog.set_level(logging.INFO, logger="resilient.redis")
+    with recording() as rec:
+        for _ in range(50):
+            assert (await lim.try_acquire()).allowed  # the call flows on local state
+        assert not lim.using_redis
+        assert len(redis_warnings(caplog)) == 1
+        assert "failing open" in redis_warnings(caplog)[0].getMessage()
+        assert [e.name for e in rec.events] == [events.STORE_FAILED_OPEN]
+        assert rec.events[0].severity == "warning"
+
+        redis_server.restart()
+        # No probe before recovery_interval has passed...
+        await lim.try_acquire()
+        await asyncio.sleep(0.05)
+        assert not lim.using_redis
+        # ...then one, in the background, and the limiter switches back.
+        clock.advance(1.0)
+        await lim.try_acquire()
+        await eventually(lambda: lim.using_redis)
+        assert [e.name for e in rec.events] == [events.STORE_FAILED_OPEN, events.STORE_RECOVERED]
+    assert (await lim.try_acquire()).allowed
+    assert len(redis_warnings(caplog)) == 1
+    assert lim.status()["outages"] == 1
+    await lim.aclose()
+
+
+async def test_sigstop_slow_redis_times_out_and_recovers_after_sigcont(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    lim = RedisRateLimiter(redis_server.url, rate=1000, burst=1000, name="slow", clock=clock, timeout=0.05)
+    assert (await lim.try_acquire()).allowed
+    redis_server.pause()
+    caplog.set_level(logging.WARNING, logger="resilient.redis")
+    try:
+        start = time.monotonic()
+        first = await lim.try_acquire()
+        first_took = time.monotonic() - start
+        assert first.allowed
+        assert first_took < 0.5  # bounded by the 50 ms timeout, plus a loaded machine's slack
+        start = time.monotonic()
+        for _ in range(100):
+            assert (await lim.try_acquire()).allowed
+        # Failed open: no call waits for Redis any more.
+        assert time.monotonic() - start < 0.5
+        assert len(redis_warnings(caplog)) == 1
+        # A probe while still paused fails and changes nothing.
+        clock.advance(1.0)
+        await lim.try_acquire()
+        await asyncio.sleep(0.15)
+        assert not lim.using_redis
+    finally:
+        redis_server.resume()
+    clock.advance(1.0)
+    await lim.try_acquire()
+    await eventually(lambda: lim.using_redis)
+    assert len(redis_warnings(caplog)) == 1
+    await lim.aclose()
+
+
+def test_sync_fail_open_and_inline_probe(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    clock = FakeClock()
+    lim = RedisRateLimiter(redis_server.url, rate=2, burst=2, name="sync-down", clock=clock)
+    caplog.set_level(logging.WARNING, logger="resilient.redis")
+    redis_server.kill()
+    # Local state applies the same limit.
+    assert [lim.try_acquire_sync().allowed for _ in range(3)] == [True, True, False]
+    assert len(redis_warnings(caplog)) == 1
+    redis_server.restart()
+    clock.advance(1.0)
+    assert lim.try_acquire_sync().allowed  # probed inline, Redis again: a fresh shared bucket
+    assert lim.using_redis
+    lim.close()
+
+
+async def test_redis_error_fails_open(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
+    await rclient.rpush("resilient:rl:wrongtype", "x")  # the script's GET fails with WRONGTYPE
+    lim = RedisRateLimiter(redis_server.url, rate=1, burst=1, name="wrongtype")
+    with recording() as rec:
+        assert (await lim.try_acquire()).allowed
+    assert not lim.using_redis
+    assert rec.events[0].exception is not None
+    assert "ResponseError" in rec.events[0].exception
+    await lim.aclose()
+
+
+async def test_credentials_never_logged(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    url = f"redis://admin:s3cr3t-pw@127.0.0.1:{redis_server.port}/0?password=s3cr3t-q"
+    lim = RedisRateLimiter(url, rate=1, name="auth")
+    caplog.set_level(logging.DEBUG, logger="resilient.redis")
+    with recording() as rec:
+        assert (await lim.try_acquire()).allowed  # AUTH fails: the server has no such user
+    assert not lim.using_redis
+    text = " ".join(r.getMessage() for r in caplog.records) + json.dumps([dict(e.extras) for e in rec.events])
+    assert "s3cr3t" not in text
+    assert f"127.0.0.1:{redis_server.port}" in text
+    assert "s3cr3t" not in repr(lim) + json.dumps(lim.status())
+    await lim.aclose()
+
+
+# -- many processes, one limit -------------------------------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from resilient.redis import RedisRateLimiter
+
+    async def main(url, start_at, duration):
+        lim = RedisRateLimiter(url, rate=200, burst=5, name="fleet", timeout=0.5)
+        await lim._conn.aclient().ping()  # connect before the clock starts
+        admitted = 0
+        while time.time() < start_at:
+            await asyncio.sleep(0.001)
+        end = start_at + duration
+        while time.time() < end:
+            d = await lim.try_acquire()
+            if d.allowed:
+                admitted += 1
+            else:
+                await asyncio.sleep(min(d.retry_after, end - time.time(), 0.01))
+        print(admitted, int(lim.using_redis))
+        await lim.aclose()
+
+    asyncio.run(main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3])))
+    """
+)
+
+
+def test_shared_limit_across_four_processes(redis_server: RedisServer) -> None:  # noqa: F811
+    rate, duration = 200, 2.0
+    start_at = time.time() + 1.5  # time for four interpreters to start on a loaded machine
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, redis_server.url, str(start_at), str(duration)],
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
+        )
+        for _ in range(4)
+    ]
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 0
+        admitted, used_redis = out.split()
+        results.append(int(admitted))
+        assert used_redis == b"1"
+    total = sum(results)
+    print("admitted", total, results)
+    expected = rate * duration
+    assert abs(total - expected) <= 0.05 * expected, (total, results)
+    # Every process got a share, not one process everything.
+    assert min(results) > 0
