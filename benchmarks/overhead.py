@@ -123,7 +123,7 @@ def report(rows: list[dict[str, Any]], markdown: bool) -> str:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
     else:
-        lines.append(f"{header[0]:<10} {header[1]:<46} {header[2]:>8} {header[3]:>12} {header[4]:>7} {header[5]:>7}")
+        lines.append(f"{header[0]:<10} {header[1]:<56} {header[2]:>8} {header[3]:>12} {header[4]:>7} {header[5]:>7}")
     for r in sorted(rows, key=lambda r: (r["case"].group, not r["case"].ours, r["us"])):
         case: Case = r["case"]
         floor = floors[case.kind]
@@ -138,7 +138,7 @@ def report(rows: list[dict[str, Any]], markdown: bool) -> str:
         if markdown:
             lines.append(f"| {case.group} | {name.strip()} | {r['us']:.2f} | {over:.2f} | {ratio:.1f} | {alloc} |")
         else:
-            lines.append(f"{case.group:<10} {name:<46} {r['us']:>8.2f} {over:>12.2f} {ratio:>7.1f} {alloc:>7}")
+            lines.append(f"{case.group:<10} {name:<56} {r['us']:>8.2f} {over:>12.2f} {ratio:>7.1f} {alloc:>7}")
     return "\n".join(lines)
 
 
