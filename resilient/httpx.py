@@ -53,12 +53,15 @@ import httpx
 from cachetools import LRUCache
 
 from resilient.backoff import Backoff, exponential
+from resilient.breaker import CircuitBreaker
+from resilient.bulkhead import Bulkhead
 from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.deadline import Deadline
 from resilient.deadline import _current as _current_deadline
 from resilient.errors import TimeoutError
 from resilient.events import EventSite, ExtraValue, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Pipeline, Policy, SyncFn
+from resilient.ratelimit import RateLimiter
 from resilient.retry import Retry, RetryBudgetLike
 from resilient.timeout import Timeout
 
@@ -451,12 +454,6 @@ def _positive(value: Any, param: str, *, allow_none: bool = True) -> float | Non
     return float(value)
 
 
-def _has(module: str) -> bool:  # TEMPORARY until the breaker and limits branches are merged
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
 class StandardPipeline:
     """A factory of per-host pipelines with Microsoft's standard handler defaults.
 
@@ -469,8 +466,8 @@ class StandardPipeline:
     part                       default                  keyword(s)
     ========================== ======================== ====================================
     concurrency limit          1000 running, 0 queued   ``max_concurrent``, ``max_queued``
-    rate limit                 off                      ``rate``, ``per``, ``burst``
     total timeout              30 s                     ``total_timeout``
+    rate limit (token bucket)  off                      ``rate``, ``per``, ``burst``, ``rate_mode``
     retry                      3 retries (4 attempts),  ``max_retries``, ``backoff``,
                                exponential from 2 s,    ``base_delay``, ``max_delay``,
                                decorrelated jitter,     ``statuses``, ``honour_retry_after``,
@@ -485,6 +482,11 @@ class StandardPipeline:
     during a 30 % brownout a 0.1 ratio opens the circuit (and fails every
     call) although three retries would have absorbed it; 0.5 opens only
     when most attempts fail. ``preset="microsoft"`` restores 0.1.
+
+    The concurrency limit rejects with :class:`~resilient.BulkheadFullError`
+    when full (Microsoft's ``ConcurrencyLimiter`` with no queue); the rate
+    limit, when set, waits for a token (``rate_mode="reject"``: raises
+    :class:`~resilient.RateLimitedError`), bounded by the total timeout.
 
     Set a part's keyword to ``None`` (``max_retries=0`` for the retry) to
     leave that part out. Synchronous clients get the same pipeline without
@@ -508,6 +510,7 @@ class StandardPipeline:
         rate: float | None = None,
         per: float = 1.0,
         burst: int | None = None,
+        rate_mode: Literal["wait", "reject"] = "wait",
         total_timeout: float | None = 30.0,
         max_retries: int = 3,
         backoff: Backoff | Callable[[int], float] | Any | None = None,
@@ -537,8 +540,9 @@ class StandardPipeline:
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.rate = _positive(rate, "rate")
-        self.per = _positive(per, "per", allow_none=False)
+        self.per = cast(float, _positive(per, "per", allow_none=False))
         self.burst = burst
+        self.rate_mode = rate_mode
         self.total_timeout = _positive(total_timeout, "total_timeout")
         self.attempt_timeout = _positive(attempt_timeout, "attempt_timeout")
         self.max_retries = max_retries
@@ -573,14 +577,17 @@ class StandardPipeline:
 
         clock = self.clock
         policies: list[Policy] = []
-        if self.max_concurrent is not None and _has("resilient.bulkhead"):
-            policies.append(self._bulkhead(nm("concurrency")))
-        if self.rate is not None:
-            policies.append(self._rate_limiter(nm("rate")))
+        if self.max_concurrent is not None:
+            policies.append(Bulkhead(self.max_concurrent, max_queued=self.max_queued, name=nm("concurrency")))
         if self.total_timeout is not None:
             if not sync:
                 policies.append(Timeout(self.total_timeout, name=nm("total timeout")))
             policies.append(_DeadlineScope(self.total_timeout, clock=clock))
+        if self.rate is not None:
+            # Inside the total timeout, so that waiting for a token is bounded by it.
+            policies.append(
+                RateLimiter(self.rate, self.per, burst=self.burst, mode=self.rate_mode, name=nm("rate"), clock=clock)
+            )
         if self.max_retries:
             backoff = self.backoff
             if backoff is None:
@@ -600,43 +607,25 @@ class StandardPipeline:
             )
         elif isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
-        if self.failure_ratio is not None and _has("resilient.breaker"):
-            policies.append(self._breaker(nm("breaker")))
+        if self.failure_ratio is not None:
+            statuses = self.statuses
+            policies.append(
+                CircuitBreaker(
+                    nm("breaker"),
+                    failure_ratio=self.failure_ratio,
+                    sampling_duration=self.sampling_duration,
+                    minimum_throughput=self.minimum_throughput,
+                    break_duration=self.break_duration,
+                    on=is_transient_error,
+                    on_result=lambda r: getattr(r, "status_code", None) in statuses,
+                    clock=clock,
+                )
+            )
         if self.attempt_timeout is not None:
             if not sync:
                 policies.append(Timeout(self.attempt_timeout, name=nm("attempt timeout")))
             policies.append(_DeadlineScope(self.attempt_timeout, clock=clock))
         return Pipeline(*policies, name=f"{self.name} {host_key}" if _named else None, listeners=self.listeners)
-
-    # The parts that live in modules written in parallel; imported lazily so
-    # that this module works with whichever have landed.
-    def _bulkhead(self, name: str | None) -> Policy:
-        from resilient.bulkhead import Bulkhead  # type: ignore[import-not-found,unused-ignore]
-
-        return cast(Policy, Bulkhead(self.max_concurrent, max_queued=self.max_queued, name=name))
-
-    def _rate_limiter(self, name: str | None) -> Policy:
-        from resilient.ratelimit import RateLimiter  # type: ignore[import-not-found,unused-ignore]
-
-        return cast(Policy, RateLimiter(self.rate, self.per, burst=self.burst, name=name, clock=self.clock))
-
-    def _breaker(self, name: str | None) -> Policy:
-        from resilient.breaker import CircuitBreaker  # type: ignore[import-not-found,unused-ignore]
-
-        statuses = self.statuses
-        return cast(
-            Policy,
-            CircuitBreaker(
-                name,
-                failure_ratio=self.failure_ratio,
-                sampling_duration=self.sampling_duration,
-                minimum_throughput=self.minimum_throughput,
-                break_duration=self.break_duration,
-                on=is_transient_error,
-                on_result=lambda r: getattr(r, "status_code", None) in statuses,
-                clock=self.clock,
-            ),
-        )
 
     def __repr__(self) -> str:
         return (

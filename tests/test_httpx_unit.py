@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -782,3 +783,77 @@ async def test_sniffio_is_importable_for_httpcore() -> None:
 
     assert sniffio.current_async_library() == "asyncio"
     assert current_async_library() == "asyncio"
+
+
+# -- the policies that land from other modules ------------------------------------------
+
+
+async def test_open_circuit_raises_as_itself_and_is_not_retried() -> None:
+    clock = FakeClock(auto_advance=True)
+    upstream = Upstream(500)
+    pipeline = standard_pipeline(
+        backoff=constant(0.0), minimum_throughput=2, break_duration=60.0, total_timeout=None, clock=clock
+    )
+    async with await aclient(upstream, pipeline) as client:
+        # Two failed attempts open the circuit; the third attempt is refused,
+        # and that refusal is not retried (as in Microsoft's handler).
+        with pytest.raises(resilient.CircuitOpenError):
+            await client.get("/x")
+        assert upstream.calls == 2
+        with recording() as rec, pytest.raises(resilient.CircuitOpenError):
+            await client.get("/x")
+        assert upstream.calls == 2  # nothing sent
+        assert rec.of("retry") == []
+        # Another host has its own breaker.
+        upstream.script = [200]
+        assert (await client.get("http://other.test/")).status_code == 200
+
+
+async def test_concurrency_limit_rejects_as_itself() -> None:
+    release = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200)
+
+    async with await aclient(handler, fast(max_concurrent=1)) as client:
+        first = asyncio.create_task(client.get("/x"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(resilient.BulkheadFullError):
+            await client.get("/x")
+        release.set()
+        assert (await first).status_code == 200
+
+
+async def test_rate_limit_option() -> None:
+    upstream = Upstream(200)
+    async with await aclient(upstream, fast(rate=1, per=60.0, burst=1, rate_mode="reject")) as client:
+        assert (await client.get("/x")).status_code == 200
+        with pytest.raises(resilient.RateLimitedError):
+            await client.get("/x")
+        # Per host: another authority has its own bucket.
+        assert (await client.get("http://other.test/")).status_code == 200
+
+
+@pytest.mark.parametrize(("preset", "low", "high"), [("resilient", 0.97, 1.0), ("microsoft", 0.0, 0.5)])
+async def test_brownout_breaker_ratio(preset: str, low: float, high: float) -> None:
+    # Why the default failure ratio is 0.5: during a 30 % brownout, three
+    # retries absorb nearly every failure, but the breaker (inside the retry)
+    # sees ~30 % failed attempts, and Microsoft's 0.1 opens it.
+    import random
+
+    rng = random.Random(7)
+    clock = FakeClock(auto_advance=True)
+
+    def brownout(request: httpx.Request) -> httpx.Response:
+        clock.advance(0.01)
+        return httpx.Response(503 if rng.random() < 0.3 else 200)
+
+    pipeline = standard_pipeline(preset, clock=clock, backoff=constant(0.05), total_timeout=None)  # type: ignore[arg-type]
+    ok = 0
+    async with await aclient(brownout, pipeline) as client:
+        for _ in range(600):
+            with contextlib.suppress(resilient.CircuitOpenError):
+                ok += (await client.get("/x")).status_code == 200
+            clock.advance(0.05)
+    assert low <= ok / 600 <= high
