@@ -72,6 +72,7 @@ __all__ = [
     "ResilientTransport",
     "StandardPipeline",
     "authority",
+    "deadline_timeout",
     "http_retry",
     "is_transient_error",
     "parse_retry_after",
@@ -434,6 +435,17 @@ class _DeadlineScope(Policy):
         return f"_DeadlineScope({self.seconds})"
 
 
+def deadline_timeout(seconds: float, *, name: str | None = None, clock: Clock | None = None) -> Pipeline:
+    """A :class:`~resilient.Timeout` that also sets the deadline of what runs inside it.
+
+    Use it instead of ``Timeout`` in custom pipelines under a resilient
+    transport: the attempt then sends the time its caller will really wait
+    in the deadline header (the standard pipeline does this already), and a
+    retry inside it never starts a backoff that would outlive it.
+    """
+    return Pipeline(Timeout(seconds, name=name), _DeadlineScope(seconds, clock=clock))
+
+
 # -- the standard pipeline --------------------------------------------------------
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -462,20 +474,18 @@ class StandardPipeline:
     :func:`authority`) and keeps at most ``max_hosts`` pipelines, least
     recently used first out. Each host gets, outermost first:
 
-    ========================== ======================== ====================================
-    part                       default                  keyword(s)
-    ========================== ======================== ====================================
-    concurrency limit          1000 running, 0 queued   ``max_concurrent``, ``max_queued``
-    total timeout              30 s                     ``total_timeout``
-    rate limit (token bucket)  off                      ``rate``, ``per``, ``burst``, ``rate_mode``
-    retry                      3 retries (4 attempts),  ``max_retries``, ``backoff``,
-                               exponential from 2 s,    ``base_delay``, ``max_delay``,
-                               decorrelated jitter,     ``statuses``, ``honour_retry_after``,
-                               Retry-After honoured     ``retry_budget``
-    circuit breaker            ratio 0.5 over 30 s,     ``failure_ratio``, ``sampling_duration``,
-                               min 100 calls, break 5 s ``minimum_throughput``, ``break_duration``
-    attempt timeout            10 s                     ``attempt_timeout``
-    ========================== ======================== ====================================
+    | part | default | keyword(s) |
+    |---|---|---|
+    | concurrency limit | 1000 running, 0 queued | `max_concurrent`, `max_queued` |
+    | total timeout | 30 s | `total_timeout` |
+    | rate limit (token bucket) | off | `rate`, `per`, `burst`, `rate_mode` |
+    | retry | 3 retries (4 attempts), exponential from 2 s, jitter, Retry-After | `max_retries`, `base_delay`... |
+    | circuit breaker | ratio 0.5 over 30 s, min 100 calls, break 5 s | `failure_ratio`, `break_duration`... |
+    | attempt timeout | 10 s | `attempt_timeout` |
+
+    The retry also takes `backoff`, `max_delay` (30 s, caps `Retry-After`
+    too), `statuses`, `honour_retry_after` and `retry_budget`; the breaker
+    `sampling_duration` and `minimum_throughput`.
 
     The one deliberate deviation from Microsoft: ``failure_ratio`` is 0.5,
     not 0.1. The breaker sits inside the retry, so it sees every attempt:

@@ -857,3 +857,27 @@ async def test_brownout_breaker_ratio(preset: str, low: float, high: float) -> N
                 ok += (await client.get("/x")).status_code == 200
             clock.advance(0.05)
     assert low <= ok / 600 <= high
+
+
+async def test_deadline_timeout_in_a_custom_pipeline() -> None:
+    from resilient.httpx import deadline_timeout
+
+    upstream = Upstream(200)
+    pipeline = Pipeline(deadline_timeout(5.0), http_retry(1), deadline_timeout(0.5, name="attempt"))
+    async with await aclient(upstream, pipeline) as client:
+        await client.get("/x")
+    assert 0.4 < float(upstream.requests[0].headers["x-resilient-deadline"]) <= 0.5
+    with pytest.raises(ValueError, match="seconds"):
+        deadline_timeout(-1)
+
+
+async def test_deadline_timeout_expires() -> None:
+    from resilient.httpx import deadline_timeout
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200)
+
+    async with await aclient(slow, deadline_timeout(0.05)) as client:
+        with pytest.raises(ResilientTimeout):
+            await client.get("/x")
