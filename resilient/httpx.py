@@ -552,6 +552,8 @@ class StandardPipeline:
         self.rate = _positive(rate, "rate")
         self.per = cast(float, _positive(per, "per", allow_none=False))
         self.burst = burst
+        if rate_mode not in ("wait", "reject"):
+            raise ValueError(f"rate_mode must be 'wait' or 'reject', got {rate_mode!r}")
         self.rate_mode = rate_mode
         self.total_timeout = _positive(total_timeout, "total_timeout")
         self.attempt_timeout = _positive(attempt_timeout, "attempt_timeout")

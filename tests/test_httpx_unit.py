@@ -185,6 +185,9 @@ def test_sync_transport_rejects_async_inner() -> None:
         ({"statuses": "503"}, TypeError, "statuses"),
         ({"max_concurrent": 0}, ValueError, "max_concurrent"),
         ({"rate": 0}, ValueError, "rate"),
+        ({"rate_mode": "drop"}, ValueError, "rate_mode"),
+        ({"failure_ratio": 2.0}, ValueError, "failure_ratio"),
+        ({"max_queued": -1}, ValueError, "max_queued"),
         ({"base_delay": -1}, ValueError, "base"),
     ],
 )
