@@ -9,9 +9,11 @@ ASGI middleware. Optional integrations live in their own modules
 
 from __future__ import annotations
 
+from resilient.adaptive import AdaptiveConcurrency, AdaptiveThrottle
 from resilient.backoff import Backoff, constant, exponential, linear
 from resilient.breaker import CircuitBreaker, CircuitState
 from resilient.budget import RetryBudget
+from resilient.bulkhead import Bulkhead
 from resilient.cache import StaleCache
 from resilient.chaos import Fault, Latency, ResultInjection
 from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
@@ -28,13 +30,18 @@ from resilient.events import ResilienceEvent, Severity, add_listener, remove_lis
 from resilient.fallback import Fallback
 from resilient.hedge import Hedge
 from resilient.policy import Outcome, Pipeline, Policy
+from resilient.ratelimit import KeyedRateLimiter, RateDecision, RateLimiter, RateLimitKeyError
+from resilient.registry import Registry
 from resilient.retry import Retry, current_attempt
 from resilient.timeout import Timeout
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveConcurrency",
+    "AdaptiveThrottle",
     "Backoff",
+    "Bulkhead",
     "BulkheadFullError",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -44,11 +51,16 @@ __all__ = [
     "Fallback",
     "Fault",
     "Hedge",
+    "KeyedRateLimiter",
     "Latency",
     "Outcome",
     "Pipeline",
     "Policy",
+    "RateDecision",
+    "RateLimitKeyError",
     "RateLimitedError",
+    "RateLimiter",
+    "Registry",
     "RejectedError",
     "ResilienceError",
     "ResilienceEvent",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar, Token
 from time import perf_counter
@@ -43,6 +44,7 @@ __all__ = ["Retry", "RetryBudgetLike", "current_attempt"]
 logger = logging.getLogger("resilient.retry")
 
 _attempt: ContextVar[int] = ContextVar("resilient_attempt", default=1)
+_BUDGET_WARNING_INTERVAL = 10.0
 
 
 def current_attempt() -> int:
@@ -191,6 +193,7 @@ class Retry(Policy):
             raise TypeError(f"budget must be a RetryBudget, got {budget!r}")
         self.budget = budget
         self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._budget_warned_at = -math.inf
 
     # -- wrappers ------------------------------------------------------------
 
@@ -404,7 +407,11 @@ class _Run:
         reason = self.reason or "gave up"
         outcome = self.outcome
         if reason.endswith("budget is spent"):
-            logger.warning("resilient: %s: retry budget exhausted", policy._label())
+            # A storm exhausts the budget on every call: warn once per interval, not per call.
+            now = time.monotonic()
+            if now - policy._budget_warned_at >= _BUDGET_WARNING_INTERVAL:
+                policy._budget_warned_at = now
+                logger.warning("resilient: %s: retry budget exhausted; retries are being skipped", policy._label())
             policy._emit(
                 self.site, BUDGET_EXHAUSTED, Severity.WARNING, attempt=self.attempt, exception=outcome.exception
             )

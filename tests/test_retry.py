@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Any
 
@@ -326,3 +327,17 @@ def test_bad_configuration_fails_at_construction(kwargs: dict[str, Any], exc: ty
 
 def test_repr_mentions_attempts() -> None:
     assert "attempts=4" in repr(Retry(4))
+
+
+async def test_budget_exhaustion_warns_once_per_interval_not_per_call(
+    auto_clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = RetryBudget(ratio=0, min_per_second=0, window=10, clock=auto_clock)
+    retry = Retry(3, budget=budget, clock=auto_clock, name="storm")
+    with caplog.at_level(logging.WARNING, logger="resilient.retry"):
+        for _ in range(50):
+            with pytest.raises(ConnectionError):
+                await retry.run(Flaky(5))
+    warnings = [r for r in caplog.records if r.name == "resilient.retry"]
+    assert len(warnings) == 1
+    assert "retry budget exhausted" in warnings[0].getMessage()
