@@ -1,0 +1,625 @@
+"""StaleCache: fresh TTL, stale-while-revalidate, stale-if-error, single flight.
+
+Each entry lives through three windows, measured from when it was stored::
+
+    stored                 ttl                          stale_ttl
+      |---- fresh ----------|---------- stale ---------------|---- gone
+      served, no call        served at once + one refresh      never served
+                             (or, on failure, served instead
+                              of the error)
+
+See :class:`StaleCache` and ``docs/policies/stale-cache.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
+from types import TracebackType
+from typing import Any, Final, Literal
+
+from resilient.cache.lookup import FRESH, MISS, STALE, _last
+from resilient.cache.store import CacheEntry, CacheStore, MemoryStore
+from resilient.clock import Clock, SystemClock
+from resilient.deadline import _current as _current_deadline
+from resilient.errors import RejectedError, TimeoutError
+from resilient.events import CACHE_STALE_HIT, EventSite, Listener, Severity
+from resilient.policy import (
+    AsyncFn,
+    AsyncWrapped,
+    OnArg,
+    Policy,
+    SyncFn,
+    _operation_name,
+    exception_predicate,
+    result_predicate,
+)
+
+__all__ = ["CACHE_REFRESH_FAILED", "StaleCache"]
+
+logger = logging.getLogger("resilient.cache")
+
+#: Event emitted when a background refresh fails (the stale value stays).
+CACHE_REFRESH_FAILED: Final = "cache_refresh_failed"
+
+# Failures that always count as failures, whatever ``on`` says: an inner
+# breaker, bulkhead, limiter or timeout refusing the call is exactly when a
+# stale value beats an error.
+_ALWAYS_FAILURES = (RejectedError, TimeoutError)
+
+# How a shared call ended: (kind, result or exception, traceback).
+_OK: Final = 0
+_FAILED: Final = 1  # an exception that counts as a failure: serve stale if possible
+_BAD_RESULT: Final = 2  # a result flagged by on_result: serve stale if possible, else return it
+_RAISED: Final = 3  # an exception that does not count: propagate it as is
+_Outcome = tuple[int, Any, TracebackType | None]
+
+
+class _Flight:
+    """One call in flight for one key (async), shared by every caller of that key."""
+
+    __slots__ = ("background", "task", "waiters")
+
+    def __init__(self, background: bool) -> None:
+        self.background = background
+        self.waiters = 0
+        self.task: asyncio.Task[_Outcome]
+
+
+class _SyncFlight:
+    """One call in flight for one key (threads)."""
+
+    __slots__ = ("done", "outcome", "owner")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome: _Outcome | None = None
+        self.owner = threading.get_ident()
+
+
+def _seconds(param: str, value: object, *, allow_inf: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{param} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value <= 0 or (math.isinf(value) and not allow_inf):
+        allowed = "> 0 (math.inf allowed)" if allow_inf else "finite and > 0"
+        raise ValueError(f"{param} must be {allowed}, got {value!r}")
+    return float(value)
+
+
+class StaleCache(Policy):
+    """Serve recent results from a cache, stale ones when the call fails, one call per key at a time.
+
+    Args:
+        ttl: seconds an entry is **fresh**: returned without calling the
+            function. Finite, > 0.
+        stale_ttl: seconds (from when it was stored, so >= ``ttl``) an entry
+            may still be served **stale**; older entries are never served.
+            ``None`` (the default) means ``ttl``: no stale window, the policy
+            is then a TTL cache with request coalescing. ``math.inf`` keeps
+            entries until they are evicted.
+        max_entries: the bound of the default in-memory LRU store (>= 1);
+            not used when ``store`` is given (bound that store instead).
+        key: ``key(*args, **kwargs) -> Hashable``. Default: the function's
+            qualified name and its arguments (keyword order does not
+            matter); arguments must then be hashable. A custom key is used as
+            is, so a policy guarding several functions needs keys that say
+            which function they belong to.
+        on: exceptions that count as failures (type, tuple or predicate);
+            default ``Exception``. :class:`~resilient.RejectedError`
+            (open breaker, full bulkhead, rate limited) and
+            :class:`resilient.TimeoutError` always count.
+        on_result: predicate flagging results that are failures (never cached).
+        store: a :class:`~resilient.cache.CacheStore` or
+            :class:`~resilient.cache.AsyncCacheStore`; default a
+            :class:`~resilient.cache.MemoryStore` of ``max_entries``.
+        refresh: what happens to an async call that finds a stale entry.
+            ``"background"`` (default, stale-while-revalidate): the stale
+            value is returned at once and one refresh per key runs in a
+            background task. ``"inline"``: the first such caller makes the
+            call and gets the new value, or the stale one if the call fails
+            (stale-if-error); callers arriving meanwhile get the stale value
+            at once. Synchronous functions always refresh inline.
+        name: shown in events and on the status endpoint.
+        clock: time source (``FakeClock`` in tests). A store shared between
+            processes needs a wall clock here.
+        listeners: event listeners for this policy only.
+
+    Failures are never cached. A failure with no entry younger than
+    ``stale_ttl`` propagates unchanged (a flagged result is returned as is).
+    Concurrent misses of one key make a single call whose outcome they all
+    get; cancelling one caller does not cancel it for the others (the call
+    is cancelled only when every caller waiting for it has gone).
+    """
+
+    policy_type = "stale_cache"
+
+    def __init__(
+        self,
+        ttl: float,
+        *,
+        stale_ttl: float | None = None,
+        max_entries: int = 1024,
+        key: Callable[..., Hashable] | None = None,
+        on: OnArg | None = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        store: Any = None,
+        refresh: Literal["background", "inline"] = "background",
+        name: str | None = None,
+        clock: Clock | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        super().__init__(name=name, listeners=listeners)
+        #: Seconds an entry is fresh.
+        self.ttl = _seconds("ttl", ttl, allow_inf=False)
+        if stale_ttl is None:
+            stale = self.ttl
+        else:
+            stale = _seconds("stale_ttl", stale_ttl, allow_inf=True)
+            if stale < self.ttl:
+                raise ValueError(f"stale_ttl must be >= ttl ({self.ttl!r}), got {stale_ttl!r}")
+        #: Seconds after which an entry is never served.
+        self.stale_ttl = stale
+        if key is not None and (isinstance(key, type) or not callable(key)):
+            raise TypeError(f"key must be a callable (*args, **kwargs) -> hashable key, or None, got {key!r}")
+        #: The key function, or ``None`` for the default key.
+        self.key = key
+        if refresh not in ("background", "inline"):
+            raise ValueError(f"refresh must be 'background' or 'inline', got {refresh!r}")
+        #: ``"background"`` or ``"inline"``.
+        self.refresh = refresh
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock (now/sleep/asleep), got {clock!r}")
+        # The system clock is read straight from time.monotonic: one call less on the hit path.
+        self._now: Callable[[], float] = time.monotonic if clock is None or type(clock) is SystemClock else clock.now
+        default_store = MemoryStore(max_entries)  # validates max_entries even when unused
+        if store is None:
+            store = default_store
+        elif not isinstance(store, CacheStore):
+            raise TypeError(f"store must implement get/set/delete/clear (CacheStore or AsyncCacheStore), got {store!r}")
+        kinds = {inspect.iscoroutinefunction(getattr(store, m)) for m in ("get", "set", "delete", "clear")}
+        if len(kinds) != 1:
+            raise TypeError(f"store methods must be all synchronous or all async, got {store!r}")
+        #: The store holding the entries.
+        self.store = store
+        self._store_async = kinds == {True}
+        user_on = exception_predicate(on)
+        self._failed: Callable[[Exception], bool] = lambda exc: isinstance(exc, _ALWAYS_FAILURES) or user_on(exc)
+        self._on_result = result_predicate(on_result)
+        self._flights: dict[Hashable, _Flight] = {}
+        self._sync_flights: dict[Hashable, _SyncFlight] = {}
+        self._lock = threading.Lock()
+        # Strong references to running tasks: the loop keeps only weak ones.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._store_failing = False
+        # Counters for status(); approximate when threads race.
+        self._hits = 0
+        self._stale_hits = 0
+        self._stale_on_error = 0
+        self._misses = 0
+        self._refreshes = 0
+        self._refresh_failures = 0
+        self._last_refresh_error: str | None = None
+
+    # -- public API ----------------------------------------------------------
+
+    def key_for(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Hashable:
+        """The key this policy uses for ``fn(*args, **kwargs)`` (for :meth:`invalidate`)."""
+        if self.key is not None:
+            return self.key(*args, **kwargs)
+        prefix, prefix_kw = _key_prefixes(_operation_name(inspect.unwrap(fn)))
+        if kwargs:
+            return (prefix_kw, args, frozenset(kwargs.items()))
+        return prefix + args
+
+    def invalidate(self, key: Hashable) -> None:
+        """Forget ``key``: it is not served again, and a call in flight for it does not store its result.
+
+        Callers already waiting for that call still get its result. With an
+        :class:`~resilient.cache.AsyncCacheStore` use :meth:`ainvalidate`.
+        """
+        if self._store_async:
+            raise TypeError(f"{self._label()} has an async store: use `await ainvalidate(key)`")
+        with self._lock:
+            self._detach(key)
+            self.store.delete(key)
+
+    async def ainvalidate(self, key: Hashable) -> None:
+        """:meth:`invalidate` for any store (awaits an async store's ``delete``)."""
+        with self._lock:
+            self._detach(key)
+            if not self._store_async:
+                self.store.delete(key)
+                return
+        await self.store.delete(key)
+
+    def clear(self) -> None:
+        """Forget every entry; calls in flight do not store their results."""
+        if self._store_async:
+            raise TypeError(f"{self._label()} has an async store: use `await aclear()`")
+        with self._lock:
+            self._flights.clear()
+            self._sync_flights.clear()
+            self.store.clear()
+
+    async def aclear(self) -> None:
+        """:meth:`clear` for any store."""
+        with self._lock:
+            self._flights.clear()
+            self._sync_flights.clear()
+            if not self._store_async:
+                self.store.clear()
+                return
+        await self.store.clear()
+
+    def status(self) -> dict[str, Any]:
+        """Counters and configuration, JSON-able."""
+        store = self.store
+        return {
+            "type": self.policy_type,
+            "name": self.name,
+            "ttl": self.ttl,
+            "stale_ttl": self.stale_ttl if math.isfinite(self.stale_ttl) else None,
+            "refresh": self.refresh,
+            "entries": len(store) if hasattr(store, "__len__") else None,
+            "max_entries": store.max_entries if isinstance(store, MemoryStore) else None,
+            "in_flight": len(self._flights) + len(self._sync_flights),
+            "hits": self._hits,
+            "stale_hits": self._stale_hits,
+            "stale_on_error": self._stale_on_error,
+            "misses": self._misses,
+            "refreshes": self._refreshes,
+            "refresh_failures": self._refresh_failures,
+            "last_refresh_error": self._last_refresh_error,
+        }
+
+    # -- async ---------------------------------------------------------------
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        ttl = self.ttl
+        keyfn = self.key
+        prefix, prefix_kw = _key_prefixes(site.operation)
+        get = self.store.get
+        store_async = self._store_async
+        now = self._now
+        set_last = _last.set
+        slow = self._slow_async
+        lookup_failed = self._lookup_failed
+
+        async def stale_cache_call(*args: Any, **kwargs: Any) -> Any:
+            if keyfn is not None:
+                k = keyfn(*args, **kwargs)
+            elif kwargs:
+                try:
+                    k = (prefix_kw, args, frozenset(kwargs.items()))
+                except TypeError as exc:
+                    raise self._unhashable(fn, exc) from exc
+            else:
+                k = prefix + args
+            try:
+                entry = get(k)
+                if store_async:
+                    entry = await entry
+            except Exception as exc:
+                entry = lookup_failed(fn, k, exc)
+            if entry is not None:
+                age = now() - entry.stored_at
+                if age < ttl:
+                    self._hits += 1
+                    set_last((FRESH, age))
+                    return entry.value
+            return await slow(fn, site, k, entry, args, kwargs)
+
+        return stale_cache_call
+
+    async def _slow_async(
+        self, fn: AsyncFn, site: EventSite, k: Hashable, entry: CacheEntry | None, args: Any, kwargs: Any
+    ) -> Any:
+        if entry is not None:
+            age = self._now() - entry.stored_at
+            if age < self.stale_ttl:
+                flight = self._flights.get(k)
+                if flight is not None or self.refresh == "background":
+                    if flight is None:
+                        self._refreshes += 1
+                        self._start(k, fn, site, args, kwargs, background=True)
+                    return self._serve(site, entry, age, None)
+                # refresh="inline": this caller makes the call; stale-if-error below.
+            else:
+                await self._delete_quietly(k)
+                entry = None
+        self._misses += 1
+        flight = self._flights.get(k)
+        if flight is None:
+            flight = self._start(k, fn, site, args, kwargs, background=False)
+        kind, value, tb = await self._wait(k, flight)
+        if kind == _OK:
+            _last.set((MISS, 0.0))
+            return value
+        if kind != _RAISED:
+            # Read again: the entry may have been invalidated, replaced or aged meanwhile.
+            try:
+                newest = self.store.get(k)
+                if self._store_async:
+                    newest = await newest
+            except Exception as exc:
+                newest = self._lookup_failed(fn, k, exc)
+            if newest is not None:
+                age = self._now() - newest.stored_at
+                if age < self.stale_ttl:
+                    return self._serve(site, newest, age, value if kind == _FAILED else None)
+        _last.set((MISS, 0.0))
+        if kind == _BAD_RESULT:
+            return value
+        raise value.with_traceback(tb)
+
+    def _start(self, k: Hashable, fn: AsyncFn, site: EventSite, args: Any, kwargs: Any, *, background: bool) -> _Flight:
+        flight = _Flight(background)
+        loop = asyncio.get_running_loop()
+        coro = self._call(k, fn, site, args, kwargs, flight)
+        if background:
+            # A refresh serves no particular request: the caller's deadline must not cut it short.
+            ctx = contextvars.copy_context()
+            ctx.run(_current_deadline.set, None)
+            task = loop.create_task(coro, name=f"resilient StaleCache refresh of {site.operation}", context=ctx)
+        else:
+            task = loop.create_task(coro, name=f"resilient StaleCache call of {site.operation}")
+        flight.task = task
+        self._flights[k] = flight
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return flight
+
+    async def _wait(self, k: Hashable, flight: _Flight) -> _Outcome:
+        task = flight.task
+        flight.waiters += 1
+        try:
+            # shield: cancelling this caller must not cancel the call the others wait for.
+            return await asyncio.shield(task)
+        finally:
+            flight.waiters -= 1
+            if not flight.waiters and not flight.background and not task.done():
+                # Every caller has gone (cancelled): stop the call instead of
+                # running it for nobody, and let the next caller start afresh.
+                if self._flights.get(k) is flight:
+                    del self._flights[k]
+                task.cancel()
+
+    async def _call(
+        self, k: Hashable, fn: AsyncFn, site: EventSite, args: Any, kwargs: Any, flight: _Flight
+    ) -> _Outcome:
+        # Runs as a task and never raises an Exception (only cancellation), so
+        # no "exception was never retrieved" whoever is (not) waiting.
+        try:
+            try:
+                result = await fn(*args, **kwargs)
+                bad = self._on_result is not None and self._on_result(result)
+            except Exception as exc:
+                if flight.background:
+                    self._refresh_failed(site, exc)
+                return (_FAILED if self._failed(exc) else _RAISED, exc, exc.__traceback__)
+            if bad:
+                if flight.background:
+                    self._refresh_failed(site, None)
+                return (_BAD_RESULT, result, None)
+            entry = CacheEntry(result, self._now())
+            if self._store_async:
+                if self._flights.get(k) is flight:
+                    await self._aput(k, entry, flight)
+            else:
+                with self._lock:
+                    # Only the current flight of the key may store: an
+                    # invalidate() or clear() meanwhile detached this one.
+                    if self._flights.get(k) is flight:
+                        self._put(k, entry)
+            return (_OK, result, None)
+        finally:
+            if self._flights.get(k) is flight:
+                del self._flights[k]
+
+    async def _aput(self, k: Hashable, entry: CacheEntry, flight: _Flight) -> None:
+        try:
+            await self.store.set(k, entry)
+        except Exception as exc:
+            self._store_error("set", exc)
+            return
+        self._store_failing = False
+        if self._flights.get(k) is not flight:
+            # Invalidated while the write was in flight: undo it (best effort on a remote store).
+            await self._delete_quietly(k)
+
+    async def _delete_quietly(self, k: Hashable) -> None:
+        try:
+            result = self.store.delete(k)
+            if self._store_async:
+                await result
+        except Exception as exc:
+            self._store_error("delete", exc)
+
+    # -- sync ----------------------------------------------------------------
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        if self._store_async:
+            raise TypeError(f"{self._label()} has an async store and cannot guard the synchronous function {fn!r}")
+        ttl = self.ttl
+        keyfn = self.key
+        prefix, prefix_kw = _key_prefixes(site.operation)
+        get = self.store.get
+        now = self._now
+        set_last = _last.set
+        slow = self._slow_sync
+        lookup_failed = self._lookup_failed
+
+        def stale_cache_call(*args: Any, **kwargs: Any) -> Any:
+            if keyfn is not None:
+                k = keyfn(*args, **kwargs)
+            elif kwargs:
+                try:
+                    k = (prefix_kw, args, frozenset(kwargs.items()))
+                except TypeError as exc:
+                    raise self._unhashable(fn, exc) from exc
+            else:
+                k = prefix + args
+            try:
+                entry = get(k)
+            except Exception as exc:
+                entry = lookup_failed(fn, k, exc)
+            if entry is not None:
+                age = now() - entry.stored_at
+                if age < ttl:
+                    self._hits += 1
+                    set_last((FRESH, age))
+                    return entry.value
+            return slow(fn, site, k, entry, args, kwargs)
+
+        return stale_cache_call
+
+    def _slow_sync(
+        self, fn: SyncFn, site: EventSite, k: Hashable, entry: CacheEntry | None, args: Any, kwargs: Any
+    ) -> Any:
+        age = 0.0
+        if entry is not None:
+            age = self._now() - entry.stored_at
+            if age >= self.stale_ttl:
+                self.store.delete(k)
+                entry = None
+        with self._lock:
+            flight = self._sync_flights.get(k)
+            leader = flight is None
+            if flight is None:
+                flight = self._sync_flights[k] = _SyncFlight()
+        if not leader:
+            if entry is not None:
+                # Another thread is refreshing this key: the stale value now beats waiting.
+                return self._serve(site, entry, age, None)
+            if flight.owner == threading.get_ident():
+                # The call asks for its own key (recursion): waiting would deadlock.
+                return fn(*args, **kwargs)
+            flight.done.wait()
+            outcome = flight.outcome
+            if outcome is None:  # the leader was interrupted (KeyboardInterrupt...): call directly
+                return fn(*args, **kwargs)
+        else:
+            self._misses += 1
+            try:
+                outcome = flight.outcome = self._call_sync(k, fn, args, kwargs, flight)
+            finally:
+                with self._lock:
+                    if self._sync_flights.get(k) is flight:
+                        del self._sync_flights[k]
+                flight.done.set()
+        kind, value, tb = outcome
+        if kind == _OK:
+            _last.set((MISS, 0.0))
+            return value
+        if kind != _RAISED:
+            try:
+                newest = self.store.get(k)
+            except Exception as exc:
+                newest = self._lookup_failed(fn, k, exc)
+            if newest is not None:
+                age = self._now() - newest.stored_at
+                if age < self.stale_ttl:
+                    return self._serve(site, newest, age, value if kind == _FAILED else None)
+        _last.set((MISS, 0.0))
+        if kind == _BAD_RESULT:
+            return value
+        raise value.with_traceback(tb)
+
+    def _call_sync(self, k: Hashable, fn: SyncFn, args: Any, kwargs: Any, flight: _SyncFlight) -> _Outcome:
+        try:
+            result = fn(*args, **kwargs)
+            bad = self._on_result is not None and self._on_result(result)
+        except Exception as exc:
+            return (_FAILED if self._failed(exc) else _RAISED, exc, exc.__traceback__)
+        if bad:
+            return (_BAD_RESULT, result, None)
+        entry = CacheEntry(result, self._now())
+        with self._lock:
+            if self._sync_flights.get(k) is flight:
+                self._put(k, entry)
+        return (_OK, result, None)
+
+    # -- shared --------------------------------------------------------------
+
+    def _put(self, k: Hashable, entry: CacheEntry) -> None:
+        try:
+            self.store.set(k, entry)
+        except Exception as exc:
+            self._store_error("set", exc)
+        else:
+            self._store_failing = False
+
+    def _detach(self, key: Hashable) -> None:
+        self._flights.pop(key, None)
+        self._sync_flights.pop(key, None)
+
+    def _serve(self, site: EventSite, entry: CacheEntry, age: float, exc: Exception | None) -> Any:
+        if age < self.ttl:  # stored by another call meanwhile: it is fresh
+            self._hits += 1
+            _last.set((FRESH, age))
+            return entry.value
+        self._stale_hits += 1
+        _last.set((STALE, age))
+        if exc is None:
+            self._emit(site, CACHE_STALE_HIT, Severity.INFO, duration=age, extras={"reason": "revalidate"})
+        else:
+            self._stale_on_error += 1
+            self._emit(site, CACHE_STALE_HIT, Severity.WARNING, duration=age, exception=exc, extras={"reason": "error"})
+        return entry.value
+
+    def _refresh_failed(self, site: EventSite, exc: Exception | None) -> None:
+        self._refresh_failures += 1
+        self._last_refresh_error = type(exc).__name__ if exc is not None else "on_result"
+        logger.debug("resilient: %s: background refresh of %s failed: %r", self._label(), site.operation, exc)
+        self._emit(site, CACHE_REFRESH_FAILED, Severity.WARNING, exception=exc)
+
+    def _lookup_failed(self, fn: Callable[..., Any], k: Hashable, exc: Exception) -> CacheEntry | None:
+        if isinstance(exc, TypeError):
+            try:
+                hash(k)
+            except TypeError:
+                raise self._unhashable(fn, exc) from exc
+        # A broken or unreachable store is a miss: the function is still there.
+        self._store_error("get", exc)
+        return None
+
+    def _store_error(self, op: str, exc: Exception) -> None:
+        if not self._store_failing:
+            self._store_failing = True
+            logger.warning(
+                "resilient: %s: store %s failed (%s: %s); serving from the function until it recovers",
+                self._label(),
+                op,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            logger.debug("resilient: %s: store %s failed: %r", self._label(), op, exc)
+
+    def _unhashable(self, fn: Callable[..., Any], exc: TypeError) -> TypeError:
+        what = _operation_name(fn)
+        if self.key is None:
+            return TypeError(
+                f"{self._label()} cannot cache {what}(): its arguments are not hashable ({exc}); "
+                "pass key= to StaleCache to build a hashable key from them, "
+                "e.g. key=lambda ids: tuple(ids)"
+            )
+        return TypeError(f"{self._label()}: key= returned an unhashable key for {what}() ({exc})")
+
+    def __repr__(self) -> str:
+        return f"StaleCache(ttl={self.ttl}, stale_ttl={self.stale_ttl}, name={self.name!r})"
+
+
+def _key_prefixes(operation: str | None) -> tuple[tuple[str], str]:
+    # The site's operation is the guarded function's qualified name even
+    # inside a pipeline, where ``fn`` is the next policy's closure. "**"
+    # cannot occur in a qualified name, so keys with and without keyword
+    # arguments can never be equal.
+    name = operation or "?"
+    return (name,), name + "**"
