@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="resilient-report.html", help="HTML report path (default resilient-report.html)")
     p.add_argument("--quick", action="store_true", help=f"a short run: {QUICK_DURATION:g} s per scenario")
     p.add_argument("--port", type=int, default=0, help="port of the upstream on 127.0.0.1 (default: a free one)")
+    p.add_argument(
+        "--httpcore", action="store_true", help="send with httpx's default transport instead of the demo's light one"
+    )
     p.add_argument("--plain", action="store_true", help="plain progress lines instead of the live display")
     return p
 
@@ -223,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.duration > 0 and args.rate > 0):
         print("resilient demo: --duration and --rate must be > 0", file=sys.stderr)
         return 2
+    if args.httpcore:
+        from resilient.demo import configs
+
+        configs.USE_HTTPCORE = True
     scenario_names = _resolve(args.scenario, list(SCENARIOS), "scenario")
     config_keys = _resolve(args.config, [c.key for c in CONFIGS], "configuration")
     progress = _Progress(len(scenario_names), plain=args.plain)

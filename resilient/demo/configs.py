@@ -66,11 +66,20 @@ def _optional(module: str) -> Any:
         raise Unavailable(f"{module} is not available ({exc})") from None
 
 
-def _limits() -> Any:
+#: Use httpx's own transport (httpcore) instead of the demo's loopback one.
+USE_HTTPCORE = False
+
+
+def _inner() -> Any:
+    """The transport every configuration sends its requests with."""
     import httpx
 
-    # Generous, so that the connection pool is not a hidden bulkhead.
-    return httpx.Limits(max_connections=400, max_keepalive_connections=100)
+    if USE_HTTPCORE:
+        # Generous, so that the connection pool is not a hidden bulkhead.
+        return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=400, max_keepalive_connections=100))
+    from resilient.demo.transport import LoopbackTransport
+
+    return LoopbackTransport()
 
 
 def _outcome(response: Any) -> str:
@@ -81,9 +90,7 @@ def _outcome(response: Any) -> str:
 def _client(base_url: str, transport: Any = None) -> Any:
     import httpx
 
-    if transport is None:
-        return httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT, limits=_limits())
-    return httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT, transport=transport)
+    return httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT, transport=transport or _inner())
 
 
 def _plain(base_url: str) -> Built:
@@ -122,10 +129,9 @@ def _naive(base_url: str) -> Built:
 
 def _resilient_client(base_url: str, preset: str) -> tuple[Any, Any]:
     rhttpx = _optional("resilient.httpx")
-    import httpx
 
     pipeline = rhttpx.standard_pipeline(preset=preset)
-    transport = rhttpx.AsyncResilientTransport(pipeline, inner=httpx.AsyncHTTPTransport(limits=_limits()))
+    transport = rhttpx.AsyncResilientTransport(pipeline, inner=_inner())
     return _client(base_url, transport), pipeline
 
 

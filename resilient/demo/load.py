@@ -58,8 +58,9 @@ class Target:
     ``call(key)`` returns ``"ok"`` or the name of a failure (``"http_503"``)
     and may raise; ``records`` collects ``(due, latency, kind)`` per call,
     ``due`` in seconds since the start, ``latency`` from the due time.
-    ``context`` is the :mod:`contextvars` context every call runs in (the
-    demo uses it to attribute policy events to their configuration).
+    ``context`` is the :mod:`contextvars` context every call starts from (a
+    copy per call; the demo uses it to attribute policy events to their
+    configuration).
     """
 
     name: str
@@ -120,7 +121,9 @@ async def drive(
             due = t0 + i / rate
             key = rng.randrange(keys)
             for target in targets:
-                task = loop.create_task(_one(target, key, due, t0, loop), context=target.context)
+                # A copy per call: calls must not see each other's context variables
+                # (deadlines, attempt numbers).
+                task = loop.create_task(_one(target, key, due, t0, loop), context=target.context.copy())
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 target.started += 1
