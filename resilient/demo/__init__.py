@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import os
 import sys
@@ -248,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     except UpstreamError as exc:
         print(f"resilient demo: cannot start the flaky upstream on 127.0.0.1: {exc}", file=sys.stderr)
         return 2
+    # The policies log breaker openings and spent budgets as warnings; here
+    # the report counts them (from resilient.events) instead.
+    logger = logging.getLogger("resilient")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         progress.print(f"flaky upstream listening on {upstream.url}")
         runs = asyncio.run(_run_all(scenario_names, config_keys, upstream.url, args, progress))
@@ -255,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print("resilient demo: interrupted", file=sys.stderr)
         return 130
     finally:
+        logger.setLevel(level)
         upstream.stop()
     wall = time.monotonic() - started
     if progress.console is not None:

@@ -90,7 +90,7 @@ async def drive(
     *,
     rate: float,
     duration: float,
-    keys: int = 200,
+    keys: int = 100,
     seed: int = 0,
     grace: float = 6.0,
     on_tick: Callable[[float], None] | None = None,

@@ -35,6 +35,7 @@ class Summary:
     max: float = math.nan
     p99_ok: float = math.nan
     upstream: int = 0
+    #: p99 latency of the calls made while the circuit was open, and how many.
     failfast_p99: float = math.nan
     failfast: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
@@ -70,6 +71,21 @@ class Summary:
         return ", ".join(parts) or "-"
 
 
+def open_spans(changes: Sequence[tuple[float, str]], end: float) -> list[tuple[float, float]]:
+    """The (start, end) intervals in which a breaker was open, from its state changes."""
+    spans: list[tuple[float, float]] = []
+    opened: float | None = None
+    for when, state in changes:
+        if state == "open" and opened is None:
+            opened = when
+        elif state != "open" and opened is not None:
+            spans.append((opened, when))
+            opened = None
+    if opened is not None:
+        spans.append((opened, end))
+    return spans
+
+
 def summarize(run: ConfigRun) -> Summary:
     """The figures of one configuration's run."""
     s = Summary(run.config.label, note=run.note)
@@ -83,13 +99,15 @@ def summarize(run: ConfigRun) -> Summary:
     s.p50, s.p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     s.max = latencies[-1] if latencies else math.nan
     s.p99_ok = percentile(sorted(r[1] for r in records if r[2] == "ok"), 0.99)
-    fast = sorted(r[1] for r in records if r[2] in FAIL_FAST)
+    # Fail fast = the latency of calls made while the circuit was open.
+    spans = open_spans(run.breaker, math.inf)
+    fast = sorted(r[1] for r in records if any(a <= r[0] < b for a, b in spans))
     s.failfast, s.failfast_p99 = len(fast), percentile(fast, 0.99)
     s.upstream = int(run.upstream.get("total", 0))
     ev = run.events
     s.retries = ev["retry"]
     s.breaker_opens = ev["circuit_opened"]
-    s.rejections = max(ev["rejected"], s.failfast)
+    s.rejections = max(ev["rejected"], sum(1 for r in records if r[2] in FAIL_FAST))
     s.stale = ev["cache_stale_hit"]
     s.timeouts = ev["timeout"]
     return s

@@ -273,7 +273,7 @@ h1{margin-bottom:4px}h2{margin-top:36px;border-bottom:1px solid #e5e7eb;padding-
 .meta{color:#6b7280;font-size:13px}
 table{border-collapse:collapse;font-size:13px;margin:10px 0}
 th,td{padding:4px 10px;border-bottom:1px solid #e5e7eb;text-align:left}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.sep td{border-top:2px solid #9ca3af}
 .charts{display:grid;grid-template-columns:repeat(2,560px);gap:8px 16px}
 .chart .ct{font-size:12px;font-weight:600;fill:#111827}
