@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the faults and the keys (default 0)")
     p.add_argument("--out", default="resilient-report.html", help="HTML report path (default resilient-report.html)")
     p.add_argument("--quick", action="store_true", help=f"a short run: {QUICK_DURATION:g} s per scenario")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=6.0,
+        help="seconds calls still running after the load stops may take to finish (default 6)",
+    )
     p.add_argument("--port", type=int, default=0, help="port of the upstream on 127.0.0.1 (default: a free one)")
     p.add_argument(
         "--httpcore", action="store_true", help="send with httpx's default transport instead of the demo's light one"
@@ -191,7 +197,14 @@ async def _run_all(
         progress.start(i, f"{scenario.title} ({args.duration:g} s)")
         try:
             run = await run_scenario(
-                scenario, configs, url, duration=args.duration, rate=args.rate, seed=args.seed, on_tick=progress.tick
+                scenario,
+                configs,
+                url,
+                duration=args.duration,
+                rate=args.rate,
+                seed=args.seed,
+                grace=args.grace,
+                on_tick=progress.tick,
             )
         finally:
             progress.stop()
@@ -224,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.duration is None:
         args.duration = QUICK_DURATION if args.quick else DEFAULT_DURATION
-    if not (args.duration > 0 and args.rate > 0):
-        print("resilient demo: --duration and --rate must be > 0", file=sys.stderr)
+    if not (args.duration > 0 and args.rate > 0 and args.grace >= 0):
+        print("resilient demo: --duration and --rate must be > 0, --grace >= 0", file=sys.stderr)
         return 2
     if args.httpcore:
         from resilient.demo import configs

@@ -23,7 +23,8 @@ def classify(exc: BaseException) -> str:
     """A short, stable name for how a call failed."""
     from resilient.errors import BulkheadFullError, CircuitOpenError, RateLimitedError, RejectedError
 
-    if isinstance(exc, CircuitOpenError):
+    # Peers' breakers too (aiobreaker's CircuitBreakerError, pyresilience's CircuitOpenError).
+    if isinstance(exc, CircuitOpenError) or type(exc).__name__ in ("CircuitBreakerError", "CircuitOpenError"):
         return "circuit_open"
     if isinstance(exc, BulkheadFullError):
         return "bulkhead_full"

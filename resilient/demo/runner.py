@@ -19,7 +19,7 @@ from resilient.demo.configs import Config, Unavailable
 from resilient.demo.load import Target, drive
 from resilient.demo.upstream import Scenario
 
-__all__ = ["ConfigRun", "ScenarioRun", "Upstream", "UpstreamError", "run_scenario"]
+__all__ = ["ConfigRun", "ScenarioRun", "Upstream", "UpstreamError", "record_event", "run_scenario"]
 
 
 class UpstreamError(RuntimeError):
@@ -133,14 +133,26 @@ _current: contextvars.ContextVar[ConfigRun | None] = contextvars.ContextVar("res
 _BREAKER_STATES = {"circuit_opened": "open", "circuit_half_opened": "half_open", "circuit_closed": "closed"}
 
 
-def _listener(event: Any) -> None:
+def record_event(name: str) -> None:
+    """Count an event (a ``resilient.events`` name) for the configuration running this call.
+
+    ``circuit_opened`` / ``circuit_half_opened`` / ``circuit_closed`` also
+    draw the breaker's state. Peers' listeners (benchmarks) call this too.
+    """
     run = _current.get()
     if run is None:
         return
-    run.events[event.name] += 1
-    state = _BREAKER_STATES.get(event.name)
+    state = _BREAKER_STATES.get(name)
     if state is not None:
+        # Some peers report "open" on every rejected call: count transitions only.
+        if (run.breaker[-1][1] if run.breaker else "closed") == state:
+            return
         run.breaker.append((time.monotonic() - run.t0, state))
+    run.events[name] += 1
+
+
+def _listener(event: Any) -> None:
+    record_event(event.name)
 
 
 async def _lag_monitor(samples: list[float], interval: float = 0.02) -> None:
@@ -165,6 +177,7 @@ async def run_scenario(
     duration: float,
     rate: float,
     seed: int,
+    grace: float = 6.0,
     on_tick: Callable[[ScenarioRun, float], None] | None = None,
 ) -> ScenarioRun:
     """Drive every configuration at once against its own upstream instance."""
@@ -213,6 +226,7 @@ async def run_scenario(
                 rate=rate,
                 duration=duration,
                 seed=seed,
+                grace=grace,
                 on_tick=(lambda elapsed: on_tick(result, elapsed)) if on_tick is not None else None,
             )
             monitor.cancel()
