@@ -64,7 +64,9 @@ def test_demo_short_run_writes_report_with_charts_and_table(tmp_path: Path) -> N
     html = out.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>")
     # Self-contained: nothing to fetch.
-    assert "<script" not in html and "<link" not in html and 'src="' not in html
+    assert "<script" not in html
+    assert "<link" not in html
+    assert 'src="' not in html
     for needle in (
         "Success rate per second",
         "Requests received by the upstream per second",
@@ -163,8 +165,10 @@ async def test_upstream_overload_sheds_when_capacity_drops() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://upstream", timeout=5) as client:
         responses = await asyncio.gather(*(client.get(f"/o/item/{i}") for i in range(80)))
     codes = [r.status_code for r in responses]
-    assert 200 in codes and 503 in codes
-    assert inst.busy == 0 and not inst.waiters
+    assert 200 in codes
+    assert 503 in codes
+    assert inst.busy == 0
+    assert not inst.waiters
 
 
 async def test_upstream_control_endpoints() -> None:
@@ -176,7 +180,8 @@ async def test_upstream_control_endpoints() -> None:
         assert (await client.post("/__start", content=b"{}")).status_code == 400
         assert (await client.get("/t/item/1")).status_code == 200
         stats = (await client.get("/__stats", params={"name": "t"})).json()
-        assert stats["total"] == 1 and stats["scenario"] == "slow-tail"
+        assert stats["total"] == 1
+        assert stats["scenario"] == "slow-tail"
         assert (await client.get("/__stats", params={"name": "nope"})).status_code == 404
         assert (await client.get("/nope/item/1")).status_code == 404
 
@@ -196,11 +201,13 @@ async def test_drive_is_open_loop_and_records_every_call() -> None:
     started = time.monotonic()
     await drive(targets, rate=100, duration=0.3, grace=1.0)
     assert time.monotonic() - started < 1.0  # calls overlapped: no closed loop
-    assert len(targets[0].records) == 30 and len(targets[1].records) == 30
+    assert len(targets[0].records) == 30
+    assert len(targets[1].records) == 30
     assert {k for _, _, k in targets[0].records} == {"ok"}
     assert {k for _, _, k in targets[1].records} == {"connect_error"}
     dues = sorted(d for d, _, _ in targets[0].records)
-    assert dues[0] == 0 and math.isclose(dues[-1], 0.29, abs_tol=1e-9)
+    assert dues[0] == 0
+    assert math.isclose(dues[-1], 0.29, abs_tol=1e-9)
 
 
 async def test_drive_cancels_what_outlives_the_grace() -> None:
@@ -229,7 +236,9 @@ def test_classify_names_failures() -> None:
 def test_percentile_and_open_spans() -> None:
     assert math.isnan(percentile([], 0.5))
     values = [float(i) for i in range(1, 101)]
-    assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99 and percentile(values, 1.0) == 100
+    assert percentile(values, 0.5) == 50
+    assert percentile(values, 0.99) == 99
+    assert percentile(values, 1.0) == 100
     changes = [(1.0, "open"), (6.0, "half_open"), (6.01, "open"), (11.0, "half_open"), (11.02, "closed")]
     assert open_spans(changes, 20.0) == [(1.0, 6.0), (6.01, 11.0)]
     assert open_spans([(2.0, "open")], 9.0) == [(2.0, 9.0)]
@@ -243,10 +252,13 @@ def test_charts_draw_lines_gaps_and_breaker_states() -> None:
         unit="s",
         log=True,
     )
-    assert svg.startswith("<svg") and svg.endswith("</svg>")
-    assert svg.count("<polyline") == 1 and svg.count("<circle") == 1  # the gap splits line a
+    assert svg.startswith("<svg")
+    assert svg.endswith("</svg>")
+    assert svg.count("<polyline") == 1
+    assert svg.count("<circle") == 1
     strips = breaker_chart([("x", True, [(1.0, "open"), (3.0, "closed")]), ("y", False, [])], seconds=5)
-    assert "#dc2626" in strips and "no breaker" in strips
+    assert "#dc2626" in strips
+    assert "no breaker" in strips
 
 
 # -- the loopback transport ---------------------------------------------------
