@@ -94,8 +94,8 @@ class FlakyApp:
                 headers.append((b"retry-after", query["retry_after"].encode("latin-1")))
             await _respond(send, code, f"status {code}".encode(), headers)
         elif path == "/slow":
-            if failing:
-                await asyncio.sleep(float(query.get("delay", "0.5")))
+            if failing and not await _sleep_unless_gone(receive, float(query.get("delay", "0.5"))):
+                return  # the client gave up (a timeout): nobody to answer
             await _respond(send, 200, b"slow ok")
         elif path == "/drop":
             if failing:
@@ -114,6 +114,16 @@ class FlakyApp:
             await _respond(send, 200, json.dumps({"count": n}).encode(), [(b"content-type", b"application/json")])
         else:
             await _respond(send, 404, b"not found")
+
+
+async def _sleep_unless_gone(receive: Receive, delay: float) -> bool:
+    """Sleep ``delay`` seconds; False if the client disconnected meanwhile."""
+    sleeper = asyncio.ensure_future(asyncio.sleep(delay))
+    waiter = asyncio.ensure_future(receive())  # the body is read: this only returns on disconnect
+    done, pending = await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return sleeper in done
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
