@@ -192,6 +192,7 @@ class CircuitBreaker(Policy):
         self._async_store: AsyncBreakerStore | None = store if isinstance(store, AsyncBreakerStore) else None
         self._now: Callable[[], float] = time.monotonic if self.clock is SYSTEM_CLOCK else self.clock.now
         self._site = EventSite()
+        self._label_text = self._label()
         self._failed_listeners: set[int] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -230,7 +231,7 @@ class CircuitBreaker(Policy):
             "type": self.policy_type,
             "name": self.name,
             "mode": "ratio" if cfg.ratio_mode else "consecutive",
-            "since": snap.since,
+            "state_for": max(0.0, self._now() - snap.since),
             "break_duration": snap.break_duration,
             "failed_probes": snap.failed_probes,
             "store": type(self.store).__name__,
@@ -325,13 +326,23 @@ class CircuitBreaker(Policy):
             self._emit(site, REJECTED, Severity.INFO, duration=retry_after, extras={"state": snap.state.value})
         return CircuitOpenError(msg, policy=self.name, retry_after=retry_after)
 
+    def _reject_open(self, retry_after: float, site: EventSite) -> CircuitOpenError:
+        # The common rejection, kept lean: it runs for every call while the circuit is open.
+        if site.enabled(self.listeners):
+            self._emit(site, REJECTED, Severity.INFO, duration=retry_after, extras={"state": "open"})
+        return CircuitOpenError(
+            f"{self._label_text} is open; retry after {retry_after:.3g} s", policy=self.name, retry_after=retry_after
+        )
+
     def _admit(self, site: EventSite) -> BreakerSnapshot:
         snap = self.store.snapshot
         state = snap.state
         if state is _CLOSED:
             return snap
         now = self._now()
-        if state is _ISOLATED or (state is _OPEN and now < snap.until):
+        if state is _OPEN and now < snap.until:
+            raise self._reject_open(snap.until - now, site)
+        if state is _ISOLATED:
             raise self._reject(snap, now, site)
         permit, moved = self.store.acquire(now)
         if moved is not None:
@@ -348,7 +359,9 @@ class CircuitBreaker(Policy):
         if state is _CLOSED:
             return snap
         now = self._now()
-        if state is _ISOLATED or (state is _OPEN and now < snap.until):
+        if state is _OPEN and now < snap.until:
+            raise self._reject_open(snap.until - now, site)
+        if state is _ISOLATED:
             raise self._reject(snap, now, site)
         permit, moved = await store.aacquire(now)
         if moved is not None:
