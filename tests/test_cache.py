@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from typing import Any
 
@@ -200,14 +201,16 @@ async def test_key_for_matches_the_key_used(clock: FakeClock) -> None:
 async def test_fresh_entries_are_served_without_a_call(clock: FakeClock) -> None:
     up = Upstream()
     cached = StaleCache(10, stale_ttl=60, clock=clock)(up)
-    assert last_lookup() is None
+    assert contextvars.Context().run(last_lookup) is None  # nothing looked up in a fresh context
     assert await cached(1) == "v1"
     assert last_lookup() == CacheLookup("miss", 0.0)
     up.value = "v2"
     clock.advance(9.5)
     assert await cached(1) == "v1"
     lookup = last_lookup()
-    assert lookup is not None and lookup.state == "fresh" and lookup.age == pytest.approx(9.5)
+    assert lookup is not None
+    assert lookup.state == "fresh"
+    assert lookup.age == pytest.approx(9.5)
     assert not lookup.stale
     assert up.calls == 1
 
@@ -226,7 +229,9 @@ async def test_stale_while_revalidate_serves_at_once_and_refreshes_once(
         for _ in range(5):
             assert await cached(1) == "v1"  # at once, while the refresh is blocked
             lookup = last_lookup()
-            assert lookup is not None and lookup.stale and lookup.age == pytest.approx(15)
+            assert lookup is not None
+            assert lookup.stale
+            assert lookup.age == pytest.approx(15)
         await settle()
         assert up.calls == 2  # one refresh for five stale hits
         up.gate.set()
@@ -237,9 +242,12 @@ async def test_stale_while_revalidate_serves_at_once_and_refreshes_once(
     assert len(events) == 5
     assert events[0].extras == {"reason": "revalidate"}
     assert events[0].duration == pytest.approx(15)
-    assert events[0].policy == "users" and events[0].policy_type == "stale_cache"
+    assert events[0].policy == "users"
+    assert events[0].policy_type == "stale_cache"
     status = cache.status()
-    assert status["stale_hits"] == 5 and status["refreshes"] == 1 and status["in_flight"] == 0
+    assert status["stale_hits"] == 5
+    assert status["refreshes"] == 1
+    assert status["in_flight"] == 0
 
 
 async def test_a_failing_background_refresh_is_recorded_never_raised(clock: FakeClock, no_task_warnings: None) -> None:
@@ -281,10 +289,11 @@ async def test_entries_older_than_stale_ttl_are_never_served(clock: FakeClock) -
     await cached(1)
     clock.advance(60)
     up.error = ConnectionError("down")
-    with pytest.raises(ConnectionError):
+    with pytest.raises(ConnectionError) as info:
         await cached(1)
     assert last_lookup() == CacheLookup("miss", 0.0)
     assert len(cache.store) == 0  # type: ignore[arg-type]
+    assert info.value.__notes__ == ["resilient: StaleCache had no value younger than stale_ttl=60 s to serve instead"]
 
 
 async def test_stale_if_error_inline(clock: FakeClock) -> None:
@@ -297,9 +306,12 @@ async def test_stale_if_error_inline(clock: FakeClock) -> None:
     with recording() as rec:
         assert await cached(1) == "v1"
     lookup = last_lookup()
-    assert lookup is not None and lookup.stale and lookup.age == pytest.approx(30)
+    assert lookup is not None
+    assert lookup.stale
+    assert lookup.age == pytest.approx(30)
     [event] = rec.of(CACHE_STALE_HIT)
-    assert event.extras == {"reason": "error"} and event.exception == "ConnectionError"
+    assert event.extras == {"reason": "error"}
+    assert event.exception == "ConnectionError"
     assert cache.status()["stale_on_error"] == 1
     up.error = None
     up.value = "v2"
@@ -376,7 +388,8 @@ async def test_flagged_results_are_not_cached_and_stale_beats_them(clock: FakeCl
     up.value = 503
     assert await cached(1) == 200
     lookup = last_lookup()
-    assert lookup is not None and lookup.stale
+    assert lookup is not None
+    assert lookup.stale
     assert up.calls == 3
 
 
@@ -489,7 +502,8 @@ def test_memory_store() -> None:
     store.set("b", CacheEntry(2, 0.0))
     assert store.get("a") is not None
     store.set("c", CacheEntry(3, 0.0))
-    assert store.get("b") is None and len(store) == 2
+    assert store.get("b") is None
+    assert len(store) == 2
     store.delete("a")
     store.delete("zzz")
     assert "a" not in store
@@ -509,8 +523,11 @@ async def test_run_shares_the_cache_across_one_off_calls(clock: FakeClock) -> No
 def test_status_and_repr() -> None:
     cache = StaleCache(5, stale_ttl=math.inf, name="c")
     status = cache.status()
-    assert status["type"] == "stale_cache" and status["name"] == "c"
-    assert status["stale_ttl"] is None and status["max_entries"] == 1024 and status["entries"] == 0
+    assert status["type"] == "stale_cache"
+    assert status["name"] == "c"
+    assert status["stale_ttl"] is None
+    assert status["max_entries"] == 1024
+    assert status["entries"] == 0
     assert repr(cache) == "StaleCache(ttl=5.0, stale_ttl=inf, name='c')"
 
 
@@ -531,7 +548,8 @@ def test_sync_fresh_stale_inline_and_stale_if_error(clock: FakeClock) -> None:
     assert cached(1) == "v1-1"
     assert cached(1) == "v1-1"
     assert state["calls"] == 1
-    assert last_lookup() is not None and last_lookup().state == "fresh"  # type: ignore[union-attr]
+    assert last_lookup() is not None
+    assert last_lookup().state == "fresh"
     clock.advance(20)
     state["value"] = "v2"
     assert cached(1) == "v2-1"  # refreshed inline
@@ -564,3 +582,34 @@ def test_sync_recursion_on_the_same_key_does_not_deadlock(clock: FakeClock) -> N
         return n if depth["n"] > 1 else again(n)
 
     assert again(3) == 3
+
+
+async def test_an_entry_that_ages_past_stale_ttl_during_the_call_is_not_served(clock: FakeClock) -> None:
+    calls = 0
+
+    async def slow_then_failing() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return "v1"
+        clock.advance(20)  # the call takes 20 s, taking the entry from age 50 to 70
+        raise ConnectionError("down")
+
+    cached = StaleCache(10, stale_ttl=60, refresh="inline", clock=clock)(slow_then_failing)
+    await cached()
+    clock.advance(50)
+    with pytest.raises(ConnectionError):
+        await cached()
+
+
+async def test_policy_listeners_receive_the_stale_hit(clock: FakeClock) -> None:
+    events: list[Any] = []
+    up = Upstream()
+    cached = StaleCache(10, stale_ttl=60, refresh="inline", clock=clock, listeners=[events.append])(up)
+    await cached(1)
+    clock.advance(30)
+    up.error = CircuitOpenError("open")
+    await cached(1)
+    assert [(e.name, e.severity.value, e.exception) for e in events] == [
+        (CACHE_STALE_HIT, "warning", "resilient.errors.CircuitOpenError")
+    ]

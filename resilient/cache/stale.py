@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal
 
 from resilient.cache.lookup import FRESH, MISS, STALE, _last
@@ -59,6 +59,10 @@ _FAILED: Final = 1  # an exception that counts as a failure: serve stale if poss
 _BAD_RESULT: Final = 2  # a result flagged by on_result: serve stale if possible, else return it
 _RAISED: Final = 3  # an exception that does not count: propagate it as is
 _Outcome = tuple[int, Any, TracebackType | None]
+
+# Shared, read-only: a stale hit must not allocate a dict per call.
+_REVALIDATE: Final = MappingProxyType({"reason": "revalidate"})
+_ON_ERROR: Final = MappingProxyType({"reason": "error"})
 
 
 class _Flight:
@@ -202,6 +206,7 @@ class StaleCache(Policy):
         self._stale_hits = 0
         self._stale_on_error = 0
         self._misses = 0
+        self._coalesced = 0
         self._refreshes = 0
         self._refresh_failures = 0
         self._last_refresh_error: str | None = None
@@ -273,6 +278,7 @@ class StaleCache(Policy):
             "stale_hits": self._stale_hits,
             "stale_on_error": self._stale_on_error,
             "misses": self._misses,
+            "coalesced": self._coalesced,
             "refreshes": self._refreshes,
             "refresh_failures": self._refresh_failures,
             "last_refresh_error": self._last_refresh_error,
@@ -298,7 +304,7 @@ class StaleCache(Policy):
                 try:
                     k = (prefix_kw, args, frozenset(kwargs.items()))
                 except TypeError as exc:
-                    raise self._unhashable(fn, exc) from exc
+                    raise self._unhashable(site.operation, exc) from exc
             else:
                 k = prefix + args
             try:
@@ -306,7 +312,7 @@ class StaleCache(Policy):
                 if store_async:
                     entry = await entry
             except Exception as exc:
-                entry = lookup_failed(fn, k, exc)
+                entry = lookup_failed(site.operation, k, exc)
             if entry is not None:
                 age = now() - entry.stored_at
                 if age < ttl:
@@ -337,6 +343,8 @@ class StaleCache(Policy):
         flight = self._flights.get(k)
         if flight is None:
             flight = self._start(k, fn, site, args, kwargs, background=False)
+        else:
+            self._coalesced += 1
         kind, value, tb = await self._wait(k, flight)
         if kind == _OK:
             _last.set((MISS, 0.0))
@@ -348,7 +356,7 @@ class StaleCache(Policy):
                 if self._store_async:
                     newest = await newest
             except Exception as exc:
-                newest = self._lookup_failed(fn, k, exc)
+                newest = self._lookup_failed(site.operation, k, exc)
             if newest is not None:
                 age = self._now() - newest.stored_at
                 if age < self.stale_ttl:
@@ -356,6 +364,8 @@ class StaleCache(Policy):
         _last.set((MISS, 0.0))
         if kind == _BAD_RESULT:
             return value
+        if kind == _FAILED:
+            self._note_no_stale(value)
         raise value.with_traceback(tb)
 
     def _start(self, k: Hashable, fn: AsyncFn, site: EventSite, args: Any, kwargs: Any, *, background: bool) -> _Flight:
@@ -462,13 +472,13 @@ class StaleCache(Policy):
                 try:
                     k = (prefix_kw, args, frozenset(kwargs.items()))
                 except TypeError as exc:
-                    raise self._unhashable(fn, exc) from exc
+                    raise self._unhashable(site.operation, exc) from exc
             else:
                 k = prefix + args
             try:
                 entry = get(k)
             except Exception as exc:
-                entry = lookup_failed(fn, k, exc)
+                entry = lookup_failed(site.operation, k, exc)
             if entry is not None:
                 age = now() - entry.stored_at
                 if age < ttl:
@@ -500,6 +510,8 @@ class StaleCache(Policy):
             if flight.owner == threading.get_ident():
                 # The call asks for its own key (recursion): waiting would deadlock.
                 return fn(*args, **kwargs)
+            self._misses += 1
+            self._coalesced += 1
             flight.done.wait()
             outcome = flight.outcome
             if outcome is None:  # the leader was interrupted (KeyboardInterrupt...): call directly
@@ -521,7 +533,7 @@ class StaleCache(Policy):
             try:
                 newest = self.store.get(k)
             except Exception as exc:
-                newest = self._lookup_failed(fn, k, exc)
+                newest = self._lookup_failed(site.operation, k, exc)
             if newest is not None:
                 age = self._now() - newest.stored_at
                 if age < self.stale_ttl:
@@ -529,6 +541,8 @@ class StaleCache(Policy):
         _last.set((MISS, 0.0))
         if kind == _BAD_RESULT:
             return value
+        if kind == _FAILED:
+            self._note_no_stale(value)
         raise value.with_traceback(tb)
 
     def _call_sync(self, k: Hashable, fn: SyncFn, args: Any, kwargs: Any, flight: _SyncFlight) -> _Outcome:
@@ -567,11 +581,19 @@ class StaleCache(Policy):
         self._stale_hits += 1
         _last.set((STALE, age))
         if exc is None:
-            self._emit(site, CACHE_STALE_HIT, Severity.INFO, duration=age, extras={"reason": "revalidate"})
+            self._emit(site, CACHE_STALE_HIT, Severity.INFO, duration=age, extras=_REVALIDATE)
         else:
             self._stale_on_error += 1
-            self._emit(site, CACHE_STALE_HIT, Severity.WARNING, duration=age, exception=exc, extras={"reason": "error"})
+            self._emit(site, CACHE_STALE_HIT, Severity.WARNING, duration=age, exception=exc, extras=_ON_ERROR)
         return entry.value
+
+    def _note_no_stale(self, exc: BaseException) -> None:
+        if self.stale_ttl <= self.ttl:
+            return  # no stale window: nothing to explain
+        note = f"resilient: {self._label()} had no value younger than stale_ttl={self.stale_ttl:g} s to serve instead"
+        # One exception object is shared by every coalesced caller: add the note once.
+        if note not in getattr(exc, "__notes__", ()):
+            exc.add_note(note)
 
     def _refresh_failed(self, site: EventSite, exc: Exception | None) -> None:
         self._refresh_failures += 1
@@ -579,12 +601,12 @@ class StaleCache(Policy):
         logger.debug("resilient: %s: background refresh of %s failed: %r", self._label(), site.operation, exc)
         self._emit(site, CACHE_REFRESH_FAILED, Severity.WARNING, exception=exc)
 
-    def _lookup_failed(self, fn: Callable[..., Any], k: Hashable, exc: Exception) -> CacheEntry | None:
+    def _lookup_failed(self, operation: str | None, k: Hashable, exc: Exception) -> CacheEntry | None:
         if isinstance(exc, TypeError):
             try:
                 hash(k)
             except TypeError:
-                raise self._unhashable(fn, exc) from exc
+                raise self._unhashable(operation, exc) from exc
         # A broken or unreachable store is a miss: the function is still there.
         self._store_error("get", exc)
         return None
@@ -602,8 +624,8 @@ class StaleCache(Policy):
         else:
             logger.debug("resilient: %s: store %s failed: %r", self._label(), op, exc)
 
-    def _unhashable(self, fn: Callable[..., Any], exc: TypeError) -> TypeError:
-        what = _operation_name(fn)
+    def _unhashable(self, operation: str | None, exc: TypeError) -> TypeError:
+        what = operation or "the function"
         if self.key is None:
             return TypeError(
                 f"{self._label()} cannot cache {what}(): its arguments are not hashable ({exc}); "
