@@ -68,10 +68,10 @@ def test_demo_short_run_writes_report_with_charts_and_table(tmp_path: Path) -> N
     assert "<link" not in html
     assert 'src="' not in html
     for needle in (
-        "Success rate per second",
+        "Success rate per",
         "Requests received by the upstream per second",
-        "Latency p50 per second",
-        "Latency p99 per second",
+        "Latency p50 per",
+        "Latency p99 per",
         "Circuit breaker state",
         "load ampl.",
         "Outage",

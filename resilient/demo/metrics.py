@@ -9,7 +9,17 @@ from dataclasses import dataclass, field
 
 from resilient.demo.runner import ConfigRun, ScenarioRun
 
-__all__ = ["Series", "Summary", "Target", "check_targets", "percentile", "series", "summarize"]
+__all__ = [
+    "Series",
+    "Summary",
+    "Target",
+    "bucket_width",
+    "check_targets",
+    "open_spans",
+    "percentile",
+    "series",
+    "summarize",
+]
 
 #: Outcome kinds that mean "a policy refused the call without calling upstream".
 FAIL_FAST = ("circuit_open", "bulkhead_full", "rate_limited", "rejected")
@@ -115,23 +125,34 @@ def summarize(run: ConfigRun) -> Summary:
 
 @dataclass
 class Series:
-    """Per-second figures of one configuration (index = second since start)."""
+    """Figures of one configuration per time bucket (index = bucket since start)."""
 
     label: str
     calls: list[int]
     success: list[float]
     p50: list[float]
     p99: list[float]
-    upstream: list[int]
+    upstream: list[float]
     breaker: list[tuple[float, str]]
 
 
-def series(run: ConfigRun, seconds: int) -> Series:
-    """Bucket a run's calls by the second they were due in."""
-    buckets: list[list[tuple[float, str]]] = [[] for _ in range(seconds)]
+def bucket_width(duration: float) -> float:
+    """Seconds per point of the charts: 1 s, finer for short runs."""
+    if duration >= 10:
+        return 1.0
+    return 0.5 if duration >= 4 else 0.25
+
+
+def series(run: ConfigRun, duration: float, step: float = 1.0) -> Series:
+    """Bucket a run's calls by the ``step``-second bucket they were due in.
+
+    ``upstream`` is in requests per second, whatever ``step``.
+    """
+    n = max(1, math.ceil(duration / step - 1e-9))
+    buckets: list[list[tuple[float, str]]] = [[] for _ in range(n)]
     if run.target is not None:
         for due, latency, kind in run.target.records:
-            buckets[min(seconds - 1, max(0, int(due)))].append((latency, kind))
+            buckets[min(n - 1, max(0, int(due / step)))].append((latency, kind))
     calls, success, p50, p99 = [], [], [], []
     for bucket in buckets:
         calls.append(len(bucket))
@@ -139,9 +160,13 @@ def series(run: ConfigRun, seconds: int) -> Series:
         lat = sorted(latency for latency, _ in bucket)
         p50.append(percentile(lat, 0.5))
         p99.append(percentile(lat, 0.99))
-    received = [int(x) for x in run.upstream.get("received", [])][:seconds]
-    received += [0] * (seconds - len(received))
-    return Series(run.config.label, calls, success, p50, p99, received, list(run.breaker))
+    slot = float(run.upstream.get("slot", 1.0))
+    upstream = [0.0] * n
+    for i, count in enumerate(run.upstream.get("received", [])):
+        b = int(i * slot / step + 1e-9)
+        if b < n:
+            upstream[b] += count / step
+    return Series(run.config.label, calls, success, p50, p99, upstream, list(run.breaker))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from resilient.demo.configs import CONFIGS
-from resilient.demo.metrics import Series, Summary, Target, check_targets, series, summarize
+from resilient.demo.metrics import Series, Summary, Target, bucket_width, check_targets, series, summarize
 from resilient.demo.runner import ScenarioRun
 
 __all__ = ["COLORS", "render_html", "summary_rows", "terminal_table"]
@@ -137,14 +137,15 @@ def line_chart(
     title: str,
     lines: Sequence[tuple[str, str, Sequence[float]]],
     *,
-    seconds: int,
+    seconds: float,
+    step: float = 1.0,
     unit: str = "",
     y_max: float | None = None,
     log: bool = False,
     shade: tuple[float, float] | None = None,
     reference: tuple[str, float] | None = None,
 ) -> str:
-    """An SVG line chart: one point per second; NaN breaks a line.
+    """An SVG line chart: one point per ``step`` seconds; NaN breaks a line.
 
     ``lines`` holds (label, color, values); ``shade`` greys the fault phase
     (seconds); ``reference`` draws a dashed horizontal line with a label.
@@ -173,7 +174,7 @@ def line_chart(
             return _MT + ph - (v - lo) / (hi - lo) * ph
 
     def x_of(sec: float) -> float:
-        return _ML + sec / max(seconds, 1) * pw
+        return _ML + sec / max(seconds, 1e-9) * pw
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" '
@@ -206,7 +207,7 @@ def line_chart(
                     segments.append(segment)
                 segment = []
                 continue
-            segment.append(f"{x_of(i + 0.5):.1f},{y_of(min(v, hi)):.1f}")
+            segment.append(f"{x_of((i + 0.5) * step):.1f},{y_of(min(v, hi)):.1f}")
         if segment:
             segments.append(segment)
         for seg in segments:
@@ -337,39 +338,47 @@ def _targets_html(targets: Sequence[Target]) -> str:
 
 def _scenario_html(run: ScenarioRun) -> str:
     sc = run.scenario
-    seconds = max(1, math.ceil(run.duration + 1))
+    seconds = run.duration
+    step = bucket_width(run.duration)
+    per = "per second" if step == 1 else f"per {step:g} s"
     ran = [(i, c) for i, c in enumerate(run.runs) if not c.skipped]
-    sers: list[tuple[str, str, Series]] = [(c.config.key, _color(c.config.key, i), series(c, seconds)) for i, c in ran]
+    sers: list[tuple[str, str, Series]] = [
+        (c.config.key, _color(c.config.key, i), series(c, run.duration, step)) for i, c in ran
+    ]
     shade = (sc.fault.start * run.duration, sc.fault.end * run.duration)
     legend = "".join(f'<span><i style="background:{color}"></i>{html.escape(s.label)}</span>' for _, color, s in sers)
     charts = [
         line_chart(
-            "Success rate per second",
+            f"Success rate {per}",
             [(s.label, color, s.success) for _, color, s in sers],
             seconds=seconds,
+            step=step,
             unit="%",
             y_max=1.0,
             shade=shade,
         ),
         line_chart(
             "Requests received by the upstream per second",
-            [(s.label, color, [float(x) for x in s.upstream]) for _, color, s in sers],
+            [(s.label, color, s.upstream) for _, color, s in sers],
             seconds=seconds,
+            step=step,
             shade=shade,
             reference=(f"client rate {run.rate:g}/s", run.rate),
         ),
         line_chart(
-            "Latency p50 per second (log scale)",
+            f"Latency p50 {per} (log scale)",
             [(s.label, color, s.p50) for _, color, s in sers],
             seconds=seconds,
+            step=step,
             unit="s",
             log=True,
             shade=shade,
         ),
         line_chart(
-            "Latency p99 per second (log scale)",
+            f"Latency p99 {per} (log scale)",
             [(s.label, color, s.p99) for _, color, s in sers],
             seconds=seconds,
+            step=step,
             unit="s",
             log=True,
             shade=shade,
@@ -377,7 +386,7 @@ def _scenario_html(run: ScenarioRun) -> str:
     ]
     strips = breaker_chart(
         [(c.config.label, c.config.breaker, c.breaker) for _, c in ran],
-        seconds=run.duration + 1,
+        seconds=seconds,
     )
     rows = [(sc.title, c.config.key, summarize(c)) for c in run.runs]
     return (
@@ -386,6 +395,7 @@ def _scenario_html(run: ScenarioRun) -> str:
         f"({shade[0]:.1f} s to {shade[1]:.1f} s: {html.escape(sc.fault.label)}). "
         f'<span class="note">Event-loop lag of the load generator: p99 {fmt_ms(run.loop_lag_p99)}, '
         f"max {fmt_ms(run.loop_lag_max)}.</span></p>"
+        f"<p><b>What to look at:</b> {html.escape(sc.look_for)}</p>"
         f"{_summary_table(rows, with_scenario=False)}"
         f'<div class="legend">{legend}</div>'
         f'<div class="charts">{"".join(charts)}</div>{strips}</section>'
