@@ -75,6 +75,7 @@ class Summary:
             (self.rejections, "rejected"),
             (self.stale, "stale answers"),
             (self.timeouts, "timeouts"),
+            (self.kinds["unfinished"], "cut short at the end (--grace)"),
         ):
             if count:
                 parts.append(f"{count} {what}")
