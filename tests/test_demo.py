@@ -140,6 +140,17 @@ async def test_upstream_outage_fails_only_during_its_fault_phase() -> None:
     assert app.instances["during"].stats()["total"] == 5
 
 
+async def test_upstream_outage_drops_connections_in_its_last_third() -> None:
+    app = UpstreamApp()
+    app.instances["late"] = _instance("outage", 0.52)
+    # In-process the app's failure surfaces as an exception; under uvicorn the
+    # connection is closed mid-answer (the end-to-end test sees "dropped").
+    with pytest.raises(Exception) as caught:  # noqa: PT011
+        await _get_many(app, "late", 1)
+    assert type(caught.value).__name__ == "_Dropped"
+    assert sum(app.instances["late"].stats()["dropped"]) == 1
+
+
 async def test_upstream_brownout_fails_about_30_percent() -> None:
     app = UpstreamApp()
     app.instances["b"] = _instance("brownout", 0.5, duration=100)

@@ -8,12 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from resilient.demo.configs import Config, Unavailable
 from resilient.demo.load import Target, drive
@@ -34,6 +35,7 @@ class Upstream:
         self.port = port
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
 
     @property
     def url(self) -> str:
@@ -46,10 +48,12 @@ class Upstream:
         # The child must import the same `resilient` as this process.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # stderr goes to a file: a pipe nobody reads would block the server once full.
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "resilient.demo.upstream", "--host", self.host, "--port", str(self.port)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
             env=env,
         )
@@ -64,17 +68,29 @@ class Upstream:
         if first.startswith("PORT "):
             self.port = int(first.split()[1])
             return
-        self.stop()
+        self.stop(close_log=False)
+        err = self._read_stderr()
+        self._close_log()
         if first.startswith("ERROR "):
             raise UpstreamError(first[6:])
-        err = ""
-        if self.proc is not None and self.proc.stderr is not None:
-            err = self.proc.stderr.read()[-2000:]
         raise UpstreamError(f"the upstream server did not start{': ' + err.strip() if err.strip() else ''}")
 
-    def stop(self) -> None:
+    def _read_stderr(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read()[-2000:]
+
+    def _close_log(self) -> None:
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def stop(self, *, close_log: bool = True) -> None:
         """Stop the server (terminate, then kill if it lingers)."""
         proc, self.proc = self.proc, None
+        if close_log:
+            self._close_log()
         if proc is None:
             return
         if proc.poll() is None:
@@ -84,9 +100,8 @@ class Upstream:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def __enter__(self) -> Upstream:
         self.start()

@@ -67,8 +67,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "outage",
             "Outage",
-            "Healthy, then every request fails fast with 503 for 30% of the run, then healthy again.",
-            Phase(0.25, 0.55, "503 outage"),
+            "Healthy, then every request fails for 30% of the run (fast 503s, then connections dropped "
+            "mid-answer for the last third of the outage), then healthy again.",
+            Phase(0.25, 0.55, "503s, then dropped connections"),
             "naive retries triple the load on a dead upstream; the breakers open and calls made while they are "
             "open fail in milliseconds (the upstream chart drops to zero); the stale cache keeps answering. The 5 s "
             "break outlives the end of a short outage: in a 15 s run that costs a visible share of calls, in a real "
@@ -120,6 +121,12 @@ OVERLOAD_QUEUE_TIMEOUT = 0.5
 LIMIT_SHARE = 0.75
 #: Seconds per counter slot.
 SLOT = 0.1
+#: The pseudo status of an answer cut short by dropping the connection.
+DROP = -1
+
+
+class _Dropped(Exception):
+    """Raised by the app to make uvicorn drop the connection (logged at ERROR, which is silenced)."""
 
 
 class Instance:
@@ -137,6 +144,7 @@ class Instance:
         self.ok = [0] * slots
         self.errors = [0] * slots  # 5xx
         self.limited = [0] * slots  # 429
+        self.dropped = [0] * slots  # connections dropped mid-answer
         self.inflight = 0
         self.max_inflight = 0
         # Overload: `workers` requests are served at a time, each costing
@@ -209,6 +217,7 @@ class Instance:
             "ok": self.ok[:last],
             "errors": self.errors[:last],
             "limited": self.limited[:last],
+            "dropped": self.dropped[:last],
             "total": sum(self.received),
             "max_inflight": self.max_inflight,
         }
@@ -250,6 +259,12 @@ class UpstreamApp:
                 await asyncio.sleep(delay)
         finally:
             inst.inflight -= 1
+        if status == DROP:
+            inst.dropped[sec] += 1
+            # Promise a body and never send it: uvicorn closes the connection
+            # when the app fails after the response has started.
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"64")]})
+            raise _Dropped
         if status == 200:
             inst.ok[sec] += 1
             body = b'{"key":"%s","value":%d}' % (key.encode()[:32], inst.received[sec])
@@ -279,7 +294,12 @@ class UpstreamApp:
         if not inst.in_fault(now):
             return 200, [], healthy
         if name == "outage":
-            return 503, [], 0.001
+            # The first two thirds answer 503; the last third drops the
+            # connection mid-answer (a crashing process): a transport error.
+            frac = ((now - inst.t0) / inst.duration - inst.scenario.fault.start) / (
+                inst.scenario.fault.end - inst.scenario.fault.start
+            )
+            return (DROP if frac >= 2 / 3 else 503), [], 0.001
         if name == "brownout":
             return (503 if rng.random() < BROWNOUT_SHARE else 200), [], healthy
         if name == "slow-tail":
@@ -370,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"PORT {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(
         UpstreamApp(),
-        log_level="warning",
+        # "critical": uvicorn logs every dropped connection (an exception
+        # raised on purpose) as an error.
+        log_level="critical",
         access_log=False,
         lifespan="off",
         http="h11",
