@@ -145,7 +145,7 @@ async def test_upstream_outage_drops_connections_in_its_last_third() -> None:
     app.instances["late"] = _instance("outage", 0.52)
     # In-process the app's failure surfaces as an exception; under uvicorn the
     # connection is closed mid-answer (the end-to-end test sees "dropped").
-    with pytest.raises(Exception) as caught:  # noqa: PT011
+    with pytest.raises(Exception) as caught:
         await _get_many(app, "late", 1)
     assert type(caught.value).__name__ == "_Dropped"
     assert sum(app.instances["late"].stats()["dropped"]) == 1
