@@ -60,12 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="calls per second per configuration (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the faults and the keys (default 0)")
     p.add_argument("--out", default="resilient-report.html", help="HTML report path (default resilient-report.html)")
-    p.add_argument("--quick", action="store_true", help=f"a short run: {QUICK_DURATION:g} s per scenario")
+    p.add_argument("--quick", action="store_true", help=f"a short run: {QUICK_DURATION:g} s per scenario, 3 s of grace")
     p.add_argument(
         "--grace",
         type=float,
-        default=6.0,
-        help="seconds calls still running after the load stops may take to finish (default 6)",
+        default=None,
+        help="seconds calls still running after the load stops may take to finish (default 6, --quick 3)",
     )
     p.add_argument("--port", type=int, default=0, help="port of the upstream on 127.0.0.1 (default: a free one)")
     p.add_argument(
@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.duration is None:
         args.duration = QUICK_DURATION if args.quick else DEFAULT_DURATION
+    if args.grace is None:
+        args.grace = 3.0 if args.quick else 6.0
     if not (args.duration > 0 and args.rate > 0 and args.grace >= 0):
         print("resilient demo: --duration and --rate must be > 0, --grace >= 0", file=sys.stderr)
         return 2
