@@ -333,3 +333,33 @@ async def test_transport_maps_failures_to_httpx_exceptions() -> None:
     async with server, httpx.AsyncClient(transport=LoopbackTransport()) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get(f"http://127.0.0.1:{port}/")
+
+
+def test_progress_display_renders_live_and_plain(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from rich.console import Console
+
+    from resilient.demo import _Progress
+    from resilient.demo.configs import CONFIGS
+    from resilient.demo.runner import ConfigRun, ScenarioRun
+
+    async def call(key: int) -> str:
+        return "ok"
+
+    runs = [ConfigRun(CONFIGS[0], target=Target("plain", call)), ConfigRun(CONFIGS[2], note="skipped")]
+    runs[0].target.records.extend([(0.1, 0.01, "ok"), (0.2, 0.02, "http_503")])  # type: ignore[union-attr]
+    scenario_run = ScenarioRun(SCENARIOS["outage"], 10.0, 100.0, runs)
+
+    live = _Progress(1, plain=True)
+    live.console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    live.console.print(live._render(scenario_run, 3.0, [("unprotected", 2, 0, 0.5, 0.5, "-")]))
+    shown = live.console.file.getvalue()  # type: ignore[attr-defined]
+    assert "Outage" in shown
+    assert "unprotected" in shown
+    assert "50.0%" in shown
+
+    plain = _Progress(1, plain=True)
+    plain.last_plain = 0.0
+    plain.tick(scenario_run, 3.0)
+    assert "outage  3.0/10 s: unprotected ok 50%" in capsys.readouterr().out
