@@ -17,6 +17,11 @@ enough to notice that it has recovered, little enough not to drown it.
 exception): an exception not matched by ``on`` (a 404 turned into an
 exception, a validation error) means the backend did its job, and counts as
 an accept. A cancelled call counts as nothing.
+
+:class:`AdaptiveConcurrency` is a :class:`~resilient.bulkhead.Bulkhead` whose
+limit follows the backend with AIMD (Netflix concurrency-limits): +1 after a
+success while the limit is at least half used, times ``backoff_ratio`` after
+a failure or a call slower than ``latency_threshold``.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ import math
 import random as _random
 import threading
 from collections.abc import Callable, Iterable
+from types import TracebackType
 from typing import Any
 
+from resilient.bulkhead import Bulkhead
 from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.errors import RateLimitedError
 from resilient.events import REJECTED, EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, OnArg, Policy, SyncFn, exception_predicate, result_predicate
 
-__all__ = ["AdaptiveThrottle"]
+__all__ = ["AdaptiveConcurrency", "AdaptiveThrottle"]
 
 _BUCKETS = 10
 
@@ -246,3 +253,206 @@ class AdaptiveThrottle(Policy):
 
     def __repr__(self) -> str:
         return f"AdaptiveThrottle(k={self.k:g}, window={self.window:g}, name={self.name!r})"
+
+
+class AdaptiveConcurrency(Bulkhead):
+    """A bulkhead whose limit adapts to the backend: AIMD (Netflix concurrency-limits).
+
+    The limit starts at ``initial_limit``. A call that succeeds while at
+    least half the limit is in use raises it by one (additive increase); a
+    call that fails (``on`` / ``on_result``) or takes longer than
+    ``latency_threshold`` multiplies it by ``backoff_ratio`` (multiplicative
+    decrease), never below ``min_limit`` nor above ``max_limit``. Calls over
+    the limit queue or are rejected exactly as with :class:`Bulkhead`
+    (``BulkheadFullError``), and :meth:`acquire` works the same way, so the
+    ASGI load-shedding middleware takes either.
+
+    Args:
+        initial_limit: the starting limit (between ``min_limit`` and ``max_limit``).
+        min_limit: the lowest limit (>= 1).
+        max_limit: the highest limit (>= ``min_limit``).
+        backoff_ratio: the factor applied on a drop, in (0, 1).
+        latency_threshold: seconds (> 0) above which a successful call also
+            counts as a drop; ``None``: only failures do.
+        on: exceptions that count as drops (default any exception).
+        on_result: predicate flagging results that count as drops.
+        max_queued, queue_timeout, name, clock, listeners: as :class:`Bulkhead`.
+
+    ``acquire_sync()`` holds a slot without adapting the limit (no outcome is
+    reported); wrapped sync functions do adapt it.
+    """
+
+    policy_type = "adaptive_concurrency"
+
+    def __init__(
+        self,
+        *,
+        initial_limit: int = 20,
+        min_limit: int = 1,
+        max_limit: int = 1000,
+        backoff_ratio: float = 0.9,
+        latency_threshold: float | None = None,
+        on: OnArg | None = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        max_queued: int = 0,
+        queue_timeout: float | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        for value, param in ((initial_limit, "initial_limit"), (min_limit, "min_limit"), (max_limit, "max_limit")):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{param} must be an int >= 1, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{param} must be an int >= 1, got {value!r}")
+        if max_limit < min_limit:
+            raise ValueError(f"max_limit must be >= min_limit ({min_limit}), got {max_limit!r}")
+        if not min_limit <= initial_limit <= max_limit:
+            raise ValueError(f"initial_limit must be between min_limit and max_limit, got {initial_limit!r}")
+        if isinstance(backoff_ratio, bool) or not isinstance(backoff_ratio, int | float):
+            raise TypeError(f"backoff_ratio must be a number in (0, 1), got {backoff_ratio!r}")
+        if not 0 < backoff_ratio < 1:
+            raise ValueError(f"backoff_ratio must be a number in (0, 1), got {backoff_ratio!r}")
+        if latency_threshold is not None:
+            if isinstance(latency_threshold, bool) or not isinstance(latency_threshold, int | float):
+                raise TypeError(f"latency_threshold must be a number of seconds > 0 or None, got {latency_threshold!r}")
+            if math.isnan(latency_threshold) or latency_threshold <= 0:
+                raise ValueError(
+                    f"latency_threshold must be a number of seconds > 0 or None, got {latency_threshold!r}"
+                )
+        super().__init__(
+            initial_limit,
+            max_queued=max_queued,
+            queue_timeout=queue_timeout,
+            name=name,
+            clock=clock,
+            listeners=listeners,
+        )
+        self.min_limit = min_limit
+        self.max_limit = max_limit
+        self.backoff_ratio = float(backoff_ratio)
+        self.latency_threshold = None if latency_threshold is None else float(latency_threshold)
+        self._on = exception_predicate(on)
+        self._on_result = result_predicate(on_result)
+        # An exact float limit, so that repeated small decreases are not lost to rounding.
+        self._limit = float(initial_limit)
+
+    @property
+    def limit(self) -> int:
+        """The current concurrency limit."""
+        return self.max_concurrent
+
+    def status(self) -> dict[str, Any]:
+        """The bulkhead's snapshot plus the adaptive limit's bounds."""
+        out = super().status()
+        out.update(limit=self.max_concurrent, min_limit=self.min_limit, max_limit=self.max_limit)
+        return out
+
+    def _sample(self, running: int, dropped: bool) -> None:
+        """Adjust the limit after one call (AIMD), then hand out any new slots."""
+        with self._lock:
+            if dropped:
+                self._limit = max(float(self.min_limit), self._limit * self.backoff_ratio)
+            elif running * 2 >= self.max_concurrent:
+                self._limit = min(float(self.max_limit), self._limit + 1.0)
+            else:
+                return
+            self.max_concurrent = max(self.min_limit, int(self._limit))
+            self._grant_locked()
+
+    def _finish(self, start: float, running: int, dropped: bool) -> None:
+        threshold = self.latency_threshold
+        if not dropped and threshold is not None and self.clock.now() - start > threshold:
+            dropped = True
+        self._sample(running, dropped)
+
+    def acquire(self) -> _AdaptiveSlot:  # type: ignore[override]
+        """An async context manager holding one slot; its outcome and latency adapt the limit."""
+        return _AdaptiveSlot(self)
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        on = self._on
+        on_result = self._on_result
+        enter = self._enter_async
+        release = self._release
+        finish = self._finish
+        now_fn = self.clock.now
+
+        async def adaptive_call(*args: Any, **kwargs: Any) -> Any:
+            await enter(site)
+            start = now_fn()
+            running = self._running
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                release()
+                finish(start, running, on(exc))
+                raise
+            except BaseException:
+                release()
+                raise
+            release()
+            finish(start, running, on_result is not None and on_result(result))
+            return result
+
+        return adaptive_call
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        on = self._on
+        on_result = self._on_result
+        enter = self._enter_sync
+        release = self._release
+        finish = self._finish
+        now_fn = self.clock.now
+
+        def adaptive_call(*args: Any, **kwargs: Any) -> Any:
+            enter(site)
+            start = now_fn()
+            running = self._running
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                release()
+                finish(start, running, on(exc))
+                raise
+            except BaseException:
+                release()
+                raise
+            release()
+            finish(start, running, on_result is not None and on_result(result))
+            return result
+
+        return adaptive_call
+
+    def __repr__(self) -> str:
+        return (
+            f"AdaptiveConcurrency(limit={self.max_concurrent}, min_limit={self.min_limit}, "
+            f"max_limit={self.max_limit}, name={self.name!r})"
+        )
+
+
+class _AdaptiveSlot:
+    """``async with limiter.acquire():`` for :class:`AdaptiveConcurrency` (one per block)."""
+
+    __slots__ = ("_limiter", "_running", "_start")
+
+    def __init__(self, limiter: AdaptiveConcurrency) -> None:
+        self._limiter = limiter
+        self._start = 0.0
+        self._running = 0
+
+    async def __aenter__(self) -> None:
+        lim = self._limiter
+        await lim._enter_async(lim._site)
+        self._start = lim.clock.now()
+        self._running = lim._running
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        lim = self._limiter
+        lim._release()
+        if exc is None:
+            lim._finish(self._start, self._running, False)
+        elif isinstance(exc, Exception):
+            lim._finish(self._start, self._running, lim._on(exc))

@@ -224,6 +224,10 @@ class Bulkhead(Policy):
             self._release_locked()
 
     def _release_locked(self) -> None:
+        if self._running > self.max_concurrent:
+            # The limit was lowered below the calls running (AdaptiveConcurrency): shrink.
+            self._running -= 1
+            return
         waiters = self._waiters
         while waiters:
             w = waiters.popleft()
@@ -236,6 +240,19 @@ class Bulkhead(Policy):
             w.wake()
             return
         self._running -= 1
+
+    def _grant_locked(self) -> None:
+        """Hand free slots to waiters (after the limit was raised)."""
+        waiters = self._waiters
+        while waiters and self._running < self.max_concurrent:
+            w = waiters.popleft()
+            fut = w.fut
+            if fut is not None and fut.cancelled():
+                w.state = _ABANDONED
+                continue
+            w.state = _GRANTED
+            self._running += 1
+            w.wake()
 
     def _abandon_locked(self, w: _Waiter) -> None:
         """The waiter gives up (timeout, cancellation): drop it or give back its slot."""

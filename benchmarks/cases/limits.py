@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmarks.cases import Case, sync_target, target
 from resilient import Retry, RetryBudget
-from resilient.adaptive import AdaptiveThrottle
+from resilient.adaptive import AdaptiveConcurrency, AdaptiveThrottle
 from resilient.bulkhead import Bulkhead
 from resilient.ratelimit import KeyedRateLimiter, RateLimiter
 
@@ -76,6 +76,7 @@ CASES: list[Case] = [
     Case("Bulkhead(10)", "bulkhead", lambda: Bulkhead(10)(target), ours=True),
     Case("Bulkhead(10, max_queued=100)", "bulkhead", lambda: Bulkhead(10, max_queued=100)(target), ours=True),
     Case("async with Bulkhead.acquire()", "bulkhead", _bulkhead_acquire, ours=True),
+    Case("AdaptiveConcurrency()", "bulkhead", lambda: AdaptiveConcurrency()(target), ours=True),
     Case("Bulkhead(10) sync", "bulkhead", lambda: Bulkhead(10)(sync_target), kind="sync", ours=True),
     Case("RateLimiter (under limit)", "ratelimit", lambda: RateLimiter(_HIGH_RATE)(target), ours=True),
     Case(
