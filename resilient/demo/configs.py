@@ -127,16 +127,33 @@ def _naive(base_url: str) -> Built:
     return Built(call, client.aclose, [retry])
 
 
-def _resilient_client(base_url: str, preset: str) -> tuple[Any, Any]:
+def _resilient_client(base_url: str, preset: str, **overrides: Any) -> tuple[Any, Any]:
     rhttpx = _optional("resilient.httpx")
 
-    pipeline = rhttpx.standard_pipeline(preset=preset)
+    pipeline = rhttpx.standard_pipeline(preset=preset, **overrides)
     transport = rhttpx.AsyncResilientTransport(pipeline, inner=_inner())
     return _client(base_url, transport), pipeline
 
 
 def _standard(base_url: str) -> Built:
     client, pipeline = _resilient_client(base_url, "resilient")
+
+    async def call(key: int) -> str:
+        return _outcome(await client.get(f"/item/{key}"))
+
+    return Built(call, client.aclose, [pipeline])
+
+
+#: The retry budget of the "standard + retry budget" configuration.
+BUDGET_RATIO = 0.1
+BUDGET_FLOOR = 1.0
+
+
+def _budget(base_url: str) -> Built:
+    from resilient.budget import RetryBudget
+
+    budget = RetryBudget(ratio=BUDGET_RATIO, min_per_second=BUDGET_FLOOR)
+    client, pipeline = _resilient_client(base_url, "resilient", retry_budget=budget)
 
     async def call(key: int) -> str:
         return _outcome(await client.get(f"/item/{key}"))
@@ -184,6 +201,15 @@ CONFIGS: list[Config] = [
         "resilient standard",
         "AsyncResilientTransport(standard_pipeline()): retries with backoff and Retry-After, breaker at 50% failures",
         _standard,
+        breaker=True,
+        requires=("resilient.httpx",),
+    ),
+    Config(
+        "budget",
+        "standard + retry budget",
+        f"standard_pipeline(retry_budget=RetryBudget(ratio={BUDGET_RATIO:g}, min_per_second={BUDGET_FLOOR:g})): "
+        "retries limited to 10% of recent calls",
+        _budget,
         breaker=True,
         requires=("resilient.httpx",),
     ),

@@ -212,12 +212,18 @@ def check_targets(runs: Sequence[ScenarioRun]) -> list[Target]:
                     )
                 else:
                     out.append(Target(name, std.label, "fail-fast p99 (ms): circuit never open", math.nan, 10, False))
+            budget = by_key.get("budget")
+            if budget is not None:
+                out.append(Target(name, budget.label, "load amplification", budget.amplification, 1.1, False))
             cached = by_key.get("stale-cache")
             if cached is not None:
                 out.append(Target(name, cached.label, "success", cached.success, 0.99, True, "{:.3f}"))
         elif name == "brownout" and std is not None:
             out.append(Target(name, std.label, "success", std.success, 0.96, True, "{:.3f}"))
             out.append(Target(name, std.label, "load amplification", std.amplification, 1.45, False))
-        elif name == "rate-limited" and std is not None:
-            out.append(Target(name, std.label, "load amplification", std.amplification, 1.1, False))
+        elif name == "rate-limited":
+            for key in ("standard", "budget"):
+                found = by_key.get(key)
+                if found is not None:
+                    out.append(Target(name, found.label, "load amplification", found.amplification, 1.1, False))
     return out

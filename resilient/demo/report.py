@@ -20,10 +20,11 @@ COLORS = {
     "plain": "#6b7280",
     "naive": "#d97706",
     "standard": "#2563eb",
+    "budget": "#0891b2",
     "microsoft": "#9333ea",
     "stale-cache": "#059669",
 }
-_FALLBACK_COLORS = ["#dc2626", "#0891b2", "#65a30d", "#c026d3", "#475569"]
+_FALLBACK_COLORS = ["#dc2626", "#65a30d", "#c026d3", "#475569", "#a16207"]
 BREAKER_COLORS = {"closed": "#16a34a", "open": "#dc2626", "half_open": "#f59e0b", "none": "#e5e7eb"}
 
 

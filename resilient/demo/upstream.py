@@ -99,16 +99,19 @@ SCENARIOS: dict[str, Scenario] = {
             "The upstream loses capacity (to 75% of the offered rate): requests queue, latency grows "
             "and requests that waited more than 0.5 s are shed with 503.",
             Phase(0.25, 0.6, "capacity 75% of load"),
-            "the latency charts: queueing in the upstream; retries add load to a saturated upstream (amplification "
-            "above 1), immediate ones while it sheds, backed-off ones later and slower.",
+            "retries add load to a saturated upstream. Immediate ones pile up while it sheds; backed-off ones "
+            "without a budget arrive later and keep its queue long after the capacity is back (a metastable "
+            "failure: see the standard pipeline's requests and latency after the shaded band). A retry budget caps "
+            "the extra load at 10% and the upstream recovers with the trigger.",
         ),
         Scenario(
             "rate-limited",
             "Rate-limited upstream",
             "The upstream admits 75% of the offered rate and answers 429 with Retry-After: 1 beyond it.",
             Phase(0.15, 0.85, "limit 75% of rate"),
-            "the requests chart: immediate retries of 429s are a retry storm; Retry-After spaces them out. A breaker "
-            "that counts 429s as failures can open on a rate limit, which is not an outage.",
+            "the requests chart: immediate retries of 429s are a retry storm; Retry-After spaces them out but the "
+            "retries still land on a limit that is already full. A breaker that counts 429s as failures can open on "
+            "a rate limit, which is not an outage. A retry budget keeps the extra load under 10%.",
         ),
     )
 }
