@@ -4,8 +4,9 @@ It starts a flaky upstream (uvicorn on 127.0.0.1, a free port) that plays
 scripted faults (outage, brownout, slow tail, overload, rate limiting),
 sends it open-loop load through several client configurations at once
 (unprotected, naive retries, the ``resilient`` standard pipeline, the same
-with Microsoft's preset, and with a stale cache), shows progress while it
-runs, prints a comparison table and writes a self-contained HTML report.
+with a retry budget, with Microsoft's preset, and with a stale cache), shows
+progress while it runs, prints a comparison table and writes a
+self-contained HTML report (``docs/demo.md`` explains how to read it).
 
 Needs the ``demo`` extra: ``pip install 'resilient-toolkit[demo]'``.
 """
