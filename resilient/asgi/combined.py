@@ -1,0 +1,127 @@
+"""ResilienceMiddleware: the edge policies in one, in the documented order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from resilient.asgi._common import (
+    DEFAULT_EXEMPT_PATHS,
+    ASGIApp,
+    Receive,
+    Scope,
+    ScopePredicate,
+    Send,
+    check_app,
+)
+from resilient.asgi.client import IPAddress, IPNetwork
+from resilient.asgi.ratelimit import KeyFunc, RateLimit
+from resilient.asgi.shedding import ConcurrencyLimiter, LoadShedding
+from resilient.asgi.status import PolicySource, status_app
+from resilient.asgi.timeouts import DEFAULT_DEADLINE_HEADER, Deadline, RequestTimeout
+from resilient.clock import Clock
+
+__all__ = ["ResilienceMiddleware"]
+
+
+class ResilienceMiddleware:
+    """Deadline propagation, rate limiting, load shedding and a request timeout, in one middleware.
+
+    Each part is on only when its option is given (deadline propagation is on
+    by default; ``deadline_header=None`` turns it off). From the outside in:
+
+    1. status endpoint (``status_path``): answered before anything else, so it
+       works under overload. Opt-in and **sensitive**.
+    2. :class:`Deadline`: refuses a request whose caller has already given up
+       (504) before it costs anything, and sets the deadline for the rest.
+    3. :class:`RateLimit` (``rate``): refuses a client over its quota (429)
+       before it takes a concurrency slot that a well-behaved client needs.
+    4. :class:`LoadShedding` (``max_concurrent`` or ``limiter``): holds at most
+       that many requests in the app, queues a few, refuses the rest (503).
+    5. :class:`RequestTimeout` (``timeout``): 504 if the app has not started
+       its response in time; queue time is bounded by ``queue_timeout``
+       instead, so a slow queue never eats the handler's budget.
+
+    ``exempt_paths`` and ``exempt`` apply to rate limiting and load shedding.
+    See the individual middleware for what each option means.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_concurrent: int | None = None,
+        max_queued: int = 0,
+        queue_timeout: float | None = None,
+        retry_after: float = 1,
+        limiter: ConcurrencyLimiter | None = None,
+        rate: float | None = None,
+        per: float = 1.0,
+        burst: int | None = None,
+        key: KeyFunc | None = None,
+        trusted_proxies: Iterable[str | IPNetwork | IPAddress] = (),
+        max_keys: int = 10_000,
+        headers_on_success: bool = False,
+        timeout: float | None = None,
+        deadline_header: str | None = DEFAULT_DEADLINE_HEADER,
+        max_deadline: float = 300.0,
+        exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
+        exempt: ScopePredicate | None = None,
+        status_path: str | None = None,
+        status_policies: PolicySource | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        inner: ASGIApp = check_app(app)
+        #: The wrapped application.
+        self.app = inner
+        exempt_paths = tuple(exempt_paths)
+        #: The parts in use, outermost first (for inspection and tests).
+        self.parts: list[object] = []
+        if timeout is not None:
+            inner = RequestTimeout(inner, seconds=timeout, clock=clock)
+            self.parts.insert(0, inner)
+        if max_concurrent is not None or limiter is not None:
+            inner = LoadShedding(
+                inner,
+                max_concurrent=max_concurrent,
+                max_queued=max_queued,
+                queue_timeout=queue_timeout,
+                retry_after=retry_after,
+                exempt_paths=exempt_paths,
+                exempt=exempt,
+                limiter=limiter,
+                clock=clock,
+            )
+            self.parts.insert(0, inner)
+        if rate is not None:
+            inner = RateLimit(
+                inner,
+                rate=rate,
+                per=per,
+                burst=burst,
+                key=key,
+                trusted_proxies=trusted_proxies,
+                max_keys=max_keys,
+                headers_on_success=headers_on_success,
+                exempt_paths=exempt_paths,
+                exempt=exempt,
+                clock=clock,
+            )
+            self.parts.insert(0, inner)
+        if deadline_header is not None:
+            inner = Deadline(inner, header=deadline_header, max=max_deadline, clock=clock)
+            self.parts.insert(0, inner)
+        self._chain = inner
+        if status_path is not None and (not isinstance(status_path, str) or not status_path.startswith("/")):
+            raise ValueError(f"status_path must be a path starting with '/' or None, got {status_path!r}")
+        self.status_path = status_path
+        self._status = status_app(status_policies) if status_path is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route the connection through the enabled parts."""
+        if self._status is not None and scope["type"] == "http" and scope["path"] == self.status_path:
+            await self._status(scope, receive, send)
+            return
+        await self._chain(scope, receive, send)
+
+    def __repr__(self) -> str:
+        return f"ResilienceMiddleware({', '.join(repr(p) for p in self.parts)})"
