@@ -1,0 +1,431 @@
+"""Bulkhead: bound how many calls run at once, with a short FIFO queue.
+
+A bulkhead isolates one dependency's calls from the rest of the service: when
+that dependency slows down, at most ``max_concurrent`` calls pile up on it,
+``max_queued`` more wait their turn for at most ``queue_timeout`` seconds, and
+every other call is rejected at once with :class:`~resilient.BulkheadFullError`
+instead of tying up a worker, a connection or memory (Polly's and
+Resilience4j's bulkhead).
+
+One bulkhead object is one compartment, shared by every function it wraps and
+by async and sync callers alike (the sync side is for threads)::
+
+    db = Bulkhead(10, max_queued=20, queue_timeout=0.5, name="db")
+
+    @db
+    async def query(sql: str) -> list[Row]: ...
+
+    async with db.acquire():       # the same slots, without a wrapped function
+        ...
+
+The success path is a counter under an uncontended lock (cheaper than
+:class:`asyncio.Semaphore`); waiters are handed a slot directly when one frees
+up, in arrival order. A waiter or runner that is cancelled, times out or
+raises always gives its slot back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+from collections import deque
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.deadline import remaining as _remaining
+from resilient.errors import BulkheadFullError
+from resilient.events import REJECTED, EventSite, Listener, Severity
+from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
+
+__all__ = ["Bulkhead"]
+
+# Waiter states. A waiter leaves WAITING exactly once, under the bulkhead's lock.
+_WAITING = 0
+_GRANTED = 1  # a slot was handed to it: it owns one `running` slot
+_ABANDONED = 2  # timed out or cancelled while queued: it owns nothing
+
+
+class _Waiter:
+    """One queued call: an asyncio future or a threading event to wake it."""
+
+    __slots__ = ("event", "fut", "loop", "state", "thread")
+
+    def __init__(
+        self,
+        fut: asyncio.Future[None] | None,
+        loop: asyncio.AbstractEventLoop | None,
+        event: threading.Event | None,
+    ) -> None:
+        self.state = _WAITING
+        self.fut = fut
+        self.loop = loop
+        self.event = event
+        self.thread = threading.get_ident()
+
+    def wake(self) -> None:
+        """Wake the waiting task or thread (caller holds the bulkhead's lock)."""
+        if self.event is not None:
+            self.event.set()
+            return
+        fut = self.fut
+        assert fut is not None
+        assert self.loop is not None
+        if threading.get_ident() == self.thread:
+            if not fut.done():
+                fut.set_result(None)
+        else:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is left to wake
+                self.loop.call_soon_threadsafe(_set_if_pending, fut)
+
+
+def _set_if_pending(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _check_count(value: Any, param: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{param} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{param} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class Bulkhead(Policy):
+    """At most ``max_concurrent`` calls at once; ``max_queued`` more may wait.
+
+    Args:
+        max_concurrent: calls allowed to run at the same time (>= 1).
+        max_queued: calls allowed to wait for a slot, in FIFO order (>= 0;
+            0 means reject as soon as every slot is taken).
+        queue_timeout: longest wait for a slot, in seconds (> 0), or
+            ``None`` to wait as long as it takes. A queued async call never
+            waits past the current :func:`~resilient.deadline` either.
+        name: shown in errors, events and the status endpoint.
+        clock: time source for the async queue timeout (tests pass a
+            ``FakeClock``); threads always wait in real time.
+        listeners: event listeners for this policy only.
+
+    A call that finds no slot and no room in the queue, or whose wait
+    times out, raises :class:`~resilient.BulkheadFullError` (with
+    ``running`` and ``queued`` counts) and emits a ``rejected`` event.
+    """
+
+    policy_type = "bulkhead"
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        *,
+        max_queued: int = 0,
+        queue_timeout: float | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        super().__init__(name=name, listeners=listeners)
+        self.max_concurrent = _check_count(max_concurrent, "max_concurrent", 1)
+        self.max_queued = _check_count(max_queued, "max_queued", 0)
+        if queue_timeout is not None:
+            if isinstance(queue_timeout, bool) or not isinstance(queue_timeout, int | float):
+                raise TypeError(f"queue_timeout must be a number of seconds > 0 or None, got {queue_timeout!r}")
+            if math.isnan(queue_timeout) or queue_timeout <= 0:
+                raise ValueError(f"queue_timeout must be a number of seconds > 0 or None, got {queue_timeout!r}")
+            if math.isinf(queue_timeout):
+                queue_timeout = None
+        self.queue_timeout: float | None = None if queue_timeout is None else float(queue_timeout)
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._lock = threading.Lock()
+        self._running = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._rejected = 0
+        self._site = EventSite(operation=name or "bulkhead")
+        self._async_slot = _AsyncSlot(self, self._site)
+        self._sync_slot = _SyncSlot(self, self._site)
+
+    # -- introspection -------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        """Calls holding a slot now."""
+        return self._running
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot now."""
+        return len(self._waiters)
+
+    @property
+    def rejected(self) -> int:
+        """Calls rejected since the bulkhead was created."""
+        return self._rejected
+
+    @property
+    def available(self) -> int:
+        """Free slots now."""
+        return self.max_concurrent - self._running
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: limits and current counts."""
+        return {
+            "max_concurrent": self.max_concurrent,
+            "max_queued": self.max_queued,
+            "queue_timeout": self.queue_timeout,
+            "running": self._running,
+            "queued": len(self._waiters),
+            "rejected": self._rejected,
+        }
+
+    # -- slots, for direct use -----------------------------------------------
+
+    def acquire(self) -> _AsyncSlot:
+        """An async context manager holding one slot for the block.
+
+        ``async with bulkhead.acquire(): ...`` waits (if queueing is allowed)
+        or raises :class:`~resilient.BulkheadFullError`; the slot is released
+        when the block exits, however it exits. The object returned is
+        reusable and shared: it holds no per-call state.
+        """
+        return self._async_slot
+
+    def acquire_sync(self) -> _SyncSlot:
+        """A context manager holding one slot for the block, for threads."""
+        return self._sync_slot
+
+    # -- the slot machinery --------------------------------------------------
+
+    def _reject(self, site: EventSite, reason: str) -> BulkheadFullError:
+        # Called with the lock held; the event is emitted after it is released.
+        self._rejected += 1
+        running = self._running
+        queued = len(self._waiters)
+        msg = (
+            f"{self._label()} is full ({running}/{self.max_concurrent} running, "
+            f"{queued}/{self.max_queued} queued): {reason}"
+        )
+        return BulkheadFullError(msg, policy=self.name, running=running, queued=queued)
+
+    def _emit_rejected(self, site: EventSite, err: BulkheadFullError) -> None:
+        self._emit(
+            site,
+            REJECTED,
+            Severity.WARNING,
+            exception=err,
+            extras={"reason": "bulkhead_full", "running": err.running, "queued": err.queued},
+        )
+
+    def _release(self) -> None:
+        """Give one slot back: hand it to the first live waiter, or free it."""
+        with self._lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            w = waiters.popleft()
+            fut = w.fut
+            if fut is not None and fut.cancelled():
+                # Its task is being cancelled and will clean up after itself.
+                w.state = _ABANDONED
+                continue
+            w.state = _GRANTED  # the slot changes hands: `running` is unchanged
+            w.wake()
+            return
+        self._running -= 1
+
+    def _abandon_locked(self, w: _Waiter) -> None:
+        """The waiter gives up (timeout, cancellation): drop it or give back its slot."""
+        if w.state == _WAITING:
+            w.state = _ABANDONED
+            with contextlib.suppress(ValueError):  # already popped by a release
+                self._waiters.remove(w)
+        elif w.state == _GRANTED:
+            w.state = _ABANDONED
+            self._release_locked()
+
+    async def _enter_async(self, site: EventSite) -> None:
+        """Take a slot, waiting in the queue if allowed (slow path)."""
+        with self._lock:
+            if self._running < self.max_concurrent and not self._waiters:
+                self._running += 1
+                return
+            if len(self._waiters) >= self.max_queued:
+                err = self._reject(site, "no slot and no room in the queue")
+                w = None
+            else:
+                err = None
+                loop = asyncio.get_running_loop()
+                w = _Waiter(loop.create_future(), loop, None)
+                self._waiters.append(w)
+        if err is not None:
+            self._emit_rejected(site, err)
+            raise err
+        assert w is not None
+        timeout = self.queue_timeout
+        rem = _remaining()
+        if rem is not None and (timeout is None or rem < timeout):
+            timeout = max(rem, 0.0)
+        try:
+            await self._wait(w, timeout)
+        except BaseException:
+            with self._lock:
+                self._abandon_locked(w)
+            raise
+        if w.state == _GRANTED:
+            return
+        # The timer fired first (under the lock, so the state is final).
+        with self._lock:
+            err = self._reject(site, f"waited {timeout:.3g} s in the queue")
+        self._emit_rejected(site, err)
+        raise err
+
+    async def _wait(self, w: _Waiter, limit: float | None) -> None:
+        fut = w.fut
+        assert fut is not None
+        if limit is None:
+            await fut
+            return
+        clock = self.clock
+        if clock is SYSTEM_CLOCK:
+            handle = asyncio.get_running_loop().call_later(limit, self._expire, w)
+            try:
+                await fut
+            finally:
+                handle.cancel()
+            return
+        # Any other clock (FakeClock in tests): a timer task on that clock.
+        timer = asyncio.ensure_future(self._expire_after(clock, limit, w))
+        try:
+            await fut
+        finally:
+            timer.cancel()
+
+    async def _expire_after(self, clock: Clock, delay: float, w: _Waiter) -> None:
+        await clock.asleep(delay)
+        self._expire(w)
+
+    def _expire(self, w: _Waiter) -> None:
+        with self._lock:
+            if w.state != _WAITING:
+                return
+            w.state = _ABANDONED
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(w)
+            w.wake()
+
+    def _enter_sync(self, site: EventSite) -> None:
+        with self._lock:
+            if self._running < self.max_concurrent and not self._waiters:
+                self._running += 1
+                return
+            if len(self._waiters) >= self.max_queued:
+                err = self._reject(site, "no slot and no room in the queue")
+                w = None
+            else:
+                err = None
+                w = _Waiter(None, None, threading.Event())
+                self._waiters.append(w)
+        if err is not None:
+            self._emit_rejected(site, err)
+            raise err
+        assert w is not None
+        assert w.event is not None
+        timeout = self.queue_timeout
+        rem = _remaining()
+        if rem is not None and (timeout is None or rem < timeout):
+            timeout = max(rem, 0.0)
+        try:
+            w.event.wait(timeout)
+        except BaseException:  # KeyboardInterrupt in the waiting thread
+            with self._lock:
+                self._abandon_locked(w)
+            raise
+        with self._lock:
+            if w.state == _GRANTED:
+                return
+            self._abandon_locked(w)
+            err = self._reject(site, f"waited {timeout:.3g} s in the queue")
+        self._emit_rejected(site, err)
+        raise err
+
+    # -- wrappers ------------------------------------------------------------
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        lock = self._lock
+        limit = self.max_concurrent
+        enter = self._enter_async
+        release = self._release
+
+        async def bulkhead_call(*args: Any, **kwargs: Any) -> Any:
+            lock.acquire()
+            if self._running < limit and not self._waiters:
+                self._running += 1
+                lock.release()
+            else:
+                lock.release()
+                await enter(site)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                release()
+
+        return bulkhead_call
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        enter = self._enter_sync
+        release = self._release
+
+        def bulkhead_call(*args: Any, **kwargs: Any) -> Any:
+            enter(site)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                release()
+
+        return bulkhead_call
+
+    def __repr__(self) -> str:
+        return (
+            f"Bulkhead(max_concurrent={self.max_concurrent}, max_queued={self.max_queued}, "
+            f"queue_timeout={self.queue_timeout}, name={self.name!r})"
+        )
+
+
+class _AsyncSlot:
+    """``async with bulkhead.acquire():`` - shared, stateless."""
+
+    __slots__ = ("_bulkhead", "_site")
+
+    def __init__(self, bulkhead: Bulkhead, site: EventSite) -> None:
+        self._bulkhead = bulkhead
+        self._site = site
+
+    async def __aenter__(self) -> None:
+        await self._bulkhead._enter_async(self._site)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._bulkhead._release()
+
+
+class _SyncSlot:
+    """``with bulkhead.acquire_sync():`` - shared, stateless."""
+
+    __slots__ = ("_bulkhead", "_site")
+
+    def __init__(self, bulkhead: Bulkhead, site: EventSite) -> None:
+        self._bulkhead = bulkhead
+        self._site = site
+
+    def __enter__(self) -> None:
+        self._bulkhead._enter_sync(self._site)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._bulkhead._release()
