@@ -42,6 +42,9 @@ class ResilienceMiddleware:
        instead, so a slow queue never eats the handler's budget.
 
     ``exempt_paths`` and ``exempt`` apply to rate limiting and load shedding.
+    ``name`` prefixes the names of the bulkhead and limiter created
+    (``"asgi.load_shedding"``, ``"asgi.rate_limit"``), as the status endpoint
+    shows them; give each app its own when a process serves several.
     See the individual middleware for what each option means.
     """
 
@@ -68,8 +71,11 @@ class ResilienceMiddleware:
         exempt: ScopePredicate | None = None,
         status_path: str | None = None,
         status_policies: PolicySource | None = None,
+        name: str = "asgi",
         clock: Clock | None = None,
     ) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
         inner: ASGIApp = check_app(app)
         #: The wrapped application.
         self.app = inner
@@ -89,6 +95,7 @@ class ResilienceMiddleware:
                 exempt_paths=exempt_paths,
                 exempt=exempt,
                 limiter=limiter,
+                name=f"{name}.load_shedding",
                 clock=clock,
             )
             self.parts.insert(0, inner)
@@ -104,6 +111,7 @@ class ResilienceMiddleware:
                 headers_on_success=headers_on_success,
                 exempt_paths=exempt_paths,
                 exempt=exempt,
+                name=f"{name}.rate_limit",
                 clock=clock,
             )
             self.parts.insert(0, inner)

@@ -93,8 +93,6 @@ class RateLimit:
         r = check_number(rate, "rate")
         p = check_number(per, "per")
         max_keys = check_int(max_keys, "max_keys", minimum=1)
-        if burst is not None:
-            check_int(burst, "burst", minimum=1)
         if key is None:
             key = ClientIP(trusted_proxies)
         else:
@@ -107,7 +105,9 @@ class RateLimit:
         from resilient.ratelimit import KeyedRateLimiter
 
         #: The per-key limiter (a :class:`~resilient.ratelimit.KeyedRateLimiter`).
-        self.limiter = KeyedRateLimiter(rate, per, burst=burst, max_keys=max_keys, name=name, clock=clock)
+        self.limiter = KeyedRateLimiter(
+            rate, per, burst=burst, mode="reject", max_keys=max_keys, name=name, clock=clock
+        )
         self.key = key
         self.rate = r
         self.per = p
