@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any
 
 from resilient.asgi._common import (
     DEFAULT_EXEMPT_PATHS,
@@ -24,6 +23,7 @@ from resilient.asgi._common import (
 )
 from resilient.asgi.client import ClientIP, IPAddress, IPNetwork
 from resilient.clock import Clock
+from resilient.ratelimit import KeyedRateLimiter, RateDecision
 
 __all__ = ["RateLimit"]
 
@@ -102,8 +102,6 @@ class RateLimit:
                 raise TypeError(
                     "trusted_proxies applies to the default key only; pass ClientIP(trusted_proxies) as key"
                 )
-        from resilient.ratelimit import KeyedRateLimiter
-
         #: The per-key limiter (a :class:`~resilient.ratelimit.KeyedRateLimiter`).
         self.limiter = KeyedRateLimiter(
             rate, per, burst=burst, mode="reject", max_keys=max_keys, name=name, clock=clock
@@ -130,7 +128,7 @@ class RateLimit:
                 self._policy_cache[limit] = value
         return value
 
-    def _headers(self, decision: Any) -> list[tuple[bytes, bytes]]:
+    def _headers(self, decision: RateDecision) -> list[tuple[bytes, bytes]]:
         remaining = max(0, int(decision.remaining))
         reset = retry_after_seconds(decision.reset)
         return [
@@ -138,27 +136,16 @@ class RateLimit:
             (b"ratelimit", f"{self._policy_id};r={remaining};t={reset}".encode("ascii")),
         ]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the app for this connection, or refuse it."""
-        kind = scope["type"]
-        if (
-            (kind != "http" and (kind != "websocket" or not self.websockets))
-            or scope["path"] in self._exempt_paths
-            or (self._exempt is not None and self._exempt(scope))
-        ):
-            await self.app(scope, receive, send)
-            return
+    def _decide(self, scope: Scope) -> RateDecision | None:
+        """Take a token for this request's client; ``None`` when the request is not limited."""
+        if scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope)):
+            return None
         client = self.key(scope)
         if client is None:
-            await self.app(scope, receive, send)
-            return
-        decision = self.limiter.try_acquire(client)
-        if not decision.allowed:
-            await self._refuse(scope, receive, send, decision)
-            return
-        if not self.headers_on_success or kind != "http":
-            await self.app(scope, receive, send)
-            return
+            return None
+        return self.limiter.try_acquire(client)
+
+    def _send_with_headers(self, send: Send, decision: RateDecision) -> Send:
         extra = self._headers(decision)
 
         async def send_with_headers(message: Message) -> None:
@@ -166,9 +153,26 @@ class RateLimit:
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        return send_with_headers
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, decision: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app for this connection, or refuse it."""
+        kind = scope["type"]
+        if kind != "http" and (kind != "websocket" or not self.websockets):
+            await self.app(scope, receive, send)
+            return
+        decision = self._decide(scope)
+        if decision is None:
+            await self.app(scope, receive, send)
+            return
+        if not decision.allowed:
+            await self._refuse(scope, receive, send, decision)
+            return
+        if self.headers_on_success and kind == "http":
+            send = self._send_with_headers(send, decision)
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, decision: RateDecision) -> None:
         seconds = retry_after_seconds(decision.retry_after, minimum=1)
         start, body = json_response(
             429,

@@ -25,6 +25,7 @@ from resilient.asgi._common import (
     json_response,
     retry_after_seconds,
 )
+from resilient.bulkhead import Bulkhead
 from resilient.clock import Clock
 from resilient.errors import RejectedError
 
@@ -160,12 +161,11 @@ class LoadShedding:
             if max_concurrent is None:
                 raise TypeError("LoadShedding needs max_concurrent (an int >= 1) or limiter")
             check_int(max_concurrent, "max_concurrent", minimum=1)
-            from resilient.bulkhead import Bulkhead
-
             limiter = Bulkhead(
                 max_concurrent, max_queued=max_queued, queue_timeout=queue_timeout, name=name, clock=clock
             )
             can_queue = max_queued > 0
+            bulkhead: Bulkhead | None = limiter
         else:
             if max_concurrent is not None:
                 raise TypeError("pass either max_concurrent or limiter to LoadShedding, not both")
@@ -175,9 +175,11 @@ class LoadShedding:
                 )
             # A foreign limiter may queue (an adaptive one usually does).
             can_queue = True
+            bulkhead = limiter if isinstance(limiter, Bulkhead) else None
         #: The limiter holding the slots (a :class:`~resilient.bulkhead.Bulkhead` unless given).
         self.limiter: ConcurrencyLimiter = limiter
         self._can_queue = can_queue
+        self._bulkhead = bulkhead
         self.retry_after = ra
         self._exempt_paths = exempt_set(exempt_paths)
         self._exempt = check_predicate(exempt, "exempt")
@@ -188,50 +190,18 @@ class LoadShedding:
             [(b"retry-after", str(seconds).encode("ascii"))],
         )
 
+    def _exempted(self, scope: Scope) -> bool:
+        return scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for this connection, or shed it."""
-        if (
-            scope["type"] != "http"
-            or scope["path"] in self._exempt_paths
-            or (self._exempt is not None and self._exempt(scope))
-        ):
+        if scope["type"] != "http" or self._exempted(scope):
             await self.app(scope, receive, send)
             return
-        cm = self.limiter.acquire()
-        if self._can_queue:
-            task = asyncio.current_task()
-            assert task is not None
-            watch = _QueueWatch(receive, task)
-            cancelling = task.cancelling()
-            handle = asyncio.get_running_loop().call_soon(watch.start)
-            try:
-                await cm.__aenter__()
-            except asyncio.CancelledError:
-                handle.cancel()
-                await watch.stop()
-                # Our own cancel (the client went away while queued) with no
-                # other cancel pending: the limiter has given the position back,
-                # and nobody is left to answer.
-                if watch.disconnected and task.uncancel() <= cancelling:
-                    return
-                raise
-            except (RejectedError, TimeoutError):
-                handle.cancel()
-                await watch.stop()
-                await self._reject(send)
-                return
-            handle.cancel()
-            if watch.watcher is not None:
-                await watch.stop()
-                receive = watch.replay()
-            else:
-                watch.done = True
-        else:
-            try:
-                await cm.__aenter__()
-            except (RejectedError, TimeoutError):
-                await self._reject(send)
-                return
+        admitted = await self._admit(receive, send)
+        if admitted is None:
+            return
+        cm, receive = admitted
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
@@ -239,6 +209,46 @@ class LoadShedding:
                 raise
         else:
             await cm.__aexit__(None, None, None)
+
+    async def _admit(self, receive: Receive, send: Send) -> tuple[AbstractAsyncContextManager[Any], Receive] | None:
+        """Take a slot: the entered context manager and the receive to use, or ``None`` when answered/gone."""
+        cm = self.limiter.acquire()
+        bulkhead = self._bulkhead
+        if not self._can_queue or (bulkhead is not None and bulkhead.available > 0 and not bulkhead.queued):
+            # Entering cannot suspend: no queue to wait in, or a free slot now.
+            try:
+                await cm.__aenter__()
+            except (RejectedError, TimeoutError):
+                await self._reject(send)
+                return None
+            return cm, receive
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _QueueWatch(receive, task)
+        cancelling = task.cancelling()
+        handle = asyncio.get_running_loop().call_soon(watch.start)
+        try:
+            await cm.__aenter__()
+        except asyncio.CancelledError:
+            handle.cancel()
+            await watch.stop()
+            # Our own cancel (the client went away while queued) with no
+            # other cancel pending: the limiter has given the position back,
+            # and nobody is left to answer.
+            if watch.disconnected and task.uncancel() <= cancelling:
+                return None
+            raise
+        except (RejectedError, TimeoutError):
+            handle.cancel()
+            await watch.stop()
+            await self._reject(send)
+            return None
+        handle.cancel()
+        if watch.watcher is None:
+            watch.done = True
+            return cm, receive
+        await watch.stop()
+        return cm, watch.replay()
 
     async def _reject(self, send: Send) -> None:
         start, body = self._reject_messages

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import re
+from collections import deque
 from typing import Any
 
 from resilient.asgi._common import (
@@ -44,6 +44,8 @@ def parse_deadline(value: bytes | str) -> float | None:
             value = value.encode("ascii")
         except UnicodeEncodeError:
             return None
+    if value.isdigit() and len(value) <= 12:
+        return float(value)
     if len(value) > 40:
         return None
     m = _DEADLINE_RE.fullmatch(value)
@@ -96,30 +98,35 @@ class Deadline:
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         self._expired = json_response(504, {"error": "deadline_exceeded"})
 
+    def _incoming(self, scope: Scope) -> float | None:
+        """The caller's remaining seconds, clamped to ``max`` (<= 0: expired), or ``None``."""
+        name = self._header
+        for key, value in scope["headers"]:
+            if key == name:
+                seconds = parse_deadline(value)
+                if seconds is None:
+                    return None
+                return seconds if seconds < self.max else self.max
+        return None
+
+    async def _refuse(self, send: Send) -> None:
+        start, body = self._expired
+        await send({**start, "headers": list(start["headers"])})
+        await send(dict(body))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app under the caller's deadline, or refuse an expired request."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = None
-        name = self._header
-        for key, value in scope["headers"]:
-            if key == name:
-                raw = value
-                break
-        if raw is None:
-            await self.app(scope, receive, send)
-            return
-        seconds = parse_deadline(raw)
-        if seconds is None or math.isnan(seconds):
+        seconds = self._incoming(scope)
+        if seconds is None:
             await self.app(scope, receive, send)
             return
         if seconds <= 0:
-            start, body = self._expired
-            await send({**start, "headers": list(start["headers"])})
-            await send(dict(body))
+            await self._refuse(send)
             return
-        token = _set_deadline(min(seconds, self.max), self.clock)
+        token = _set_deadline(seconds, self.clock)
         try:
             await self.app(scope, receive, send)
         finally:
@@ -130,18 +137,84 @@ class Deadline:
 
 
 class _TimeoutState:
-    __slots__ = ("fired", "started")
+    """One request's timer entry; ``task`` is dropped once the timer no longer matters."""
 
-    def __init__(self) -> None:
+    __slots__ = ("expires", "fired", "started", "task")
+
+    def __init__(self, task: asyncio.Task[Any], expires: float) -> None:
+        self.task: asyncio.Task[Any] | None = task
+        self.expires = expires
         self.started = False
         self.fired = False
 
+    def fire(self) -> None:
+        task = self.task
+        self.task = None
+        # Once the response has started a 504 is impossible: let the stream finish.
+        if task is not None and not self.started:
+            self.fired = True
+            task.cancel()
 
-def _on_timeout(task: asyncio.Task[Any], state: _TimeoutState) -> None:
-    # Once the response has started a 504 is impossible: let the stream finish.
-    if not state.started:
-        state.fired = True
-        task.cancel()
+
+# The timer may run this much before an entry's expiry (the event loop runs
+# timers up to its clock resolution early); a request timeout does not care.
+_EARLY = 1e-3
+
+
+class _Timers:
+    """The request timers of one :class:`RequestTimeout` on one event loop.
+
+    Requests share one duration, so they expire in the order they arrive: a
+    FIFO with a single ``call_at`` for its head replaces a timer per request
+    (``call_at`` + ``cancel`` + the loop's clean-up of cancelled timers were
+    the largest cost of the middleware). An entry that would expire before
+    the tail (its limit was cut by a deadline) gets its own ``call_at``.
+    """
+
+    __slots__ = ("handle", "live", "loop", "queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: deque[_TimeoutState] = deque()
+        self.handle: asyncio.TimerHandle | None = None
+        self.live = 0
+
+    def add(self, st: _TimeoutState) -> bool:
+        """Queue ``st``; ``False`` if it expires before the tail (the caller times it alone)."""
+        queue = self.queue
+        if queue and st.expires < queue[-1].expires:
+            return False
+        queue.append(st)
+        self.live += 1
+        if self.handle is None:
+            self.handle = self.loop.call_at(st.expires, self._fire)
+        elif len(queue) > 2 * self.live + 256:
+            # Finished entries stuck behind a long-running head: compact, so
+            # memory follows the requests in flight, not the throughput.
+            self.queue = deque(e for e in queue if e.task is not None)
+        return True
+
+    def finish(self, st: _TimeoutState) -> None:
+        """The request is over: its entry is skipped (and dropped) from now on."""
+        if st.task is not None:
+            st.task = None
+            self.live -= 1
+
+    def _fire(self) -> None:
+        self.handle = None
+        queue = self.queue
+        now = self.loop.time() + _EARLY
+        while queue:
+            st = queue[0]
+            if st.task is None:
+                queue.popleft()
+                continue
+            if st.expires > now:
+                self.handle = self.loop.call_at(st.expires, self._fire)
+                return
+            queue.popleft()
+            self.live -= 1
+            st.fire()
 
 
 class RequestTimeout:
@@ -175,17 +248,28 @@ class RequestTimeout:
         self.seconds = s
         self.set_deadline = bool(set_deadline)
         self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._timers: _Timers | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app with a time limit on the start of its response."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        seconds = self.seconds
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
+        limit = self.seconds
+        d = _current_deadline.get()
+        if d is not None:
+            # The caller's deadline (set by Deadline, outside) cuts the limit.
+            left = d.expires_at - d.clock.now()
+            if left < limit:
+                limit = left if left > 0.0 else 0.0
+        await self._run(scope, receive, send, limit, self.set_deadline)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, limit: float, set_deadline: bool) -> None:
+        """Run the app; cancel it and answer 504 if it has not started responding after ``limit`` s."""
+        task = asyncio.current_task()
         assert task is not None
-        state = _TimeoutState()
+        loop = task.get_loop()
+        state = _TimeoutState(task, loop.time() + limit)
 
         async def send_tracking_start(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -193,32 +277,51 @@ class RequestTimeout:
             await send(message)
 
         cancelling = task.cancelling()
-        handle = loop.call_at(loop.time() + seconds, _on_timeout, task, state)
-        token = _set_deadline(seconds, self.clock) if self.set_deadline else None
+        timers = self._timers
+        if timers is None or timers.loop is not loop:
+            timers = self._timers = _Timers(loop)
+        handle = None if timers.add(state) else loop.call_at(state.expires, state.fire)
+        token = _set_deadline(limit, self.clock) if set_deadline else None
         try:
             await self.app(scope, receive, send_tracking_start)
-        except asyncio.CancelledError:
-            handle.cancel()
-            # Ours only if we fired and no other cancellation is pending.
-            if state.fired and task.uncancel() <= cancelling and not state.started:
-                await send_json(send, 504, {"error": "timeout", "timeout": seconds})
-                return
-            raise
-        except BaseException:
-            handle.cancel()
-            if state.fired:
-                task.uncancel()
-            raise
-        finally:
+        except BaseException as exc:
+            self._finish(timers, state, handle)
             if token is not None:
                 _current_deadline.reset(token)
-        handle.cancel()
+            # Ours only if we fired and no other cancellation is pending.
+            if (
+                state.fired
+                and task.uncancel() <= cancelling
+                and not state.started
+                and isinstance(exc, asyncio.CancelledError)
+            ):
+                await send_json(send, 504, {"error": "timeout", "timeout": round(limit, 3)})
+                return
+            raise
+        if token is not None:
+            _current_deadline.reset(token)
+        # The success path: drop the timer entry inline (no calls).
+        if handle is None:
+            if state.task is not None:
+                state.task = None
+                timers.live -= 1
+        else:
+            handle.cancel()
+            state.task = None
         if state.fired:
             # The app swallowed our cancellation and returned: balance it, and
             # answer if it never did.
             task.uncancel()
             if not state.started:
-                await send_json(send, 504, {"error": "timeout", "timeout": seconds})
+                await send_json(send, 504, {"error": "timeout", "timeout": round(limit, 3)})
+
+    @staticmethod
+    def _finish(timers: _Timers, state: _TimeoutState, handle: asyncio.TimerHandle | None) -> None:
+        if handle is None:
+            timers.finish(state)
+        else:
+            handle.cancel()
+            state.task = None
 
     def __repr__(self) -> str:
         return f"RequestTimeout(seconds={self.seconds:g})"
