@@ -721,3 +721,138 @@ async def test_status_path_on_the_combined_middleware() -> None:
     sent = await call(mw, http_scope("/_status"))
     assert json.loads(body_of(sent))["policies"][0]["name"] == "combined-status"
     assert body_of(await call(mw, http_scope("/other"))) == b"ok"
+
+
+# -- the fused ResilienceMiddleware behaves as the chain of parts ------------------
+
+
+def _chain(app: Any, **kw: Any) -> Any:
+    return Deadline(
+        RateLimit(
+            LoadShedding(
+                RequestTimeout(app, seconds=kw["timeout"]),
+                max_concurrent=kw["max_concurrent"],
+                max_queued=kw["max_queued"],
+                name=None,
+            ),
+            rate=kw["rate"],
+            per=kw["per"],
+            headers_on_success=kw.get("headers_on_success", False),
+            name=None,
+        ),
+        max=kw.get("max_deadline", 300),
+    )
+
+
+def _fused(app: Any, **kw: Any) -> Any:
+    return ResilienceMiddleware(app, **kw)
+
+
+@pytest.fixture(params=[_chain, _fused], ids=["chain", "fused"])
+def build(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+async def test_every_part_in_order(build: Any) -> None:
+    gate = asyncio.Event()
+    cleaned: list[str] = []
+    seen: list[float | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(remaining())
+        if scope["path"] == "/slow":
+            try:
+                await asyncio.sleep(10)
+            finally:
+                cleaned.append("slow")
+        if scope["path"] == "/gate":
+            await gate.wait()
+        await ok_app(scope, receive, send)
+
+    mw = build(app, max_concurrent=1, max_queued=1, rate=5, per=60, timeout=0.1, headers_on_success=True)
+    # deadline refused first (no token spent)
+    assert status_of(await call(mw, http_scope(headers=[("x-resilient-deadline", "-1")]))) == 504
+    # timeout: 504, handler cancelled, deadline seen = the timeout
+    sent = await call(mw, http_scope("/slow"))
+    assert status_of(sent) == 504
+    assert json.loads(body_of(sent)) == {"error": "timeout", "timeout": 0.1}
+    assert cleaned == ["slow"]
+    assert seen[-1] is not None
+    assert 0 < seen[-1] <= 0.1
+    # the caller's nearer deadline wins over the timeout
+    await call(mw, http_scope(headers=[("x-resilient-deadline", "0.05")]))
+    assert seen[-1] is not None
+    assert seen[-1] <= 0.05
+    # shedding: one running, one queued, the next refused
+    first = asyncio.create_task(call(mw, http_scope("/gate")))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(call(mw, http_scope("/gate")))
+    await asyncio.sleep(0.01)
+    third = await call(mw, http_scope("/gate"))
+    assert status_of(third) == 503
+    gate.set()
+    ok = await first
+    assert status_of(ok) == 200
+    assert headers_of(ok)["ratelimit-policy"] == '"default";q=5;w=60'
+    assert status_of(await second) == 200  # that was the 5th token
+    # rate limit: the 6th request of the minute is refused
+    refused = await call(mw, http_scope())
+    assert status_of(refused) == 429
+    assert headers_of(refused)["retry-after"] == "12"
+    # exempt path skips both rate limit and shedding
+    assert status_of(await call(mw, http_scope("/healthz"))) == 200
+
+
+async def test_disconnect_while_queued_in_both_forms(build: Any) -> None:
+    gate = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await gate.wait()
+        await ok_app(scope, receive, send)
+
+    mw = build(app, max_concurrent=1, max_queued=1, rate=100, per=1, timeout=5)
+    first = asyncio.create_task(call(mw, http_scope()))
+    await asyncio.sleep(0.01)
+    gone = asyncio.Event()
+    inbox: list[Message] = [{"type": "http.request", "body": b"", "more_body": False}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if inbox:
+            return inbox.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    queued = asyncio.create_task(mw(http_scope(), receive, send))
+    await asyncio.sleep(0.01)
+    gone.set()
+    await asyncio.wait_for(queued, 1)
+    assert sent == []
+    gate.set()
+    assert status_of(await first) == 200
+    assert status_of(await call(mw, http_scope())) == 200
+
+
+async def test_timer_queue_stays_bounded_behind_a_slow_head() -> None:
+    gate = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/head":
+            await gate.wait()
+        await ok_app(scope, receive, send)
+
+    mw = RequestTimeout(app, seconds=30)
+    head = asyncio.create_task(call(mw, http_scope("/head")))
+    await asyncio.sleep(0)
+    for _ in range(5000):
+        await call(mw, http_scope())
+    timers = mw._timers
+    assert timers is not None
+    assert timers.live == 1
+    assert len(timers.queue) <= 2 * timers.live + 257
+    gate.set()
+    await head
+    assert timers.live == 0
