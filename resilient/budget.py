@@ -86,8 +86,7 @@ class RetryBudget:
         self._total_retries = 0
         self._idx = 0
         self._tick_end = self._clock.now() + self._tick
-        # Only taken by the sync path and the slow rotation; asyncio callers
-        # are single-threaded and never block on it.
+        # Uncontended under asyncio (one thread), so it costs tens of nanoseconds.
         self._lock = threading.Lock()
 
     def _rotate(self, now: float) -> None:
@@ -103,12 +102,14 @@ class RetryBudget:
     def record_request(self) -> None:
         """Count one call (its first attempt): it earns ``ratio`` of a retry."""
         now = self._clock.now()
-        if now >= self._tick_end:
-            with self._lock:
-                if now >= self._tick_end:
-                    self._rotate(now)
-        self._requests[self._idx] += 1
-        self._total_requests += 1
+        # Under the lock: threads (sync Retry) would otherwise lose counts, or
+        # add to a bucket that a rotation in another thread has just emptied,
+        # and the running total would drift away from the buckets' sum.
+        with self._lock:
+            if now >= self._tick_end:
+                self._rotate(now)
+            self._requests[self._idx] += 1
+            self._total_requests += 1
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; ``False`` when it is exhausted."""

@@ -405,7 +405,15 @@ class _AsyncSlot:
         self._site = site
 
     async def __aenter__(self) -> None:
-        await self._bulkhead._enter_async(self._site)
+        bh = self._bulkhead
+        lock = bh._lock
+        lock.acquire()
+        if bh._running < bh.max_concurrent and not bh._waiters:
+            bh._running += 1
+            lock.release()
+            return
+        lock.release()
+        await bh._enter_async(self._site)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

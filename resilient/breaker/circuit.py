@@ -1,0 +1,705 @@
+"""The :class:`CircuitBreaker` policy: judges outcomes, admits or rejects calls, reports transitions.
+
+The state itself (window, counters, probe slots, transitions) lives in the
+:class:`~resilient.breaker.BreakerStore`; this module decides what an
+outcome *is* and tells people about what the store did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from resilient.breaker.state import (
+    BreakDuration,
+    BreakerConfig,
+    BreakerMetrics,
+    BreakerSnapshot,
+    CircuitState,
+    StateChange,
+)
+from resilient.breaker.store import AsyncBreakerStore, BreakerStore, InMemoryBreakerStore
+from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.errors import CircuitOpenError
+from resilient.events import (
+    CIRCUIT_CLOSED,
+    CIRCUIT_HALF_OPENED,
+    CIRCUIT_OPENED,
+    REJECTED,
+    EventSite,
+    Listener,
+    Severity,
+)
+from resilient.policy import AsyncFn, AsyncWrapped, OnArg, Policy, SyncFn, exception_predicate, result_predicate
+
+__all__ = ["BreakerGuard", "CircuitBreaker"]
+
+logger = logging.getLogger("resilient.breaker")
+
+_CLOSED = CircuitState.CLOSED
+_OPEN = CircuitState.OPEN
+_HALF_OPEN = CircuitState.HALF_OPEN
+_ISOLATED = CircuitState.ISOLATED
+
+StateListener = Callable[[StateChange], Any]
+
+
+def _number(value: Any, param: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{param} must be a number, got {value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{param} must be a number, got {value!r}")
+    return float(value)
+
+
+def _positive_seconds(value: Any, param: str) -> float:
+    seconds = _number(value, param)
+    if not (0 < seconds < math.inf):
+        raise ValueError(f"{param} must be a finite number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def _count(value: Any, param: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{param} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{param} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _listener(value: Any, param: str) -> StateListener | None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{param} must be a callable taking a StateChange, or None, got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+class CircuitBreaker(Policy):
+    """Fail fast while a dependency is failing; probe it; recover by itself.
+
+    Args:
+        name: shown in errors, events, logs and the status endpoint.
+        failure_ratio: ratio mode (the default, as Polly v8): open when, over
+            the last ``sampling_duration`` seconds, at least
+            ``minimum_throughput`` calls were made and this fraction of them
+            failed. In (0, 1].
+        sampling_duration: the sliding window, seconds (> 0), kept in 10 time buckets.
+        minimum_throughput: calls the window must hold before the circuit may open (>= 1).
+        consecutive_failures: set it to switch to consecutive mode: open after
+            this many failures in a row (pybreaker's ``fail_max``).
+        slow_call_duration: calls lasting at least this many seconds count as
+            failures, even when they succeed (Resilience4j's slow calls).
+        break_duration: how long the circuit stays open before a probe, in
+            seconds; or a callable ``(failed_probes, last_duration) ->
+            seconds``, where ``failed_probes`` counts the failed probes since
+            the circuit opened from closed (0 on the first opening), to grow
+            the break (``lambda n, _: min(5 * 2**n, 60)``).
+        half_open_max_calls: probes admitted at the same time while half-open (>= 1).
+        half_open_successes: successful probes needed to close (>= 1).
+        on: exceptions that are failures (type, tuple, or predicate). Other
+            exceptions count as successes: the dependency answered.
+        on_result: predicate flagging results that are failures (an HTTP 503).
+        ignore: exceptions that count as neither failure nor success
+            (a cancelled probe is treated the same way).
+        on_open, on_close, on_half_open: state listeners, sync or async
+            callables taking a :class:`~resilient.breaker.StateChange`. One
+            that raises is logged once and never breaks a call.
+        store: where the state lives (default: a new :class:`InMemoryBreakerStore`).
+        clock: time source (tests: :class:`~resilient.testing.FakeClock`).
+        listeners: event listeners for this policy only.
+
+    While open, calls raise :class:`~resilient.CircuitOpenError` (with
+    ``retry_after``) without calling the function. A half-open probe that
+    runs longer than the break duration is given up: another probe is
+    admitted and the late outcome is ignored (as Polly does).
+
+    Raises:
+        ValueError, TypeError: an option out of range, naming it.
+    """
+
+    policy_type = "circuit_breaker"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        failure_ratio: float = 0.5,
+        sampling_duration: float = 30.0,
+        minimum_throughput: int = 100,
+        consecutive_failures: int | None = None,
+        slow_call_duration: float | None = None,
+        break_duration: float | BreakDuration = 5.0,
+        half_open_max_calls: int = 1,
+        half_open_successes: int = 1,
+        on: OnArg | None = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        ignore: OnArg | None = (),
+        on_open: StateListener | None = None,
+        on_close: StateListener | None = None,
+        on_half_open: StateListener | None = None,
+        store: BreakerStore | None = None,
+        clock: Clock | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        super().__init__(name=name, listeners=listeners)
+        ratio = _number(failure_ratio, "failure_ratio")
+        if not 0 < ratio <= 1:
+            raise ValueError(f"failure_ratio must be in (0, 1], got {failure_ratio!r}")
+        sampling = _positive_seconds(sampling_duration, "sampling_duration")
+        throughput = _count(minimum_throughput, "minimum_throughput")
+        consecutive = None if consecutive_failures is None else _count(consecutive_failures, "consecutive_failures")
+        slow = None if slow_call_duration is None else _positive_seconds(slow_call_duration, "slow_call_duration")
+        if not callable(break_duration):
+            break_duration = _positive_seconds(break_duration, "break_duration")
+        elif isinstance(break_duration, type):
+            raise TypeError(
+                f"break_duration must be seconds or a callable (failed_probes, last) -> seconds, got {break_duration!r}"
+            )
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock (now/sleep/asleep), got {clock!r}")
+        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self._on = exception_predicate(on)
+        self._on_result = result_predicate(on_result)
+        self._ignore = None if ignore is None or ignore == () else exception_predicate(ignore, param="ignore")
+        self._on_open = _listener(on_open, "on_open")
+        self._on_close = _listener(on_close, "on_close")
+        self._on_half_open = _listener(on_half_open, "on_half_open")
+        #: The validated options, as the store sees them.
+        self.config = BreakerConfig(
+            name=name,
+            failure_ratio=ratio,
+            sampling_duration=sampling,
+            minimum_throughput=throughput,
+            consecutive_failures=consecutive,
+            slow_call_duration=slow,
+            break_duration=break_duration,
+            half_open_max_calls=_count(half_open_max_calls, "half_open_max_calls"),
+            half_open_successes=_count(half_open_successes, "half_open_successes"),
+            clock=self.clock,
+        )
+        if store is None:
+            store = InMemoryBreakerStore()
+        elif not isinstance(store, BreakerStore):
+            raise TypeError(f"store must implement BreakerStore, got {store!r}")
+        store.bind(self.config)
+        #: Where the state lives.
+        self.store: BreakerStore = store
+        self._async_store: AsyncBreakerStore | None = store if isinstance(store, AsyncBreakerStore) else None
+        self._now: Callable[[], float] = time.monotonic if self.clock is SYSTEM_CLOCK else self.clock.now
+        self._site = EventSite()
+        self._failed_listeners: set[int] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- inspection and manual control ---------------------------------------
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state (OPEN past its break still reads OPEN until a call probes)."""
+        return self.store.snapshot.state
+
+    @property
+    def metrics(self) -> BreakerMetrics:
+        """Window counts, failure ratio, probes; see :class:`~resilient.breaker.BreakerMetrics`."""
+        return self.store.metrics(self._now())
+
+    def isolate(self) -> None:
+        """Hold the circuit open (every call rejected) until :meth:`reset`."""
+        snap = self.store.transition(_ISOLATED, self._now())
+        self._transitioned(snap, self._site, None)
+
+    def reset(self) -> None:
+        """Close the circuit and clear its counters (also ends :meth:`isolate`)."""
+        snap = self.store.transition(_CLOSED, self._now())
+        self._transitioned(snap, self._site, None)
+
+    def trip(self) -> None:
+        """Open the circuit now, for one break duration (then it probes as usual)."""
+        snap = self.store.transition(_OPEN, self._now())
+        self._transitioned(snap, self._site, None)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot for the status endpoint."""
+        cfg = self.config
+        snap = self.store.snapshot
+        out: dict[str, Any] = {
+            "type": self.policy_type,
+            "name": self.name,
+            "mode": "ratio" if cfg.ratio_mode else "consecutive",
+            "since": snap.since,
+            "break_duration": snap.break_duration,
+            "failed_probes": snap.failed_probes,
+            "store": type(self.store).__name__,
+        }
+        out.update(self.metrics.as_dict())
+        if cfg.ratio_mode:
+            out["threshold"] = {
+                "failure_ratio": cfg.failure_ratio,
+                "sampling_duration": cfg.sampling_duration,
+                "minimum_throughput": cfg.minimum_throughput,
+            }
+        else:
+            out["threshold"] = {"consecutive_failures": cfg.consecutive_failures}
+        return out
+
+    # -- low-level API (integrations) ----------------------------------------
+
+    def allow(self) -> BreakerSnapshot:
+        """Admit one call or raise :class:`~resilient.CircuitOpenError`.
+
+        Returns the permit to hand back to exactly one of
+        :meth:`record_success`, :meth:`record_failure`,
+        :meth:`record_exception`, :meth:`record_result` or :meth:`release`.
+        """
+        permit = self.store.snapshot
+        if permit.state is not _CLOSED:
+            permit = self._admit(self._site)
+        return permit
+
+    async def aallow(self) -> BreakerSnapshot:
+        """:meth:`allow`, awaiting the store when it does I/O."""
+        permit = self.store.snapshot
+        if permit.state is not _CLOSED:
+            permit = await self._aadmit(self._site) if self._async_store else self._admit(self._site)
+        return permit
+
+    def record_success(self, permit: BreakerSnapshot, duration: float | None = None) -> None:
+        """The call admitted with ``permit`` succeeded (slow if ``duration >= slow_call_duration``)."""
+        slow = self.config.slow_call_duration
+        if slow is not None and duration is not None and duration >= slow:
+            self.record_failure(permit, duration)
+            return
+        snap = self.store.record_success(permit)
+        if snap is not None:
+            self._transitioned(snap, self._site, None)
+
+    def record_failure(self, permit: BreakerSnapshot, duration: float | None = None) -> None:
+        """The call admitted with ``permit`` failed."""
+        snap = self.store.record_failure(permit)
+        if snap is not None:
+            self._transitioned(snap, self._site, None)
+
+    def record_exception(self, permit: BreakerSnapshot, exc: BaseException, duration: float | None = None) -> None:
+        """Judge ``exc`` with ``on``/``ignore`` and record it (a non-``Exception`` releases the permit)."""
+        if not isinstance(exc, Exception):
+            self.store.release(permit)
+            return
+        self._judge_exception(permit, exc, duration, None, self._site)
+
+    def record_result(self, permit: BreakerSnapshot, result: Any, duration: float | None = None) -> None:
+        """Judge ``result`` with ``on_result`` and record it."""
+        if self._on_result is not None and self._on_result(result):
+            self.record_failure(permit, duration)
+        else:
+            self.record_success(permit, duration)
+
+    def release(self, permit: BreakerSnapshot) -> None:
+        """The call ended with nothing to count (cancelled, ignored): free its probe slot."""
+        self.store.release(permit)
+
+    def guard(self) -> BreakerGuard:
+        """A context manager (``with`` or ``async with``) around one call.
+
+        ``with breaker.guard() as g: ...``: entering admits (or raises
+        :class:`~resilient.CircuitOpenError`); leaving records the exception
+        (judged by ``on``/``ignore``) or a success; ``g.failed()`` marks a
+        result-based failure before leaving.
+        """
+        return BreakerGuard(self)
+
+    # -- the slow paths ------------------------------------------------------
+
+    def _reject(self, snap: BreakerSnapshot, now: float, site: EventSite) -> CircuitOpenError:
+        retry_after = snap.retry_after(now)
+        if snap.state is _ISOLATED:
+            msg = f"{self._label()} is isolated (held open until reset())"
+        elif snap.state is _HALF_OPEN:
+            msg = f"{self._label()} is half-open and its probe slots are taken"
+        else:
+            msg = f"{self._label()} is open; retry after {retry_after:.3g} s"
+        if site.enabled(self.listeners):
+            self._emit(site, REJECTED, Severity.INFO, duration=retry_after, extras={"state": snap.state.value})
+        return CircuitOpenError(msg, policy=self.name, retry_after=retry_after)
+
+    def _admit(self, site: EventSite) -> BreakerSnapshot:
+        snap = self.store.snapshot
+        state = snap.state
+        if state is _CLOSED:
+            return snap
+        now = self._now()
+        if state is _ISOLATED or (state is _OPEN and now < snap.until):
+            raise self._reject(snap, now, site)
+        permit, moved = self.store.acquire(now)
+        if moved is not None:
+            self._transitioned(moved, site, None)
+        if permit is None:
+            raise self._reject(self.store.snapshot, now, site)
+        return permit
+
+    async def _aadmit(self, site: EventSite) -> BreakerSnapshot:
+        store = self._async_store
+        assert store is not None
+        snap = store.snapshot
+        state = snap.state
+        if state is _CLOSED:
+            return snap
+        now = self._now()
+        if state is _ISOLATED or (state is _OPEN and now < snap.until):
+            raise self._reject(snap, now, site)
+        permit, moved = await store.aacquire(now)
+        if moved is not None:
+            self._transitioned(moved, site, None)
+        if permit is None:
+            raise self._reject(store.snapshot, now, site)
+        return permit
+
+    def _classify(self, exc: Exception, duration: float | None) -> bool | None:
+        """True: failure; False: success; None: neither (ignored)."""
+        try:
+            if self._ignore is not None and self._ignore(exc):
+                return None
+            if self._on(exc):
+                return True
+        except Exception:  # a broken predicate: count the call as failed rather than crash
+            logger.exception("resilient: %s: the on=/ignore= predicate raised; counting a failure", self._label())
+            return True
+        slow = self.config.slow_call_duration
+        return slow is not None and duration is not None and duration >= slow
+
+    def _judge_exception(
+        self, permit: BreakerSnapshot, exc: Exception, duration: float | None, now: float | None, site: EventSite
+    ) -> None:
+        verdict = self._classify(exc, duration)
+        if verdict is None:
+            self.store.release(permit)
+            return
+        store = self.store
+        snap = store.record_failure(permit, now) if verdict else store.record_success(permit, now)
+        if snap is not None:
+            self._transitioned(snap, site, exc)
+
+    async def _ajudge_exception(
+        self, permit: BreakerSnapshot, exc: Exception, duration: float | None, now: float | None, site: EventSite
+    ) -> None:
+        store = self._async_store
+        assert store is not None
+        verdict = self._classify(exc, duration)
+        if verdict is None:
+            await store.arelease(permit)
+            return
+        snap = await (store.arecord_failure(permit, now) if verdict else store.arecord_success(permit, now))
+        if snap is not None:
+            self._transitioned(snap, site, exc)
+
+    # -- transitions: events, logs, listeners --------------------------------
+
+    def _transitioned(self, snap: BreakerSnapshot, site: EventSite, exc: BaseException | None) -> None:
+        state = snap.state
+        previous = snap.previous.value if snap.previous is not None else "none"
+        extras: dict[str, str | int | float | bool] = {
+            "from": previous,
+            "to": state.value,
+            "manual": snap.manual,
+        }
+        if state is _OPEN or state is _ISOLATED:
+            if state is _ISOLATED:
+                logger.warning("resilient: %s isolated (held open until reset())", self._label())
+            else:
+                logger.warning(
+                    "resilient: %s opened (from %s) for %.3g s%s",
+                    self._label(),
+                    previous,
+                    snap.break_duration,
+                    f" after {snap.failed_probes} failed probes" if snap.failed_probes else "",
+                )
+                if exc is not None and isinstance(exc, Exception):
+                    exc.add_note(f"resilient: this failure opened {self._label()} for {snap.break_duration:.3g} s")
+            extras["failed_probes"] = snap.failed_probes
+            self._emit(
+                site, CIRCUIT_OPENED, Severity.WARNING, duration=snap.break_duration, exception=exc, extras=extras
+            )
+            listener = self._on_open
+        elif state is _HALF_OPEN:
+            logger.info("resilient: %s half-open: probing", self._label())
+            self._emit(site, CIRCUIT_HALF_OPENED, Severity.INFO, extras=extras)
+            listener = self._on_half_open
+        else:
+            if snap.previous is not _CLOSED:
+                logger.info("resilient: %s closed", self._label())
+                self._emit(site, CIRCUIT_CLOSED, Severity.INFO, extras=extras)
+            listener = self._on_close if snap.previous is not _CLOSED else None
+        if listener is not None:
+            self._notify(listener, StateChange(self.name, snap.previous, state, snap, exc))
+
+    def _notify(self, listener: StateListener, change: StateChange) -> None:
+        try:
+            result = listener(change)
+            if inspect.isawaitable(result):
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise RuntimeError("an async state listener needs a running event loop") from None
+                task = loop.create_task(_await(result))
+                self._background.add(task)
+                task.add_done_callback(self._listener_done)
+        except Exception as exc:  # a listener never breaks a call or the state machine
+            self._listener_failed(listener, exc)
+
+    def _listener_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._listener_failed(task.get_coro(), exc)
+
+    def _listener_failed(self, listener: object, exc: BaseException) -> None:
+        key = id(listener) if not inspect.iscoroutine(listener) else id(getattr(listener, "cr_code", listener))
+        if key in self._failed_listeners:
+            return
+        self._failed_listeners.add(key)
+        logger.error(
+            "resilient: %s: state listener %r raised %s; it keeps being called, but this is logged once",
+            self._label(),
+            listener,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+
+    # -- wrappers ------------------------------------------------------------
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        if self._async_store is not None:
+            return self._wrap_async_store(fn, site)
+        store = self.store
+        admit = self._admit
+        judge = self._judge_exception
+        transitioned = self._transitioned
+        record_success = store.record_success
+        record_failure = store.record_failure
+        release = store.release
+        on_result = self._on_result
+        slow = self.config.slow_call_duration
+        now = self._now
+
+        if slow is None:
+
+            async def breaker_call(*args: Any, **kwargs: Any) -> Any:
+                permit = store.snapshot
+                if permit.state is not _CLOSED:
+                    permit = admit(site)
+                try:
+                    result = await fn(*args, **kwargs)
+                    failed = on_result is not None and on_result(result)
+                except Exception as exc:
+                    judge(permit, exc, None, None, site)
+                    raise
+                except BaseException:
+                    release(permit)
+                    raise
+                snap = record_failure(permit) if failed else record_success(permit)
+                if snap is not None:
+                    transitioned(snap, site, None)
+                return result
+
+            return breaker_call
+
+        async def slow_breaker_call(*args: Any, **kwargs: Any) -> Any:
+            permit = store.snapshot
+            if permit.state is not _CLOSED:
+                permit = admit(site)
+            start = now()
+            try:
+                result = await fn(*args, **kwargs)
+                failed = on_result is not None and on_result(result)
+            except Exception as exc:
+                end = now()
+                judge(permit, exc, end - start, end, site)
+                raise
+            except BaseException:
+                release(permit)
+                raise
+            end = now()
+            snap = record_failure(permit, end) if failed or end - start >= slow else record_success(permit, end)
+            if snap is not None:
+                transitioned(snap, site, None)
+            return result
+
+        return slow_breaker_call
+
+    def _wrap_async_store(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        store = self._async_store
+        assert store is not None
+        admit = self._aadmit
+        judge = self._ajudge_exception
+        transitioned = self._transitioned
+        on_result = self._on_result
+        slow = self.config.slow_call_duration
+        now = self._now
+
+        async def breaker_call(*args: Any, **kwargs: Any) -> Any:
+            permit = store.snapshot
+            if permit.state is not _CLOSED:
+                permit = await admit(site)
+            start = now() if slow is not None else 0.0
+            try:
+                result = await fn(*args, **kwargs)
+                failed = on_result is not None and on_result(result)
+            except Exception as exc:
+                end = now() if slow is not None else None
+                await judge(permit, exc, None if end is None else end - start, end, site)
+                raise
+            except BaseException:
+                await store.arelease(permit)
+                raise
+            end = now() if slow is not None else None
+            if failed or (end is not None and slow is not None and end - start >= slow):
+                snap = await store.arecord_failure(permit, end)
+            else:
+                snap = await store.arecord_success(permit, end)
+            if snap is not None:
+                transitioned(snap, site, None)
+            return result
+
+        return breaker_call
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        store = self.store
+        admit = self._admit
+        judge = self._judge_exception
+        transitioned = self._transitioned
+        record_success = store.record_success
+        record_failure = store.record_failure
+        release = store.release
+        on_result = self._on_result
+        slow = self.config.slow_call_duration
+        now = self._now
+
+        if slow is None:
+
+            def breaker_call(*args: Any, **kwargs: Any) -> Any:
+                permit = store.snapshot
+                if permit.state is not _CLOSED:
+                    permit = admit(site)
+                try:
+                    result = fn(*args, **kwargs)
+                    failed = on_result is not None and on_result(result)
+                except Exception as exc:
+                    judge(permit, exc, None, None, site)
+                    raise
+                except BaseException:
+                    release(permit)
+                    raise
+                snap = record_failure(permit) if failed else record_success(permit)
+                if snap is not None:
+                    transitioned(snap, site, None)
+                return result
+
+            return breaker_call
+
+        def slow_breaker_call(*args: Any, **kwargs: Any) -> Any:
+            permit = store.snapshot
+            if permit.state is not _CLOSED:
+                permit = admit(site)
+            start = now()
+            try:
+                result = fn(*args, **kwargs)
+                failed = on_result is not None and on_result(result)
+            except Exception as exc:
+                end = now()
+                judge(permit, exc, end - start, end, site)
+                raise
+            except BaseException:
+                release(permit)
+                raise
+            end = now()
+            snap = record_failure(permit, end) if failed or end - start >= slow else record_success(permit, end)
+            if snap is not None:
+                transitioned(snap, site, None)
+            return result
+
+        return slow_breaker_call
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
+
+
+async def _await(awaitable: Any) -> None:
+    await awaitable
+
+
+class BreakerGuard:
+    """One call guarded by a breaker, as a (sync or async) context manager; see :meth:`CircuitBreaker.guard`."""
+
+    __slots__ = ("_breaker", "_failed", "_permit", "_start")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self._permit: BreakerSnapshot | None = None
+        self._failed = False
+        self._start = 0.0
+
+    @property
+    def permit(self) -> BreakerSnapshot | None:
+        """The permit, once admitted."""
+        return self._permit
+
+    def failed(self) -> None:
+        """Count this call as a failure even if the block ends normally (e.g. a 503 response)."""
+        self._failed = True
+
+    def __enter__(self) -> BreakerGuard:
+        self._permit = self._breaker.allow()
+        self._start = self._breaker._now()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        permit = self._permit
+        if permit is None:
+            return
+        self._permit = None
+        duration = self._breaker._now() - self._start
+        if exc is not None:
+            self._breaker.record_exception(permit, exc, duration)
+        elif self._failed:
+            self._breaker.record_failure(permit, duration)
+        else:
+            self._breaker.record_success(permit, duration)
+
+    async def __aenter__(self) -> BreakerGuard:
+        self._permit = await self._breaker.aallow()
+        self._start = self._breaker._now()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        breaker = self._breaker
+        store = breaker._async_store
+        if store is None:  # a local store never blocks: the sync bookkeeping will do
+            self.__exit__(exc_type, exc, tb)
+            return
+        permit = self._permit
+        if permit is None:
+            return
+        self._permit = None
+        end = breaker._now()
+        duration = end - self._start
+        if exc is not None:
+            if isinstance(exc, Exception):
+                await breaker._ajudge_exception(permit, exc, duration, end, breaker._site)
+            else:
+                await store.arelease(permit)
+            return
+        slow = breaker.config.slow_call_duration
+        if self._failed or (slow is not None and duration >= slow):
+            snap = await store.arecord_failure(permit, end)
+        else:
+            snap = await store.arecord_success(permit, end)
+        if snap is not None:
+            breaker._transitioned(snap, breaker._site, None)

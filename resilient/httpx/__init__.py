@@ -1,0 +1,70 @@
+"""httpx integration: resilient clients in one line.
+
+``httpx.AsyncClient(transport=AsyncResilientTransport())`` puts every request
+of the client through :func:`standard_pipeline`, the defaults of
+Microsoft.Extensions.Http.Resilience's standard handler (concurrency limit,
+total timeout, retries with jittered exponential backoff honouring
+``Retry-After``, a circuit breaker per host, attempt timeout), with one
+deliberate deviation: the breaker opens at a failure ratio of 0.5, not 0.1
+(see :class:`StandardPipeline`).
+
+The transport wraps any ``httpx.AsyncBaseTransport`` (``ResilientTransport``:
+any ``httpx.BaseTransport``) and guarantees, whatever the pipeline:
+
+* only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), or
+  requests carrying an ``Idempotency-Key`` header, are ever sent twice, unless
+  ``retry_non_idempotent=True``; a body that is a one-shot stream is never
+  sent twice;
+* a transient failure response (408, 429, 5xx) to a request that may be
+  retried is read into memory and its connection released *before* the
+  backoff, so retries never starve the connection pool; the response handed
+  back (if it is the last one) is intact and readable;
+* other responses, and every response of ``client.stream(...)`` that
+  succeeds, are passed through untouched: never buffered;
+* the remaining deadline (:func:`resilient.deadline`, clamped by the
+  pipeline's own timeouts) caps httpx's timeouts and is sent downstream in
+  the ``x-resilient-deadline`` header, in seconds (``"1.234"``);
+* the outcome is a normal httpx outcome: after the last retry the last
+  :class:`httpx.Response` is returned (call ``raise_for_status()`` as usual),
+  transport errors re-raise the last httpx exception with a note, and the
+  policies' own refusals (:class:`~resilient.CircuitOpenError`,
+  :class:`~resilient.BulkheadFullError`, :class:`~resilient.RateLimitedError`,
+  :class:`~resilient.TimeoutError`) are raised as themselves;
+* events carry the method, host, port and status code in ``extras``
+  (``http.request.method``, ``server.address``, ``server.port``,
+  ``http.response.status_code``), never the path, query, userinfo or header
+  values.
+"""
+
+from __future__ import annotations
+
+from resilient.httpx._rules import (
+    IDEMPOTENT_METHODS,
+    TRANSIENT_STATUSES,
+    authority,
+    http_retry,
+    is_transient_error,
+    parse_retry_after,
+    retry_after_hint,
+    should_retry_error,
+    should_retry_response,
+)
+from resilient.httpx._standard import StandardPipeline, deadline_timeout, standard_pipeline
+from resilient.httpx._transport import AsyncResilientTransport, ResilientTransport
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "TRANSIENT_STATUSES",
+    "AsyncResilientTransport",
+    "ResilientTransport",
+    "StandardPipeline",
+    "authority",
+    "deadline_timeout",
+    "http_retry",
+    "is_transient_error",
+    "parse_retry_after",
+    "retry_after_hint",
+    "should_retry_error",
+    "should_retry_response",
+    "standard_pipeline",
+]
