@@ -149,3 +149,20 @@ async def test_status_endpoint_over_http() -> None:
     assert names["srv.load_shedding"]["status"]["max_concurrent"] == 4
     assert names["srv.rate_limit"]["status"]["keys"] >= 1
     json.dumps(r.json())
+
+
+async def test_deadline_from_async_resilient_transport_reaches_the_handler() -> None:
+    from resilient.deadline import deadline
+    from resilient.httpx import AsyncResilientTransport
+
+    mw = ResilienceMiddleware(make_app(Probe()), timeout=5)
+    with serve(mw) as host:
+        transport = AsyncResilientTransport()
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}", timeout=10) as client:
+            with deadline(1.5):
+                inside = await client.get("/deadline")
+            outside = await client.get("/deadline")
+    assert inside.status_code == 200
+    assert 0 < inside.json()["remaining"] <= 1.5
+    # Without a caller deadline, the request timeout is the handler's deadline.
+    assert 1.5 < outside.json()["remaining"] <= 5
