@@ -1,0 +1,199 @@
+"""RateLimit: per-client token buckets at the edge, 429 for the excess."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable
+
+from resilient.asgi._common import (
+    DEFAULT_EXEMPT_PATHS,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    ScopePredicate,
+    Send,
+    check_app,
+    check_int,
+    check_number,
+    check_predicate,
+    exempt_set,
+    json_response,
+    retry_after_seconds,
+)
+from resilient.asgi.client import ClientIP, IPAddress, IPNetwork
+from resilient.clock import Clock
+from resilient.ratelimit import KeyedRateLimiter, RateDecision
+
+__all__ = ["RateLimit"]
+
+KeyFunc = Callable[[Scope], Hashable | None]
+
+
+def _policy_id(name: str) -> str:
+    # A Structured Fields sf-string: printable ASCII, with " and \ escaped.
+    if not name or any(not (0x20 <= ord(c) < 0x7F) for c in name):
+        raise ValueError(f"policy_name must be non-empty printable ASCII, got {name!r}")
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class RateLimit:
+    """Limit each client to ``rate`` requests per ``per`` seconds; the excess gets ``429``.
+
+    Each client key has a token bucket of ``burst`` tokens refilled at
+    ``rate / per`` per second (a :class:`~resilient.ratelimit.KeyedRateLimiter`,
+    whose memory is bounded by ``max_keys``: the least recently seen keys are
+    forgotten first). A refused request gets ``429 Too Many Requests`` with
+    ``Retry-After``, the IETF ``RateLimit-Policy`` and ``RateLimit`` header
+    fields (draft-ietf-httpapi-ratelimit-headers), and the JSON body
+    ``{"error": "rate_limited", "retry_after": 2}``; the app never sees it.
+
+    Args:
+        app: the ASGI application.
+        rate: requests allowed per ``per`` seconds, > 0.
+        per: the period of ``rate`` in seconds.
+        burst: the bucket size (requests a client may send at once); the
+            limiter's default when ``None``.
+        key: a function of the scope giving the client key; returning ``None``
+            exempts the request. The default is :class:`ClientIP` (the peer
+            address; forwarded headers only from ``trusted_proxies``).
+        trusted_proxies: CIDRs of your reverse proxies, for the default key.
+        max_keys: how many client keys to remember at most.
+        headers_on_success: also add ``RateLimit-Policy``/``RateLimit`` to the
+            app's own responses (this wraps ``send``).
+        websockets: limit ``websocket`` handshakes too (refused with a 429
+            denial response where the server supports it, else closed with
+            code 1008 before the handshake completes).
+        exempt_paths: exact paths never limited (health checks by default).
+        exempt: a predicate on the scope; ``True`` means "never limit this one".
+        policy_name: the quota policy's identifier in the headers.
+        name: the name of the limiter created (shown by the status endpoint).
+        clock: the clock of the limiter (tests).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rate: float,
+        per: float = 1.0,
+        burst: int | None = None,
+        key: KeyFunc | None = None,
+        trusted_proxies: Iterable[str | IPNetwork | IPAddress] = (),
+        max_keys: int = 10_000,
+        headers_on_success: bool = False,
+        websockets: bool = False,
+        exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
+        exempt: ScopePredicate | None = None,
+        policy_name: str = "default",
+        name: str | None = "asgi.rate_limit",
+        clock: Clock | None = None,
+    ) -> None:
+        self.app = check_app(app)
+        r = check_number(rate, "rate")
+        p = check_number(per, "per")
+        max_keys = check_int(max_keys, "max_keys", minimum=1)
+        if key is None:
+            key = ClientIP(trusted_proxies)
+        else:
+            if not callable(key):
+                raise TypeError(f"key must be a callable taking the ASGI scope, got {key!r}")
+            if tuple(trusted_proxies):
+                raise TypeError(
+                    "trusted_proxies applies to the default key only; pass ClientIP(trusted_proxies) as key"
+                )
+        #: The per-key limiter (a :class:`~resilient.ratelimit.KeyedRateLimiter`).
+        self.limiter = KeyedRateLimiter(
+            rate, per, burst=burst, mode="reject", max_keys=max_keys, name=name, clock=clock
+        )
+        self.key = key
+        self.rate = r
+        self.per = p
+        self.headers_on_success = bool(headers_on_success)
+        self.websockets = bool(websockets)
+        self._exempt_paths = exempt_set(exempt_paths)
+        self._exempt = check_predicate(exempt, "exempt")
+        self._policy_id = _policy_id(policy_name)
+        self._policy_cache: dict[int, bytes] = {}
+
+    def _policy_header(self, limit: int) -> bytes:
+        value = self._policy_cache.get(limit)
+        if value is None:
+            # The window in which `limit` requests are allowed on average: the
+            # time the bucket takes to refill completely, so q/w is the rate.
+            window = limit * self.per / self.rate
+            w = round(window) if abs(window - round(window)) < 1e-9 else math.ceil(window)
+            value = f"{self._policy_id};q={limit};w={max(1, w)}".encode("ascii")
+            if len(self._policy_cache) < 64:
+                self._policy_cache[limit] = value
+        return value
+
+    def _headers(self, decision: RateDecision) -> list[tuple[bytes, bytes]]:
+        remaining = max(0, int(decision.remaining))
+        reset = retry_after_seconds(decision.reset)
+        return [
+            (b"ratelimit-policy", self._policy_header(int(decision.limit))),
+            (b"ratelimit", f"{self._policy_id};r={remaining};t={reset}".encode("ascii")),
+        ]
+
+    def _decide(self, scope: Scope) -> RateDecision | None:
+        """Take a token for this request's client; ``None`` when the request is not limited."""
+        if scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope)):
+            return None
+        client = self.key(scope)
+        if client is None:
+            return None
+        return self.limiter.try_acquire(client)
+
+    def _send_with_headers(self, send: Send, decision: RateDecision) -> Send:
+        extra = self._headers(decision)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        return send_with_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app for this connection, or refuse it."""
+        kind = scope["type"]
+        if kind != "http" and (kind != "websocket" or not self.websockets):
+            await self.app(scope, receive, send)
+            return
+        decision = self._decide(scope)
+        if decision is None:
+            await self.app(scope, receive, send)
+            return
+        if not decision.allowed:
+            await self._refuse(scope, receive, send, decision)
+            return
+        if self.headers_on_success and kind == "http":
+            send = self._send_with_headers(send, decision)
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, decision: RateDecision) -> None:
+        seconds = retry_after_seconds(decision.retry_after, minimum=1)
+        start, body = json_response(
+            429,
+            {"error": "rate_limited", "retry_after": seconds},
+            [(b"retry-after", str(seconds).encode("ascii")), *self._headers(decision)],
+        )
+        if scope["type"] == "http":
+            await send(start)
+            await send(body)
+            return
+        # A websocket handshake: answer with an HTTP denial response when the
+        # server supports it, otherwise refuse the handshake (the server then
+        # answers 403).
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            await send({**start, "type": "websocket.http.response.start"})
+            await send({**body, "type": "websocket.http.response.body"})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": "rate limited"})
+
+    def __repr__(self) -> str:
+        return f"RateLimit(rate={self.rate:g}, per={self.per:g}, key={self.key!r})"

@@ -1,0 +1,327 @@
+"""RequestTimeout and Deadline: time limits that reach the handler."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from typing import Any
+
+from resilient.asgi._common import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    check_app,
+    check_number,
+    json_response,
+    send_json,
+)
+from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.deadline import Deadline as _DeadlineValue
+from resilient.deadline import _current as _current_deadline
+
+__all__ = ["DEFAULT_DEADLINE_HEADER", "Deadline", "RequestTimeout", "parse_deadline"]
+
+#: The header the httpx transport sends the remaining deadline in.
+DEFAULT_DEADLINE_HEADER = "x-resilient-deadline"
+
+# Seconds, optionally with a gRPC-style unit (grpc-timeout: H M S m u n).
+_DEADLINE_RE = re.compile(rb"\s*(-?\d{1,12}(?:\.\d{1,9})?)\s*([HMSmun]?)\s*")
+_UNITS = {b"": 1.0, b"S": 1.0, b"H": 3600.0, b"M": 60.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def parse_deadline(value: bytes | str) -> float | None:
+    """Seconds from a remaining-time header value, or ``None`` if it is garbage.
+
+    Accepts a decimal number of seconds (``"2.5"``) or a gRPC-style value
+    with a unit (``"2500m"``, ``"1S"``, ``"3M"``). A negative value means
+    "already expired" and is returned as is.
+    """
+    if isinstance(value, str):
+        try:
+            value = value.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+    if value.isdigit() and len(value) <= 12:
+        return float(value)
+    if len(value) > 40:
+        return None
+    m = _DEADLINE_RE.fullmatch(value)
+    if m is None:
+        return None
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _set_deadline(seconds: float, clock: Clock) -> Any:
+    """Set the deadline contextvar (keeping an earlier one); returns the reset token."""
+    outer = _current_deadline.get()
+    if outer is not None and outer.expires_at - outer.clock.now() <= seconds:
+        return _current_deadline.set(outer)
+    return _current_deadline.set(_DeadlineValue(clock.now() + seconds, clock))
+
+
+class Deadline:
+    """Propagate the caller's deadline: the incoming remaining-time header sets :func:`resilient.deadline`.
+
+    A request carrying ``x-resilient-deadline: 1.5`` runs its handler under
+    ``deadline(1.5)``, so every :class:`~resilient.Timeout` and every call made
+    through the httpx transport inside it is cut to what the caller has left.
+    A request whose deadline has already passed is refused with ``504`` and
+    ``{"error": "deadline_exceeded"}`` before any work. Values that cannot be
+    parsed are ignored; values above ``max`` are clamped to it (a client may
+    not keep a server busy for longer than you allow).
+
+    Args:
+        app: the ASGI application.
+        header: the header name (case-insensitive).
+        max: the largest deadline honoured, in seconds.
+        clock: the clock the deadline is measured on (tests).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        header: str = DEFAULT_DEADLINE_HEADER,
+        max: float = 300.0,  # noqa: A002 - the documented option name
+        clock: Clock | None = None,
+    ) -> None:
+        self.app = check_app(app)
+        if not isinstance(header, str) or not header or not header.isascii() or any(c in header for c in " :\r\n"):
+            raise ValueError(f"header must be a non-empty ASCII header name, got {header!r}")
+        self.header = header.lower()
+        self._header = self.header.encode("ascii")
+        m = check_number(max, "max")
+        self.max = m
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._expired = json_response(504, {"error": "deadline_exceeded"})
+
+    def _incoming(self, scope: Scope) -> float | None:
+        """The caller's remaining seconds, clamped to ``max`` (<= 0: expired), or ``None``."""
+        name = self._header
+        for key, value in scope["headers"]:
+            if key == name:
+                seconds = parse_deadline(value)
+                if seconds is None:
+                    return None
+                return seconds if seconds < self.max else self.max
+        return None
+
+    async def _refuse(self, send: Send) -> None:
+        start, body = self._expired
+        await send({**start, "headers": list(start["headers"])})
+        await send(dict(body))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app under the caller's deadline, or refuse an expired request."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seconds = self._incoming(scope)
+        if seconds is None:
+            await self.app(scope, receive, send)
+            return
+        if seconds <= 0:
+            await self._refuse(send)
+            return
+        token = _set_deadline(seconds, self.clock)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current_deadline.reset(token)
+
+    def __repr__(self) -> str:
+        return f"Deadline(header={self.header!r}, max={self.max:g})"
+
+
+class _TimeoutState:
+    """One request's timer entry; ``task`` is dropped once the timer no longer matters."""
+
+    __slots__ = ("expires", "fired", "started", "task")
+
+    def __init__(self, task: asyncio.Task[Any], expires: float) -> None:
+        self.task: asyncio.Task[Any] | None = task
+        self.expires = expires
+        self.started = False
+        self.fired = False
+
+    def fire(self) -> None:
+        task = self.task
+        self.task = None
+        # Once the response has started a 504 is impossible: let the stream finish.
+        if task is not None and not self.started:
+            self.fired = True
+            task.cancel()
+
+
+# The timer may run this much before an entry's expiry (the event loop runs
+# timers up to its clock resolution early); a request timeout does not care.
+_EARLY = 1e-3
+
+
+class _Timers:
+    """The request timers of one :class:`RequestTimeout` on one event loop.
+
+    Requests share one duration, so they expire in the order they arrive: a
+    FIFO with a single ``call_at`` for its head replaces a timer per request
+    (``call_at`` + ``cancel`` + the loop's clean-up of cancelled timers were
+    the largest cost of the middleware). An entry that would expire before
+    the tail (its limit was cut by a deadline) gets its own ``call_at``.
+    """
+
+    __slots__ = ("handle", "live", "loop", "queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: deque[_TimeoutState] = deque()
+        self.handle: asyncio.TimerHandle | None = None
+        self.live = 0
+
+    def add(self, st: _TimeoutState) -> bool:
+        """Queue ``st``; ``False`` if it expires before the tail (the caller times it alone)."""
+        queue = self.queue
+        if queue and st.expires < queue[-1].expires:
+            return False
+        queue.append(st)
+        self.live += 1
+        if self.handle is None:
+            self.handle = self.loop.call_at(st.expires, self._fire)
+        elif len(queue) > 2 * self.live + 256:
+            # Finished entries stuck behind a long-running head: compact, so
+            # memory follows the requests in flight, not the throughput.
+            self.queue = deque(e for e in queue if e.task is not None)
+        return True
+
+    def finish(self, st: _TimeoutState) -> None:
+        """The request is over: its entry is skipped (and dropped) from now on."""
+        if st.task is not None:
+            st.task = None
+            self.live -= 1
+
+    def _fire(self) -> None:
+        self.handle = None
+        queue = self.queue
+        now = self.loop.time() + _EARLY
+        while queue:
+            st = queue[0]
+            if st.task is None:
+                queue.popleft()
+                continue
+            if st.expires > now:
+                self.handle = self.loop.call_at(st.expires, self._fire)
+                return
+            queue.popleft()
+            self.live -= 1
+            st.fire()
+
+
+class RequestTimeout:
+    """Answer ``504`` when the app has not started its response within ``seconds``.
+
+    The handler is cancelled (its ``finally`` blocks and context managers run)
+    and the client gets ``504 Gateway Timeout`` with
+    ``{"error": "timeout", "timeout": 5.0}``. The limit is on the *start* of
+    the response: once the app has sent ``http.response.start`` the middleware
+    never sends a second one, and a streaming response is left to finish.
+
+    The handler also runs under ``deadline(seconds)``
+    (:func:`resilient.deadline.deadline`, keeping an earlier deadline set by
+    :class:`Deadline`), so timeouts and httpx calls inside it are cut to the
+    time left; ``set_deadline=False`` turns that off.
+
+    An outer cancellation (the server shutting down) is never turned into a
+    504: it propagates.
+
+    Args:
+        app: the ASGI application.
+        seconds: the time limit, > 0.
+        set_deadline: run the handler under a matching deadline.
+        clock: the clock of that deadline (tests; the timer itself uses the
+            event loop's clock).
+    """
+
+    def __init__(self, app: ASGIApp, *, seconds: float, set_deadline: bool = True, clock: Clock | None = None) -> None:
+        self.app = check_app(app)
+        s = check_number(seconds, "seconds")
+        self.seconds = s
+        self.set_deadline = bool(set_deadline)
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._timers: _Timers | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app with a time limit on the start of its response."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.seconds
+        d = _current_deadline.get()
+        if d is not None:
+            # The caller's deadline (set by Deadline, outside) cuts the limit.
+            left = d.expires_at - d.clock.now()
+            if left < limit:
+                limit = left if left > 0.0 else 0.0
+        await self._run(scope, receive, send, limit, self.set_deadline)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, limit: float, set_deadline: bool) -> None:
+        """Run the app; cancel it and answer 504 if it has not started responding after ``limit`` s."""
+        task = asyncio.current_task()
+        assert task is not None
+        loop = task.get_loop()
+        state = _TimeoutState(task, loop.time() + limit)
+
+        async def send_tracking_start(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state.started = True
+            await send(message)
+
+        cancelling = task.cancelling()
+        timers = self._timers
+        if timers is None or timers.loop is not loop:
+            timers = self._timers = _Timers(loop)
+        handle = None if timers.add(state) else loop.call_at(state.expires, state.fire)
+        token = _set_deadline(limit, self.clock) if set_deadline else None
+        try:
+            await self.app(scope, receive, send_tracking_start)
+        except BaseException as exc:
+            self._finish(timers, state, handle)
+            if token is not None:
+                _current_deadline.reset(token)
+            # Ours only if we fired and no other cancellation is pending.
+            if (
+                state.fired
+                and task.uncancel() <= cancelling
+                and not state.started
+                and isinstance(exc, asyncio.CancelledError)
+            ):
+                await send_json(send, 504, {"error": "timeout", "timeout": round(limit, 3)})
+                return
+            raise
+        if token is not None:
+            _current_deadline.reset(token)
+        # The success path: drop the timer entry inline (no calls).
+        if handle is None:
+            if state.task is not None:
+                state.task = None
+                timers.live -= 1
+        else:
+            handle.cancel()
+            state.task = None
+        if state.fired:
+            # The app swallowed our cancellation and returned: balance it, and
+            # answer if it never did.
+            task.uncancel()
+            if not state.started:
+                await send_json(send, 504, {"error": "timeout", "timeout": round(limit, 3)})
+
+    @staticmethod
+    def _finish(timers: _Timers, state: _TimeoutState, handle: asyncio.TimerHandle | None) -> None:
+        if handle is None:
+            timers.finish(state)
+        else:
+            handle.cancel()
+            state.task = None
+
+    def __repr__(self) -> str:
+        return f"RequestTimeout(seconds={self.seconds:g})"

@@ -1,0 +1,168 @@
+"""The ASGI middleware against a real uvicorn server on 127.0.0.1, driven by httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from resilient.asgi import LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
+from resilient.bulkhead import Bulkhead
+from tests.asgi_helpers import Probe, make_app, serve
+
+
+async def test_overload_burst_is_shed_and_the_app_never_exceeds_the_limit() -> None:
+    probe = Probe()
+    mw = LoadShedding(make_app(probe), max_concurrent=3, max_queued=2)
+    with serve(mw) as host:
+        async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+            responses = await asyncio.gather(*(client.get("/work", params={"delay": "0.4"}) for _ in range(20)))
+            health = await client.get("/healthz")
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}
+    assert codes.count(503) >= 1
+    assert codes.count(200) >= 3
+    assert probe.max_in_flight <= 3
+    assert probe.calls == codes.count(200)
+    for r in responses:
+        if r.status_code == 200:
+            assert r.text == "ok"
+        else:
+            assert r.headers["retry-after"] == "1"
+            assert r.headers["content-type"] == "application/json"
+            assert r.json() == {"error": "overloaded", "retry_after": 1}
+            assert int(r.headers["content-length"]) == len(r.content)
+    assert health.status_code == 200  # exempt
+    bulkhead = mw.limiter
+    assert isinstance(bulkhead, Bulkhead)
+    assert bulkhead.running == 0
+    assert bulkhead.queued == 0
+    assert bulkhead.rejected == codes.count(503)
+
+
+async def test_client_disconnect_while_queued_gives_the_position_back() -> None:
+    probe = Probe()
+    mw = LoadShedding(make_app(probe), max_concurrent=1, max_queued=1)
+    bulkhead = mw.limiter
+    assert isinstance(bulkhead, Bulkhead)
+    with serve(mw) as host:
+        async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+            holder = asyncio.create_task(client.get("/hold"))
+            while probe.in_flight < 1:
+                await asyncio.sleep(0.01)
+            # This one queues, then its client gives up (the connection closes).
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get("/work", timeout=0.5)
+            for _ in range(500):
+                if bulkhead.queued == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert bulkhead.queued == 0
+            # The queue has room again: a new request waits instead of being shed.
+            waiter = asyncio.create_task(client.get("/work"))
+            while bulkhead.queued < 1:
+                await asyncio.sleep(0.01)
+            probe.release.set()
+            assert (await holder).status_code == 200
+            assert (await waiter).status_code == 200
+    assert probe.calls == 2  # the abandoned request never reached the app
+    assert bulkhead.running == 0
+
+
+async def test_rate_limit_burst_gets_429_with_ietf_headers() -> None:
+    probe = Probe()
+    mw = RateLimit(make_app(probe), rate=5, per=60, headers_on_success=True)
+    with serve(mw) as host:
+        async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+            responses = [await client.get("/work") for _ in range(8)]
+    codes = [r.status_code for r in responses]
+    assert codes == [200] * 5 + [429] * 3
+    first = responses[0]
+    assert first.headers["ratelimit-policy"] == '"default";q=5;w=60'
+    assert first.headers["ratelimit"].startswith('"default";r=4;t=')
+    refused = responses[-1]
+    assert refused.headers["ratelimit-policy"] == '"default";q=5;w=60'
+    assert refused.headers["ratelimit"] == '"default";r=0;t=60'
+    assert refused.headers["retry-after"] == "12"  # one token every 12 s
+    assert refused.json() == {"error": "rate_limited", "retry_after": 12}
+    assert refused.headers["content-type"] == "application/json"
+    assert probe.calls == 5
+
+
+async def test_request_timeout_answers_504_and_cancels_the_handler() -> None:
+    probe = Probe()
+    mw = RequestTimeout(make_app(probe), seconds=0.3)
+    with serve(mw) as host:
+        async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+            start = time.monotonic()
+            r = await client.get("/slow")
+            elapsed = time.monotonic() - start
+            after = await client.get("/work")
+    assert r.status_code == 504
+    assert r.json() == {"error": "timeout", "timeout": 0.3}
+    assert elapsed < 10
+    assert probe.slow_started.is_set()
+    assert probe.cleaned_up.wait(5), "the handler's finally block did not run"
+    assert after.status_code == 200  # the connection and server are fine
+
+
+async def test_deadline_header_reaches_the_handler() -> None:
+    mw = ResilienceMiddleware(make_app(Probe()), max_deadline=10)
+    with serve(mw) as host:
+        async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+            given = await client.get("/deadline", headers={"x-resilient-deadline": "2.5"})
+            clamped = await client.get("/deadline", headers={"x-resilient-deadline": "9999"})
+            garbage = await client.get("/deadline", headers={"x-resilient-deadline": "soon"})
+            none = await client.get("/deadline")
+            expired = await client.get("/deadline", headers={"x-resilient-deadline": "0"})
+    assert 0 < given.json()["remaining"] <= 2.5
+    assert 9 < clamped.json()["remaining"] <= 10
+    assert garbage.json()["remaining"] is None
+    assert none.json()["remaining"] is None
+    assert expired.status_code == 504
+    assert expired.json() == {"error": "deadline_exceeded"}
+
+
+async def test_websocket_passes_through_every_part() -> None:
+    websockets_client = pytest.importorskip("websockets.asyncio.client")
+    probe = Probe()
+    mw = ResilienceMiddleware(make_app(probe), max_concurrent=1, rate=1, per=60, timeout=0.2)
+    with serve(mw) as host:
+        for i in range(3):  # more than the rate and the concurrency allow for HTTP
+            async with websockets_client.connect(f"ws://{host}/ws") as ws:
+                await ws.send(f"hi{i}")
+                assert await ws.recv() == f"echo:hi{i}"
+
+
+async def test_status_endpoint_over_http() -> None:
+    probe = Probe()
+    mw = ResilienceMiddleware(make_app(probe), max_concurrent=4, rate=100, status_path="/_resilience", name="srv")
+    with serve(mw) as host:
+        async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+            await client.get("/work")
+            r = await client.get("/_resilience")
+    assert r.status_code == 200
+    names = {p["name"]: p for p in r.json()["policies"]}
+    assert names["srv.load_shedding"]["status"]["max_concurrent"] == 4
+    assert names["srv.rate_limit"]["status"]["keys"] >= 1
+    json.dumps(r.json())
+
+
+async def test_deadline_from_async_resilient_transport_reaches_the_handler() -> None:
+    from resilient.deadline import deadline
+    from resilient.httpx import AsyncResilientTransport
+
+    mw = ResilienceMiddleware(make_app(Probe()), timeout=5)
+    with serve(mw) as host:
+        transport = AsyncResilientTransport()
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}", timeout=10) as client:
+            with deadline(1.5):
+                inside = await client.get("/deadline")
+            outside = await client.get("/deadline")
+    assert inside.status_code == 200
+    assert 0 < inside.json()["remaining"] <= 1.5
+    # Without a caller deadline, the request timeout is the handler's deadline.
+    assert 1.5 < outside.json()["remaining"] <= 5
