@@ -43,3 +43,8 @@ def test_redis_overhead_quick_runs() -> None:
 def test_cache_memory_small_runs() -> None:
     out = _run("benchmarks/cache_memory.py", "--entries", "2000")
     assert "StaleCache" in out
+
+
+def test_asgi_throughput_quick_runs() -> None:
+    out = _run("benchmarks/asgi_throughput.py", "--quick")
+    assert "server CPU per request" in out
