@@ -189,6 +189,9 @@ def test_sync_transport_rejects_async_inner() -> None:
         ({"failure_ratio": 2.0}, ValueError, "failure_ratio"),
         ({"max_queued": -1}, ValueError, "max_queued"),
         ({"base_delay": -1}, ValueError, "base"),
+        ({"breaker_statuses": [503, 42]}, ValueError, "breaker_statuses"),
+        ({"throttle_retry_ratio": -0.1}, ValueError, "throttle_retry_ratio"),
+        ({"throttle_retry_ratio": "0.1"}, ValueError, "throttle_retry_ratio"),
     ],
 )
 def test_standard_pipeline_rejects_bad_values(kwargs: dict[str, Any], error: type[Exception], param: str) -> None:
@@ -204,6 +207,11 @@ def test_presets() -> None:
     assert (std.total_timeout, std.attempt_timeout, std.max_retries, std.base_delay) == (30.0, 10.0, 3, 2.0)
     assert (std.max_concurrent, std.max_queued) == (1000, 0)
     assert (std.sampling_duration, std.minimum_throughput, std.break_duration) == (30.0, 100, 5.0)
+    assert 429 not in std.breaker_statuses
+    assert std.throttle_retry_ratio == 0.1
+    ms = standard_pipeline("microsoft")
+    assert 429 in ms.breaker_statuses
+    assert ms.throttle_retry_ratio is None
 
 
 def test_standard_pipeline_parts_order() -> None:
@@ -860,6 +868,95 @@ async def test_brownout_breaker_ratio(preset: str, low: float, high: float) -> N
                 ok += (await client.get("/x")).status_code == 200
             clock.advance(0.05)
     assert low <= ok / 600 <= high
+
+
+async def test_429_does_not_open_the_breaker_in_the_resilient_preset() -> None:
+    clock = FakeClock(auto_advance=True)
+    upstream = Upstream(429)
+    for preset, opens in (("resilient", False), ("microsoft", True)):
+        pipeline = standard_pipeline(
+            preset,  # type: ignore[arg-type]
+            clock=clock,
+            backoff=constant(0),
+            minimum_throughput=10,
+            max_retries=0,
+            total_timeout=None,
+        )
+        opened = False
+        async with await aclient(upstream, pipeline) as client:
+            for _ in range(30):
+                try:
+                    assert (await client.get("/x")).status_code == 429
+                except resilient.CircuitOpenError:
+                    opened = True
+        assert opened is opens, preset
+
+
+async def test_rate_limited_upstream_gets_no_retry_storm() -> None:
+    # A quota of 150 calls/s against 200 calls/s offered, answering 429 with
+    # Retry-After: 1. Retrying every 429 keeps the client over its quota and
+    # multiplies the calls the limiter sees; the resilient preset pays for 429
+    # retries from a 10 % budget (and 5xx retries stay unbudgeted).
+    clock = FakeClock()
+
+    async def run(pipeline: StandardPipeline) -> tuple[float, float]:
+        admitted: list[float] = []
+        sent = ok = 0
+
+        def quota(request: httpx.Request) -> httpx.Response:
+            nonlocal sent
+            sent += 1
+            now = clock.now()
+            while admitted and admitted[0] <= now - 1.0:
+                admitted.pop(0)
+            if len(admitted) < 150:
+                admitted.append(now)
+                return httpx.Response(200)
+            return httpx.Response(429, headers={"Retry-After": "1"})
+
+        async def settle() -> None:
+            for _ in range(10):
+                await asyncio.sleep(0)
+
+        async with await aclient(quota, pipeline) as client:
+
+            async def one() -> None:
+                nonlocal ok
+                with contextlib.suppress(resilient.CircuitOpenError):
+                    response = await client.get("/x")
+                    ok += response.status_code == 200
+
+            tasks: list[asyncio.Task[None]] = []
+            for _ in range(20):  # 20 s of 200 calls/s, in 10 bursts a second
+                for _ in range(10):
+                    tasks += [asyncio.create_task(one()) for _ in range(20)]
+                    await settle()
+                    clock.advance(0.1)
+                    await settle()
+            while not all(t.done() for t in tasks):
+                clock.advance(0.5)
+                await settle()
+        return sent / 4000, ok / 4000
+
+    def pipeline(preset: str, **overrides: Any) -> StandardPipeline:
+        return standard_pipeline(preset, clock=clock, total_timeout=None, attempt_timeout=None, **overrides)  # type: ignore[arg-type]
+
+    amplification, success = await run(pipeline("resilient"))
+    storm, _ = await run(pipeline("resilient", throttle_retry_ratio=None))
+    _, microsoft_success = await run(pipeline("microsoft"))
+    assert amplification <= 1.15
+    assert storm >= 1.3
+    assert success >= 0.7  # the quota admits at most 0.75 of the offered calls
+    assert success > microsoft_success
+
+
+async def test_5xx_retries_are_not_charged_to_the_throttle_budget() -> None:
+    clock = FakeClock(auto_advance=True)
+    upstream = Upstream(503, 503, 503, 200)
+    pipeline = standard_pipeline(clock=clock, backoff=constant(0), minimum_throughput=10_000, throttle_retry_ratio=0)
+    async with await aclient(upstream, pipeline) as client:
+        assert (await client.get("/x")).status_code == 200
+    assert upstream.calls == 4
 
 
 async def test_deadline_timeout_in_a_custom_pipeline() -> None:

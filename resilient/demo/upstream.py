@@ -110,8 +110,9 @@ SCENARIOS: dict[str, Scenario] = {
             "The upstream admits 75% of the offered rate and answers 429 with Retry-After: 1 beyond it.",
             Phase(0.15, 0.85, "limit 75% of rate"),
             "the requests chart: immediate retries of 429s are a retry storm; Retry-After spaces them out but the "
-            "retries still land on a limit that is already full. A breaker that counts 429s as failures can open on "
-            "a rate limit, which is not an outage. A retry budget keeps the extra load under 10%.",
+            "retries still land on a limit that is already full. A breaker that counts 429s as failures (the "
+            "Microsoft preset) opens on a rate limit, which is not an outage. The resilient preset keeps 429 out of "
+            "its breaker and pays for 429 retries from a 10% budget: the extra load stays under 10%.",
         ),
     )
 }

@@ -247,13 +247,13 @@ def http_retry(
     )
 
 
-def _check_statuses(statuses: Iterable[int]) -> frozenset[int]:
+def _check_statuses(statuses: Iterable[int], param: str = "statuses") -> frozenset[int]:
     if isinstance(statuses, str | bytes) or not isinstance(statuses, Iterable):
-        raise TypeError(f"statuses must be an iterable of HTTP status codes, got {statuses!r}")
+        raise TypeError(f"{param} must be an iterable of HTTP status codes, got {statuses!r}")
     result = frozenset(statuses)
     for code in result:
         if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
-            raise ValueError(f"statuses must contain HTTP status codes 100..599, got {code!r}")
+            raise ValueError(f"{param} must contain HTTP status codes 100..599, got {code!r}")
     return result
 
 

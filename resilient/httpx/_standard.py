@@ -9,12 +9,19 @@ from typing import Any, Literal, cast
 
 from resilient.backoff import Backoff, exponential
 from resilient.breaker import CircuitBreaker
+from resilient.budget import RetryBudget
 from resilient.bulkhead import Bulkhead
 from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.deadline import Deadline
 from resilient.deadline import _current as _current_deadline
 from resilient.events import EventSite, Listener
-from resilient.httpx._rules import TRANSIENT_STATUSES, _check_statuses, http_retry, is_transient_error
+from resilient.httpx._rules import (
+    TRANSIENT_STATUSES,
+    _check_statuses,
+    _current_call,
+    http_retry,
+    is_transient_error,
+)
 from resilient.policy import AsyncFn, AsyncWrapped, Pipeline, Policy, SyncFn
 from resilient.ratelimit import RateLimiter
 from resilient.retry import RetryBudgetLike
@@ -94,9 +101,38 @@ def deadline_timeout(seconds: float, *, name: str | None = None, clock: Clock | 
 # -- the standard pipeline --------------------------------------------------------
 
 _PRESETS: dict[str, dict[str, Any]] = {
-    "resilient": {"failure_ratio": 0.5},
-    "microsoft": {"failure_ratio": 0.1},
+    # 429 means "over your quota", not "broken": the resilient preset keeps it
+    # out of the breaker and pays for its retries from a small budget.
+    "resilient": {"failure_ratio": 0.5, "breaker_statuses": TRANSIENT_STATUSES - {429}, "throttle_retry_ratio": 0.1},
+    "microsoft": {"failure_ratio": 0.1, "breaker_statuses": TRANSIENT_STATUSES, "throttle_retry_ratio": None},
 }
+
+
+class _ThrottleAwareBudget:
+    """Retries of 429 answers spend from their own budget; other retries only from the user's.
+
+    A 429 says the client is over its quota: retrying every one of them
+    (even after ``Retry-After``) keeps the client over the quota and
+    multiplies the load on the limiter, a retry storm. Transient failures
+    (5xx, transport errors) keep the full retries that absorb a brownout.
+    """
+
+    __slots__ = ("inner", "throttled")
+
+    def __init__(self, inner: RetryBudgetLike | None, throttled: RetryBudget) -> None:
+        self.inner = inner
+        self.throttled = throttled
+
+    def record_request(self) -> None:
+        self.throttled.record_request()
+        if self.inner is not None:
+            self.inner.record_request()
+
+    def try_spend(self) -> bool:
+        call = _current_call.get()
+        if call is not None and call.status == 429 and not self.throttled.try_spend():
+            return False
+        return self.inner is None or self.inner.try_spend()
 
 
 def _positive(value: Any, param: str, *, allow_none: bool = True) -> float | None:
@@ -125,18 +161,28 @@ class StandardPipeline:
     | total timeout | 30 s | `total_timeout` |
     | rate limit (token bucket) | off | `rate`, `per`, `burst`, `rate_mode` |
     | retry | 3 retries (4 attempts), exponential from 2 s, jitter, Retry-After | `max_retries`, `base_delay`... |
-    | circuit breaker | ratio 0.5 over 30 s, min 100 calls, break 5 s | `failure_ratio`, `break_duration`... |
+    | retries of 429 | at most 10 % of recent calls (+1/s) per host | `throttle_retry_ratio` |
+    | circuit breaker | ratio 0.5 over 30 s, min 100 calls, break 5 s; no 429 | `failure_ratio`, `breaker_statuses` |
     | attempt timeout | 10 s | `attempt_timeout` |
 
     The retry also takes `backoff`, `max_delay` (30 s, caps `Retry-After`
     too), `statuses`, `honour_retry_after` and `retry_budget`; the breaker
     `sampling_duration` and `minimum_throughput`.
 
-    The one deliberate deviation from Microsoft: ``failure_ratio`` is 0.5,
-    not 0.1. The breaker sits inside the retry, so it sees every attempt:
-    during a 30 % brownout a 0.1 ratio opens the circuit (and fails every
-    call) although three retries would have absorbed it; 0.5 opens only
-    when most attempts fail. ``preset="microsoft"`` restores 0.1.
+    Deliberate deviations from Microsoft (``preset="microsoft"`` restores
+    its exact values):
+
+    * ``failure_ratio`` is 0.5, not 0.1. The breaker sits inside the retry,
+      so it sees every attempt: during a 30 % brownout a 0.1 ratio opens the
+      circuit (and fails every call) although three retries would have
+      absorbed it; 0.5 opens only when most attempts fail.
+    * A 429 is not a breaker failure (``breaker_statuses`` leaves it out),
+      and retries of 429 answers spend from a per-host budget of 10 % of
+      recent calls (``throttle_retry_ratio``). A 429 says "over quota", not
+      "broken": opening the circuit on it fails calls the quota would have
+      admitted, and retrying every 429 keeps the client over its quota (a
+      retry storm). Other retries are not budgeted, unless you pass
+      ``retry_budget``.
 
     The concurrency limit rejects with :class:`~resilient.BulkheadFullError`
     when full (Microsoft's ``ConcurrencyLimiter`` with no queue); the rate
@@ -150,7 +196,8 @@ class StandardPipeline:
     timeouts and stop retries that would outlive them.
 
     Args:
-        preset: ``"resilient"`` (default) or ``"microsoft"`` (failure ratio 0.1).
+        preset: ``"resilient"`` (default) or ``"microsoft"`` (failure ratio 0.1,
+            429 counted by the breaker, 429 retries not budgeted).
         name: prefix of the policies' names (``"httpx http://host:80 breaker"``).
         clock: time source of every part (tests: ``FakeClock``).
         listeners: event listeners attached to every host's pipeline.
@@ -174,7 +221,9 @@ class StandardPipeline:
         statuses: Iterable[int] = TRANSIENT_STATUSES,
         honour_retry_after: bool = True,
         retry_budget: RetryBudgetLike | None = None,
+        throttle_retry_ratio: float | EllipsisType | None = ...,
         failure_ratio: float | EllipsisType | None = ...,
+        breaker_statuses: Iterable[int] | EllipsisType = ...,
         sampling_duration: float = 30.0,
         minimum_throughput: int = 100,
         break_duration: float = 5.0,
@@ -186,8 +235,20 @@ class StandardPipeline:
         if preset not in _PRESETS:
             raise ValueError(f"preset must be one of {tuple(_PRESETS)}, got {preset!r}")
         self.preset = preset
+        defaults = _PRESETS[preset]
         if isinstance(failure_ratio, EllipsisType):
-            failure_ratio = cast(float, _PRESETS[preset]["failure_ratio"])
+            failure_ratio = cast(float, defaults["failure_ratio"])
+        if isinstance(breaker_statuses, EllipsisType):
+            breaker_statuses = cast(frozenset[int], defaults["breaker_statuses"])
+        if isinstance(throttle_retry_ratio, EllipsisType):
+            throttle_retry_ratio = cast("float | None", defaults["throttle_retry_ratio"])
+        if throttle_retry_ratio is not None and (
+            isinstance(throttle_retry_ratio, bool)
+            or not isinstance(throttle_retry_ratio, int | float)
+            or not 0 <= throttle_retry_ratio < math.inf
+        ):
+            raise ValueError(f"throttle_retry_ratio must be a number >= 0 or None, got {throttle_retry_ratio!r}")
+        self.throttle_retry_ratio = throttle_retry_ratio
         if max_concurrent is not None and (isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)):
             raise TypeError(f"max_concurrent must be an int >= 1 or None, got {max_concurrent!r}")
         if max_concurrent is not None and max_concurrent < 1:
@@ -207,6 +268,7 @@ class StandardPipeline:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.statuses = _check_statuses(statuses)
+        self.breaker_statuses = _check_statuses(breaker_statuses, "breaker_statuses")
         self.honour_retry_after = honour_retry_after
         self.retry_budget = retry_budget
         self.failure_ratio = failure_ratio
@@ -250,6 +312,11 @@ class StandardPipeline:
             if backoff is None:
                 cap = self.max_delay if self.max_delay is not None else 30.0
                 backoff = exponential(self.base_delay, max_delay=cap, jitter="decorrelated")
+            budget = self.retry_budget
+            if self.throttle_retry_ratio is not None and 429 in self.statuses:
+                # One throttle budget per host: a quota is per host too.
+                throttled = RetryBudget(self.throttle_retry_ratio, min_per_second=1.0, window=10.0, clock=clock)
+                budget = _ThrottleAwareBudget(budget, throttled)
             policies.append(
                 http_retry(
                     self.max_retries,
@@ -257,7 +324,7 @@ class StandardPipeline:
                     max_delay=self.max_delay,
                     statuses=self.statuses,
                     honour_retry_after=self.honour_retry_after,
-                    budget=self.retry_budget,
+                    budget=budget,
                     clock=clock,
                     name=nm("retry"),
                 )
@@ -265,7 +332,7 @@ class StandardPipeline:
         elif isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
         if self.failure_ratio is not None:
-            statuses = self.statuses
+            statuses = self.breaker_statuses
             policies.append(
                 CircuitBreaker(
                     nm("breaker"),
