@@ -8,8 +8,8 @@ already passed is not started at all.
 
 It keeps :func:`asyncio.timeout`'s cancellation semantics (an outer
 ``task.cancel()`` is never turned into a timeout, ``Task.cancelling()`` and
-``uncancel()`` are balanced) at half its cost: one ``loop.call_at`` and no
-context-manager object per call.
+``uncancel()`` are balanced) at a quarter of its cost: no context-manager
+object and no timer handle per call (see ``_TimerQueue``).
 
 Synchronous functions cannot be interrupted safely in Python, so wrapping
 one raises :class:`TypeError` at wrap time.
