@@ -22,6 +22,10 @@ from resilient.redis import RedisBreakerStore
 from resilient.testing import FakeClock, recording
 from tests.redis_helpers import RedisServer, redis_server  # noqa: F401 - fixture
 
+# Per-operation Redis timeout for tests that are not about slowness: generous, so that a loaded CI
+# machine never fails open by accident (the library default is 50 ms).
+T = 2.0
+
 pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +41,8 @@ async def ok() -> str:
 
 def breaker(url: str, name: str = "pay", **kw: object) -> CircuitBreaker:
     store_kw = {k: kw.pop(k) for k in ("sync_interval", "recovery_interval", "timeout", "prefix") if k in kw}
+    # Generous unless a test is about slowness: a loaded CI machine must not fail open by accident.
+    store_kw.setdefault("timeout", T)
     return CircuitBreaker(name=name, store=RedisBreakerStore(url, **store_kw), **kw)  # type: ignore[arg-type]
 
 
@@ -90,13 +96,13 @@ async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  
 
 
 async def test_store_implements_the_async_protocol(redis_server: RedisServer) -> None:  # noqa: F811
-    store = RedisBreakerStore(redis_server.url)
+    store = RedisBreakerStore(redis_server.url, timeout=T)
     assert isinstance(store, AsyncBreakerStore)
     with pytest.raises(ValueError, match="name"):
         CircuitBreaker(store=store)
     with pytest.raises(ValueError, match="sync_interval"):
         RedisBreakerStore(redis_server.url, sync_interval=-1)
-    cb = CircuitBreaker(name="x", store=RedisBreakerStore(redis_server.url))
+    cb = CircuitBreaker(name="x", store=RedisBreakerStore(redis_server.url, timeout=T))
     with pytest.raises(RuntimeError, match="already bound"):
         CircuitBreaker(name="y", store=cb.store)
 
@@ -110,7 +116,8 @@ OPENER = """
         raise ConnectionError("down")
 
     async def main(url):
-        cb = CircuitBreaker(name="pay", consecutive_failures=3, break_duration=30, store=RedisBreakerStore(url))
+        store = RedisBreakerStore(url, timeout=2.0)
+        cb = CircuitBreaker(name="pay", consecutive_failures=3, break_duration=30, store=store)
         for _ in range(3):
             try:
                 await cb(fail)()
@@ -134,7 +141,8 @@ CHECKER = """
         calls += 1
 
     async def main(url):
-        cb = CircuitBreaker(name="pay", consecutive_failures=3, break_duration=30, store=RedisBreakerStore(url))
+        store = RedisBreakerStore(url, timeout=2.0)
+        cb = CircuitBreaker(name="pay", consecutive_failures=3, break_duration=30, store=store)
         try:
             await cb(work)()
             print("admitted", calls)
@@ -244,7 +252,8 @@ PROBER = """
         await asyncio.sleep(0.3)
 
     async def main(url, start_at):
-        cb = CircuitBreaker(name="probe", consecutive_failures=1, break_duration=5, store=RedisBreakerStore(url))
+        store = RedisBreakerStore(url, timeout=2.0)
+        cb = CircuitBreaker(name="probe", consecutive_failures=1, break_duration=5, store=store)
         while time.time() < start_at:
             await asyncio.sleep(0.001)
         try:

@@ -23,6 +23,10 @@ from resilient.redis import KeyedRedisRateLimiter, RateDecision, RedisRateLimite
 from resilient.testing import FakeClock, recording
 from tests.redis_helpers import RedisServer, redis_server  # noqa: F401 - fixture
 
+# Per-operation Redis timeout for tests that are not about slowness: generous, so that a loaded CI
+# machine never fails open by accident (the library default is 50 ms).
+T = 2.0
+
 pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +56,7 @@ def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> None:  # noqa: F811
-    lim = RedisRateLimiter(redis_server.url, rate=10, burst=3, name="api")
+    lim = RedisRateLimiter(redis_server.url, rate=10, burst=3, name="api", timeout=T)
     got = [await lim.try_acquire() for _ in range(4)]
     assert [d.allowed for d in got] == [True, True, True, False]
     assert [d.remaining for d in got[:3]] == [2, 1, 0]
@@ -69,28 +73,28 @@ async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> No
 
 
 async def test_cost_and_validation(redis_server: RedisServer) -> None:  # noqa: F811
-    lim = RedisRateLimiter(redis_server.url, rate=5, burst=5, name="cost")
+    lim = RedisRateLimiter(redis_server.url, rate=5, burst=5, name="cost", timeout=T)
     assert (await lim.try_acquire(tokens=4)).remaining == 1
     assert not (await lim.try_acquire(tokens=2)).allowed
     with pytest.raises(ValueError, match="tokens"):
         await lim.try_acquire(tokens=6)
     with pytest.raises(ValueError, match="rate"):
-        RedisRateLimiter(redis_server.url, rate=0, name="x")
+        RedisRateLimiter(redis_server.url, rate=0, name="x", timeout=T)
     with pytest.raises(ValueError, match="burst"):
-        RedisRateLimiter(redis_server.url, rate=1, burst=0, name="x")
+        RedisRateLimiter(redis_server.url, rate=1, burst=0, name="x", timeout=T)
     with pytest.raises(ValueError, match="timeout"):
         RedisRateLimiter(redis_server.url, rate=1, name="x", timeout=0)
     with pytest.raises(TypeError, match="name"):
-        RedisRateLimiter(redis_server.url, rate=1, name="")
+        RedisRateLimiter(redis_server.url, rate=1, name="", timeout=T)
     with pytest.raises(TypeError, match="client_or_url"):
-        RedisRateLimiter(42, rate=1, name="x")  # type: ignore[arg-type]
+        RedisRateLimiter(42, rate=1, name="x", timeout=T)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="URL"):
-        RedisRateLimiter("localhost:6379", rate=1, name="x")
+        RedisRateLimiter("localhost:6379", rate=1, name="x", timeout=T)
     await lim.aclose()
 
 
 async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
-    lim = KeyedRedisRateLimiter(redis_server.url, rate=20, burst=2, name="per-user", prefix="svc:")
+    lim = KeyedRedisRateLimiter(redis_server.url, rate=20, burst=2, name="per-user", timeout=T, prefix="svc:")
     assert (await lim.try_acquire("alice")).allowed
     assert (await lim.try_acquire("alice")).allowed
     assert not (await lim.try_acquire("alice")).allowed
@@ -107,9 +111,9 @@ async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient
 
 
 async def test_two_limiters_with_one_name_share_the_limit(redis_server: RedisServer) -> None:  # noqa: F811
-    a = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="shared")
-    b = RedisRateLimiter(aioredis.Redis.from_url(redis_server.url), rate=1, burst=2, name="shared")
-    c = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="other")
+    a = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="shared", timeout=T)
+    b = RedisRateLimiter(aioredis.Redis.from_url(redis_server.url), rate=1, burst=2, name="shared", timeout=T)
+    c = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="other", timeout=T)
     assert (await a.try_acquire()).allowed
     assert (await b.try_acquire()).allowed
     assert not (await a.try_acquire()).allowed
@@ -120,7 +124,9 @@ async def test_two_limiters_with_one_name_share_the_limit(redis_server: RedisSer
 
 
 def test_sync_client_and_sync_policy(redis_server: RedisServer) -> None:  # noqa: F811
-    lim = RedisRateLimiter(sync_redis.Redis.from_url(redis_server.url), rate=1, burst=2, name="sync", mode="reject")
+    lim = RedisRateLimiter(
+        sync_redis.Redis.from_url(redis_server.url), rate=1, burst=2, name="sync", timeout=T, mode="reject"
+    )
     calls: list[int] = []
 
     @lim
@@ -140,7 +146,7 @@ def test_sync_client_and_sync_policy(redis_server: RedisServer) -> None:  # noqa
 
 async def test_async_client_only_refuses_sync_use(redis_server: RedisServer) -> None:  # noqa: F811
     client = aioredis.Redis.from_url(redis_server.url)
-    lim = RedisRateLimiter(client, rate=1, name="a-only")
+    lim = RedisRateLimiter(client, rate=1, name="a-only", timeout=T)
     with pytest.raises(TypeError, match="sync"):
         lim.try_acquire_sync()
     await client.aclose()
@@ -150,7 +156,7 @@ async def test_async_client_only_refuses_sync_use(redis_server: RedisServer) -> 
 
 
 async def test_policy_rejects_with_event_and_waits_within_max_wait(redis_server: RedisServer) -> None:  # noqa: F811
-    lim = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol", mode="reject")
+    lim = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol", timeout=T, mode="reject")
 
     @lim
     async def work() -> str:
@@ -167,7 +173,7 @@ async def test_policy_rejects_with_event_and_waits_within_max_wait(redis_server:
     async def bare() -> str:
         return "ok"
 
-    waiting = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol", max_wait=0.2)
+    waiting = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol", timeout=T, max_wait=0.2)
     start = time.monotonic()
     assert await waiting.run(bare) == "ok"
     assert time.monotonic() - start >= 0.02
@@ -181,7 +187,7 @@ async def test_policy_rejects_with_event_and_waits_within_max_wait(redis_server:
 
 async def test_keyed_policy_uses_the_key_function(redis_server: RedisServer) -> None:  # noqa: F811
     lim = KeyedRedisRateLimiter(
-        redis_server.url, rate=1, burst=1, name="tenant", key=lambda tenant, _: tenant, mode="reject"
+        redis_server.url, rate=1, burst=1, name="tenant", key=lambda tenant, _: tenant, mode="reject", timeout=T
     )
 
     @lim
@@ -193,7 +199,7 @@ async def test_keyed_policy_uses_the_key_function(redis_server: RedisServer) -> 
     with pytest.raises(RateLimitedError):
         await work("a", 3)
     with pytest.raises(TypeError, match="key="):
-        KeyedRedisRateLimiter(redis_server.url, rate=1, name="nokey")(work)
+        KeyedRedisRateLimiter(redis_server.url, rate=1, name="nokey", timeout=T)(work)
     await lim.aclose()
 
 
@@ -205,7 +211,7 @@ async def test_sigkill_fails_open_with_one_warning_and_recovers_after_restart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
-    lim = RedisRateLimiter(redis_server.url, rate=1000, burst=1000, name="down", clock=clock)
+    lim = RedisRateLimiter(redis_server.url, rate=1000, burst=1000, name="down", timeout=T, clock=clock)
     assert (await lim.try_acquire()).allowed
     redis_server.kill()
     caplog.set_level(logging.INFO, logger="resilient.redis")
@@ -271,7 +277,7 @@ async def test_sigstop_slow_redis_times_out_and_recovers_after_sigcont(
 
 def test_sync_fail_open_and_inline_probe(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     clock = FakeClock()
-    lim = RedisRateLimiter(redis_server.url, rate=2, burst=2, name="sync-down", clock=clock)
+    lim = RedisRateLimiter(redis_server.url, rate=2, burst=2, name="sync-down", timeout=T, clock=clock)
     caplog.set_level(logging.WARNING, logger="resilient.redis")
     redis_server.kill()
     # Local state applies the same limit.
@@ -286,7 +292,7 @@ def test_sync_fail_open_and_inline_probe(redis_server: RedisServer, caplog: pyte
 
 async def test_redis_error_fails_open(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
     await rclient.rpush("resilient:rl:wrongtype", "x")  # the script's GET fails with WRONGTYPE
-    lim = RedisRateLimiter(redis_server.url, rate=1, burst=1, name="wrongtype")
+    lim = RedisRateLimiter(redis_server.url, rate=1, burst=1, name="wrongtype", timeout=T)
     with recording() as rec:
         assert (await lim.try_acquire()).allowed
     assert not lim.using_redis
@@ -297,7 +303,7 @@ async def test_redis_error_fails_open(redis_server: RedisServer, rclient: aiored
 
 async def test_credentials_never_logged(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     url = f"redis://admin:s3cr3t-pw@127.0.0.1:{redis_server.port}/0?password=s3cr3t-q"
-    lim = RedisRateLimiter(url, rate=1, name="auth")
+    lim = RedisRateLimiter(url, rate=1, name="auth", timeout=T)
     caplog.set_level(logging.DEBUG, logger="resilient.redis")
     with recording() as rec:
         assert (await lim.try_acquire()).allowed  # AUTH fails: the server has no such user
