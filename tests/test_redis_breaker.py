@@ -412,3 +412,69 @@ async def test_an_open_circuit_stays_open_when_redis_goes_away(redis_server: Red
     assert not cb.store.using_redis  # type: ignore[attr-defined]
     with pytest.raises(CircuitOpenError):
         await cb(ok)()
+
+
+# -- the window's running totals ----------------------------------------------------
+
+
+async def test_shared_ratio_window_stays_exact_across_bucket_rolls(redis_server: RedisServer) -> None:  # noqa: F811
+    # Buckets of 0.2 s: the calls below cross several bucket starts, each of which recounts the window.
+    opts = {"failure_ratio": 1.0, "minimum_throughput": 10**6, "sampling_duration": 2}
+    good = breaker(redis_server.url, name="rolls", sync_interval=0, **opts)
+    bad = breaker(redis_server.url, name="rolls", **opts)
+    start = time.monotonic()
+    failures = 0
+    for i in range(30):
+        if i % 3:
+            await good(ok)()
+        else:
+            await fail_n(bad, 1)
+            failures += 1
+        m = good.metrics
+        assert (m.calls, m.failures) == (i + 1, failures)
+        await asyncio.sleep(0.03)
+    if time.monotonic() - start > 1.5:
+        pytest.skip("machine too slow: the first calls may have left the 2 s window")
+    assert bad.state is CircuitState.CLOSED
+    # Every bucket leaves the window: nothing counted, and a new call starts from zero.
+    await asyncio.sleep(2.1)
+    assert good.metrics.calls == 0
+    await fail_n(bad, 1)
+    m = good.metrics
+    assert (m.calls, m.failures) == (1, 1)
+
+
+async def test_buckets_that_leave_the_window_are_subtracted(redis_server: RedisServer) -> None:  # noqa: F811
+    opts = {"failure_ratio": 0.5, "minimum_throughput": 4, "sampling_duration": 0.5}
+    good = breaker(redis_server.url, name="leave", sync_interval=0, **opts)
+    bad = breaker(redis_server.url, name="leave", **opts)
+    for _ in range(3):
+        await fail_n(bad, 1)
+        await asyncio.sleep(0.06)  # a new 50 ms bucket each time
+    assert bad.state is CircuitState.CLOSED  # 3 calls < minimum_throughput
+    await asyncio.sleep(0.6)  # those three leave the window
+    for _ in range(3):
+        await good(ok)()
+        await asyncio.sleep(0.06)
+    await fail_n(bad, 1)  # 1/4: had the old failures stayed, 4/7 would open it
+    assert bad.state is CircuitState.CLOSED
+    m = good.metrics
+    assert (m.calls, m.failures) == (4, 1)
+    await fail_n(bad, 1)
+    await fail_n(bad, 1)  # 3/6 in the window
+    assert bad.state is CircuitState.OPEN
+
+
+async def test_state_without_running_totals_is_recounted(
+    redis_server: RedisServer,  # noqa: F811
+    rclient: aioredis.Redis,
+) -> None:
+    # State written by an earlier version of the script has no running totals: the window is recounted.
+    opts = {"failure_ratio": 1.0, "minimum_throughput": 10**6, "sampling_duration": 10}
+    cb = breaker(redis_server.url, name="upgrade", sync_interval=0, **opts)
+    await fail_n(cb, 2)
+    await cb(ok)()
+    await rclient.hdel(cb.store.keys[0], "wi", "wc", "wf")  # type: ignore[attr-defined]
+    await fail_n(cb, 1)
+    m = cb.metrics
+    assert (m.calls, m.failures) == (4, 3)

@@ -46,26 +46,32 @@ width = tonumber(width); ho_max = tonumber(ho_max); ho_succ = tonumber(ho_succ);
 
 local function n(x) return string.format('%.0f', x) end
 
-local f = redis.call('HMGET', S, 'st', 'ep', 'since', 'until', 'fp', 'bd', 'prev', 'man', 'ps', 'cons', 'cc', 'cf')
+local f = redis.call('HMGET', S, 'st', 'ep', 'since', 'until', 'fp', 'bd', 'prev', 'man', 'ps', 'cons', 'cc', 'cf',
+  'wi', 'wc', 'wf')
 local st, ep, since, untl, fp, bd, prev, man, ps, cons, cc, cf
+-- The ratio window's running totals: wc calls and wf failures in the buckets
+-- (wi - nb, wi], wi the bucket of the last count. nil wi: unknown, rescan W.
+local wi, wc, wf
 -- dirty: rewrite the whole state; touched: only the counters changed.
 local dirty, touched, rolled = false, false, false
 if f[1] then
   st = f[1]; ep = tonumber(f[2]); since = tonumber(f[3]); untl = tonumber(f[4]); fp = tonumber(f[5])
   bd = tonumber(f[6]); prev = f[7]; man = tonumber(f[8]); ps = tonumber(f[9]); cons = tonumber(f[10])
   cc = tonumber(f[11]); cf = tonumber(f[12])
+  wi = tonumber(f[13]); wc = tonumber(f[14]) or 0; wf = tonumber(f[15]) or 0
 else
   -- A new (or expired) circuit: closed, with an epoch no earlier one used.
   st = 'closed'; ep = now; since = now; untl = -1; fp = 0; bd = 0; prev = ''; man = 0; ps = 0
-  cons = 0; cc = 0; cf = 0; dirty = true
+  cons = 0; cc = 0; cf = 0; wc = 0; wf = 0; dirty = true
 end
 -- A permit issued before this replica heard from Redis counts against the closed epoch.
 if pe < 0 and st == 'closed' then pe = ep end
 local changed, admitted = 0, 0
 local idx = math.floor(now / width)
 
-local function wsum()
-  if not ratio_mode then return cc, cf end
+-- The window's counts at bucket idx, read from W: the buckets in
+-- (idx - nb, idx], leaving out slot skip; also the bucket slot skip holds.
+local function wscan(skip)
   local fields = {}
   for s = 0, nb - 1 do
     fields[#fields + 1] = 'i' .. s; fields[#fields + 1] = 'c' .. s; fields[#fields + 1] = 'f' .. s
@@ -74,11 +80,11 @@ local function wsum()
   local c, fl = 0, 0
   for s = 0, nb - 1 do
     local i = tonumber(v[3 * s + 1])
-    if i and i > idx - nb then
+    if s ~= skip and i and i > idx - nb then
       c = c + tonumber(v[3 * s + 2]); fl = fl + tonumber(v[3 * s + 3])
     end
   end
-  return c, fl
+  return c, fl, tonumber(v[3 * skip + 1])
 end
 
 local function wadd(calls, fails)
@@ -87,15 +93,37 @@ local function wadd(calls, fails)
     return
   end
   local s = idx % nb
-  if tonumber(redis.call('HGET', W, 'i' .. s)) ~= idx then
-    redis.call('HSET', W, 'i' .. s, n(idx), 'c' .. s, calls, 'f' .. s, fails)
+  if wi ~= idx then
+    -- A new bucket (once per bucket width), or totals unknown: recount the
+    -- window from W, so the running totals never drift.
+    local c, fl, si = wscan(s)
+    wi = idx
+    if si == idx then
+      -- The bucket was started without running totals (an earlier script).
+      local v = redis.call('HMGET', W, 'c' .. s, 'f' .. s)
+      c = c + tonumber(v[1]); fl = fl + tonumber(v[2])
+      redis.call('HINCRBY', W, 'c' .. s, calls)
+      if fails > 0 then redis.call('HINCRBY', W, 'f' .. s, fails) end
+    else
+      redis.call('HSET', W, 'i' .. s, n(idx), 'c' .. s, calls, 'f' .. s, fails)
+    end
+    wc = c + calls; wf = fl + fails
     -- Expiries are refreshed once per bucket, not on every call.
     redis.call('PEXPIRE', W, math.ceil(width * nb / 1000) + 1000)
     rolled = true
   else
+    wc = wc + calls; wf = wf + fails
     redis.call('HINCRBY', W, 'c' .. s, calls)
     if fails > 0 then redis.call('HINCRBY', W, 'f' .. s, fails) end
   end
+  touched = true
+end
+
+local function wsum()
+  if not ratio_mode then return cc, cf end
+  if wi == idx then return wc, wf end
+  local c, fl = wscan(-1)
+  return c, fl
 end
 
 local function open_(nfp, dur, manual)
@@ -106,7 +134,7 @@ end
 
 local function close_(manual)
   prev = st; ep = ep + 1; st = 'closed'; since = now; untl = -1; fp = 0; man = manual; ps = 0
-  cons = 0; cc = 0; cf = 0; changed = 1; dirty = true
+  cons = 0; cc = 0; cf = 0; wi = nil; wc = 0; wf = 0; changed = 1; dirty = true
   redis.call('DEL', P, W)
 end
 
@@ -182,13 +210,22 @@ elseif op == 'transition' then
   end
 end
 
+local wis = ''
+if wi then wis = n(wi) end
 if dirty then
   redis.call('HSET', S, 'st', st, 'ep', n(ep), 'since', n(since), 'until', n(untl), 'fp', fp, 'bd', tostring(bd),
-    'prev', prev, 'man', man, 'ps', ps, 'cons', cons, 'cc', cc, 'cf', cf)
+    'prev', prev, 'man', man, 'ps', ps, 'cons', cons, 'cc', cc, 'cf', cf, 'wi', wis, 'wc', wc, 'wf', wf)
 elseif touched then
-  redis.call('HSET', S, 'cons', cons, 'cc', cc, 'cf', cf)
+  if ratio_mode then
+    redis.call('HSET', S, 'cons', cons, 'wi', wis, 'wc', wc, 'wf', wf)
+  else
+    redis.call('HSET', S, 'cons', cons, 'cc', cc, 'cf', cf)
+  end
 end
-if dirty or touched or rolled then
+-- In ratio mode a count that starts no bucket (not rolled) falls in the
+-- bucket whose start refreshed the expiry less than a bucket width ago, and
+-- ttl >= 2 sampling durations: no need to refresh it on every call.
+if dirty or rolled or (touched and not ratio_mode) then
   if st == 'isolated' then
     redis.call('PERSIST', S)
   else
@@ -239,7 +276,8 @@ class RedisBreakerStore:
     * Keys (``{prefix}cb:{name}:state``, ``...:window``, ``...:probes``; the
       name is a cluster hash tag) expire: the window after one sampling
       duration, the state after ``idle_ttl`` seconds without a write (plus
-      the remaining break). Only an isolated circuit persists until reset.
+      the remaining break; in ratio mode counted from the start of the last
+      window bucket written, at most ``sampling_duration / 10`` earlier). Only an isolated circuit persists until reset.
     * Fail open: when Redis is unreachable, slow (``timeout``) or errors,
       the store switches to an :class:`~resilient.breaker.InMemoryBreakerStore`
       (starting open if the circuit was open), logs one warning on
