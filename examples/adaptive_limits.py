@@ -1,0 +1,60 @@
+"""Adaptive limits: a concurrency limit that follows latency, and SRE-style client throttling.
+
+Run: python examples/adaptive_limits.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from resilient import AdaptiveConcurrency, AdaptiveThrottle, BulkheadFullError, RateLimitedError
+
+
+async def main() -> None:
+    # AIMD: the limit grows by one per good call and shrinks by 10 % when a
+    # call fails or is slower than the threshold.
+    limiter = AdaptiveConcurrency(initial_limit=10, max_limit=50, latency_threshold=0.02, name="search")
+    healthy = True
+
+    @limiter
+    async def search() -> str:
+        await asyncio.sleep(0.001 if healthy else 0.05)
+        return "ok"
+
+    async def burst(n: int) -> int:
+        results = await asyncio.gather(*(search() for _ in range(n)), return_exceptions=True)
+        return sum(isinstance(r, BulkheadFullError) for r in results)
+
+    for _ in range(20):
+        await burst(10)
+    print(f"healthy dependency: limit grew to {limiter.limit}")
+    healthy = False
+    for _ in range(5):
+        await burst(10)
+    print(f"slow dependency: limit shrank to {limiter.limit}")
+
+    # Google SRE client-side throttling: when the backend rejects most
+    # calls, the client rejects some locally instead of sending them.
+    throttle = AdaptiveThrottle(k=2.0, random=random.Random(1).random, name="backend")
+    rejects_everything = True
+
+    @throttle
+    async def call_backend() -> str:
+        if rejects_everything:
+            raise ConnectionError("backend over capacity")
+        return "ok"
+
+    sent = local = 0
+    for _ in range(200):
+        try:
+            await call_backend()
+        except RateLimitedError:
+            local += 1
+        except ConnectionError:
+            sent += 1
+    print(f"backend rejecting: {sent} calls sent, {local} rejected locally without a request")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
