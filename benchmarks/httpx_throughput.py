@@ -33,19 +33,15 @@ from typing import Any
 
 import httpx
 
+from resilient.asgi._common import serve_lifespan
 from resilient.httpx import AsyncResilientTransport
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The fast endpoint: ``200 ok`` for every HTTP request."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send)
+        return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
 

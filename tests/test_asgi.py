@@ -24,7 +24,7 @@ from resilient.asgi import (
     policy_snapshot,
     status_app,
 )
-from resilient.asgi._common import Message, Receive, Scope, Send
+from resilient.asgi._common import Message, Receive, Scope, Send, serve_lifespan
 from resilient.bulkhead import Bulkhead
 from resilient.deadline import deadline, remaining
 from resilient.policy import Policy
@@ -36,13 +36,8 @@ from tests.asgi_helpers import body_of, call, headers_of, http_scope, status_of
 async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
     """A trivial app that records nothing and answers 200."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send)
+        return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"ok"})
 

@@ -36,6 +36,21 @@ ScopePredicate = Callable[[Scope], bool]
 DEFAULT_EXEMPT_PATHS: tuple[str, ...] = ("/healthz", "/livez", "/readyz")
 
 
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """Answer a lifespan scope for an app that has nothing to start or stop.
+
+    For the few apps here that run on their own (the status app; test and
+    benchmark servers): the server then starts without a lifespan warning.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def json_response(
     status: int, payload: dict[str, Any], headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> tuple[Message, Message]:

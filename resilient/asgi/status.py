@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from resilient.asgi._common import ASGIApp, Receive, Scope, Send, json_response
+from resilient.asgi._common import ASGIApp, Receive, Scope, Send, json_response, serve_lifespan
 from resilient.policy import Policy, live_policies
 
 __all__ = ["policy_snapshot", "status_app"]
@@ -61,13 +61,8 @@ def status_app(policies: PolicySource | None = None) -> ASGIApp:
     async def resilience_status(scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if kind != "http":
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
