@@ -8,7 +8,9 @@ need it are skipped with a reason that says so.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -16,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -202,3 +204,17 @@ def redis_server() -> Iterator[RedisServer]:
     """A private redis-server for one test (skipped when the binary is missing)."""
     with running_redis() as server:
         yield server
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None:
+    """Poll a condition that a background task (a Redis probe) will make true."""
+    end = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The warnings logged on ``resilient.redis``."""
+    return [r for r in caplog.records if r.name == "resilient.redis" and r.levelno == logging.WARNING]

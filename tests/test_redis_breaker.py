@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from resilient.breaker import AsyncBreakerStore, CircuitBreaker, CircuitState
 from resilient.errors import CircuitOpenError
 from resilient.redis import RedisBreakerStore
 from resilient.testing import FakeClock, recording
-from tests.redis_helpers import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings  # noqa: F401 - fixture
 
 # Per-operation Redis timeout for tests that are not about slowness: generous, so that a loaded CI
 # machine never fails open by accident (the library default is 50 ms).
@@ -51,18 +51,6 @@ async def fail_n(cb: CircuitBreaker, n: int) -> None:
     for _ in range(n):
         with pytest.raises((ConnectionError, CircuitOpenError)):
             await guarded()
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    end = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
-def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "resilient.redis" and r.levelno == logging.WARNING]
 
 
 def run_workers(code: str, *args: str, n: int) -> list[str]:

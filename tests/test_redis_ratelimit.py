@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from resilient import RateLimitedError, events
 from resilient.deadline import deadline
 from resilient.redis import KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
 from resilient.testing import FakeClock, recording
-from tests.redis_helpers import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings  # noqa: F401 - fixture
 
 # Per-operation Redis timeout for tests that are not about slowness: generous, so that a loaded CI
 # machine never fails open by accident (the library default is 50 ms).
@@ -37,19 +37,6 @@ async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    """Poll a condition that a background task (a probe) will make true."""
-    end = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
-def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "resilient.redis" and r.levelno == logging.WARNING]
 
 
 # -- the algorithm ---------------------------------------------------------------
