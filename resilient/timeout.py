@@ -25,6 +25,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from resilient.clock import SYSTEM_CLOCK
+from resilient.deadline import Deadline
 from resilient.deadline import _current as _current_deadline
 from resilient.errors import TimeoutError
 from resilient.events import TIMEOUT, EventSite, Listener, Severity
@@ -37,6 +39,9 @@ def _fire(task: asyncio.Task[Any], fired: list[bool]) -> None:
     fired.append(True)
     task.cancel()
 
+
+# Deadlines set by Timeout are on the system clock, like the loop's timers.
+_now = SYSTEM_CLOCK.now
 
 # Entry states in a _TimerQueue.
 _RUNNING, _DONE, _FIRED = 0, 1, 2
@@ -104,12 +109,28 @@ class Timeout(Policy):
 
     Put one outside :class:`~resilient.Retry` for a total limit and one
     inside it for a per-attempt limit.
+
+    With ``set_deadline=True`` the call also runs under
+    ``deadline(seconds)``, so that what is inside sees the limit: a
+    :class:`~resilient.Retry` inside never starts a backoff that would
+    outlive it, and the httpx transport sends it downstream. (When an
+    earlier deadline is already in force, that one stays.)
     """
 
     policy_type = "timeout"
 
-    def __init__(self, seconds: float, *, name: str | None = None, listeners: Iterable[Listener] = ()) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        set_deadline: bool = False,
+        name: str | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
         super().__init__(name=name, listeners=listeners)
+        if not isinstance(set_deadline, bool):
+            raise TypeError(f"set_deadline must be a bool, got {set_deadline!r}")
+        self.set_deadline = set_deadline
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise TypeError(f"seconds must be a number, got {seconds!r}")
         if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
@@ -125,6 +146,7 @@ class Timeout(Policy):
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         seconds = self.seconds
+        set_deadline = self.set_deadline
         current = _current_deadline
         get_loop = asyncio.get_running_loop
         current_task = asyncio.current_task
@@ -180,9 +202,14 @@ class Timeout(Policy):
             queue.live += 1
             if queue.handle is None:
                 queue.handle = loop.call_at(entry[0], queue._fire)
+            # Our limit is the nearest one (a nearer deadline took the clamped
+            # path): publish it to what runs inside.
+            token = current.set(Deadline(_now() + seconds)) if set_deadline else None
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
+                if token is not None:
+                    current.reset(token)
                 fired = entry[2] == _FIRED
                 queue.done(entry)
                 # Only a cancellation that we requested, with no other request
@@ -190,6 +217,8 @@ class Timeout(Policy):
                 if fired and task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
                     raise self._expired(site, seconds, by_deadline=False) from exc
                 raise
+            if token is not None:
+                current.reset(token)
             if entry[2] == _RUNNING:
                 # queue.done(), inlined for the common case: the call finished
                 # first in line, before its timer.
@@ -219,4 +248,5 @@ class Timeout(Policy):
         return TimeoutError(msg, timeout=limit, policy=self.name)
 
     def __repr__(self) -> str:
-        return f"Timeout({self.seconds}, name={self.name!r})"
+        extra = ", set_deadline=True" if self.set_deadline else ""
+        return f"Timeout({self.seconds}{extra}, name={self.name!r})"

@@ -300,3 +300,60 @@ async def test_cancellation_while_queued_behind_others_propagates() -> None:
     second.cancel()
     with pytest.raises(asyncio.CancelledError):
         await second
+
+
+async def test_set_deadline_publishes_the_limit_inside_and_restores_it_after() -> None:
+    seen: list[float | None] = []
+
+    async def inner() -> None:
+        seen.append(resilient.remaining())
+
+    await Timeout(5, set_deadline=True)(inner)()
+    await Timeout(5)(inner)()
+    assert seen[0] is not None
+    assert 4.5 < seen[0] <= 5
+    assert seen[1] is None
+    assert resilient.remaining() is None
+
+
+async def test_set_deadline_keeps_a_nearer_outer_deadline() -> None:
+    seen: list[float | None] = []
+
+    async def inner() -> None:
+        seen.append(resilient.remaining())
+
+    with deadline(1):
+        await Timeout(5, set_deadline=True)(inner)()
+        assert resilient.remaining() is not None
+    assert seen[0] is not None
+    assert seen[0] <= 1
+
+
+async def test_set_deadline_stops_an_inner_retry_from_outliving_the_timeout() -> None:
+    clock = FakeClock(auto_advance=True)
+    calls = 0
+
+    async def fail() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError
+
+    guarded = resilient.Pipeline(Timeout(10, set_deadline=True), Retry(5, backoff=constant(20), clock=clock))(fail)
+    with pytest.raises(ConnectionError) as info:
+        await guarded()
+    assert calls == 1
+    assert "deadline" in info.value.__notes__[0]
+
+
+async def test_set_deadline_is_reset_when_the_call_fails() -> None:
+    async def boom() -> None:
+        raise KeyError
+
+    with pytest.raises(KeyError):
+        await Timeout(5, set_deadline=True)(boom)()
+    assert resilient.remaining() is None
+
+
+def test_set_deadline_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="set_deadline"):
+        Timeout(1, set_deadline="yes")  # type: ignore[arg-type]

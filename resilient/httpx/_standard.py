@@ -22,7 +22,7 @@ from resilient.httpx._rules import (
     http_retry,
     is_transient_error,
 )
-from resilient.policy import AsyncFn, AsyncWrapped, Pipeline, Policy, SyncFn
+from resilient.policy import Pipeline, Policy, SyncFn
 from resilient.ratelimit import RateLimiter
 from resilient.retry import RetryBudgetLike
 from resilient.timeout import Timeout
@@ -31,13 +31,12 @@ from resilient.timeout import Timeout
 
 
 class _DeadlineScope(Policy):
-    """Runs the call under ``deadline(seconds)``, so that what is inside sees it.
+    """Runs a synchronous call under ``deadline(seconds)``, so that what is inside sees it.
 
-    Placed just inside each timeout of the standard pipeline: the retry then
-    never starts a backoff that outlives the total timeout, and the attempt
-    sends downstream the time its caller will actually wait. Works for sync
-    calls too, where it is the only timeout there is (through httpx's own
-    timeouts, which the transport caps to the deadline).
+    The synchronous standard pipeline's stand-in for a timeout (a blocking
+    call cannot be interrupted): the retry never starts a backoff that
+    outlives it, and the transport caps httpx's own timeouts to it. Async
+    pipelines use ``Timeout(seconds, set_deadline=True)`` instead.
     """
 
     policy_type = "deadline"
@@ -46,24 +45,6 @@ class _DeadlineScope(Policy):
         super().__init__()
         self.seconds = float(seconds)
         self.clock = clock if clock is not None else SYSTEM_CLOCK
-
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        seconds = self.seconds
-        clock = self.clock
-        var = _current_deadline
-
-        async def scoped(*args: Any, **kwargs: Any) -> Any:
-            now = clock.now()
-            outer = var.get()
-            if outer is not None and outer.expires_at - outer.clock.now() <= seconds:
-                return await fn(*args, **kwargs)
-            token = var.set(Deadline(now + seconds, clock))
-            try:
-                return await fn(*args, **kwargs)
-            finally:
-                var.reset(token)
-
-        return scoped
 
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         seconds = self.seconds
@@ -87,15 +68,16 @@ class _DeadlineScope(Policy):
         return f"_DeadlineScope({self.seconds})"
 
 
-def deadline_timeout(seconds: float, *, name: str | None = None, clock: Clock | None = None) -> Pipeline:
+def deadline_timeout(seconds: float, *, name: str | None = None) -> Timeout:
     """A :class:`~resilient.Timeout` that also sets the deadline of what runs inside it.
 
     Use it instead of ``Timeout`` in custom pipelines under a resilient
     transport: the attempt then sends the time its caller will really wait
     in the deadline header (the standard pipeline does this already), and a
-    retry inside it never starts a backoff that would outlive it.
+    retry inside it never starts a backoff that would outlive it. It is
+    ``Timeout(seconds, set_deadline=True)``.
     """
-    return Pipeline(Timeout(seconds, name=name), _DeadlineScope(seconds, clock=clock))
+    return Timeout(seconds, set_deadline=True, name=name)
 
 
 # -- the standard pipeline --------------------------------------------------------
@@ -299,9 +281,10 @@ class StandardPipeline:
         if self.max_concurrent is not None:
             policies.append(Bulkhead(self.max_concurrent, max_queued=self.max_queued, name=nm("concurrency")))
         if self.total_timeout is not None:
-            if not sync:
-                policies.append(Timeout(self.total_timeout, name=nm("total timeout")))
-            policies.append(_DeadlineScope(self.total_timeout, clock=clock))
+            if sync:
+                policies.append(_DeadlineScope(self.total_timeout, clock=clock))
+            else:
+                policies.append(Timeout(self.total_timeout, set_deadline=True, name=nm("total timeout")))
         if self.rate is not None:
             # Inside the total timeout, so that waiting for a token is bounded by it.
             policies.append(
@@ -346,9 +329,10 @@ class StandardPipeline:
                 )
             )
         if self.attempt_timeout is not None:
-            if not sync:
-                policies.append(Timeout(self.attempt_timeout, name=nm("attempt timeout")))
-            policies.append(_DeadlineScope(self.attempt_timeout, clock=clock))
+            if sync:
+                policies.append(_DeadlineScope(self.attempt_timeout, clock=clock))
+            else:
+                policies.append(Timeout(self.attempt_timeout, set_deadline=True, name=nm("attempt timeout")))
         return Pipeline(*policies, name=f"{self.name} {host_key}" if _named else None, listeners=self.listeners)
 
     def __repr__(self) -> str:
