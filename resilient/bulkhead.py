@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import threading
 from collections import deque
@@ -106,8 +107,8 @@ class Bulkhead(Policy):
             ``None`` to wait as long as it takes. A queued async call never
             waits past the current :func:`~resilient.deadline` either.
         name: shown in errors, events and the status endpoint.
-        clock: time source for the async queue timeout (tests pass a
-            ``FakeClock``); threads always wait in real time.
+        clock: the clock the queue timeout runs on, for async callers and
+            threads alike (tests pass a ``FakeClock``).
         listeners: event listeners for this policy only.
 
     A call that finds no slot and no room in the queue, or whose wait
@@ -307,23 +308,11 @@ class Bulkhead(Policy):
             await fut
             return
         clock = self.clock
-        if clock is SYSTEM_CLOCK:
-            handle = asyncio.get_running_loop().call_later(limit, self._expire, w)
-            try:
-                await fut
-            finally:
-                handle.cancel()
-            return
-        # Any other clock (FakeClock in tests): a timer task on that clock.
-        timer = asyncio.ensure_future(self._expire_after(clock, limit, w))
+        handle = clock.call_at(clock.now() + limit, functools.partial(self._expire, w))
         try:
             await fut
         finally:
-            timer.cancel()
-
-    async def _expire_after(self, clock: Clock, delay: float, w: _Waiter) -> None:
-        await clock.asleep(delay)
-        self._expire(w)
+            handle.cancel()
 
     def _expire(self, w: _Waiter) -> None:
         with self._lock:
@@ -355,12 +344,23 @@ class Bulkhead(Policy):
         rem = _remaining()
         if rem is not None and (timeout is None or rem < timeout):
             timeout = max(rem, 0.0)
+        # The queue timeout is a timer on the policy's clock (on a timer
+        # thread: this thread blocks), which wakes the event as a grant does.
+        clock = self.clock
+        handle = (
+            None
+            if timeout is None
+            else clock.call_at(clock.now() + timeout, functools.partial(self._expire, w), threaded=True)
+        )
         try:
-            w.event.wait(timeout)
+            w.event.wait()
         except BaseException:  # KeyboardInterrupt in the waiting thread
             with self._lock:
                 self._abandon_locked(w)
             raise
+        finally:
+            if handle is not None:
+                handle.cancel()
         with self._lock:
             if w.state == _GRANTED:
                 return

@@ -17,11 +17,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from resilient.clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["Deadline", "current_deadline", "deadline", "remaining"]
+__all__ = [
+    "Deadline",
+    "DeadlineToken",
+    "current_deadline",
+    "deadline",
+    "narrow_deadline",
+    "remaining",
+    "reset_deadline",
+]
 
 
 class Deadline:
@@ -50,6 +58,29 @@ class Deadline:
 
 _current: ContextVar[Deadline | None] = ContextVar("resilient_deadline", default=None)
 
+#: What :func:`narrow_deadline` returns and :func:`reset_deadline` takes.
+DeadlineToken = Token[Deadline | None]
+
+
+def narrow_deadline(seconds: float, clock: Clock = SYSTEM_CLOCK) -> DeadlineToken:
+    """Put a deadline ``seconds`` from now in force, unless an earlier one already is.
+
+    The one place where "narrow the deadline, keep an earlier one" is
+    decided: :func:`deadline`, :class:`~resilient.Timeout` with
+    ``set_deadline=True``, the ASGI middleware and the httpx transport all
+    come here. Undo it with :func:`reset_deadline` (in a ``finally``). The
+    caller validates ``seconds``; this is the hot path of middleware.
+    """
+    outer = _current.get()
+    if outer is not None and outer.expires_at - outer.clock.now() <= seconds:
+        return _current.set(outer)
+    return _current.set(Deadline(clock.now() + seconds, clock))
+
+
+def reset_deadline(token: DeadlineToken) -> None:
+    """Restore the deadline that was in force before :func:`narrow_deadline` returned ``token``."""
+    _current.reset(token)
+
 
 @contextmanager
 def deadline(seconds: float, *, clock: Clock | None = None) -> Iterator[Deadline]:
@@ -59,20 +90,18 @@ def deadline(seconds: float, *, clock: Clock | None = None) -> Iterator[Deadline
     yielded): a callee can never extend its caller's deadline.
 
     Raises:
+        TypeError: ``seconds`` is not a number.
         ValueError: ``seconds`` is NaN or negative.
     """
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise TypeError(f"seconds must be a number, got {seconds!r}")
     if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"seconds must be >= 0, got {seconds!r}")
-    clk = clock if clock is not None else SYSTEM_CLOCK
-    new = Deadline(clk.now() + seconds, clk)
-    outer = _current.get()
-    if outer is not None and outer.remaining() <= seconds:
-        new = outer
-    token = _current.set(new)
+    token = narrow_deadline(seconds, clock if clock is not None else SYSTEM_CLOCK)
     try:
-        yield new
+        d = _current.get()
+        assert d is not None
+        yield d
     finally:
         _current.reset(token)
 

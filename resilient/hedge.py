@@ -19,10 +19,12 @@ unlike the other policies.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.events import HEDGE_FIRED, EventSite, Listener, Severity
 from resilient.policy import (
     AsyncFn,
@@ -36,6 +38,11 @@ from resilient.policy import (
 )
 
 __all__ = ["Hedge"]
+
+
+def _complete(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -55,6 +62,8 @@ class Hedge(Policy):
         on: exceptions that make an outcome bad (type, tuple or predicate).
         on_result: predicate flagging bad results.
         name: shown in events and status.
+        clock: the clock the hedging delay is measured on (tests pass a
+            ``FakeClock``).
         listeners: event listeners for this policy only.
 
     When every call fails, the last outcome is returned (a result) or
@@ -72,9 +81,13 @@ class Hedge(Policy):
         on: OnArg | None = Exception,
         on_result: Callable[[Any], bool] | None = None,
         name: str | None = None,
+        clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
     ) -> None:
         super().__init__(name=name, listeners=listeners)
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock (now/sleep/asleep/call_at), got {clock!r}")
+        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         if isinstance(delay, bool) or not isinstance(delay, int | float):
             raise TypeError(f"delay must be a number of seconds, got {delay!r}")
         if math.isnan(delay) or math.isinf(delay) or delay <= 0:
@@ -96,6 +109,7 @@ class Hedge(Policy):
         on_result = self._on_result
         delay = self.delay
         max_hedged = self.max_hedged
+        clock = self.clock
 
         async def hedge_call(*args: Any, **kwargs: Any) -> Any:
             loop = asyncio.get_running_loop()
@@ -105,8 +119,19 @@ class Hedge(Policy):
             last: Outcome[Any] | None = None
             try:
                 while True:
-                    timeout = delay if hedges_left > 0 else None
-                    done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    if hedges_left > 0:
+                        # The hedging delay, on the policy's clock: a future
+                        # that its timer completes.
+                        tick: asyncio.Future[None] = loop.create_future()
+                        handle = clock.call_at(clock.now() + delay, functools.partial(_complete, tick))
+                        try:
+                            done, _ = await asyncio.wait({*tasks, tick}, return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            handle.cancel()
+                            tick.cancel()
+                        done.discard(tick)
+                    else:
+                        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     launch_now = not done
                     for task in done:
                         tasks.discard(task)

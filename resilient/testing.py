@@ -8,31 +8,69 @@ collects the events policies emit.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import heapq
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from resilient import events as _events
 from resilient.events import ResilienceEvent
 
-__all__ = ["FakeClock", "RecordingListener", "recording"]
+__all__ = ["FakeClock", "FakeTimer", "RecordingListener", "recording"]
+
+
+class FakeTimer:
+    """A timer armed on a :class:`FakeClock`; it fires from :meth:`FakeClock.advance`."""
+
+    __slots__ = ("callback", "loop", "when")
+
+    def __init__(self, when: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop | None) -> None:
+        #: The fake time it fires at.
+        self.when = when
+        self.callback: Callable[[], object] | None = callback
+        self.loop = loop
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether it was cancelled or has already fired."""
+        return self.callback is None
+
+    def cancel(self) -> None:
+        """Stop the timer (no error if it already fired)."""
+        # Drop the callback at once, as SystemClock's timers do not keep
+        # what they refer to alive once cancelled.
+        self.callback = None
+
+    def __repr__(self) -> str:
+        state = "pending" if self.callback is not None else "done"
+        return f"FakeTimer(when={self.when}, {state})"
 
 
 class FakeClock:
     """A clock that moves only when told to (or, with ``auto_advance``, when slept on).
 
     * ``now()`` returns the fake time (starting at ``start``).
-    * ``advance(seconds)`` moves time forward and wakes every async sleeper
-      whose wake-up time has come.
+    * ``advance(seconds)`` moves time forward and fires, in time order,
+      every timer that comes due (waking the async sleepers among them).
     * ``await asleep(s)`` waits until ``advance`` reaches its wake-up time;
       with ``auto_advance=True`` it moves time forward by ``s`` itself and
       returns at once, so a retry with 30 s of backoff runs in microseconds.
     * ``sleep(s)`` (sync) always advances time by ``s``: a single thread
       cannot be woken by another ``advance``.
+    * ``call_at(when, callback)`` arms a timer, as every policy that times
+      out does: :class:`~resilient.Timeout`, :class:`~resilient.Hedge`,
+      :class:`~resilient.Bulkhead`'s queue timeout, the ASGI request
+      timeout. It fires when ``advance`` reaches ``when``: at once when
+      ``advance`` runs on the thread of the loop that armed it (so the next
+      ``await asyncio.sleep(0)`` lets the affected task run), through
+      ``call_soon_threadsafe`` for another loop's thread. It fires in an
+      empty :class:`contextvars.Context`, like the real clock's timers.
 
-    ``sleeps`` records every duration slept, in order.
+    ``sleeps`` records every duration slept, in order; ``pending_timers``
+    counts the timers not fired nor cancelled.
     """
 
     def __init__(self, start: float = 0.0, *, auto_advance: bool = False) -> None:
@@ -40,7 +78,8 @@ class FakeClock:
         self.auto_advance = auto_advance
         #: Every duration passed to ``sleep``/``asleep``, in call order.
         self.sleeps: list[float] = []
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._timers: list[tuple[float, int, FakeTimer]] = []
+        self._sleepers: set[asyncio.Future[None]] = set()
         self._seq = itertools.count()
         self._lock = threading.Lock()
 
@@ -48,29 +87,57 @@ class FakeClock:
         """The fake time."""
         return self._now
 
+    def call_at(self, when: float, callback: Callable[[], object], *, threaded: bool = False) -> FakeTimer:
+        """Arm a timer firing when fake time reaches ``when`` (see the class docs).
+
+        With ``threaded=True`` (or outside a loop) it fires on the thread
+        that calls :meth:`advance`.
+        """
+        loop: asyncio.AbstractEventLoop | None = None
+        if not threaded:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        timer = FakeTimer(float(when), callback, loop)
+        with self._lock:
+            heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
     def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds`` and wake the sleepers that are due."""
+        """Move time forward by ``seconds``, firing every timer that comes due, in order.
+
+        Time steps to each timer's moment before its callback runs, so a
+        callback that reads ``now()`` or arms another timer within the
+        advanced span sees what a real clock would have shown.
+        """
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
-        with self._lock:
-            self._now += seconds
-            due: list[asyncio.Future[None]] = []
-            while self._sleepers and self._sleepers[0][0] <= self._now:
-                due.append(heapq.heappop(self._sleepers)[2])
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        for fut in due:
-            if fut.done():
+        target = self._now + seconds
+        while True:
+            with self._lock:
+                timers = self._timers
+                while timers and timers[0][2].callback is None:
+                    heapq.heappop(timers)
+                if not timers or timers[0][0] > target:
+                    self._now = target
+                    return
+                timer = heapq.heappop(timers)[2]
+                if timer.when > self._now:
+                    self._now = timer.when
+            callback = timer.callback
+            timer.callback = None
+            if callback is None:  # pragma: no cover - cancelled by another thread just now
                 continue
-            loop = fut.get_loop()
-            if loop is running:
-                # Same thread: wake now, so one `await asyncio.sleep(0)` in the
-                # test lets the sleeper run.
-                fut.set_result(None)
-            else:
-                loop.call_soon_threadsafe(_wake, fut)
+            loop = timer.loop
+            if loop is None or loop is running:
+                contextvars.Context().run(callback)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(callback, context=contextvars.Context())
 
     def set(self, now: float) -> None:
         """Jump to the absolute time ``now`` (never backwards)."""
@@ -90,14 +157,24 @@ class FakeClock:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        with self._lock:
-            heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
-        await fut
+        timer = self.call_at(self._now + seconds, functools.partial(_wake, fut))
+        self._sleepers.add(fut)
+        try:
+            await fut
+        finally:
+            self._sleepers.discard(fut)
+            timer.cancel()
 
     @property
     def sleepers(self) -> int:
         """How many async sleepers are waiting."""
-        return sum(1 for _, _, f in self._sleepers if not f.done())
+        return sum(1 for f in self._sleepers if not f.done())
+
+    @property
+    def pending_timers(self) -> int:
+        """How many timers (sleepers included) have neither fired nor been cancelled."""
+        with self._lock:
+            return sum(1 for _, _, t in self._timers if t.callback is not None)
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now}, auto_advance={self.auto_advance})"

@@ -9,7 +9,9 @@ already passed is not started at all.
 It keeps :func:`asyncio.timeout`'s cancellation semantics (an outer
 ``task.cancel()`` is never turned into a timeout, ``Task.cancelling()`` and
 ``uncancel()`` are balanced) at a quarter of its cost: no context-manager
-object and no timer handle per call (see ``_TimerQueue``).
+object and no timer handle per call (one :class:`resilient.timers.TimerQueue`
+per policy and event loop). Its timers are its ``clock``'s, so
+:class:`resilient.testing.FakeClock` drives it in tests.
 
 Synchronous functions cannot be interrupted safely in Python, so wrapping
 one raises :class:`TypeError` at wrap time.
@@ -19,84 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 import weakref
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from resilient.clock import SYSTEM_CLOCK
-from resilient.deadline import Deadline
-from resilient.deadline import _current as _current_deadline
+from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.deadline import current_deadline, narrow_deadline, reset_deadline
 from resilient.errors import TimeoutError
 from resilient.events import TIMEOUT, EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
+from resilient.timers import FIRED, TimerQueue, arm
 
 __all__ = ["Timeout"]
-
-
-def _fire(task: asyncio.Task[Any], fired: list[bool]) -> None:
-    fired.append(True)
-    task.cancel()
-
-
-# Deadlines set by Timeout are on the system clock, like the loop's timers.
-_now = SYSTEM_CLOCK.now
-
-# Entry states in a _TimerQueue.
-_RUNNING, _DONE, _FIRED = 0, 1, 2
-# asyncio runs a timer up to one clock tick early; so do we, to avoid
-# rescheduling a timer for a moment that has, for the loop, already come.
-_SLACK = time.get_clock_info("monotonic").resolution
-
-
-class _TimerQueue:
-    """One event-loop timer for every in-flight call of one Timeout on one loop.
-
-    All calls of a Timeout share its duration, so their expiry times are
-    ordered like their start times: a FIFO queue holds them, and a single
-    ``loop.call_at`` handle is armed for the oldest running entry. A call
-    then costs a deque append and a state change instead of a ``TimerHandle``
-    allocation, a heap push and a cancellation (about 1.3 us on CPython).
-    Calls finishing out of order leave entries behind; they are dropped from
-    the head as soon as the head is done, and the queue is compacted when
-    more than half of it is dead.
-    """
-
-    __slots__ = ("__weakref__", "entries", "handle", "live", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.entries: deque[list[Any]] = deque()
-        self.handle: asyncio.TimerHandle | None = None
-        self.live = 0
-
-    def done(self, entry: list[Any]) -> None:
-        """Retire ``entry`` (any state) and drop dead entries from the head."""
-        if entry[2] == _RUNNING:
-            entry[2] = _DONE
-        self.live -= 1
-        entries = self.entries
-        while entries and entries[0][2] != _RUNNING:
-            entries.popleft()
-        if len(entries) > 2 * self.live + 64:
-            self.entries = deque(e for e in entries if e[2] == _RUNNING)
-
-    def _fire(self) -> None:
-        self.handle = None
-        now = self.loop.time() + _SLACK
-        entries = self.entries
-        while entries:
-            entry = entries[0]
-            if entry[2] != _RUNNING:
-                entries.popleft()
-                continue
-            if entry[0] > now:
-                self.handle = self.loop.call_at(entry[0], self._fire)
-                return
-            entries.popleft()
-            entry[2] = _FIRED
-            entry[1].cancel()
 
 
 class Timeout(Policy):
@@ -104,7 +40,9 @@ class Timeout(Policy):
 
     Args:
         seconds: the time limit, > 0 and finite.
+        set_deadline: also run the call under ``deadline(seconds)`` (see below).
         name: shown in errors, events and status.
+        clock: the clock its timers run on (tests pass a ``FakeClock``).
         listeners: event listeners for this policy only.
 
     Put one outside :class:`~resilient.Retry` for a total limit and one
@@ -125,6 +63,7 @@ class Timeout(Policy):
         *,
         set_deadline: bool = False,
         name: str | None = None,
+        clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
     ) -> None:
         super().__init__(name=name, listeners=listeners)
@@ -136,6 +75,21 @@ class Timeout(Policy):
         if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
             raise ValueError(f"seconds must be a finite number > 0, got {seconds!r}")
         self.seconds = float(seconds)
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock (now/sleep/asleep/call_at), got {clock!r}")
+        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        # One queue per event loop, shared by every function this policy
+        # wraps and every run(): a policy, not a wrapped function, owns its
+        # timer, so one-off run() calls do not leave a timer each behind.
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerQueue] = weakref.WeakKeyDictionary()
+        self._last: TimerQueue | None = None
+
+    def _queue(self, loop: asyncio.AbstractEventLoop) -> TimerQueue:
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = TimerQueue(self.clock, loop)
+        self._last = queue
+        return queue
 
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         raise TypeError(
@@ -147,94 +101,72 @@ class Timeout(Policy):
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         seconds = self.seconds
         set_deadline = self.set_deadline
-        current = _current_deadline
-        get_loop = asyncio.get_running_loop
+        clock = self.clock
+        now = clock.now
+        current = current_deadline
         current_task = asyncio.current_task
-        queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TimerQueue] = weakref.WeakKeyDictionary()
-        # The queue of the loop seen last: one attribute check per call instead
-        # of a weak-dictionary lookup.
-        last: list[_TimerQueue | None] = [None]
 
-        async def clamped_call(limit: float, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        async def clamped_call(limit: float, task: asyncio.Task[Any], args: Any, kwargs: Any) -> Any:
             # A deadline shortened this call's limit, so it cannot join the
-            # FIFO queue: give it a timer of its own.
-            loop = get_loop()
-            task = current_task(loop)
-            if task is None:  # pragma: no cover - awaited outside a task
-                raise RuntimeError("Timeout must be awaited inside an asyncio task")
+            # FIFO queue: it gets a timer of its own.
             cancelling = task.cancelling()
-            fired: list[bool] = []
-            handle = loop.call_at(loop.time() + limit, _fire, task, fired)
+            entry = [now() + limit, task, False]
+            handle = arm(clock, entry)
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 handle.cancel()
-                if fired and task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
+                entry[1] = None
+                if entry[FIRED] and task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
                     raise self._expired(site, limit, by_deadline=True) from exc
                 raise
             handle.cancel()
-            if fired:
+            entry[1] = None
+            if entry[FIRED]:
                 task.uncancel()
             return result
 
         async def timeout_call(*args: Any, **kwargs: Any) -> Any:
-            d = current.get()
+            task = current_task()
+            if task is None:  # pragma: no cover - awaited outside a task
+                raise RuntimeError("Timeout must be awaited inside an asyncio task")
+            d = current()
             if d is not None:
                 left = d.expires_at - d.clock.now()
                 if left < seconds:
                     if left <= 0:
                         raise self._expired(site, 0.0, by_deadline=True)
-                    return await clamped_call(left, args, kwargs)
-            task = current_task()
-            if task is None:  # pragma: no cover - awaited outside a task
-                raise RuntimeError("Timeout must be awaited inside an asyncio task")
+                    return await clamped_call(left, task, args, kwargs)
             loop = task.get_loop()
-            queue = last[0]
+            queue = self._last
             if queue is None or queue.loop is not loop:
-                queue = queues.get(loop)
-                if queue is None:
-                    queue = queues[loop] = _TimerQueue(loop)
-                last[0] = queue
+                queue = self._queue(loop)
             cancelling = task.cancelling()
-            # queue.push(), inlined: this is the whole per-call cost.
-            entry: list[Any] = [loop.time() + seconds, task, _RUNNING]
-            queue.entries.append(entry)
-            queue.live += 1
-            if queue.handle is None:
-                queue.handle = loop.call_at(entry[0], queue._fire)
+            # timers.expiry(), inlined: the one allocation of a timed call.
+            entry = [now() + seconds, task, False]
+            if not queue.push(entry):  # pragma: no cover - a clock that went backwards
+                return await clamped_call(seconds, task, args, kwargs)
             # Our limit is the nearest one (a nearer deadline took the clamped
             # path): publish it to what runs inside.
-            token = current.set(Deadline(_now() + seconds)) if set_deadline else None
+            token = narrow_deadline(seconds, clock) if set_deadline else None
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 if token is not None:
-                    current.reset(token)
-                fired = entry[2] == _FIRED
+                    reset_deadline(token)
                 queue.done(entry)
                 # Only a cancellation that we requested, with no other request
                 # pending, becomes a timeout; an outer cancel always wins.
-                if fired and task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
+                if entry[FIRED] and task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
                     raise self._expired(site, seconds, by_deadline=False) from exc
                 raise
             if token is not None:
-                current.reset(token)
-            if entry[2] == _RUNNING:
-                # queue.done(), inlined for the common case: the call finished
-                # first in line, before its timer.
-                entry[2] = _DONE
-                queue.live -= 1
-                entries = queue.entries
-                if entries[0] is entry and len(entries) == 1:
-                    entries.popleft()
-                else:
-                    queue.live += 1
-                    queue.done(entry)
-                return result
-            # The timer fired but the call finished anyway (it swallowed the
-            # cancellation): balance the cancel request we made.
-            task.uncancel()
+                reset_deadline(token)
             queue.done(entry)
+            if entry[FIRED]:
+                # The timer fired but the call finished anyway (it swallowed
+                # the cancellation): balance the cancel request we made.
+                task.uncancel()
             return result
 
         return timeout_call

@@ -225,15 +225,62 @@ async def test_queue_timeout_with_fake_clock(clock: FakeClock) -> None:
 
 
 async def test_queue_timeout_real_clock() -> None:
-    bh = Bulkhead(1, max_queued=1, queue_timeout=0.02)
+    # The system clock's loop timer (no timing asserted: that is FakeClock's job).
+    bh = Bulkhead(1, max_queued=1, queue_timeout=0.001)
     async with bh.acquire():
-        start = time.monotonic()
-        with pytest.raises(BulkheadFullError):
+        with pytest.raises(BulkheadFullError, match="waited"):
             async with bh.acquire():
                 pass  # pragma: no cover
-        assert time.monotonic() - start >= 0.015
     assert bh.running == 0
     assert bh.queued == 0
+
+
+def test_sync_queue_timeout_runs_on_the_fake_clock(clock: FakeClock) -> None:
+    bh = Bulkhead(1, max_queued=1, queue_timeout=5.0, clock=clock)
+    errors: list[BaseException] = []
+
+    def queued() -> None:
+        try:
+            with bh.acquire_sync():
+                pass  # pragma: no cover
+        except BulkheadFullError as exc:
+            errors.append(exc)
+
+    with bh.acquire_sync():
+        thread = threading.Thread(target=queued)
+        thread.start()
+        for _ in range(1000):
+            if bh.queued:
+                break
+            time.sleep(0.001)
+        assert bh.queued == 1
+        clock.advance(4.9)
+        thread.join(0.05)
+        assert thread.is_alive()  # not before its time
+        clock.advance(0.1)
+        thread.join(5)
+        assert not thread.is_alive()
+    assert len(errors) == 1
+    assert "waited 5 s" in str(errors[0])
+    assert bh.running == 0
+    assert bh.queued == 0
+    assert clock.pending_timers == 0
+
+
+def test_sync_queue_timeout_real_clock_on_the_timer_thread() -> None:
+    bh = Bulkhead(1, max_queued=1, queue_timeout=0.001)
+    with bh.acquire_sync(), pytest.raises(BulkheadFullError, match="waited"), bh.acquire_sync():
+        pass  # pragma: no cover
+    assert bh.running == 0
+    assert bh.queued == 0
+
+
+async def test_sync_wait_inside_a_running_loop_does_not_wait_on_that_loop() -> None:
+    # Sync code called from a coroutine blocks its loop: its queue timer must
+    # not be a loop timer, or it would never fire.
+    bh = Bulkhead(1, max_queued=1, queue_timeout=0.001)
+    with bh.acquire_sync(), pytest.raises(BulkheadFullError), bh.acquire_sync():
+        pass  # pragma: no cover
 
 
 async def test_granted_before_timeout_runs(clock: FakeClock) -> None:
@@ -249,14 +296,20 @@ async def test_granted_before_timeout_runs(clock: FakeClock) -> None:
     assert bh.rejected == 0
 
 
-async def test_queued_wait_is_capped_by_deadline() -> None:
-    bh = Bulkhead(1, max_queued=1, queue_timeout=30)
-    async with bh.acquire():
-        start = time.monotonic()
-        with deadline(0.02), pytest.raises(BulkheadFullError):
+async def test_queued_wait_is_capped_by_deadline(clock: FakeClock) -> None:
+    bh = Bulkhead(1, max_queued=1, queue_timeout=30, clock=clock)
+
+    async def queued() -> None:
+        with deadline(0.02, clock=clock):
             async with bh.acquire():
                 pass  # pragma: no cover
-        assert time.monotonic() - start < 5
+
+    async with bh.acquire():
+        waiter = asyncio.create_task(queued())
+        await _settle()
+        clock.advance(0.02)
+        with pytest.raises(BulkheadFullError, match=r"waited 0\.02 s"):
+            await waiter
     assert bh.running == 0
     assert bh.queued == 0
 

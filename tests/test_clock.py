@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
+import threading
+import weakref
 
 import pytest
 
@@ -78,3 +82,128 @@ async def test_cancelled_sleeper_does_not_break_advance() -> None:
     clock.advance(10)
     await asyncio.sleep(0)
     assert clock.sleepers == 0
+
+
+# -- timers ------------------------------------------------------------------
+
+_ctx: contextvars.ContextVar[str] = contextvars.ContextVar("ctx", default="empty")
+
+
+async def test_system_clock_timer_runs_on_the_loop_in_an_empty_context() -> None:
+    fired = asyncio.Event()
+    seen: list[str] = []
+    _ctx.set("caller")
+
+    def callback() -> None:
+        seen.append(_ctx.get())
+        fired.set()
+
+    SYSTEM_CLOCK.call_at(SYSTEM_CLOCK.now(), callback)
+    await fired.wait()
+    assert seen == ["empty"]
+
+
+async def test_system_clock_timer_can_be_cancelled() -> None:
+    seen: list[int] = []
+    handle = SYSTEM_CLOCK.call_at(SYSTEM_CLOCK.now(), lambda: seen.append(1))
+    handle.cancel()
+    done = asyncio.Event()
+    SYSTEM_CLOCK.call_at(SYSTEM_CLOCK.now(), done.set)
+    await done.wait()
+    assert seen == []
+
+
+def test_system_clock_threaded_timer_fires_on_the_timer_thread() -> None:
+    fired = threading.Event()
+    threads: list[str] = []
+    seen: list[str] = []
+    _ctx.set("caller")
+
+    def callback() -> None:
+        threads.append(threading.current_thread().name)
+        seen.append(_ctx.get())
+        fired.set()
+
+    SYSTEM_CLOCK.call_at(SYSTEM_CLOCK.now(), callback, threaded=True)
+    assert fired.wait(5)
+    assert threads == ["resilient-timers"]
+    assert seen == ["empty"]
+
+
+def test_threaded_timers_fire_in_time_order_and_survive_a_raising_callback(caplog: pytest.LogCaptureFixture) -> None:
+    order: list[int] = []
+    done = threading.Event()
+    now = SYSTEM_CLOCK.now()
+
+    def boom() -> None:
+        raise RuntimeError("timer bug")
+
+    def last() -> None:
+        order.append(3)
+        done.set()
+
+    SYSTEM_CLOCK.call_at(now + 0.002, last, threaded=True)
+    SYSTEM_CLOCK.call_at(now, lambda: order.append(1), threaded=True)
+    SYSTEM_CLOCK.call_at(now + 0.001, boom, threaded=True)
+    cancelled = SYSTEM_CLOCK.call_at(now + 0.001, lambda: order.append(99), threaded=True)
+    cancelled.cancel()
+    assert done.wait(5)
+    assert order == [1, 3]
+    assert "timer callback" in caplog.text
+
+
+def test_a_cancelled_timer_lets_go_of_its_callback() -> None:
+    class Owner:
+        def cb(self) -> None:
+            pass  # pragma: no cover
+
+    owner = Owner()
+    ref = weakref.ref(owner)
+    handle = SYSTEM_CLOCK.call_at(SYSTEM_CLOCK.now() + 3600, owner.cb, threaded=True)
+    handle.cancel()
+    del owner
+    gc.collect()
+    assert ref() is None
+
+
+def test_fake_timers_fire_in_order_as_time_steps_to_each() -> None:
+    clock = FakeClock(start=10)
+    seen: list[tuple[str, float]] = []
+    clock.call_at(13, lambda: seen.append(("c", clock.now())))
+    clock.call_at(11, lambda: seen.append(("a", clock.now())))
+    # A timer armed by a timer, within the advanced span, fires in the same advance.
+    clock.call_at(12, lambda: clock.call_at(12.5, lambda: seen.append(("b", clock.now()))))
+    t = clock.call_at(12, lambda: seen.append(("x", clock.now())))
+    t.cancel()
+    assert clock.pending_timers == 3
+    clock.advance(5)
+    assert seen == [("a", 11), ("b", 12.5), ("c", 13)]
+    assert clock.now() == 15
+    assert clock.pending_timers == 0
+
+
+async def test_fake_timer_armed_on_a_loop_fires_on_that_loop_when_advanced_from_another_thread() -> None:
+    clock = FakeClock()
+    fired = asyncio.Event()
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def callback() -> None:
+        threads.append(threading.get_ident())
+        fired.set()
+
+    clock.call_at(1, callback)
+    advancer = threading.Thread(target=clock.advance, args=(1,))
+    advancer.start()
+    advancer.join()
+    await fired.wait()
+    assert threads == [loop_thread]
+
+
+def test_fake_threaded_timer_fires_on_the_advancing_thread() -> None:
+    clock = FakeClock()
+    seen: list[str] = []
+    _ctx.set("caller")
+    clock.call_at(1, lambda: seen.append(_ctx.get()), threaded=True)
+    clock.advance(1)
+    assert seen == ["empty"]
