@@ -22,13 +22,18 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 from resilient.events import EventSite, Listener, _duration_listeners
 
 __all__ = [
+    "AsyncFn",
+    "AsyncWrapped",
     "ExceptionPredicate",
     "Outcome",
     "Pipeline",
     "Policy",
     "ResultPredicate",
+    "SyncFn",
     "exception_predicate",
+    "is_async_callable",
     "live_policies",
+    "operation_name",
     "result_predicate",
 ]
 
@@ -36,8 +41,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
+#: An async function a policy wraps.
 AsyncFn = Callable[..., Awaitable[Any]]
+#: What :meth:`Policy.build_async` returns: an ``async def`` with the wrapped function's signature.
 AsyncWrapped = Callable[..., Coroutine[Any, Any, Any]]
+#: A synchronous function a policy wraps, and what :meth:`Policy.build_sync` returns.
 SyncFn = Callable[..., Any]
 
 ExceptionPredicate = Callable[[Exception], bool]
@@ -118,7 +126,8 @@ def result_predicate(on_result: Callable[[Any], bool] | None, *, param: str = "o
     return on_result
 
 
-def _is_async_callable(fn: Callable[..., Any]) -> bool:
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` returns an awaitable: a coroutine function or an object with an async ``__call__``."""
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
@@ -136,17 +145,43 @@ def _check_callable(fn: Any, policy: Policy) -> None:
         )
 
 
-def _operation_name(fn: Callable[..., Any]) -> str:
+def operation_name(fn: Callable[..., Any]) -> str:
+    """The operation name events report for ``fn``: its qualified name."""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     return name if isinstance(name, str) else type(fn).__qualname__
 
 
 class Policy:
-    """Base class of every policy.
+    """Base class of every policy, and the public way to write your own.
 
-    Subclasses implement :meth:`_wrap_async` and, when they can work without
-    an event loop, :meth:`_wrap_sync`. Both are called once per wrapped
-    function and must return closures whose success path does O(1) work.
+    A policy is built once per wrapped function: :meth:`build` decides,
+    once, whether the function is a coroutine function and calls
+    :meth:`build_async` or :meth:`build_sync`, which return the closure that
+    runs on every call. Write a policy by overriding those two (or only
+    :meth:`build_async`; a policy that cannot work synchronously leaves
+    :meth:`build_sync` raising its :class:`TypeError` at wrap time)::
+
+        class CountCalls(Policy):
+            policy_type = "count_calls"
+
+            def __init__(self, *, name=None):
+                super().__init__(name=name)
+                self.calls = 0
+
+            def build_async(self, fn, site):
+                async def call(*args, **kwargs):
+                    self.calls += 1
+                    return await fn(*args, **kwargs)
+
+                return call
+
+    The closure's success path should do O(1) work: read options into
+    locals in ``build_*``, not on every call; report what is notable with
+    :meth:`emit` (which costs nothing when nobody listens). ``site`` (an
+    :class:`~resilient.events.EventSite`) says which pipeline and operation
+    the closure serves. Integrations (a transport, a registry) that hold a
+    policy and a function call :meth:`build` directly. See
+    ``docs/extending.md``.
     """
 
     #: The kind of policy, used in events (``"retry"``, ``"timeout"``...).
@@ -175,8 +210,8 @@ class Policy:
                 guard a synchronous function and ``fn`` is one.
         """
         _check_callable(fn, self)
-        site = EventSite(operation=_operation_name(fn))
-        wrapped = self._wrap(fn, site, _is_async_callable(fn))
+        site = EventSite(operation=operation_name(fn))
+        wrapped = self.build(fn, site, is_async_callable(fn))
         if wrapped is not fn:
             functools.update_wrapper(wrapped, fn)
         return cast("Callable[P, R]", wrapped)
@@ -186,40 +221,76 @@ class Policy:
     async def run(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one call of the async ``fn`` under this policy."""
         _check_callable(fn, self)
-        wrapped = self._wrap(fn, EventSite(operation=_operation_name(fn)), True)
+        wrapped = self.build(fn, EventSite(operation=operation_name(fn)), True)
         return cast(T, await wrapped(*args, **kwargs))
 
     def run_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one call of the synchronous ``fn`` under this policy."""
         _check_callable(fn, self)
-        if _is_async_callable(fn):
+        if is_async_callable(fn):
             raise TypeError(f"{type(self).__name__}.run_sync() needs a synchronous function; use `await run(...)`")
-        wrapped = self._wrap(fn, EventSite(operation=_operation_name(fn)), False)
+        wrapped = self.build(fn, EventSite(operation=operation_name(fn)), False)
         return cast(T, wrapped(*args, **kwargs))
 
     def status(self) -> dict[str, Any] | None:
         """A JSON-able snapshot of the policy's state, or ``None`` if stateless."""
         return None
 
-    # -- for subclasses ------------------------------------------------------
+    # -- the extension point -------------------------------------------------
 
-    def _wrap(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+    def build(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+        """The closure guarding ``fn`` at ``site``: :meth:`build_async` or :meth:`build_sync`.
+
+        Called once per wrapped function (by :meth:`wrap`, by a
+        :class:`Pipeline` for each of its policies, by integrations); no
+        validation, no metadata copying: that is :meth:`wrap`'s job.
+        """
         if is_async:
-            return self._wrap_async(fn, site)
+            return self.build_async(fn, site)
+        return self.build_sync(fn, site)
+
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """Return the ``async def`` that runs each call of the async ``fn``; override it."""
+        return self._wrap_async(fn, site)
+
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """Return the function that runs each call of the synchronous ``fn``.
+
+        The default refuses at wrap time with a :class:`TypeError`: override
+        it when the policy can work without an event loop.
+        """
         return self._wrap_sync(fn, site)
 
+    def emit(self, site: EventSite, name: str, severity: Any, **fields: Any) -> None:
+        """Report an event from this policy at ``site``, if anybody listens.
+
+        ``fields`` are those of :meth:`EventSite.emit` (``attempt``,
+        ``duration``, ``exception``, ``extras``). Costs one truth test when
+        nobody listens; call it on notable paths only.
+        """
+        if site.enabled(self.listeners):
+            site.emit(self.listeners, name, severity, self.policy_type, self.name, **fields)
+
+    def label(self) -> str:
+        """How errors and logs name this policy: ``"Retry 'orders'"``, or the class name."""
+        return f"{type(self).__name__} {self.name!r}" if self.name else type(self).__name__
+
+    # -- the names of the first wave, kept for subclasses written against them
+
+    def _wrap(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+        return self.build(fn, site, is_async)
+
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement build_async()")
 
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         raise TypeError(f"{type(self).__name__} works only with async functions")
 
     def _emit(self, site: EventSite, name: str, severity: Any, **fields: Any) -> None:
-        if site.enabled(self.listeners):
-            site.emit(self.listeners, name, severity, self.policy_type, self.name, **fields)
+        self.emit(site, name, severity, **fields)
 
     def _label(self) -> str:
-        return f"{type(self).__name__} {self.name!r}" if self.name else type(self).__name__
+        return self.label()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -257,11 +328,12 @@ class Pipeline(Policy):
     def __getitem__(self, index: int | slice) -> Policy | tuple[Policy, ...]:
         return self._policies[index]
 
-    def _wrap(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+    def build(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+        """Fold the policies around ``fn``, innermost first; see :meth:`Policy.build`."""
         inner_site = site.child(self.name, self.listeners)
         wrapped = fn
         for policy in reversed(self._policies):
-            wrapped = policy._wrap(wrapped, inner_site, is_async)
+            wrapped = policy.build(wrapped, inner_site, is_async)
         if not self._policies:
             return fn
         return _timed_async(wrapped, inner_site) if is_async else _timed_sync(wrapped, inner_site)
@@ -305,3 +377,8 @@ def _timed_sync(inner: SyncFn, site: EventSite) -> SyncFn:
         return result
 
     return pipeline_call
+
+
+# The first wave's private spellings, until every module uses the public ones.
+_operation_name = operation_name
+_is_async_callable = is_async_callable

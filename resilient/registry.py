@@ -284,7 +284,7 @@ class _Reloadable(Policy):
     def _current(self, fn: Any, site: EventSite, is_async: bool) -> tuple[int, Any]:
         registry = self._registry
         generation = registry.generation
-        return generation, registry.pipeline(self._pipeline_name)._wrap(fn, site, is_async)
+        return generation, registry.pipeline(self._pipeline_name).build(fn, site, is_async)
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         registry = self._registry
