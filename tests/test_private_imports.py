@@ -80,7 +80,7 @@ def violations() -> set[tuple[str, str]]:
         modules: dict[str, str] = {}  # local name -> resilient module it is bound to
         targets: list[str] = []
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("resilient") and not node.level:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resilient") and not node.level:
                 for alias in node.names:
                     full = f"{node.module}.{alias.name}"
                     targets.append(full)
@@ -95,9 +95,13 @@ def violations() -> set[tuple[str, str]]:
                         if alias.asname:
                             modules[alias.asname] = alias.name
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
-                if _is_private(node.attr):
-                    targets.append(f"{modules[node.value.id]}.{node.attr}")
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and _is_private(node.attr)
+            ):
+                targets.append(f"{modules[node.value.id]}.{node.attr}")
         for target in targets:
             hit = _private_target(target)
             if hit is not None and not _allowed(here, here_pkg, hit[0]):
