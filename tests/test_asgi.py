@@ -107,6 +107,41 @@ def test_forwarded_header_rfc7239() -> None:
     assert key(scope) == "10.0.0.1"
 
 
+def test_forwarded_header_budget_is_spent_from_the_right() -> None:
+    # Issue 14, item 1: the 8 KiB read of the forwarded headers keeps what our
+    # proxies appended (the right) and cuts what the client wrote (the left).
+    key = ClientIP(trusted_proxies=["10.0.0.0/8"])
+    padding = "198.51.100.1, " * 600  # ~8.4 KiB
+    # HAProxy style: the client's own lines first, the proxy's line last.
+    for client_lines in ([padding + "6.6.6.6"], ["6.6.6.6"] * 2000, [padding[:8180] + "6.6.6.6"]):
+        headers = [("x-forwarded-for", line) for line in client_lines] + [("x-forwarded-for", "203.0.113.9")]
+        assert key(http_scope(client=("10.0.0.2", 1), headers=headers)) == "203.0.113.9"
+    # nginx style: one merged line, the proxy's entry at its right end.
+    merged = http_scope(client=("10.0.0.2", 1), headers=[("x-forwarded-for", padding + "6.6.6.6, 203.0.113.9")])
+    assert key(merged) == "203.0.113.9"
+    # Cut while still among trusted hops: the last trusted proxy, never the
+    # piece the cut leaves (here "23.4.5.6" of "123.4.5.6").
+    value = "123.4.5.6," + " " * 8175 + "10.0.0.7"
+    assert len(value) == 8192 + 1
+    assert key(http_scope(client=("10.0.0.2", 1), headers=[("x-forwarded-for", value)])) == "10.0.0.7"
+    # Forwarded, both styles, and a client-written unbalanced quote or a cut inside a quoted string.
+    fwd = ClientIP(trusted_proxies=["10.0.0.0/8"], header="forwarded")
+    client_parts = [
+        "for=198.51.100.1, " * 500 + "for=6.6.6.6",
+        'for="' + "x" * 9000,
+        'for="[2001:db8::1]";by="' + "a,b;" * 2500 + '"',
+        'for="a\\"b, for=6.6.6.6',
+    ]
+    for part in client_parts:
+        appended = [("forwarded", part), ("forwarded", "for=203.0.113.9;proto=https")]
+        assert fwd(http_scope(client=("10.0.0.2", 1), headers=appended)) == "203.0.113.9", part[:40]
+        merged_fwd = [("forwarded", part + ", for=203.0.113.9;proto=https")]
+        assert fwd(http_scope(client=("10.0.0.2", 1), headers=merged_fwd)) == "203.0.113.9", part[:40]
+    # Quoted nodes and escaped quotes on the right are still read.
+    quoted = [("forwarded", 'for="_x\\"y", for="[2001:db8:cafe::17]:4711";by="p\\"q"')]
+    assert fwd(http_scope(client=("10.0.0.2", 1), headers=quoted)) == "2001:db8:cafe::/64"
+
+
 def test_xff_parsing_helper() -> None:
     assert parse_x_forwarded_for(["a, b", "c"]) == ["a", "b", "c"]
 

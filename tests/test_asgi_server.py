@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from resilient.asgi import LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
+from resilient.asgi import ClientIP, LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
 from resilient.bulkhead import Bulkhead
 from tests.asgi_helpers import Probe, make_app, serve
 
@@ -166,3 +166,44 @@ async def test_deadline_from_async_resilient_transport_reaches_the_handler() -> 
     assert 0 < inside.json()["remaining"] <= 1.5
     # Without a caller deadline, the request timeout is the handler's deadline.
     assert 1.5 < outside.json()["remaining"] <= 5
+
+
+def _padded(header: str, own_entry: str) -> str:
+    """A client-written forwarded header of 8,190 bytes ending in an address the client chose.
+
+    Just under the 8 KiB the middleware reads: with the proxy's entry added
+    the forwarded headers are over it.
+    """
+    unit = "198.51.100.1, " if header == "x-forwarded-for" else "for=198.51.100.1, "
+    entry = own_entry if header == "x-forwarded-for" else f"for={own_entry}"
+    count, rest = divmod(8190 - len(entry), len(unit))
+    value = unit * count + " " * rest + entry
+    assert len(value) == 8190
+    return value
+
+
+@pytest.mark.parametrize("style", ["append", "merge"])
+@pytest.mark.parametrize("header", ["x-forwarded-for", "forwarded"])
+async def test_an_oversized_forwarded_header_cannot_choose_or_share_the_rate_limit_key(style: str, header: str) -> None:
+    # Issue 14, item 1. Behind a proxy that appends its own line (HAProxy),
+    # the client's ~8 KiB line used to fill the budget and the proxy's line
+    # was dropped: the client chose its key on every request. Behind a proxy
+    # that merges into one line (nginx), the whole line was dropped and the
+    # client was keyed as the proxy, sharing one bucket with everyone.
+    from tests.asgi_helpers import ForwardingProxy
+
+    probe = Probe()
+    key = ClientIP(["127.0.0.1"], header=header)  # type: ignore[arg-type]
+    mw = RateLimit(make_app(probe), rate=1, per=60, key=key)
+    codes: dict[str, list[int]] = {}
+    with serve(mw) as host, ForwardingProxy(host, header=header, style=style).running() as proxy:  # type: ignore[arg-type]
+        for client_ip in ("127.0.0.2", "127.0.0.3"):
+            transport = httpx.AsyncHTTPTransport(local_address=client_ip)
+            async with httpx.AsyncClient(transport=transport, base_url=f"http://{proxy}", timeout=10) as client:
+                codes[client_ip] = [
+                    (await client.get("/work", headers={header: _padded(header, f"203.0.113.{i}")})).status_code
+                    for i in range(10)
+                ]
+    # Each client is keyed by its own address, whatever it writes.
+    assert codes == {"127.0.0.2": [200] + [429] * 9, "127.0.0.3": [200] + [429] * 9}
+    assert probe.calls == 2
