@@ -395,7 +395,35 @@ def test_policy_header_window_is_the_refill_time() -> None:
     assert RateLimit(ok_app, rate=100, per=60, policy_name='per "minute"')._policy_header(100) == (
         b'"per \\"minute\\"";q=100;w=60'
     )
-    assert RateLimit(ok_app, rate=3, per=1)._policy_header(5) == b'"default";q=5;w=2'
+    # 5 tokens refill in 5/3 s, not a whole window: the rate itself, 3 per second.
+    assert RateLimit(ok_app, rate=3, per=1)._policy_header(5) == b'"default";q=3;w=1'
+
+
+@pytest.mark.parametrize(
+    ("rate", "per", "burst"),
+    [(20, 1, 30), (3, 1, 5), (10, 1, 1), (5, 60, 7), (0.3, 1, 2), (7, 3600, 10), (20, 1, 40), (2.5, 1, None)],
+)
+async def test_rate_limit_policy_never_advertises_less_than_is_enforced(
+    rate: float, per: float, burst: int | None
+) -> None:
+    # Issue 14, item 27: rate=20, burst=30 used to send q=30;w=2 (15/s) while
+    # 20/s was enforced. A client pacing itself by q/w must get its whole quota.
+    clock = FakeClock()
+    mw = RateLimit(ok_app, rate=rate, per=per, burst=burst, headers_on_success=True, clock=clock, name=None)
+    first = await call(mw, http_scope())
+    policy = dict(p.split("=") for p in headers_of(first)["ratelimit-policy"].split(";")[1:])
+    q, w = int(policy["q"]), int(policy["w"])
+    assert q >= 1
+    assert w >= 1
+    assert q / w == pytest.approx(rate / per)
+    # Evenly paced at q per w seconds, from the second window on (the first
+    # request spent a token), for five windows: never refused.
+    clock.advance(w)
+    codes = []
+    for _ in range(5 * q):
+        clock.advance(w / q)
+        codes.append(status_of(await call(mw, http_scope())))
+    assert codes == [200] * (5 * q)
 
 
 # -- LoadShedding -------------------------------------------------------------
