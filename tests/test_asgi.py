@@ -551,6 +551,40 @@ async def test_queue_timeout_gives_503() -> None:
     await first
 
 
+def _queued_deadline_chain(app: Any, clock: FakeClock) -> Any:
+    return Deadline(LoadShedding(app, max_concurrent=1, max_queued=1, name=None, clock=clock), clock=clock)
+
+
+def _queued_deadline_fused(app: Any, clock: FakeClock) -> Any:
+    return ResilienceMiddleware(app, max_concurrent=1, max_queued=1, clock=clock)
+
+
+@pytest.mark.parametrize("build_queued", [_queued_deadline_chain, _queued_deadline_fused], ids=["chain", "fused"])
+async def test_caller_deadline_expiring_in_the_queue_is_a_504_not_a_503(build_queued: Any) -> None:
+    # Issue 14, item 28: the request waited for a slot until its caller's
+    # deadline passed; that is "deadline exceeded", not "overloaded".
+    clock = FakeClock()
+    gate = asyncio.Event()
+    mw = build_queued(gate_app(gate), clock)
+    first = asyncio.create_task(call(mw, http_scope()))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(call(mw, http_scope(headers=[("x-resilient-deadline", "2")])))
+    await asyncio.sleep(0.01)
+    clock.advance(2.5)
+    sent = await asyncio.wait_for(queued, 5)
+    assert status_of(sent) == 504
+    assert json.loads(body_of(sent)) == {"error": "deadline_exceeded"}
+    assert "retry-after" not in headers_of(sent)
+    # A full queue is still "overloaded", deadline or not.
+    waiting = asyncio.create_task(call(mw, http_scope(headers=[("x-resilient-deadline", "5")])))
+    await asyncio.sleep(0.01)
+    refused = await call(mw, http_scope(headers=[("x-resilient-deadline", "5")]))
+    assert status_of(refused) == 503
+    gate.set()
+    assert status_of(await first) == 200
+    assert status_of(await waiting) == 200
+
+
 async def test_custom_limiter_sees_the_apps_exception() -> None:
     class Limiter:
         def __init__(self) -> None:

@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any
 
 from resilient.asgi._common import (
+    DEADLINE_EXCEEDED,
     ASGIApp,
     Message,
     Receive,
@@ -15,8 +16,8 @@ from resilient.asgi._common import (
     Send,
     check_app,
     check_number,
-    json_response,
     send_json,
+    send_messages,
 )
 from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.deadline import Deadline as _DeadlineValue
@@ -96,7 +97,6 @@ class Deadline:
         m = check_number(max, "max")
         self.max = m
         self.clock = clock if clock is not None else SYSTEM_CLOCK
-        self._expired = json_response(504, {"error": "deadline_exceeded"})
 
     def _incoming(self, scope: Scope) -> float | None:
         """The caller's remaining seconds, clamped to ``max`` (<= 0: expired), or ``None``."""
@@ -110,9 +110,7 @@ class Deadline:
         return None
 
     async def _refuse(self, send: Send) -> None:
-        start, body = self._expired
-        await send({**start, "headers": list(start["headers"])})
-        await send(dict(body))
+        await send_messages(send, DEADLINE_EXCEEDED)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app under the caller's deadline, or refuse an expired request."""
