@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 from collections import deque
 from typing import Any
@@ -167,6 +168,12 @@ class _Timers:
     (``call_at`` + ``cancel`` + the loop's clean-up of cancelled timers were
     the largest cost of the middleware). An entry that would expire before
     the tail (its limit was cut by a deadline) gets its own ``call_at``.
+
+    Every timer runs in an empty context: armed in the request's, it would
+    keep that request's context (and all it refers to) alive until it fires,
+    and the shared one re-arms itself from its own callback, so under steady
+    load for good; a cancelled timer stays in the loop's heap with its
+    context until its time.
     """
 
     __slots__ = ("handle", "live", "loop", "queue")
@@ -185,7 +192,7 @@ class _Timers:
         queue.append(st)
         self.live += 1
         if self.handle is None:
-            self.handle = self.loop.call_at(st.expires, self._fire)
+            self.handle = self.loop.call_at(st.expires, self._fire, context=contextvars.Context())
         elif len(queue) > 2 * self.live + 256:
             # Finished entries stuck behind a long-running head: compact, so
             # memory follows the requests in flight, not the throughput.
@@ -208,7 +215,7 @@ class _Timers:
                 queue.popleft()
                 continue
             if st.expires > now:
-                self.handle = self.loop.call_at(st.expires, self._fire)
+                self.handle = self.loop.call_at(st.expires, self._fire, context=contextvars.Context())
                 return
             queue.popleft()
             self.live -= 1
@@ -278,7 +285,7 @@ class RequestTimeout:
         timers = self._timers
         if timers is None or timers.loop is not loop:
             timers = self._timers = _Timers(loop)
-        handle = None if timers.add(state) else loop.call_at(state.expires, state.fire)
+        handle = None if timers.add(state) else loop.call_at(state.expires, state.fire, context=contextvars.Context())
         token = _set_deadline(limit, self.clock) if set_deadline else None
         try:
             await self.app(scope, receive, send_tracking_start)
