@@ -12,11 +12,13 @@ from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from resilient import Timeout
 from resilient.asgi import ASGIApp, Message, Scope
 from resilient.deadline import remaining
 
@@ -94,6 +96,62 @@ def make_app(probe: Probe) -> Starlette:
             WebSocketRoute("/ws", echo),
         ]
     )
+
+
+class AfterStart:
+    """What code running after the response started saw: a streaming body and a background task.
+
+    ``seen[label]`` is ``"ok"`` when a call through a resilient ``Timeout(5)``
+    went through, ``"timeout"`` when it raised ``TimeoutError``;
+    ``seen[label + ".remaining"]`` is ``resilient.remaining()`` at that moment.
+    Each part waits for ``release`` (set by the test) before it looks, and
+    ``done`` is set when the background task has looked.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+        self.release = threading.Event()
+        self.done = threading.Event()
+
+    def reset(self) -> None:
+        self.seen.clear()
+        self.release.clear()
+        self.done.clear()
+
+    async def _look(self, label: str) -> None:
+        for _ in range(1000):  # bounded: the test sets release within seconds
+            if self.release.is_set():
+                break
+            await asyncio.sleep(0.01)
+        self.seen[f"{label}.remaining"] = remaining()
+        try:
+            await Timeout(5).run(asyncio.sleep, 0)
+        except TimeoutError:
+            self.seen[label] = "timeout"
+        else:
+            self.seen[label] = "ok"
+
+    def app(self) -> Starlette:
+        """``/stream``: a StreamingResponse with a BackgroundTask; ``/plain``: a response with one."""
+
+        async def body() -> Any:
+            yield b"first\n"
+            await self._look("stream")
+            yield b"second\n"
+
+        async def background() -> None:
+            try:
+                await self._look("background")
+            finally:
+                self.done.set()
+
+        async def stream(request: Request) -> Response:
+            return StreamingResponse(body(), background=BackgroundTask(background))
+
+        async def plain(request: Request) -> Response:
+            return PlainTextResponse("ok", background=BackgroundTask(background))
+
+        return Starlette(routes=[Route("/stream", stream), Route("/plain", plain)])
 
 
 @contextmanager

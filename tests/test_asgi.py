@@ -701,6 +701,78 @@ async def test_fast_app_is_untouched_and_deadline_can_be_off() -> None:
     await asyncio.sleep(0)
 
 
+@pytest.mark.parametrize("chain", [False, True], ids=["fused", "chain"])
+async def test_the_handlers_deadline_follows_the_response(chain: bool) -> None:
+    # Issue 14, item 3: the request timeout bounds the time to the response's
+    # start, the caller's deadline the whole response, neither what runs after.
+    clock = FakeClock()
+    seen: list[float | None] = []
+    later: list[asyncio.Task[float | None]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async def after_the_response() -> float | None:
+            while not gone.is_set():
+                await asyncio.sleep(0)
+            return remaining()
+
+        gone = asyncio.Event()
+        later.append(asyncio.create_task(after_the_response()))  # a copy of this context
+        seen.append(remaining())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen.append(remaining())
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        seen.append(remaining())
+        await send({"type": "http.response.body", "body": b"b"})
+        seen.append(remaining())
+        gone.set()
+
+    if chain:
+        mw: Any = Deadline(RequestTimeout(app, seconds=5, clock=clock), clock=clock)
+    else:
+        mw = ResilienceMiddleware(app, timeout=5, clock=clock)
+    scope = http_scope(headers=[("x-resilient-deadline", "20")])
+    assert body_of(await call(mw, scope)) == b"ab"
+    assert seen == [5.0, 20.0, 20.0, None]
+    left = await later.pop()
+    assert left is not None
+    assert left > 1e6  # no limit, seen from a copy of the context
+    assert "resilient.response_deadline" not in scope  # a reused scope starts afresh
+    seen.clear()
+    assert body_of(await call(mw, http_scope())) == b"ab"
+    assert seen == [5.0, None, None, None]
+    await later.pop()
+    assert remaining() is None
+
+
+async def test_a_request_made_in_process_does_not_lift_the_outer_handlers_deadline() -> None:
+    clock = FakeClock()
+    seen: list[float | None] = []
+    inner = RequestTimeout(ok_app, seconds=1, clock=clock)
+
+    async def outer_app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(remaining())
+        assert status_of(await call(inner, http_scope())) == 200  # it started and completed its response
+        seen.append(remaining())
+        await ok_app(scope, receive, send)
+
+    assert status_of(await call(RequestTimeout(outer_app, seconds=5, clock=clock), http_scope())) == 200
+    assert seen == [5.0, 5.0]
+
+
+async def test_pathsend_completes_the_response() -> None:
+    clock = FakeClock()
+    seen: list[float | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen.append(remaining())
+        await send({"type": "http.response.pathsend", "path": "/dev/null"})
+        seen.append(remaining())
+
+    await call(Deadline(app, clock=clock), http_scope(headers=[("x-resilient-deadline", "3")]))
+    assert seen == [3.0, None]
+
+
 def test_request_timeout_configuration_errors() -> None:
     with pytest.raises(ValueError, match="seconds"):
         RequestTimeout(ok_app, seconds=0)

@@ -56,12 +56,117 @@ def parse_deadline(value: bytes | str) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _set_deadline(seconds: float, clock: Clock) -> Any:
-    """Set the deadline contextvar (keeping an earlier one); returns the reset token."""
-    outer = _current_deadline.get()
-    if outer is not None and outer.expires_at - outer.clock.now() <= seconds:
-        return _current_deadline.set(outer)
-    return _current_deadline.set(_DeadlineValue(clock.now() + seconds, clock))
+# How far off a deadline is once it no longer limits anything. Finite, so that
+# every wait derived from it is one that timers, threads and sockets accept
+# (they refuse an infinite one), and far beyond any request.
+_NO_LIMIT = 1e9
+
+# Where a request's response deadline is kept in its scope, so that the
+# Deadline and RequestTimeout of one request share it (and those of a request
+# made in-process from inside a handler do not).
+_SCOPE_KEY = "resilient.response_deadline"
+
+_FINAL_BODY = frozenset(("http.response.body", "http.response.zerocopysend"))
+
+
+class _ResponseDeadline(_DeadlineValue):
+    """The deadline of one request's handler, lifted as its response goes out.
+
+    Until ``http.response.start`` the nearest of the request timeout, the
+    caller's deadline and any deadline in force outside the middleware (the
+    ``floor``) applies; once the response has started, the caller's
+    deadline and the floor; once it is complete, the floor only, so that
+    background tasks run free of the request's limits. It is changed in
+    place, not replaced, because tasks the app started while the request ran
+    (a framework's streaming task) hold copies of the context that refer to
+    this object; where nothing limits any more it reads as a far-off expiry,
+    and in the context that sent the message it is replaced by the floor's
+    deadline (``None`` as a rule), so ``remaining()`` there says ``None``.
+    """
+
+    __slots__ = ("complete", "end", "floor", "outer", "shadowed", "started", "token")
+
+    def __init__(self, clock: Clock, outer: _DeadlineValue | None) -> None:
+        now = clock.now()
+        floor = now + _NO_LIMIT
+        if outer is not None:
+            left = outer.expires_at - outer.clock.now()
+            if left < _NO_LIMIT:
+                floor = now + left
+        super().__init__(floor, clock)
+        self.floor = floor
+        self.end = floor
+        self.outer = outer
+        self.started = False
+        self.complete = False
+        self.token: Any = None
+        self.shadowed: Any = None
+
+    def limit_start(self, seconds: float) -> None:
+        """Limit the time to the start of the response (the request timeout)."""
+        at = self.clock.now() + seconds
+        if not self.started and at < self.expires_at:
+            self.expires_at = at
+
+    def limit_end(self, seconds: float) -> None:
+        """Limit the time to the end of the response (the caller's deadline)."""
+        at = self.clock.now() + seconds
+        if not self.complete and at < self.end:
+            self.end = at
+            if at < self.expires_at:
+                self.expires_at = at
+
+    def advance(self, message: Message) -> None:
+        """Follow the response: lift the limits that ``message`` ends."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                return
+            self.started = True
+            self.expires_at = self.end
+        elif kind == "http.response.pathsend" or (kind in _FINAL_BODY and not message.get("more_body", False)):
+            self.started = self.complete = True
+            self.expires_at = self.end = self.floor
+        else:
+            return
+        if self.expires_at >= self.floor and _current_deadline.get() is self:
+            _current_deadline.set(self.outer)
+
+
+def _start_deadline(scope: Scope, clock: Clock) -> _ResponseDeadline:
+    """Put a new response deadline in force for this request; undo it with :func:`_end_deadline`."""
+    rd = _ResponseDeadline(clock, _current_deadline.get())
+    rd.token = _current_deadline.set(rd)
+    rd.shadowed = scope.get(_SCOPE_KEY)
+    scope[_SCOPE_KEY] = rd
+    return rd
+
+
+def _end_deadline(scope: Scope, rd: _ResponseDeadline) -> None:
+    _current_deadline.reset(rd.token)
+    if rd.shadowed is None:
+        scope.pop(_SCOPE_KEY, None)
+    else:
+        scope[_SCOPE_KEY] = rd.shadowed
+
+
+def _request_deadline(scope: Scope, clock: Clock) -> tuple[_ResponseDeadline, bool]:
+    """This request's response deadline, set by a part outside or new; and whether it is new (ours to end)."""
+    rd = scope.get(_SCOPE_KEY)
+    if isinstance(rd, _ResponseDeadline) and rd is _current_deadline.get():
+        return rd, False
+    return _start_deadline(scope, clock), True
+
+
+def _advancing(send: Send, rd: _ResponseDeadline) -> Send:
+    """``send``, letting ``rd`` follow the response."""
+
+    async def send_advancing(message: Message) -> None:
+        if not rd.complete:
+            rd.advance(message)
+        await send(message)
+
+    return send_advancing
 
 
 class Deadline:
@@ -70,7 +175,10 @@ class Deadline:
     A request carrying ``x-resilient-deadline: 1.5`` runs its handler under
     ``deadline(1.5)``, so every :class:`~resilient.Timeout` and every call made
     through the httpx transport inside it is cut to what the caller has left.
-    A request whose deadline has already passed is refused with ``504`` and
+    The caller's deadline bounds the whole response, a streaming body
+    included (the caller stops reading then), and stops applying once the
+    response is complete: what runs after it (Starlette's background tasks)
+    is not the caller's work. A request whose deadline has already passed is refused with ``504`` and
     ``{"error": "deadline_exceeded"}`` before any work. Values that cannot be
     parsed are ignored; values above ``max`` are clamped to it (a client may
     not keep a server busy for longer than you allow).
@@ -125,11 +233,15 @@ class Deadline:
         if seconds <= 0:
             await self._refuse(send)
             return
-        token = _set_deadline(seconds, self.clock)
-        try:
+        rd, ours = _request_deadline(scope, self.clock)
+        rd.limit_end(seconds)
+        if not ours:
             await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, _advancing(send, rd))
         finally:
-            _current_deadline.reset(token)
+            _end_deadline(scope, rd)
 
     def __repr__(self) -> str:
         return f"Deadline(header={self.header!r}, max={self.max:g})"
@@ -222,6 +334,16 @@ class _Timers:
             st.fire()
 
 
+def _limit(seconds: float) -> float:
+    """``seconds``, cut to the deadline in force (never below 0)."""
+    d = _current_deadline.get()
+    if d is not None:
+        left = d.expires_at - d.clock.now()
+        if left < seconds:
+            return left if left > 0.0 else 0.0
+    return seconds
+
+
 class RequestTimeout:
     """Answer ``504`` when the app has not started its response within ``seconds``.
 
@@ -234,7 +356,13 @@ class RequestTimeout:
     The handler also runs under ``deadline(seconds)``
     (:func:`resilient.deadline.deadline`, keeping an earlier deadline set by
     :class:`Deadline`), so timeouts and httpx calls inside it are cut to the
-    time left; ``set_deadline=False`` turns that off.
+    time left, until it starts its response: once ``http.response.start`` has
+    been sent, the request timeout no longer limits anything, neither the rest
+    of a streaming body nor background tasks (the caller's deadline, if the
+    request carried one, still bounds the body; see :class:`Deadline`). Where
+    no deadline applies any more, :func:`resilient.remaining` returns ``None``
+    (or, in a task started before the response did, a value so large it
+    limits nothing). ``set_deadline=False`` turns the deadline off.
 
     An outer cancellation (the server shutting down) is never turned into a
     504: it propagates.
@@ -260,17 +388,31 @@ class RequestTimeout:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.seconds
-        d = _current_deadline.get()
-        if d is not None:
-            # The caller's deadline (set by Deadline, outside) cuts the limit.
-            left = d.expires_at - d.clock.now()
-            if left < limit:
-                limit = left if left > 0.0 else 0.0
-        await self._run(scope, receive, send, limit, self.set_deadline)
+        if not self.set_deadline:
+            await self._run(scope, receive, send, _limit(self.seconds), None)
+            return
+        rd, ours = _request_deadline(scope, self.clock)
+        rd.limit_start(self.seconds)
+        # The caller's deadline (set by Deadline, outside) may cut the limit.
+        limit = rd.expires_at - rd.clock.now()
+        if limit < 0.0:
+            limit = 0.0
+        if not ours:
+            await self._run(scope, receive, send, limit, rd)
+            return
+        try:
+            await self._run(scope, receive, send, limit, rd)
+        finally:
+            _end_deadline(scope, rd)
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send, limit: float, set_deadline: bool) -> None:
-        """Run the app; cancel it and answer 504 if it has not started responding after ``limit`` s."""
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, limit: float, rd: _ResponseDeadline | None
+    ) -> None:
+        """Run the app; cancel it and answer 504 if it has not started responding after ``limit`` s.
+
+        ``rd``, the request's response deadline, follows the response (whoever
+        put it in force ends it).
+        """
         task = asyncio.current_task()
         assert task is not None
         loop = task.get_loop()
@@ -279,6 +421,8 @@ class RequestTimeout:
         async def send_tracking_start(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state.started = True
+            if rd is not None and not rd.complete:
+                rd.advance(message)
             await send(message)
 
         cancelling = task.cancelling()
@@ -286,13 +430,10 @@ class RequestTimeout:
         if timers is None or timers.loop is not loop:
             timers = self._timers = _Timers(loop)
         handle = None if timers.add(state) else loop.call_at(state.expires, state.fire, context=contextvars.Context())
-        token = _set_deadline(limit, self.clock) if set_deadline else None
         try:
             await self.app(scope, receive, send_tracking_start)
         except BaseException as exc:
             self._finish(timers, state, handle)
-            if token is not None:
-                _current_deadline.reset(token)
             # Ours only if we fired and no other cancellation is pending.
             if (
                 state.fired
@@ -303,8 +444,6 @@ class RequestTimeout:
                 await send_json(send, 504, {"error": "timeout", "timeout": round(limit, 3)})
                 return
             raise
-        if token is not None:
-            _current_deadline.reset(token)
         # The success path: drop the timer entry inline (no calls).
         if handle is None:
             if state.task is not None:
