@@ -19,6 +19,7 @@ from resilient.asgi.ratelimit import KeyFunc, RateLimit
 from resilient.asgi.shedding import ConcurrencyLimiter, LoadShedding
 from resilient.asgi.status import PolicySource, status_app
 from resilient.asgi.timeouts import (
+    _NO_LIMIT,
     DEFAULT_DEADLINE_HEADER,
     Deadline,
     RequestTimeout,
@@ -184,8 +185,7 @@ class ResilienceMiddleware:
                             seconds = self._max_deadline
                         # Set before admission, as the chain does: a queued
                         # request never waits past its caller's deadline.
-                        rd = _start_deadline(scope, self._clock)
-                        rd.limit_end(seconds)
+                        rd = _start_deadline(scope, self._clock, _NO_LIMIT, seconds)
                     break
         try:
             exempt = path in self._exempt_paths or (self._exempt is not None and self._exempt(scope))
@@ -231,8 +231,9 @@ class ResilienceMiddleware:
                     send = _advancing(send, rd)
             elif rt.set_deadline:
                 if rd is None:
-                    rd = _start_deadline(scope, self._clock)
-                rd.limit_start(rt.seconds)
+                    rd = _start_deadline(scope, self._clock, rt.seconds, _NO_LIMIT)
+                else:
+                    rd.limit_start(rt.seconds)
                 # Time spent queued counts against the caller's deadline.
                 limit = rd.expires_at - rd.clock.now()
                 if limit < 0.0:

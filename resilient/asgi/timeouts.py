@@ -86,16 +86,23 @@ class _ResponseDeadline(_DeadlineValue):
 
     __slots__ = ("complete", "end", "floor", "outer", "shadowed", "started", "token")
 
-    def __init__(self, clock: Clock, outer: _DeadlineValue | None) -> None:
+    def __init__(self, clock: Clock, outer: _DeadlineValue | None, start: float, end: float) -> None:
+        """Limits in seconds from now: ``start`` to the response's start, ``end`` to its end."""
         now = clock.now()
         floor = now + _NO_LIMIT
         if outer is not None:
             left = outer.expires_at - outer.clock.now()
             if left < _NO_LIMIT:
                 floor = now + left
-        super().__init__(floor, clock)
+        end_at = now + end
+        if end_at > floor:
+            end_at = floor
+        start_at = now + start
+        # Deadline.__init__'s two fields, set here: this runs once per request.
+        self.clock = clock
+        self.expires_at = start_at if start_at < end_at else end_at
         self.floor = floor
-        self.end = floor
+        self.end = end_at
         self.outer = outer
         self.started = False
         self.complete = False
@@ -133,9 +140,9 @@ class _ResponseDeadline(_DeadlineValue):
             _current_deadline.set(self.outer)
 
 
-def _start_deadline(scope: Scope, clock: Clock) -> _ResponseDeadline:
+def _start_deadline(scope: Scope, clock: Clock, start: float, end: float) -> _ResponseDeadline:
     """Put a new response deadline in force for this request; undo it with :func:`_end_deadline`."""
-    rd = _ResponseDeadline(clock, _current_deadline.get())
+    rd = _ResponseDeadline(clock, _current_deadline.get(), start, end)
     rd.token = _current_deadline.set(rd)
     rd.shadowed = scope.get(_SCOPE_KEY)
     scope[_SCOPE_KEY] = rd
@@ -150,12 +157,12 @@ def _end_deadline(scope: Scope, rd: _ResponseDeadline) -> None:
         scope[_SCOPE_KEY] = rd.shadowed
 
 
-def _request_deadline(scope: Scope, clock: Clock) -> tuple[_ResponseDeadline, bool]:
-    """This request's response deadline, set by a part outside or new; and whether it is new (ours to end)."""
+def _joined(scope: Scope) -> _ResponseDeadline | None:
+    """The response deadline a part outside put in force for this very request, if any."""
     rd = scope.get(_SCOPE_KEY)
-    if isinstance(rd, _ResponseDeadline) and rd is _current_deadline.get():
-        return rd, False
-    return _start_deadline(scope, clock), True
+    if rd is not None and rd is _current_deadline.get() and isinstance(rd, _ResponseDeadline):
+        return rd
+    return None
 
 
 def _advancing(send: Send, rd: _ResponseDeadline) -> Send:
@@ -233,11 +240,12 @@ class Deadline:
         if seconds <= 0:
             await self._refuse(send)
             return
-        rd, ours = _request_deadline(scope, self.clock)
-        rd.limit_end(seconds)
-        if not ours:
+        rd = _joined(scope)
+        if rd is not None:  # a RequestTimeout outside follows the response
+            rd.limit_end(seconds)
             await self.app(scope, receive, send)
             return
+        rd = _start_deadline(scope, self.clock, _NO_LIMIT, seconds)
         try:
             await self.app(scope, receive, _advancing(send, rd))
         finally:
@@ -391,17 +399,17 @@ class RequestTimeout:
         if not self.set_deadline:
             await self._run(scope, receive, send, _limit(self.seconds), None)
             return
-        rd, ours = _request_deadline(scope, self.clock)
-        rd.limit_start(self.seconds)
-        # The caller's deadline (set by Deadline, outside) may cut the limit.
-        limit = rd.expires_at - rd.clock.now()
-        if limit < 0.0:
-            limit = 0.0
-        if not ours:
-            await self._run(scope, receive, send, limit, rd)
+        rd = _joined(scope)
+        if rd is not None:
+            # Deadline, outside, set it: the caller's deadline may cut the limit.
+            rd.limit_start(self.seconds)
+            limit = rd.expires_at - rd.clock.now()
+            await self._run(scope, receive, send, limit if limit > 0.0 else 0.0, rd)
             return
+        rd = _start_deadline(scope, self.clock, self.seconds, _NO_LIMIT)
+        limit = rd.expires_at - rd.clock.now()
         try:
-            await self._run(scope, receive, send, limit, rd)
+            await self._run(scope, receive, send, limit if limit > 0.0 else 0.0, rd)
         finally:
             _end_deadline(scope, rd)
 
