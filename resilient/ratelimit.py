@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal, NamedTuple
 
 from cachetools import LRUCache
 
-from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
 from resilient.deadline import remaining as _remaining
 from resilient.errors import RateLimitedError, ResilienceError
 from resilient.events import REJECTED, EventSite, Listener, Severity
@@ -409,16 +410,16 @@ class RateLimiter(_LimiterBase):
         cfg = self._cfg
         cost = cfg.interval
         tau_eps = cfg.tau + _EPS
-        now_fn = self.clock.now
+        now_fn = _float_now(self.clock)
         lock = self._lock
         state = self._state
         slow = self._acquire_async
 
         async def rate_limited_call(*args: Any, **kwargs: Any) -> Any:
             now = now_fn()
-            # No try/finally: between acquire and release there are only float
-            # operations on the limiter's own list, which cannot raise (the
-            # clock was read before), and a try costs ~13 ns here on 3.11.
+            # No try/finally: between acquire and release there are only
+            # operations on floats (now_fn returns one; the bucket holds only
+            # floats), which cannot raise, and a try costs ~13 ns here on 3.11.
             lock.acquire()
             tat = state[0]
             if tat < now:
@@ -583,7 +584,7 @@ class KeyedRateLimiter(_LimiterBase):
         self._check_key()
         cost = self._cfg.interval
         tau_eps = self._cfg.tau + _EPS
-        now_fn = self.clock.now
+        now_fn = _float_now(self.clock)
         lock = self._lock
         key_fn = self.key
         assert key_fn is not None
@@ -643,6 +644,18 @@ class KeyedRateLimiter(_LimiterBase):
             f"KeyedRateLimiter(rate={cfg.rate:g}, per={cfg.per:g}, burst={cfg.burst}, mode={cfg.mode!r}, "
             f"max_keys={self.max_keys}, name={self.name!r})"
         )
+
+
+def _float_now(clock: Clock) -> Callable[[], float]:
+    """The clock's ``now`` for the fast paths, sure to return a float.
+
+    The fast paths do arithmetic on it with the lock held and no try: a
+    custom clock returning something else must fail before the lock is taken.
+    """
+    if type(clock) is SystemClock:
+        return time.monotonic
+    now = clock.now
+    return lambda: float(now())
 
 
 def _describe(key: Any) -> str:

@@ -644,3 +644,29 @@ def test_waiters_cancelled_anywhere_never_exceed_the_rate(burst: int, ops: list[
     for i in range(len(ran)):
         for j in range(i + 1, len(ran)):
             assert ran[j] - ran[i] >= j - i - burst + 1 - 1e-9, (i, j, ran)
+
+
+class _OnceBrokenClock(FakeClock):
+    """A custom clock whose first reading is not a number."""
+
+    broken = True
+
+    def now(self) -> float:
+        if self.broken:
+            self.broken = False
+            return None  # type: ignore[return-value]
+        return super().now()
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["RateLimiter", "KeyedRateLimiter"])
+async def test_a_clock_reading_that_is_not_a_number_never_leaves_the_lock_held(keyed: bool) -> None:
+    clock = _OnceBrokenClock()
+    limiter: Any = KeyedRateLimiter(10, key=lambda k: k, clock=clock) if keyed else RateLimiter(10, clock=clock)
+    guarded = limiter(_echo)
+    with pytest.raises(TypeError):
+        await guarded("a")
+    done = threading.Event()
+    probe = (lambda: limiter.try_acquire("probe")) if keyed else limiter.try_acquire
+    threading.Thread(target=lambda: (probe(), done.set()), daemon=True).start()
+    assert done.wait(5), "the limiter's lock was left held"
+    assert await guarded("b") == "b"
