@@ -233,9 +233,8 @@ class _LimiterBase(Policy):
             if wait <= _EPS:
                 state[0] = new
                 return _NO_WAIT
-            hole = _find_hole(state, cost, now, cfg.tau) if len(state) > 1 else 0
+            hole, start = _find_hole(state, cost, now, cfg.tau)
             if hole:
-                start = max(state[hole], now + cfg.tau - cost)
                 wait = start + cost - now - cfg.tau
             if hole and wait <= _EPS:  # a freed turn that is due now
                 _fill_hole(state, hole, start, cost)
@@ -290,11 +289,10 @@ class _LimiterBase(Policy):
                 if wait <= _EPS:
                     state[0] = new
                     return cfg.decision(True, 0.0, new, now)
-                if len(state) > 1 and (hole := _find_hole(state, cost, now, cfg.tau)):
-                    start = max(state[hole], now + cfg.tau - cost)
-                    if start + cost - now - cfg.tau <= _EPS:  # a freed turn that is due now
-                        _fill_hole(state, hole, start, cost)
-                        return cfg.decision(True, 0.0, state[0], now)
+                hole, start = _find_hole(state, cost, now, cfg.tau)
+                if hole and start + cost - now - cfg.tau <= _EPS:  # a freed turn that is due now
+                    _fill_hole(state, hole, start, cost)
+                    return cfg.decision(True, 0.0, state[0], now)
                 self._rejected += 1
             finally:
                 lock.release()
@@ -673,10 +671,11 @@ def _describe(key: Any) -> str:
 # if the cancelled waiter (or a smaller part of it) had run, so the rate holds.
 
 
-def _find_hole(state: list[float], cost: float, now: float, tau: float) -> int:
-    """The index of the first freed turn that a call of ``cost`` arriving at ``now`` fits in, or 0.
+def _find_hole(state: list[float], cost: float, now: float, tau: float) -> tuple[int, float]:
+    """The first freed turn that a call of ``cost`` arriving at ``now`` fits in: (its index, where the call starts).
 
-    Drops the freed turns that have gone by (nobody can use them any more).
+    ``(0, 0.0)`` when there is none. Drops the freed turns that have gone by
+    (nobody can use them any more).
     """
     i = 1
     while i < len(state):
@@ -684,10 +683,11 @@ def _find_hole(state: list[float], cost: float, now: float, tau: float) -> int:
         if now + tau > end + _EPS:
             del state[i : i + 2]
             continue
-        if max(state[i], now + tau - cost) + cost <= end + _EPS:
-            return i
+        start = max(state[i], now + tau - cost)
+        if start + cost <= end + _EPS:
+            return i, start
         i += 2
-    return 0
+    return 0, 0.0
 
 
 def _fill_hole(state: list[float], i: int, start: float, cost: float) -> float:
