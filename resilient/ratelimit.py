@@ -276,11 +276,13 @@ class _LimiterBase(Policy):
     def _try(self, key: Any, cost: float, site: EventSite) -> RateDecision:
         cfg = self._cfg
         now = self.clock.now()
-        lock = self._lock
-        try:
-            lock.acquire()
+        with self._lock:
             try:
                 state = self._lookup(key)
+            except Exception as exc:  # the key's __hash__ or __eq__: reported once the lock is released
+                bad: Exception | None = exc
+            else:
+                bad = None
                 tat = state[0]
                 if tat < now:
                     tat = now
@@ -294,10 +296,8 @@ class _LimiterBase(Policy):
                     _fill_hole(state, hole, start, cost)
                     return cfg.decision(True, 0.0, state[0], now)
                 self._rejected += 1
-            finally:
-                lock.release()
-        except Exception as exc:
-            raise self._bad_key(key, exc) from exc
+        if bad is not None:
+            raise self._bad_key(key, bad) from bad
         self._emit(site, REJECTED, Severity.WARNING, extras={"reason": "rate_limited", "retry_after": wait})
         return cfg.decision(False, wait, tat, now)
 
@@ -524,14 +524,10 @@ class KeyedRateLimiter(_LimiterBase):
         return self._buckets[key]
 
     def _bucket(self, key: Any) -> list[float]:
-        lock = self._lock
         try:
-            lock.acquire()
-            try:
+            with self._lock:
                 return self._buckets[key]
-            finally:
-                lock.release()
-        except Exception as exc:
+        except Exception as exc:  # the key's __hash__ or __eq__; the lock is released by now
             raise self._bad_key(key, exc) from exc
 
     def _key_error(self, exc: Exception) -> RateLimitKeyError:
