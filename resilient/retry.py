@@ -121,11 +121,15 @@ def _finite_delay(value: Any, max_delay: float | None) -> float | None:
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if math.isnan(value) or value < 0:
+    try:
+        delay = float(value)
+    except OverflowError:  # an int too large for a float: as good as infinite
+        delay = math.inf
+    if math.isnan(delay) or delay < 0:
         return None
-    if math.isinf(value):
+    if math.isinf(delay):
         return max_delay
-    return float(value)
+    return delay
 
 
 def _check_seconds(value: float | None, param: str) -> float | None:

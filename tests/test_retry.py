@@ -370,7 +370,11 @@ async def test_an_infinite_callable_backoff_without_max_delay_is_garbage(auto_cl
 
 async def test_an_infinite_hint_is_still_clamped_to_max_delay(auto_clock: FakeClock) -> None:
     await Retry(2, backoff=constant(0.5), delay_hint=lambda _: math.inf, max_delay=3, clock=auto_clock).run(Flaky(1))
-    assert auto_clock.sleeps == [3]
+    # An int too large for a float is as good as infinite, from a hint or a callable backoff.
+    await Retry(2, backoff=constant(0.5), delay_hint=lambda _: 10**400, max_delay=3, clock=auto_clock).run(Flaky(1))
+    await Retry(2, backoff=lambda n: 10**400, max_delay=3, clock=auto_clock).run(Flaky(1))
+    await Retry(2, backoff=lambda n: 10**400, max_delay=None, clock=auto_clock).run(Flaky(1))
+    assert auto_clock.sleeps == [3, 3, 3]
 
 
 async def test_an_infinite_hint_on_the_real_clock_neither_hangs_nor_overflows() -> None:
