@@ -39,6 +39,7 @@ from resilient.policy import (
     exception_predicate,
     result_predicate,
 )
+from resilient.testing import TEST_MODE
 
 __all__ = ["Retry", "RetryBudgetLike", "current_attempt"]
 
@@ -473,6 +474,12 @@ class _Run:
         policy = self.policy
         self.elapsed = policy.clock.now() - self.start
         delay = self._delay()
+        if TEST_MODE.active:
+            # set_testing(): no waiting, and at most TEST_MODE.attempts attempts.
+            delay = 0.0
+            if self.attempt >= TEST_MODE.attempts:
+                self.reason = f"gave up after {self.attempt} attempt{'s' if self.attempt > 1 else ''} (test mode)"
+                return None
         self.reason = self._give_up_reason(delay)
         if self.reason is not None:
             return None
