@@ -224,6 +224,15 @@ class RunningServer:
         self.thread.join(timeout=10)
 
 
+def fast_pipeline(**overrides: Any) -> Any:
+    """A standard pipeline for tests: tiny backoffs, a breaker that never opens."""
+    from resilient.httpx import standard_pipeline
+
+    options: dict[str, Any] = {"base_delay": 0.001, "max_delay": 0.05, "minimum_throughput": 10_000}
+    options.update(overrides)
+    return standard_pipeline(**options)
+
+
 def free_socket() -> socket.socket:
     """A listening-ready TCP socket bound to 127.0.0.1 on a free port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

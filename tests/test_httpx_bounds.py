@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from httpx_server import RunningServer, header_trickler, start_server
+from httpx_server import RunningServer, fast_pipeline, header_trickler, start_server
 
 from resilient import Bulkhead, Pipeline, deadline
 from resilient.errors import TimeoutError as ResilientTimeout
-from resilient.httpx import AsyncResilientTransport, ResilientTransport, StandardPipeline, standard_pipeline
+from resilient.httpx import AsyncResilientTransport, ResilientTransport, StandardPipeline
 from resilient.testing import FakeClock
 
 _keys = itertools.count()
@@ -44,9 +44,8 @@ def server() -> Iterator[RunningServer]:
 
 
 def fast(**overrides: Any) -> StandardPipeline:
-    options: dict[str, Any] = {"base_delay": 0.001, "max_delay": 0.05, "minimum_throughput": 10_000}
-    options.update(overrides)
-    return standard_pipeline(**options)
+    pipeline: StandardPipeline = fast_pipeline(**overrides)
+    return pipeline
 
 
 # -- counting what the transport reads ---------------------------------------------
