@@ -31,6 +31,8 @@ _JITTERS = ("full", "equal", "decorrelated")
 # median delays near base, 2*base, 4*base...
 _P_FACTOR = 4.0
 _RP_SCALING = 1 / 1.4
+# The growth per retry that the decorrelated formula has built in (2**t).
+_DECORRELATED_FACTOR = 2.0
 
 
 def _check_delay(value: float, param: str, *, allow_zero: bool = True) -> float:
@@ -202,12 +204,17 @@ def exponential(
     Args:
         base: the first delay in seconds (for ``"decorrelated"``: the median
             first delay).
-        factor: growth per retry, ``>= 1``.
+        factor: growth per retry, ``>= 1``. ``"decorrelated"`` jitter grows
+            by 2 per retry by construction, so it takes only ``factor=2``.
         max_delay: upper bound of any delay.
         jitter: ``"full"`` (uniform in ``[0, d]``, the default), ``"equal"``
             (uniform in ``[d/2, d]``), ``"decorrelated"`` (Polly's V2) or
             ``None``.
         random: source of uniform floats in ``[0, 1)``.
+
+    Raises:
+        ValueError: a bad value, or ``jitter="decorrelated"`` with a
+            ``factor`` other than 2 (the formula would ignore it).
     """
     base = _check_delay(base, "base")
     if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor):
@@ -217,4 +224,12 @@ def exponential(
     max_delay = _check_delay(max_delay, "max_delay")
     if jitter is not None and jitter not in _JITTERS:
         raise ValueError(f"jitter must be one of {_JITTERS} or None, got {jitter!r}")
+    if jitter == "decorrelated" and factor != _DECORRELATED_FACTOR:
+        # Polly's formula is built on powers of 2 and does not generalise: with
+        # a factor near 1 its tanh term would make later delays shrink. Refuse
+        # rather than silently ignore the factor.
+        raise ValueError(
+            f"factor must be 2 (its default) with jitter='decorrelated', which doubles each retry "
+            f"by construction, got factor={factor!r}; use jitter='full' or 'equal' for another factor"
+        )
     return _Exponential(base, float(factor), max_delay, jitter, _check_random(random))

@@ -25,7 +25,14 @@ from resilient.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["RetryBudget"]
 
+# The window is kept in _BUCKETS buckets of window / _BUCKETS seconds. Calls
+# are counted over the last _BUCKETS buckets (the current one included), so
+# only calls of the last `window` seconds earn retries; retries are counted
+# over one bucket more, so a retry of the last `window` seconds is never
+# forgotten (its bucket may have started up to window + window / _BUCKETS
+# ago). Both err on the safe side, which makes the bound exact.
 _BUCKETS = 10
+_SLOTS = _BUCKETS + 1
 
 
 def _positive(value: float, param: str, *, allow_zero: bool = False) -> float:
@@ -46,8 +53,14 @@ class RetryBudget:
         window: seconds of history the budget looks at.
         clock: the time source (tests pass a FakeClock).
 
-    Over any ``window``, retries are bounded by
-    ``ratio * calls + min_per_second * window``.
+    At every retry, the retries of the last ``window`` seconds (this one
+    included) are at most ``ratio * calls + min_per_second * window``, with
+    ``calls`` counted over the same last ``window`` seconds. Hence over any
+    span of ``window`` seconds, retries are at most
+    ``min_per_second * window`` plus ``ratio`` times the calls made from
+    ``window`` seconds before the span to its end. Granularity errs on the
+    safe side: a call stops earning retries up to ``window / 10`` before it
+    is ``window`` old, and a retry is forgotten up to ``window / 10`` after.
     """
 
     __slots__ = (
@@ -55,8 +68,10 @@ class RetryBudget:
         "_floor",
         "_idx",
         "_lock",
+        "_origin",
         "_requests",
         "_retries",
+        "_slot",
         "_tick",
         "_tick_end",
         "_total_requests",
@@ -80,24 +95,46 @@ class RetryBudget:
         self._clock = clock if clock is not None else SYSTEM_CLOCK
         self._floor = self.min_per_second * self.window
         self._tick = self.window / _BUCKETS
-        self._requests = [0] * _BUCKETS
-        self._retries = [0] * _BUCKETS
+        # One slot per bucket, in a ring; the oldest slot's calls are no longer counted.
+        self._requests = [0] * _SLOTS
+        self._retries = [0] * _SLOTS
         self._total_requests = 0
         self._total_retries = 0
+        #: The current bucket's number (buckets are numbered from the budget's creation).
         self._idx = 0
-        self._tick_end = self._clock.now() + self._tick
+        #: Its slot in the ring (``_idx % _SLOTS``).
+        self._slot = 0
+        self._origin = self._clock.now()
+        self._tick_end = self._origin + self._tick
         # Uncontended under asyncio (one thread), so it costs tens of nanoseconds.
         self._lock = threading.Lock()
 
     def _rotate(self, now: float) -> None:
-        steps = min(_BUCKETS, int((now - self._tick_end) // self._tick) + 1)
-        for _ in range(steps):
-            self._idx = (self._idx + 1) % _BUCKETS
-            self._total_requests -= self._requests[self._idx]
-            self._total_retries -= self._retries[self._idx]
-            self._requests[self._idx] = 0
-            self._retries[self._idx] = 0
-        self._tick_end += self._tick * (int((now - self._tick_end) // self._tick) + 1)
+        # Bucket numbers come from one multiplication each, not from a running
+        # sum of ticks, so that rounding never drifts the buckets' edges.
+        target = int((now - self._origin) // self._tick)
+        if target <= self._idx:  # rounding at an edge: stay in the current bucket
+            self._tick_end = self._origin + (self._idx + 1) * self._tick
+            return
+        if target - self._idx >= _SLOTS:
+            self._requests = [0] * _SLOTS
+            self._retries = [0] * _SLOTS
+            self._total_requests = 0
+            self._total_retries = 0
+        else:
+            requests = self._requests
+            retries = self._retries
+            for idx in range(self._idx + 1, target + 1):
+                slot = idx % _SLOTS
+                # Bucket idx - _BUCKETS becomes the oldest: its calls stop counting.
+                self._total_requests -= requests[(idx - _BUCKETS) % _SLOTS]
+                requests[(idx - _BUCKETS) % _SLOTS] = 0
+                # Bucket idx - _SLOTS leaves the window: its retries stop counting. Its slot is reused.
+                self._total_retries -= retries[slot]
+                retries[slot] = 0
+        self._idx = target
+        self._slot = target % _SLOTS
+        self._tick_end = self._origin + (target + 1) * self._tick
 
     def record_request(self) -> None:
         """Count one call (its first attempt): it earns ``ratio`` of a retry."""
@@ -108,7 +145,7 @@ class RetryBudget:
         with self._lock:
             if now >= self._tick_end:
                 self._rotate(now)
-            self._requests[self._idx] += 1
+            self._requests[self._slot] += 1
             self._total_requests += 1
 
     def try_spend(self) -> bool:
@@ -119,7 +156,7 @@ class RetryBudget:
                 self._rotate(now)
             if self._total_retries + 1 > self._floor + self.ratio * self._total_requests:
                 return False
-            self._retries[self._idx] += 1
+            self._retries[self._slot] += 1
             self._total_retries += 1
             return True
 

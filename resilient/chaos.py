@@ -15,6 +15,7 @@ tests). A disabled or rate-0 injector costs one check per call.
 
 from __future__ import annotations
 
+import copy
 import math
 import random as _random
 from collections.abc import Callable, Iterable
@@ -75,6 +76,12 @@ class Fault(_Injector):
 
     ``exception`` is an exception instance, an exception type, or a
     zero-argument callable returning an exception (a fresh one per call).
+    An instance is never raised itself: each injection raises a fresh copy
+    (same type, ``args``, attributes and notes), so the instance does not pile
+    up notes and tracebacks and concurrent injections do not share one
+    object. An instance that cannot be copied at all is raised itself, with
+    its traceback and notes reset to what they were at construction before
+    each raise.
     """
 
     policy_type = "chaos_fault"
@@ -89,12 +96,23 @@ class Fault(_Injector):
         if not (isinstance(exception, BaseException) or callable(exception)):
             raise TypeError(f"exception must be an exception, a type or a factory, got {exception!r}")
         self.exception = exception
+        self._notes: list[str] | None = None
+        self._copyable = True
+        if isinstance(exception, BaseException):
+            notes = getattr(exception, "__notes__", None)
+            self._notes = list(notes) if notes is not None else None
+            self._copyable = _copy_exception(exception, self._notes) is not None
 
     def _make(self) -> BaseException:
         exc = self.exception
-        made = exc if isinstance(exc, BaseException) else exc()
-        if not isinstance(made, BaseException):
-            raise TypeError(f"{self._label()}: exception factory returned {made!r}")
+        if isinstance(exc, BaseException):
+            made = _copy_exception(exc, self._notes) if self._copyable else None
+            if made is None:
+                made = _reset(exc, self._notes)
+        else:
+            made = exc()
+            if not isinstance(made, BaseException):
+                raise TypeError(f"{self._label()}: exception factory returned {made!r}")
         made.add_note(f"resilient: injected by {self._label()}")
         return made
 
@@ -113,6 +131,46 @@ class Fault(_Injector):
             return fn(*args, **kwargs)
 
         return fault_call
+
+
+def _copy_exception(template: BaseException, notes: list[str] | None) -> BaseException | None:
+    """A fresh copy of ``template`` with its own notes, or None when it cannot be made.
+
+    ``copy.copy`` calls the type with ``args`` (right for builtin exceptions,
+    whose fields come from ``args``); an ``__init__`` that needs more than
+    ``args`` gets ``__new__`` and the instance's attributes instead.
+    """
+    try:
+        made = copy.copy(template)
+    except Exception:
+        cls = type(template)
+        try:
+            made = cls.__new__(cls, *template.args)
+            made.__dict__.update(template.__dict__)
+        except Exception:
+            return None
+    if type(made) is not type(template):
+        return None
+    made.__cause__ = template.__cause__
+    made.__context__ = template.__context__
+    made.__suppress_context__ = template.__suppress_context__
+    _set_notes(made, notes)
+    return made
+
+
+def _reset(exc: BaseException, notes: list[str] | None) -> BaseException:
+    """``exc`` as it was at construction, ready to be raised once more."""
+    exc.__traceback__ = None
+    _set_notes(exc, notes)
+    return exc
+
+
+def _set_notes(exc: BaseException, notes: list[str] | None) -> None:
+    if notes is None:
+        if "__notes__" in exc.__dict__:
+            del exc.__notes__
+    else:
+        exc.__notes__ = list(notes)
 
 
 class Latency(_Injector):

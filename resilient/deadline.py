@@ -15,7 +15,7 @@ Nested deadlines keep the earliest: an inner ``deadline(10)`` under an outer
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
@@ -24,6 +24,7 @@ from resilient.clock import SYSTEM_CLOCK, Clock
 __all__ = [
     "Deadline",
     "DeadlineToken",
+    "clear_deadline",
     "current_deadline",
     "deadline",
     "narrow_deadline",
@@ -106,9 +107,20 @@ def deadline(seconds: float, *, clock: Clock | None = None) -> Iterator[Deadline
         _current.reset(token)
 
 
-def current_deadline() -> Deadline | None:
-    """The deadline in force, or ``None``."""
-    return _current.get()
+#: ``current_deadline()``: the deadline in force, or ``None``. (The context
+#: variable's own ``get``, not a function calling it: every timeout reads it
+#: on every call.)
+current_deadline: Callable[[], Deadline | None] = _current.get
+
+
+def clear_deadline() -> DeadlineToken:
+    """Lift every deadline for what runs next in this context, until :func:`reset_deadline`.
+
+    For work that outlives the call that started it (a background cache
+    refresh): it must not inherit a caller's deadline that has nothing to do
+    with it.
+    """
+    return _current.set(None)
 
 
 def remaining() -> float | None:

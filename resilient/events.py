@@ -32,6 +32,27 @@ __all__ = [
     "CIRCUIT_CLOSED",
     "CIRCUIT_HALF_OPENED",
     "CIRCUIT_OPENED",
+    "EXTRA_ACCEPTS",
+    "EXTRA_BACKEND",
+    "EXTRA_DEADLINE",
+    "EXTRA_FAILED_PROBES",
+    "EXTRA_FROM_STATE",
+    "EXTRA_HTTP_METHOD",
+    "EXTRA_HTTP_STATUS",
+    "EXTRA_LIMIT",
+    "EXTRA_MANUAL",
+    "EXTRA_OUTCOME",
+    "EXTRA_PROBABILITY",
+    "EXTRA_QUEUED",
+    "EXTRA_REASON",
+    "EXTRA_REQUESTS",
+    "EXTRA_RETRY_AFTER",
+    "EXTRA_RUNNING",
+    "EXTRA_SERVER_ADDRESS",
+    "EXTRA_SERVER_PORT",
+    "EXTRA_STATE",
+    "EXTRA_TO_STATE",
+    "EXTRA_WHERE",
     "FALLBACK_USED",
     "HEDGE_FIRED",
     "REJECTED",
@@ -39,6 +60,7 @@ __all__ = [
     "STORE_FAILED_OPEN",
     "STORE_RECOVERED",
     "TIMEOUT",
+    "WOULD_REJECT",
     "DurationListener",
     "EventSite",
     "Listener",
@@ -68,6 +90,45 @@ HEDGE_FIRED: Final = "hedge_fired"
 BUDGET_EXHAUSTED: Final = "budget_exhausted"
 STORE_FAILED_OPEN: Final = "store_failed_open"
 STORE_RECOVERED: Final = "store_recovered"
+#: A policy in shadow mode (``enforce=False``) would have rejected this call and let it through.
+WOULD_REJECT: Final = "would_reject"
+
+# Extras keys: the one vocabulary producers write and listeners (resilient.otel)
+# read. A producer never spells a key as a string literal; it imports these.
+#: Why a call was rejected (``"rate_limited"``, ``"bulkhead_full"``, ``"circuit_open"``...).
+EXTRA_REASON: Final = "reason"
+#: Seconds after which the rejected call may succeed.
+EXTRA_RETRY_AFTER: Final = "retry_after"
+#: A circuit's state when it rejected a call.
+EXTRA_STATE: Final = "state"
+#: A circuit's state before and after a transition.
+EXTRA_FROM_STATE: Final = "from"
+EXTRA_TO_STATE: Final = "to"
+#: Whether a transition was made by hand (isolate/reset/trip).
+EXTRA_MANUAL: Final = "manual"
+#: Failed half-open probes since the circuit opened from closed.
+EXTRA_FAILED_PROBES: Final = "failed_probes"
+#: Calls holding a slot, and waiting for one, when a bulkhead rejected.
+EXTRA_RUNNING: Final = "running"
+EXTRA_QUEUED: Final = "queued"
+#: A concurrency limit (adaptive limits report their new value).
+EXTRA_LIMIT: Final = "limit"
+#: Whether a timeout was the deadline's rather than the policy's own.
+EXTRA_DEADLINE: Final = "deadline"
+#: Client-side throttling: rejection probability, requests and accepts in its window.
+EXTRA_PROBABILITY: Final = "probability"
+EXTRA_REQUESTS: Final = "requests"
+EXTRA_ACCEPTS: Final = "accepts"
+#: A store backend (``"redis"``) and where it failed.
+EXTRA_BACKEND: Final = "backend"
+EXTRA_WHERE: Final = "where"
+#: The outcome of an attempt or a pipeline call: ``"success"`` or ``"failure"``.
+EXTRA_OUTCOME: Final = "outcome"
+#: HTTP calls (OpenTelemetry semantic-convention names).
+EXTRA_HTTP_METHOD: Final = "http.request.method"
+EXTRA_SERVER_ADDRESS: Final = "server.address"
+EXTRA_SERVER_PORT: Final = "server.port"
+EXTRA_HTTP_STATUS: Final = "http.response.status_code"
 
 
 class Severity(StrEnum):

@@ -7,13 +7,22 @@ handler may be ``async def``.
 
 As everywhere in resilient, only :class:`Exception` subclasses are handled:
 cancellation, ``KeyboardInterrupt`` and ``SystemExit`` always propagate.
+
+The wrapped function's type says that it may now return the substitute:
+``@Fallback(None)`` on ``async def f() -> list[str]`` gives a function
+returning ``list[str] | None``, so ``mypy --strict`` makes the caller handle
+it. To know whether an answer came from a fallback (to add a ``Warning``
+header, say), wrap the call in :func:`fallbacks_used`.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from resilient.events import FALLBACK_USED, EventSite, Listener, Severity
 from resilient.policy import (
@@ -27,12 +36,56 @@ from resilient.policy import (
     result_predicate,
 )
 
-__all__ = ["Fallback"]
+__all__ = ["Fallback", "FallbackUse", "fallbacks_used"]
 
 _MISSING: Any = object()
 
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
-class Fallback(Policy):
+
+@dataclass(frozen=True, slots=True)
+class FallbackUse:
+    """One answer given by a :class:`Fallback` instead of the call's own."""
+
+    #: The name of the Fallback policy that answered, if it has one.
+    policy: str | None
+    #: The operation (the guarded function's qualified name).
+    operation: str | None
+    #: The exception that was replaced, or ``None`` when a flagged result was.
+    exception: Exception | None
+
+
+_watchers: ContextVar[list[FallbackUse] | None] = ContextVar("resilient_fallback_watch", default=None)
+
+
+@contextmanager
+def fallbacks_used() -> Iterator[list[FallbackUse]]:
+    """Collect the fallback answers given to the calls made in the block.
+
+    ::
+
+        with fallbacks_used() as used:
+            items = await recommendations(user_id)
+        if used:
+            response.headers["Warning"] = '110 - "fallback answer"'
+
+    The list is empty when every call answered for itself. It costs
+    nothing on the success path: a Fallback looks for a watcher only when it
+    answers. Calls in tasks the block did not await directly (``gather`` of
+    new tasks copies the context, so those are seen; a task created before
+    the block is not).
+    """
+    used: list[FallbackUse] = []
+    token = _watchers.set(used)
+    try:
+        yield used
+    finally:
+        _watchers.reset(token)
+
+
+class Fallback(Policy, Generic[T]):
     """Replace a handled failure with ``value`` or ``handler(outcome)``.
 
     Args:
@@ -46,6 +99,36 @@ class Fallback(Policy):
 
     policy_type = "fallback"
 
+    @overload
+    def __init__(
+        self: Fallback[T],
+        value: T,
+        *,
+        on: OnArg | None = ...,
+        on_result: Callable[[Any], bool] | None = ...,
+        name: str | None = ...,
+        listeners: Iterable[Listener] = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Fallback[T],
+        *,
+        handler: Callable[[Outcome[Any]], Awaitable[T]],
+        on: OnArg | None = ...,
+        on_result: Callable[[Any], bool] | None = ...,
+        name: str | None = ...,
+        listeners: Iterable[Listener] = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Fallback[T],
+        *,
+        handler: Callable[[Outcome[Any]], T],
+        on: OnArg | None = ...,
+        on_result: Callable[[Any], bool] | None = ...,
+        name: str | None = ...,
+        listeners: Iterable[Listener] = ...,
+    ) -> None: ...
     def __init__(
         self,
         value: Any = _MISSING,
@@ -66,12 +149,30 @@ class Fallback(Policy):
         self._on = exception_predicate(on)
         self._on_result = result_predicate(on_result)
 
+    # The substitute widens the wrapped function's return type (the base class
+    # promises the same signature, which a fallback cannot keep honestly).
+    @overload  # type: ignore[override]
+    def wrap(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R | T]]: ...
+    @overload
+    def wrap(self, fn: Callable[P, R]) -> Callable[P, R | T]: ...
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Return ``fn`` guarded by the fallback; its return type gains the substitute's."""
+        return Policy.wrap(self, fn)
+
+    __call__ = wrap  # type: ignore[assignment]
+
+    def _used(self, site: EventSite, outcome: Outcome[Any]) -> None:
+        self._emit(site, FALLBACK_USED, Severity.INFO, exception=outcome.exception)
+        watcher = _watchers.get()
+        if watcher is not None:
+            watcher.append(FallbackUse(self.name, site.operation, outcome.exception))
+
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         on = self._on
         on_result = self._on_result
 
         async def use(outcome: Outcome[Any]) -> Any:
-            self._emit(site, FALLBACK_USED, Severity.INFO, exception=outcome.exception)
+            self._used(site, outcome)
             if self.handler is None:
                 return self.value
             result = self.handler(outcome)
@@ -99,7 +200,7 @@ class Fallback(Policy):
             raise TypeError(f"{self._label()}: an async handler cannot serve the synchronous function {fn!r}")
 
         def use(outcome: Outcome[Any]) -> Any:
-            self._emit(site, FALLBACK_USED, Severity.INFO, exception=outcome.exception)
+            self._used(site, outcome)
             if self.handler is None:
                 return self.value
             return self.handler(outcome)

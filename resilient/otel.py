@@ -47,7 +47,7 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, NoOpMeterProvider, Observation
@@ -368,36 +368,26 @@ class OpenTelemetryListener:
         """Count ``event`` and add it to the current span."""
         if not self.records_durations and self._global_provider:
             self._recheck_provider()
-        attrs = self._count(event)
+        attrs = event_attributes(event)
+        self._count(attrs)
         wanted = self._span_events
         if wanted is None or event.name in wanted:
             span = trace.get_current_span()
             if span.is_recording():
-                span_attrs = dict(attrs) if attrs is not None else event_attributes(event)
+                span_attrs = dict(attrs)  # the table may hold ``attrs`` itself
                 if event.attempt is not None:
                     span_attrs[ATTEMPT_NUMBER] = event.attempt
                 if event.duration is not None:
                     span_attrs[EVENT_DURATION] = event.duration
                 span.add_event(f"resilience.{event.name}", span_attrs)
 
-    def _count(self, event: ResilienceEvent) -> dict[str, AttributeValue] | None:
-        """Add one to the event's attribute set; returns its attributes (None: counted as overflow)."""
-        try:
-            extras = tuple(event.extras.items()) if event.extras else ()
-            key: Hashable = (
-                event.name,
-                event.severity,
-                event.policy_type,
-                event.policy,
-                event.pipeline,
-                event.operation,
-                event.exception,
-                extras,
-            )
-            hash(key)
-        except TypeError:  # an unhashable extra value: key by the checked attributes
-            attrs = event_attributes(event)
-            key = frozenset(attrs.items())
+    def _count(self, attrs: dict[str, AttributeValue]) -> None:
+        """Add one to the count of the attribute set ``attrs`` (or to the overflow set, past the limit)."""
+        # Keyed on the exported attributes, not on the raw event: extras such
+        # as a float retry_after or a bulkhead's queue length are not exported,
+        # and keying on them would fill the table (and the SDK's cardinality
+        # limit) with copies of one attribute set.
+        key: Hashable = frozenset(attrs.items())
         with self._counts_lock:
             entry = self._counts.get(key)
             if entry is None:
@@ -405,10 +395,9 @@ class OpenTelemetryListener:
                     key = _OVERFLOW_KEY
                     entry = self._counts.get(key)
                 if entry is None:
-                    entry = [0, dict(_OVERFLOW) if key is _OVERFLOW_KEY else event_attributes(event)]
+                    entry = [0, dict(_OVERFLOW) if key is _OVERFLOW_KEY else attrs]
                     self._counts[key] = entry
             entry[0] += 1
-        return None if key is _OVERFLOW_KEY else cast("dict[str, AttributeValue]", entry[1])
 
     def record_duration(self, kind: str, site: EventSite, seconds: float, outcome: str) -> None:
         """Record an attempt's or a pipeline call's duration (a duration listener)."""

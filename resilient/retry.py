@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar, Token
@@ -25,7 +26,7 @@ from time import perf_counter
 from typing import Any, Protocol
 
 from resilient.backoff import Backoff, exponential
-from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
 from resilient.deadline import remaining as _remaining
 from resilient.events import BUDGET_EXHAUSTED, RETRY, EventSite, Listener, Severity, _duration_listeners
 from resilient.policy import (
@@ -38,12 +39,18 @@ from resilient.policy import (
     exception_predicate,
     result_predicate,
 )
+from resilient.testing import TEST_MODE
 
 __all__ = ["Retry", "RetryBudgetLike", "current_attempt"]
 
 logger = logging.getLogger("resilient.retry")
 
 _attempt: ContextVar[int] = ContextVar("resilient_attempt", default=1)
+# How many retries are past their first attempt right now, process-wide. While
+# none is, no code runs inside a retried attempt, so the first attempt of a
+# call can leave _attempt alone (it reads 1); the hot path tests only this.
+_retrying = [0]
+_retrying_lock = threading.Lock()
 _BUDGET_WARNING_INTERVAL = 10.0
 
 
@@ -106,13 +113,24 @@ def _is_tenacity_wait(obj: object) -> bool:
     return type(obj).__module__.split(".", 1)[0] == "tenacity"
 
 
-def _finite_delay(value: Any) -> float | None:
-    """A delay from a user callable or a hint: ignore what is not a sane number."""
+def _finite_delay(value: Any, max_delay: float | None) -> float | None:
+    """A delay from a user callable or a hint: ignore what is not a sane number.
+
+    An infinite delay is clamped to ``max_delay`` like any huge one; with no
+    ``max_delay`` it is ignored like NaN (it would sleep forever, or make
+    ``time.sleep`` raise ``OverflowError``).
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if math.isnan(value) or value < 0:
+    try:
+        delay = float(value)
+    except OverflowError:  # an int too large for a float: as good as infinite
+        delay = math.inf
+    if math.isnan(delay) or delay < 0:
         return None
-    return float(value)
+    if math.isinf(delay):
+        return max_delay
+    return delay
 
 
 def _check_seconds(value: float | None, param: str) -> float | None:
@@ -137,8 +155,9 @@ class Retry(Policy):
             Default: ``Exception``.
         on_result: predicate flagging results to retry (e.g. a 503 response).
         max_delay: cap on any single delay, backoff or hint (seconds).
+            ``None``: no cap; an infinite delay is then ignored as garbage.
         max_elapsed: give up instead of sleeping past this many seconds
-            since the first failure.
+            since the start of the first attempt.
         delay_hint: ``(result_or_exception) -> seconds | None``; a number
             overrides the backoff for that retry (``Retry-After``), capped by
             ``max_delay``; ``None`` or garbage falls back to the backoff.
@@ -202,9 +221,12 @@ class Retry(Policy):
         on_result = self._on_result
         budget = self.budget
         durations = _duration_listeners
+        retrying = _retrying
+        now = _now_of(self.clock)
+        timed = self.max_elapsed is not None
 
-        async def slow(first: Outcome[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            run = _Run(self, site, first)
+        async def slow(first: Outcome[Any], start: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            run = _Run(self, site, first, start)
             try:
                 while (delay := run.next_delay()) is not None:
                     if delay > 0:
@@ -225,28 +247,62 @@ class Retry(Policy):
         if self.attempts == 1 and budget is None:
             return _passthrough_async(fn)
 
-        async def timed_first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            t0 = perf_counter()
+        async def careful_first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            """The first attempt when the fast path is not enough: timed, inside a retried attempt, or max_elapsed."""
+            start = now() if timed else None
+            # Inside another retry's later attempt, this call's first attempt is attempt 1.
+            token = _attempt.set(1) if _attempt.get() != 1 else None
             try:
-                result = await fn(*args, **kwargs)
-            except BaseException as exc:
-                site.record_duration("attempt", perf_counter() - t0, "failure")
-                if not isinstance(exc, Exception) or not on(exc):
-                    raise
-                outcome: Outcome[Any] = Outcome(exception=exc)
-            else:
-                failed = on_result is not None and on_result(result)
-                site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
-                if not failed:
-                    return result
-                outcome = Outcome(result=result)
-            return await slow(outcome, args, kwargs)
+                t0 = perf_counter() if durations else 0.0
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    if durations:
+                        site.record_duration("attempt", perf_counter() - t0, "failure")
+                    if not isinstance(exc, Exception) or not on(exc):
+                        raise
+                    outcome: Outcome[Any] = Outcome(exception=exc)
+                else:
+                    failed = on_result is not None and on_result(result)
+                    if durations:
+                        site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
+                    if not failed:
+                        return result
+                    outcome = Outcome(result=result)
+                return await slow(outcome, start, args, kwargs)
+            finally:
+                if token is not None:
+                    _attempt.reset(token)
+
+        if timed:
+            # max_elapsed counts from the start of the first attempt: the one
+            # clock read that plain retries spare their success path.
+
+            async def timed_retry_call(*args: Any, **kwargs: Any) -> Any:
+                if budget is not None:
+                    budget.record_request()
+                if durations or retrying[0]:
+                    return await careful_first(args, kwargs)
+                start = now()
+                try:
+                    result = await fn(*args, **kwargs)
+                except Exception as exc:
+                    if not on(exc):
+                        raise
+                    outcome: Outcome[Any] = Outcome(exception=exc)
+                else:
+                    if on_result is None or not on_result(result):
+                        return result
+                    outcome = Outcome(result=result)
+                return await slow(outcome, start, args, kwargs)
+
+            return timed_retry_call
 
         async def retry_call(*args: Any, **kwargs: Any) -> Any:
             if budget is not None:
                 budget.record_request()
-            if durations:
-                return await timed_first(args, kwargs)
+            if durations or retrying[0]:
+                return await careful_first(args, kwargs)
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
@@ -259,7 +315,7 @@ class Retry(Policy):
                 outcome = Outcome(result=result)
             # Outside the except block, so that a re-raised exception does not
             # carry itself as its own context.
-            return await slow(outcome, args, kwargs)
+            return await slow(outcome, None, args, kwargs)
 
         return retry_call
 
@@ -268,9 +324,12 @@ class Retry(Policy):
         on_result = self._on_result
         budget = self.budget
         durations = _duration_listeners
+        retrying = _retrying
+        now = _now_of(self.clock)
+        timed = self.max_elapsed is not None
 
-        def slow(first: Outcome[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            run = _Run(self, site, first)
+        def slow(first: Outcome[Any], start: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            run = _Run(self, site, first, start)
             try:
                 while (delay := run.next_delay()) is not None:
                     if delay > 0:
@@ -291,28 +350,59 @@ class Retry(Policy):
         if self.attempts == 1 and budget is None:
             return fn
 
-        def timed_first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            t0 = perf_counter()
+        def careful_first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            """The first attempt when the fast path is not enough (see the async one)."""
+            start = now() if timed else None
+            token = _attempt.set(1) if _attempt.get() != 1 else None
             try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                site.record_duration("attempt", perf_counter() - t0, "failure")
-                if not isinstance(exc, Exception) or not on(exc):
-                    raise
-                outcome: Outcome[Any] = Outcome(exception=exc)
-            else:
-                failed = on_result is not None and on_result(result)
-                site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
-                if not failed:
-                    return result
-                outcome = Outcome(result=result)
-            return slow(outcome, args, kwargs)
+                t0 = perf_counter() if durations else 0.0
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    if durations:
+                        site.record_duration("attempt", perf_counter() - t0, "failure")
+                    if not isinstance(exc, Exception) or not on(exc):
+                        raise
+                    outcome: Outcome[Any] = Outcome(exception=exc)
+                else:
+                    failed = on_result is not None and on_result(result)
+                    if durations:
+                        site.record_duration("attempt", perf_counter() - t0, "failure" if failed else "success")
+                    if not failed:
+                        return result
+                    outcome = Outcome(result=result)
+                return slow(outcome, start, args, kwargs)
+            finally:
+                if token is not None:
+                    _attempt.reset(token)
+
+        if timed:
+
+            def timed_retry_call(*args: Any, **kwargs: Any) -> Any:
+                if budget is not None:
+                    budget.record_request()
+                if durations or retrying[0]:
+                    return careful_first(args, kwargs)
+                start = now()
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as exc:
+                    if not on(exc):
+                        raise
+                    outcome: Outcome[Any] = Outcome(exception=exc)
+                else:
+                    if on_result is None or not on_result(result):
+                        return result
+                    outcome = Outcome(result=result)
+                return slow(outcome, start, args, kwargs)
+
+            return timed_retry_call
 
         def retry_call(*args: Any, **kwargs: Any) -> Any:
             if budget is not None:
                 budget.record_request()
-            if durations:
-                return timed_first(args, kwargs)
+            if durations or retrying[0]:
+                return careful_first(args, kwargs)
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
@@ -323,12 +413,17 @@ class Retry(Policy):
                 if on_result is None or not on_result(result):
                     return result
                 outcome = Outcome(result=result)
-            return slow(outcome, args, kwargs)
+            return slow(outcome, None, args, kwargs)
 
         return retry_call
 
     def __repr__(self) -> str:
         return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, name={self.name!r})"
+
+
+def _now_of(clock: Clock) -> Callable[[], float]:
+    """The clock's ``now``; the system clock's is read straight from time.monotonic (one call less)."""
+    return time.monotonic if type(clock) is SystemClock else clock.now
 
 
 def _passthrough_async(fn: AsyncFn) -> AsyncWrapped:
@@ -344,13 +439,28 @@ class _Run:
     Created only on the failure path, so its cost never touches a success.
     """
 
-    __slots__ = ("attempt", "delays", "elapsed", "idle", "outcome", "policy", "reason", "site", "start", "token")
+    __slots__ = (
+        "attempt",
+        "delays",
+        "elapsed",
+        "from_start",
+        "idle",
+        "outcome",
+        "policy",
+        "reason",
+        "site",
+        "start",
+        "token",
+    )
 
-    def __init__(self, policy: Retry, site: EventSite, first: Outcome[Any]) -> None:
+    def __init__(self, policy: Retry, site: EventSite, first: Outcome[Any], start: float | None) -> None:
         self.policy = policy
         self.site = site
         self.outcome = first
-        self.start = policy.clock.now()
+        # The start of the first attempt when it was read (max_elapsed needs
+        # it); otherwise the first failure: the fast path reads no clock.
+        self.from_start = start is not None
+        self.start = start if start is not None else policy.clock.now()
         backoff = policy.backoff
         self.delays: Iterator[float] | None = backoff.delays() if isinstance(backoff, Backoff) else None
         self.attempt = 1
@@ -364,6 +474,12 @@ class _Run:
         policy = self.policy
         self.elapsed = policy.clock.now() - self.start
         delay = self._delay()
+        if TEST_MODE.active:
+            # set_testing(): no waiting, and at most TEST_MODE.attempts attempts.
+            delay = 0.0
+            if self.attempt >= TEST_MODE.attempts:
+                self.reason = f"gave up after {self.attempt} attempt{'s' if self.attempt > 1 else ''} (test mode)"
+                return None
         self.reason = self._give_up_reason(delay)
         if self.reason is not None:
             return None
@@ -378,6 +494,8 @@ class _Run:
         self.attempt += 1
         if self.token is None:
             self.token = _attempt.set(self.attempt)
+            with _retrying_lock:
+                _retrying[0] += 1
         else:
             _attempt.set(self.attempt)
         return perf_counter() if _duration_listeners else 0.0
@@ -417,7 +535,10 @@ class _Run:
             )
         exc = outcome.exception
         if exc is not None:
-            exc.add_note(f"resilient: {policy._label()} {reason} in {self.elapsed:.2f} s")
+            if self.from_start:
+                exc.add_note(f"resilient: {policy._label()} {reason} in {self.elapsed:.2f} s")
+            else:
+                exc.add_note(f"resilient: {policy._label()} {reason}, {self.elapsed:.2f} s after the first failure")
             raise exc
         return outcome.result
 
@@ -425,6 +546,8 @@ class _Run:
         """Restore the caller's attempt number."""
         if self.token is not None:
             _attempt.reset(self.token)
+            with _retrying_lock:
+                _retrying[0] -= 1
 
     def _delay(self) -> float:
         policy = self.policy
@@ -433,7 +556,7 @@ class _Run:
         if policy.delay_hint is not None:
             value = outcome.exception if outcome.exception is not None else outcome.result
             try:
-                delay = _finite_delay(policy.delay_hint(value))
+                delay = _finite_delay(policy.delay_hint(value), policy.max_delay)
             except Exception:  # a broken hint must not turn a retry into a crash
                 logger.debug("resilient: delay_hint raised; using the backoff", exc_info=True)
                 delay = None
@@ -442,9 +565,10 @@ class _Run:
             if self.delays is not None:
                 delay = next(self.delays)
             elif _is_tenacity_wait(backoff):
-                delay = _finite_delay(backoff(_TenacityState(self.attempt, outcome, self.elapsed, self.idle))) or 0.0
+                state = _TenacityState(self.attempt, outcome, self.elapsed, self.idle)
+                delay = _finite_delay(backoff(state), policy.max_delay) or 0.0
             else:
-                delay = _finite_delay(backoff(self.attempt)) or 0.0
+                delay = _finite_delay(backoff(self.attempt), policy.max_delay) or 0.0
         if policy.max_delay is not None and delay > policy.max_delay:
             delay = policy.max_delay
         return delay

@@ -18,8 +18,70 @@ from contextlib import contextmanager
 
 from resilient import events as _events
 from resilient.events import ResilienceEvent
+from resilient.validate import check_bool, check_int
 
-__all__ = ["FakeClock", "FakeTimer", "RecordingListener", "recording"]
+__all__ = ["TEST_MODE", "FakeClock", "FakeTimer", "RecordingListener", "TestMode", "recording", "set_testing"]
+
+
+class TestMode:
+    """The process-wide test mode that :func:`set_testing` switches (read by every :class:`~resilient.Retry`)."""
+
+    __slots__ = ("active", "attempts")
+
+    def __init__(self) -> None:
+        #: Whether test mode is on.
+        self.active = False
+        #: The most attempts any retry makes while it is on.
+        self.attempts = 1
+
+    def __repr__(self) -> str:
+        return f"TestMode(active={self.active}, attempts={self.attempts})"
+
+
+#: The test mode in force. Retries read it only after a failure, so it costs
+#: the success path nothing.
+TEST_MODE = TestMode()
+
+
+class _Restore:
+    """What :func:`set_testing` returns: used as a context manager, it restores the previous mode."""
+
+    __slots__ = ("_previous",)
+
+    def __init__(self, previous: tuple[bool, int]) -> None:
+        self._previous = previous
+
+    def __enter__(self) -> TestMode:
+        return TEST_MODE
+
+    def __exit__(self, *exc: object) -> None:
+        TEST_MODE.active, TEST_MODE.attempts = self._previous
+
+
+def set_testing(testing: bool, *, attempts: int = 1) -> _Restore:
+    """Switch test mode on or off, process-wide (stamina's ``set_testing``).
+
+    While it is on, every :class:`~resilient.Retry` makes at most
+    ``attempts`` attempts and never waits between them, whatever its own
+    options say: a test of a service that retries a failing dependency gets
+    its answer at once. ``set_testing(False)`` turns it off. Used as a
+    context manager, it is on for the block and the previous mode comes back
+    after it::
+
+        with set_testing(True, attempts=2):
+            ...
+
+    The pytest plugin's ``resilient_testing`` fixture does this for one test.
+
+    Raises:
+        TypeError, ValueError: ``testing`` is not a bool, ``attempts`` not an int >= 1.
+    """
+    check_bool(testing, "testing")
+    check_int(attempts, "attempts", minimum=1)
+    previous = (TEST_MODE.active, TEST_MODE.attempts)
+    TEST_MODE.active = testing
+    TEST_MODE.attempts = attempts
+    return _Restore(previous)
 
 
 class FakeTimer:

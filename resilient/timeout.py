@@ -162,6 +162,13 @@ class Timeout(Policy):
                 raise
             if token is not None:
                 reset_deadline(token)
+            entries = queue.entries
+            if len(entries) == 1 and entries[0] is entry:
+                # TimerQueue.done()'s common case, inlined (a lone call that
+                # finished before its timer): it is most of a call's cost.
+                entries.clear()
+                queue.live -= 1
+                return result
             queue.done(entry)
             if entry[FIRED]:
                 # The timer fired but the call finished anyway (it swallowed

@@ -18,12 +18,21 @@ Endpoints (every method; the request body is read and counted):
 * ``/drop?key=k&fail=1``: the first ``fail`` requests of ``key`` see their
   connection closed without a response (``fail=-1``: always).
 * ``/big?code=503&size=100000``: a large body with that status.
+* ``/stream?key=k&code=503&size=100000&chunk=65536``: a large body with that
+  status, streamed in chunks without a ``Content-Length``; the bytes the
+  server managed to send are counted in ``server.sent(key)``.
+* ``/trickle?key=k&code=200&count=100&interval=0.02``: the headers, then a
+  body of ``count`` bytes, one every ``interval`` seconds, until the client
+  goes away; each byte sent is counted in ``server.sent(key)``.
 * ``/headers``: 200 and JSON of the headers received (to check the
   deadline header).
 * ``/count?key=k``: JSON ``{"count": n}``, the number of requests of ``key``.
 
 Every request is counted under its ``key`` (default: its path), and
 ``server.count(key)`` reads that counter directly.
+
+:func:`header_trickler` is a raw-socket server for what ASGI cannot do:
+response *headers* sent one byte at a time.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ class FlakyApp:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()
         self.bodies: dict[str, bytes] = {}
         self.lock = threading.Lock()
 
@@ -102,6 +112,10 @@ class FlakyApp:
         elif path == "/big":
             code = int(query.get("code", "503"))
             await _respond(send, code, b"x" * int(query.get("size", "100000")))
+        elif path == "/stream":
+            await self._stream(send, key, query)
+        elif path == "/trickle":
+            await self._trickle(receive, send, key, query)
         elif path == "/headers":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             await _respond(send, 200, json.dumps(headers).encode(), [(b"content-type", b"application/json")])
@@ -111,6 +125,37 @@ class FlakyApp:
             await _respond(send, 200, json.dumps({"count": n}).encode(), [(b"content-type", b"application/json")])
         else:
             await _respond(send, 404, b"not found")
+
+    async def _stream(self, send: Send, key: str, query: dict[str, str]) -> None:
+        code, size, chunk = (
+            int(query.get("code", "503")),
+            int(query.get("size", "100000")),
+            int(query.get("chunk", "65536")),
+        )
+        await send({"type": "http.response.start", "status": code, "headers": []})
+        left = size
+        while left > 0:
+            n = min(chunk, left)
+            left -= n
+            # uvicorn's send waits while the client is not reading (flow control).
+            await send({"type": "http.response.body", "body": b"x" * n, "more_body": left > 0})
+            with self.lock:
+                self.sent[key] += n
+
+    async def _trickle(self, receive: Receive, send: Send, key: str, query: dict[str, str]) -> None:
+        code, count, interval = (
+            int(query.get("code", "200")),
+            int(query.get("count", "100")),
+            float(query.get("interval", "0.02")),
+        )
+        await send({"type": "http.response.start", "status": code, "headers": []})
+        for _ in range(count):
+            if not await _sleep_unless_gone(receive, interval):
+                return
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            with self.lock:
+                self.sent[key] += 1
+        await send({"type": "http.response.body", "body": b""})
 
 
 async def _sleep_unless_gone(receive: Receive, delay: float) -> bool:
@@ -162,15 +207,30 @@ class RunningServer:
         with self.app.lock:
             return self.app.counts[key]
 
+    def sent(self, key: str) -> int:
+        """Bytes sent so far by ``/stream`` or ``/trickle`` under ``key``."""
+        with self.app.lock:
+            return self.app.sent[key]
+
     def reset(self) -> None:
         """Forget every counter."""
         with self.app.lock:
             self.app.counts.clear()
+            self.app.sent.clear()
 
     def stop(self) -> None:
         """Stop the server and wait for its thread."""
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def fast_pipeline(**overrides: Any) -> Any:
+    """A standard pipeline for tests: tiny backoffs, a breaker that never opens."""
+    from resilient.httpx import standard_pipeline
+
+    options: dict[str, Any] = {"base_delay": 0.001, "max_delay": 0.05, "minimum_throughput": 10_000}
+    options.update(overrides)
+    return standard_pipeline(**options)
 
 
 def free_socket() -> socket.socket:
@@ -206,3 +266,81 @@ def running_server(app: Any = None) -> Iterator[RunningServer]:
         yield handle
     finally:
         handle.stop()
+
+
+class HeaderTrickler:
+    """A raw HTTP/1.1 server on 127.0.0.1 that sends its response headers one byte at a time.
+
+    Each connection gets ``HTTP/1.1 200 OK``, then a header line of
+    ``count`` bytes, one every ``interval`` seconds, then an empty body.
+    ``sent`` counts the header bytes written so far, over all connections.
+    """
+
+    def __init__(self, count: int, interval: float) -> None:
+        self.count = count
+        self.interval = interval
+        self.sent = 0
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = free_socket()
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, daemon=True, name=f"trickler-{self.port}")
+        self._accepting.start()
+
+    def url(self, path: str = "/") -> str:
+        """The absolute URL of ``path``."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            received = b""
+            try:
+                while b"\r\n\r\n" not in received:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    received += data
+                conn.sendall(b"HTTP/1.1 200 OK\r\nx-trickle: ")
+                for _ in range(self.count):
+                    if self._stop.wait(self.interval):
+                        return
+                    conn.sendall(b"a")
+                    with self.lock:
+                        self.sent += 1
+                conn.sendall(b"\r\ncontent-length: 2\r\n\r\nok")
+            except OSError:  # the client went away
+                return
+
+    def stop(self) -> None:
+        """Stop accepting and end every connection."""
+        self._stop.set()
+        self._listener.close()
+        self._accepting.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+@contextmanager
+def header_trickler(count: int = 100, interval: float = 0.02) -> Iterator[HeaderTrickler]:
+    """A running :class:`HeaderTrickler`, stopped on exit."""
+    server = HeaderTrickler(count, interval)
+    try:
+        yield server
+    finally:
+        server.stop()

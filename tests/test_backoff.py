@@ -116,3 +116,19 @@ def test_retry_numbers_start_at_one() -> None:
 def test_reprs() -> None:
     assert repr(constant(1)) == "constant(1.0)"
     assert "jitter='full'" in repr(exponential())
+
+
+# -- decorrelated jitter and factor (issue 14, item 19) ----------------------
+
+
+@pytest.mark.parametrize("factor", [1, 1.5, 3, 10.0])
+def test_decorrelated_jitter_refuses_a_factor_it_would_ignore(factor: float) -> None:
+    with pytest.raises(ValueError, match=r"factor.*jitter='decorrelated'") as info:
+        exponential(0.1, factor=factor, jitter="decorrelated")
+    assert repr(factor) in str(info.value)
+
+
+@pytest.mark.parametrize("factor", [2, 2.0])
+def test_decorrelated_jitter_accepts_its_own_factor(factor: float) -> None:
+    backoff = exponential(0.1, factor=factor, jitter="decorrelated", random=random.Random(1).random)
+    assert backoff(1) > 0

@@ -7,6 +7,8 @@ import threading
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resilient import Retry, RetryBudget, constant
 from resilient.events import BUDGET_EXHAUSTED, RETRY
@@ -56,8 +58,11 @@ def test_window_forgets_requests_and_retries(clock: FakeClock) -> None:
     assert sum(budget.try_spend() for _ in range(10)) == 5
     clock.advance(5)
     assert not budget.try_spend()
-    clock.advance(5.5)  # everything above has left the window
+    clock.advance(5.5)  # the calls above have left the window
     assert budget.status()["requests"] == 0
+    # Retries are forgotten one bucket later, so that none of the last 10 s ever is.
+    assert budget.status()["retries"] == 5
+    clock.advance(0.5)
     assert budget.status()["retries"] == 0
     assert not budget.try_spend()
     budget.record_request()
@@ -222,3 +227,64 @@ def test_threads_count_every_request() -> None:
     for t in threads:
         t.join()
     assert budget.status()["requests"] == 80_000
+
+
+# -- the bound, over any window (issue 14, item 15) --------------------------
+
+
+def test_retries_at_the_end_of_a_bucket_do_not_come_back_early(clock: FakeClock) -> None:
+    """10 retries at t=0.99 with a floor of 10: none may pass again before t=10.99."""
+    budget = RetryBudget(ratio=0.0, min_per_second=1, window=10, clock=clock)
+    clock.set(0.99)
+    assert sum(budget.try_spend() for _ in range(10)) == 10
+    clock.set(10.0)  # 9.01 s later: the 10 retries are still in the last 10 s
+    assert not budget.try_spend()
+    clock.set(10.98)
+    assert not budget.try_spend()
+    clock.set(11.0)  # more than 10 s after them, with a bucket's slack
+    assert budget.try_spend()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    window=st.integers(1, 20),
+    ratio=st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0]),
+    min_per_second=st.sampled_from([0.0, 0.3, 1.0, 3.0]),
+    events=st.lists(st.tuples(st.integers(0, 4000), st.booleans()), max_size=250),
+)
+def test_retries_never_exceed_the_bound_over_any_window(
+    window: int, ratio: float, min_per_second: float, events: list[tuple[int, bool]]
+) -> None:
+    """The documented bound, checked over every window of a random history on a FakeClock.
+
+    Events come every 0..4 s (whole milliseconds); each is a call or a retry attempt.
+    """
+    clock = FakeClock()
+    budget = RetryBudget(ratio=ratio, min_per_second=min_per_second, window=window, clock=clock)
+    calls: list[float] = []
+    retries: list[float] = []
+    t_ms = 0
+    for step_ms, is_call in events:
+        t_ms += step_ms
+        clock.set(t_ms / 1000)
+        now = clock.now()
+        if is_call:
+            budget.record_request()
+            calls.append(now)
+        elif budget.try_spend():
+            retries.append(now)
+    floor = min_per_second * window
+    slack = 1e-6  # float rounding at the exact edge of a window
+
+    def count(times: list[float], lo: float, hi: float) -> int:
+        """Events in (lo, hi]."""
+        return sum(lo < t <= hi for t in times)
+
+    for t in retries:
+        # At every retry, the last `window` seconds hold at most ratio * calls + floor retries...
+        in_window = count(retries, t - window + slack, t)
+        assert in_window <= ratio * count(calls, t - window, t) + floor + 1e-9, (t, in_window)
+        # ...so any span of `window` seconds starting at a retry (the busiest spans do) holds at
+        # most floor retries plus ratio times the calls of that span and of the window before it.
+        span = count(retries, t - slack, t + window - slack)
+        assert span <= ratio * count(calls, t - window, t + window) + floor + 1e-9, (t, span)

@@ -613,3 +613,83 @@ async def test_policy_listeners_receive_the_stale_hit(clock: FakeClock) -> None:
     assert [(e.name, e.severity.value, e.exception) for e in events] == [
         (CACHE_STALE_HIT, "warning", "resilient.errors.CircuitOpenError")
     ]
+
+
+# -- an `on=` predicate that raises (issue 14, item 12) ----------------------
+
+
+def _broken_on(exc: Exception) -> bool:
+    raise RuntimeError("predicate bug")
+
+
+async def test_a_raising_on_predicate_in_a_background_refresh_is_contained(
+    clock: FakeClock, no_task_warnings: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    up = Upstream()
+    cache = StaleCache(10, stale_ttl=60, on=_broken_on, clock=clock, name="users")
+    cached = cache(up)
+    await cached(1)
+    up.error = ConnectionError("down")
+    clock.advance(20)
+    with recording() as rec, caplog.at_level("WARNING", logger="resilient.cache"):
+        assert await cached(1) == "v1"
+        await settle()
+        assert await cached(1) == "v1"  # the stale value stays; a new refresh starts
+        await settle()
+    assert up.calls == 3
+    # The call's own failure is what is recorded; the predicate's bug is logged.
+    assert [e.exception for e in rec.of(CACHE_REFRESH_FAILED)] == ["ConnectionError", "ConnectionError"]
+    assert cache.status()["last_refresh_error"] == "ConnectionError"
+    assert any("on= predicate raised RuntimeError" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_raising_on_predicate_still_serves_stale_to_foreground_callers(clock: FakeClock) -> None:
+    up = Upstream()
+    cached = StaleCache(10, stale_ttl=60, refresh="inline", on=_broken_on, clock=clock)(up)
+    await cached(1)
+    clock.advance(20)
+    up.error = ConnectionError("down")
+    up.gate = asyncio.Event()
+    leader = asyncio.create_task(cached(1))
+    await settle()
+    follower = asyncio.create_task(cached(1))  # served stale at once, as always
+    await settle()
+    up.gate.set()
+    # Not RuntimeError("predicate bug"): the failure counts as one, and the stale value beats it.
+    assert await leader == "v1"
+    assert await follower == "v1"
+
+
+async def test_a_raising_on_predicate_without_stale_raises_the_call_s_own_exception(
+    clock: FakeClock, no_task_warnings: None
+) -> None:
+    up = Upstream()
+    up.error = ConnectionError("down")
+    up.gate = asyncio.Event()
+    cached = StaleCache(10, stale_ttl=60, on=_broken_on, clock=clock)(up)
+    callers = [asyncio.create_task(cached(1)) for _ in range(3)]  # one call, shared
+    await settle()
+    up.gate.set()
+    for caller in callers:
+        with pytest.raises(ConnectionError, match="down"):
+            await caller
+    assert up.calls == 1
+
+
+def test_a_raising_on_predicate_sync_serves_stale(clock: FakeClock) -> None:
+    calls = 0
+
+    def load(x: int) -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise ConnectionError("down")
+        return "v1"
+
+    cached = StaleCache(10, stale_ttl=60, on=_broken_on, clock=clock)(load)
+    assert cached(1) == "v1"
+    clock.advance(20)
+    assert cached(1) == "v1"
+    clock.advance(60)
+    with pytest.raises(ConnectionError):
+        cached(1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import traceback
+from typing import Any
 
 import pytest
 
@@ -82,3 +84,79 @@ def test_bad_config() -> None:
         Latency(0.1, -1)
     with pytest.raises(TypeError, match="factory"):
         ResultInjection(0.1, 3, factory=True)
+
+
+# -- an exception instance is never mutated (issue 14, item 18) --------------
+
+
+class _NeedsKeyword(Exception):
+    """An exception whose __init__ cannot be called again from its args."""
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _raised(call: Any, times: int) -> list[BaseException]:
+    out: list[BaseException] = []
+    for _ in range(times):
+        try:
+            call()
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+@pytest.mark.parametrize(
+    "template",
+    [ConnectionError("down"), _NeedsKeyword("teapot", code=418), OSError(111, "Connection refused")],
+    ids=["builtin", "custom-init", "oserror"],
+)
+def test_an_exception_instance_is_raised_as_a_fresh_copy_each_time(template: Exception) -> None:
+    template.add_note("set by the test")
+    fault = Fault(1.0, exception=template, name="boom")
+    raised = _raised(fault(lambda: None), 500)
+    assert len({id(e) for e in raised}) == 500
+    assert template not in raised
+    # The shared instance is untouched: no notes piled up, no traceback grown.
+    assert template.__notes__ == ["set by the test"]
+    assert template.__traceback__ is None
+    last = raised[-1]
+    assert type(last) is type(template)
+    assert last.args == template.args
+    assert vars(last) == {**vars(template), "__notes__": ["set by the test", "resilient: injected by Fault 'boom'"]}
+    assert len(traceback.extract_tb(last.__traceback__)) < 5
+
+
+async def test_an_exception_instance_is_raised_fresh_on_the_async_path_too() -> None:
+    template = ConnectionError("down")
+    guarded = Fault(1.0, exception=template)(ok)
+    raised: list[BaseException] = []
+    for _ in range(200):
+        with pytest.raises(ConnectionError) as info:
+            await guarded()
+        raised.append(info.value)
+    assert all(e is not template for e in raised)
+    assert not hasattr(template, "__notes__")
+    assert raised[-1].__notes__ == ["resilient: injected by Fault"]
+
+
+def test_an_exception_that_cannot_be_copied_is_reset_before_each_raise() -> None:
+    class Stubborn(Exception):
+        made = False
+
+        def __new__(cls, *args: Any) -> Stubborn:
+            if cls.made:
+                raise TypeError("no copies")
+            cls.made = True
+            return super().__new__(cls, *args)
+
+        def __reduce__(self) -> Any:
+            raise TypeError("no copies")
+
+    template = Stubborn("made once")
+    raised = _raised(Fault(1.0, exception=template)(lambda: None), 300)
+    # The documented equivalent: the same instance, but each raise starts afresh.
+    assert all(e is template for e in raised)
+    assert template.__notes__ == ["resilient: injected by Fault"]
+    assert len(traceback.extract_tb(template.__traceback__)) < 5

@@ -405,9 +405,15 @@ def test_event_is_frozen_and_slotted() -> None:
 
 
 def test_every_event_constant_is_a_distinct_snake_case_name() -> None:
-    names = [getattr(ev, n) for n in ev.__all__ if n.isupper()]
-    assert len(names) == len(set(names)) == 13
+    names = [getattr(ev, n) for n in ev.__all__ if n.isupper() and not n.startswith("EXTRA_")]
+    assert len(names) == len(set(names)) == 14
     assert all(n.replace("_", "").isalpha() and n.islower() for n in names)
+
+
+def test_extras_keys_are_distinct_constants() -> None:
+    keys = [getattr(ev, n) for n in ev.__all__ if n.startswith("EXTRA_")]
+    assert len(keys) == len(set(keys))
+    assert ev.EXTRA_HTTP_STATUS == "http.response.status_code"
 
 
 async def test_logging_listener_writes_one_line_per_event_at_its_severity(caplog: pytest.LogCaptureFixture) -> None:

@@ -129,3 +129,39 @@ def test_none_is_a_valid_value() -> None:
         raise ValueError
 
     assert fail() is None
+
+
+async def test_fallbacks_used_tells_the_caller_which_answers_were_substitutes() -> None:
+    from resilient.fallback import fallbacks_used
+
+    @Fallback([], name="recs")
+    async def recommendations(fail: bool) -> list[int]:
+        if fail:
+            raise ConnectionError
+        return [1]
+
+    with fallbacks_used() as used:
+        assert await recommendations(False) == [1]
+    assert used == []
+    with fallbacks_used() as used:
+        assert await recommendations(True) == []
+        assert await asyncio.gather(recommendations(True), recommendations(False)) == [[], [1]]
+    assert [u.policy for u in used] == ["recs", "recs"]
+    assert isinstance(used[0].exception, ConnectionError)
+    assert used[0].operation is not None
+    assert used[0].operation.endswith("recommendations")
+    # Outside a watch, nothing is recorded (and nothing breaks).
+    assert await recommendations(True) == []
+
+
+def test_fallbacks_used_sees_flagged_results_in_sync_code() -> None:
+    from resilient.fallback import fallbacks_used
+
+    @Fallback(0, on_result=lambda r: r < 0)
+    def score() -> int:
+        return -1
+
+    with fallbacks_used() as used:
+        assert score() == 0
+    assert len(used) == 1
+    assert used[0].exception is None

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from httpx_server import RunningServer, free_socket, start_server
+from httpx_server import RunningServer, fast_pipeline, free_socket, start_server
 
 from resilient import Retry, constant, deadline
 from resilient.errors import CircuitOpenError
@@ -42,9 +42,8 @@ def server2() -> Iterator[RunningServer]:
 
 
 def fast(**overrides: Any) -> StandardPipeline:
-    options: dict[str, Any] = {"base_delay": 0.001, "max_delay": 0.05, "minimum_throughput": 10_000}
-    options.update(overrides)
-    return standard_pipeline(**options)
+    pipeline: StandardPipeline = fast_pipeline(**overrides)
+    return pipeline
 
 
 def client(pipeline: Any = None, *, timeout: Any = 5.0, **kw: Any) -> httpx.AsyncClient:

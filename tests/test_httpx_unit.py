@@ -493,7 +493,9 @@ async def test_last_failed_response_is_intact() -> None:
     async with await aclient(handler) as client, client.stream("GET", "/x") as response:
         assert response.status_code == 503
         assert response.headers["x-why"] == "busy"
-        assert [chunk async for chunk in response.aiter_raw()] == [b"busy"]
+        # The last one is not going to be retried: handed back unread, as it came.
+        assert log.count("r read 0") == 3
+        assert [chunk async for chunk in response.aiter_raw()] == [b"bu", b"sy"]
     assert log.count("r closed") == 4  # each attempt's connection was released
 
 

@@ -22,10 +22,23 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider
 
-from resilient import BulkheadFullError, Pipeline, Policy, Retry, Timeout, constant, otel
+from resilient import (
+    BulkheadFullError,
+    CircuitBreaker,
+    Pipeline,
+    Policy,
+    RateLimitedError,
+    RateLimiter,
+    Retry,
+    Timeout,
+    constant,
+    otel,
+)
 from resilient import events as ev
+from resilient.errors import CircuitOpenError
 from resilient.events import EventSite, Severity
 from resilient.policy import AsyncFn, AsyncWrapped
+from resilient.testing import FakeClock
 
 
 class Telemetry:
@@ -566,3 +579,50 @@ def test_global_proxy_provider_costs_nothing_until_an_sdk_is_set() -> None:
     lines = out.stdout.splitlines()
     assert lines[0] == "['resilience.attempt.duration', 'resilience.events', 'resilience.pipeline.duration']"
     assert lines[1] == "2"
+
+
+# -- cardinality: the table is keyed on what is exported (issue 14, item 4) ------
+
+
+async def test_thousands_of_limiter_rejections_do_not_push_other_events_into_overflow(tel: Telemetry) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(1, 1.0, burst=1, mode="reject", name="quota", clock=clock)
+
+    async def ok() -> str:
+        return "ok"
+
+    limited = limiter(ok)
+    await limited()
+    rejections = 3000
+    for _ in range(rejections):
+        # Each rejection carries a different float retry_after, which is not exported.
+        clock.advance(0.0001)
+        with pytest.raises(RateLimitedError):
+            await limited()
+
+    breaker = CircuitBreaker("db", consecutive_failures=2, clock=clock)
+
+    async def down() -> None:
+        raise ConnectionError("down")
+
+    guarded = breaker(down)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await guarded()
+    with pytest.raises(CircuitOpenError):
+        await guarded()
+
+    retried = Retry(2, backoff=constant(0), name="fetch retry", clock=clock)(flaky(1))
+    assert await retried() == "ok"
+
+    points = tel.points("resilience.events")
+    assert not [p for p in points if "otel.metric.overflow" in p.attributes]
+    by_event = {(p.attributes["resilience.policy.type"], p.attributes["resilience.event.name"]): p for p in points}
+    rejected = by_event[("rate_limiter", "rejected")]
+    assert rejected.value == rejections
+    assert rejected.attributes["resilience.policy.name"] == "quota"
+    assert by_event[("circuit_breaker", "circuit_opened")].attributes["resilience.policy.name"] == "db"
+    assert by_event[("circuit_breaker", "rejected")].value == 1
+    assert by_event[("retry", "retry")].attributes["resilience.policy.name"] == "fetch retry"
+    # One point per exported attribute set: nothing identical is reported twice.
+    assert len({frozenset(p.attributes.items()) for p in points}) == len(points)

@@ -227,3 +227,13 @@ async def test_cancellation_propagates_through_a_pipeline() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_the_command_prints_its_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from resilient import __version__
+    from resilient.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"resilient {__version__}"

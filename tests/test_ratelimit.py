@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from resilient import RateLimitedError, deadline
 from resilient.events import REJECTED
@@ -263,12 +265,15 @@ async def test_cancelled_waiter_gives_its_tokens_back(clock: FakeClock) -> None:
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
-    # The cancelled reservation is returned: a newcomer waits as long as the first one would have.
+    # The cancelled turn is given back: a newcomer takes it (not the second's, as it once did).
     third = asyncio.create_task(rl.acquire())
     await _settle()
-    assert clock.sleeps[-1] == pytest.approx(2.0)
-    clock.advance(2)
-    await asyncio.gather(second, third)
+    assert clock.sleeps[-1] == pytest.approx(1.0)
+    clock.advance(1)
+    await third
+    assert not second.done()
+    clock.advance(1)
+    await second
     assert rl.try_acquire().allowed is False
 
 
@@ -432,3 +437,236 @@ def test_keyed_lru_keeps_the_active_keys(clock: FakeClock) -> None:
     assert kl.try_acquire("b").allowed  # evicts "a", the least recently used
     assert not kl.try_acquire("hot").allowed
     assert kl.keys == 2
+
+
+# -- keys whose __hash__ / __eq__ raise (issue 14, item 6) -------------------
+
+
+class _BadHash:
+    """A key whose hash raises something other than TypeError."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __hash__(self) -> int:
+        raise self.exc
+
+
+class _BadEq:
+    """Keys that all hash alike and cannot be compared: the second one raises in the lookup."""
+
+    def __hash__(self) -> int:
+        return 42
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        raise ValueError("cannot compare")
+
+
+def _lock_is_free(kl: KeyedRateLimiter) -> bool:
+    """Whether another thread can still use the limiter (a held lock would block it for good)."""
+    done = threading.Event()
+
+    def probe() -> None:
+        kl.try_acquire("probe")
+        done.set()
+
+    # A daemon thread: if the lock is held, the probe blocks forever and must not hold up the exit.
+    threading.Thread(target=probe, daemon=True).start()
+    return done.wait(5)
+
+
+async def test_a_key_whose_hash_raises_is_a_key_error_and_frees_the_lock() -> None:
+    kl = KeyedRateLimiter(1000, key=lambda k: k, name="users")
+    guarded = kl(_echo)
+    for call in (
+        lambda k: guarded(k),
+        lambda k: kl.acquire(k),
+    ):
+        with pytest.raises(RateLimitKeyError, match=r"'users'.*ValueError") as info:
+            await call(_BadHash(ValueError("no hash")))
+        assert isinstance(info.value.__cause__, ValueError)
+        assert _lock_is_free(kl)
+    for sync_call in (kl.try_acquire, kl.acquire_sync, kl(lambda k: k)):
+        with pytest.raises(RateLimitKeyError, match="ValueError"):
+            sync_call(_BadHash(ValueError("no hash")))
+        assert _lock_is_free(kl)
+    assert await asyncio.wait_for(guarded("ok"), 5) == "ok"
+
+
+async def test_a_key_whose_eq_raises_is_a_key_error_and_frees_the_lock() -> None:
+    kl = KeyedRateLimiter(1000, key=lambda k: k, name="users")
+    guarded = kl(_echo)
+    first = _BadEq()
+    assert kl.try_acquire(first).allowed  # stored: later keys of the same hash compare with it
+    with pytest.raises(RateLimitKeyError, match="ValueError: cannot compare"):
+        await guarded(_BadEq())
+    assert _lock_is_free(kl)
+    with pytest.raises(RateLimitKeyError, match="ValueError: cannot compare"):
+        kl.try_acquire(_BadEq())
+    assert _lock_is_free(kl)
+    assert kl.try_acquire(first).allowed  # the bucket map is intact
+
+
+async def test_a_key_whose_hash_raises_a_base_exception_propagates_it_and_frees_the_lock() -> None:
+    kl = KeyedRateLimiter(1000, key=lambda k: k)
+    with pytest.raises(KeyboardInterrupt):
+        await kl(_echo)(_BadHash(KeyboardInterrupt()))
+    assert _lock_is_free(kl)
+    with pytest.raises(KeyboardInterrupt):
+        kl.try_acquire(_BadHash(KeyboardInterrupt()))
+    assert _lock_is_free(kl)
+
+
+# -- a cancelled waiter in the middle of the queue (issue 14, item 14) -------
+
+
+async def test_a_cancelled_middle_waiter_frees_its_slot_for_the_next_caller(clock: FakeClock) -> None:
+    rl = RateLimiter(1, burst=1, clock=clock)  # one call per second
+    ran: dict[str, float] = {}
+
+    async def call(name: str) -> None:
+        await rl.acquire()
+        ran[name] = clock.now()
+
+    await call("a")  # t=0
+    tasks = {name: asyncio.create_task(call(name)) for name in "bcd"}  # turns at t=1, 2, 3
+    await _settle()
+    tasks["c"].cancel()
+    await _settle()
+    tasks["e"] = asyncio.create_task(call("e"))  # arrives after d: takes c's freed turn
+    await _settle()
+    for _ in range(3):
+        clock.advance(1)
+        await _settle()
+    await asyncio.gather(*(t for n, t in tasks.items() if n != "c"))
+    assert ran == {"a": 0.0, "b": 1.0, "e": 2.0, "d": 3.0}
+    # At t=3 the next turn is after d's: no turn was lost, none handed out twice.
+    assert rl.try_acquire().allowed is False
+    clock.advance(1)
+    assert rl.try_acquire().allowed is True
+
+
+async def test_a_cancelled_last_waiter_gives_back_the_freed_turns_before_it(clock: FakeClock) -> None:
+    rl = RateLimiter(1, burst=1, clock=clock)
+    await rl.acquire()
+    b, c, d = (asyncio.create_task(rl.acquire()) for _ in range(3))  # turns at t=1, 2, 3
+    await _settle()
+    c.cancel()
+    d.cancel()
+    await _settle()
+    # Both freed turns are given back: a newcomer waits for the turn after b's.
+    e = asyncio.create_task(rl.acquire())
+    await _settle()
+    assert clock.sleeps[-1] == pytest.approx(2.0)
+    clock.advance(2)
+    await asyncio.gather(b, e)
+
+
+def test_a_freed_turn_in_the_past_is_not_reused(clock: FakeClock) -> None:
+    """A freed turn can only be taken before it comes: reusing it later would exceed the rate."""
+    rl = RateLimiter(1, burst=1, clock=clock)
+
+    async def scenario() -> list[float]:
+        ran: list[float] = []
+
+        async def call() -> None:
+            await rl.acquire()
+            ran.append(clock.now())
+
+        await call()  # t=0
+        b, c, d = (asyncio.create_task(call()) for _ in range(3))  # turns at t=1, 2, 3
+        await _settle()
+        c.cancel()
+        for _ in range(2):
+            clock.advance(1)
+            await _settle()
+        clock.advance(0.5)  # t=2.5: c's turn (t=2) has gone by
+        e = asyncio.create_task(call())
+        await _settle()
+        for _ in range(3):
+            clock.advance(0.5)
+            await _settle()
+        clock.advance(1)
+        await _settle()
+        await asyncio.gather(b, d, e)
+        return ran
+
+    assert asyncio.run(scenario()) == [0.0, 1.0, 3.0, 4.0]
+
+
+_STEP = 0.125  # a binary fraction: fake times stay exact
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    burst=st.integers(1, 3),
+    ops=st.lists(
+        st.one_of(
+            st.just(("arrive", 0)),
+            st.tuples(st.just("cancel"), st.integers(0, 30)),
+            st.tuples(st.just("tick"), st.integers(1, 12)),
+        ),
+        max_size=40,
+    ),
+)
+def test_waiters_cancelled_anywhere_never_exceed_the_rate(burst: int, ops: list[tuple[str, int]]) -> None:
+    """Whatever waiters are cancelled, the calls that ran conform to the bucket: never two turns at once."""
+
+    async def scenario() -> list[float]:
+        clock = FakeClock()
+        rl = RateLimiter(1, burst=burst, clock=clock)
+        ran: list[float] = []
+        waiters: list[asyncio.Task[None]] = []
+
+        async def call() -> None:
+            await rl.acquire()
+            ran.append(clock.now())
+
+        for op, n in ops:
+            if op == "arrive":
+                waiters.append(asyncio.create_task(call()))
+            elif op == "cancel" and waiters:
+                waiters[n % len(waiters)].cancel()
+            else:
+                for _ in range(n):
+                    clock.advance(_STEP)
+                    await _settle()
+            await _settle()
+        while not all(w.done() for w in waiters):
+            clock.advance(_STEP)
+            await _settle()
+        return ran
+
+    ran = sorted(asyncio.run(scenario()))
+    # GCRA conformance with unit cost: calls i..j span at least (j - i - burst + 1) turns.
+    for i in range(len(ran)):
+        for j in range(i + 1, len(ran)):
+            assert ran[j] - ran[i] >= j - i - burst + 1 - 1e-9, (i, j, ran)
+
+
+class _OnceBrokenClock(FakeClock):
+    """A custom clock whose first reading is not a number."""
+
+    broken = True
+
+    def now(self) -> float:
+        if self.broken:
+            self.broken = False
+            return None  # type: ignore[return-value]
+        return super().now()
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["RateLimiter", "KeyedRateLimiter"])
+async def test_a_clock_reading_that_is_not_a_number_never_leaves_the_lock_held(keyed: bool) -> None:
+    clock = _OnceBrokenClock()
+    limiter: Any = KeyedRateLimiter(10, key=lambda k: k, clock=clock) if keyed else RateLimiter(10, clock=clock)
+    guarded = limiter(_echo)
+    with pytest.raises(TypeError):
+        await guarded("a")
+    done = threading.Event()
+    probe = (lambda: limiter.try_acquire("probe")) if keyed else limiter.try_acquire
+    threading.Thread(target=lambda: (probe(), done.set()), daemon=True).start()
+    assert done.wait(5), "the limiter's lock was left held"
+    assert await guarded("b") == "b"

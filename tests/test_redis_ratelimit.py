@@ -309,9 +309,11 @@ WORKER = textwrap.dedent(
     import asyncio, sys, time
     from resilient.redis import RedisRateLimiter
 
-    async def main(url, start_at, duration):
+    async def main(url, duration):
         lim = RedisRateLimiter(url, rate=200, burst=5, name="fleet", timeout=0.5)
         await lim._conn.aclient().ping()  # connect before the clock starts
+        print("ready", flush=True)
+        start_at = float(sys.stdin.readline())
         admitted = 0
         while time.time() < start_at:
             await asyncio.sleep(0.001)
@@ -325,27 +327,39 @@ WORKER = textwrap.dedent(
         print(admitted, int(lim.using_redis))
         await lim.aclose()
 
-    asyncio.run(main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
     """
 )
 
 
 def test_shared_limit_across_four_processes(redis_server: RedisServer) -> None:  # noqa: F811
     rate, duration = 200, 2.0
-    start_at = time.time() + 1.5  # time for four interpreters to start on a loaded machine
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, redis_server.url, str(start_at), str(duration)],
+            [sys.executable, "-c", WORKER, redis_server.url, str(duration)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             cwd=ROOT,
         )
         for _ in range(4)
     ]
+    # However long four interpreters take to start on a loaded machine, the
+    # shared run starts once all of them are connected.
+    for p in procs:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == b"ready"
+    start_at = time.time() + 0.2
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(f"{start_at}\n".encode())
+        p.stdin.close()
     results = []
     for p in procs:
-        out, _ = p.communicate(timeout=30)
+        assert p.stdout is not None
+        out = p.stdout.read()
+        p.wait(timeout=30)
         assert p.returncode == 0
         admitted, used_redis = out.split()
         results.append(int(admitted))

@@ -11,6 +11,7 @@ import pytest
 import tenacity
 
 from resilient import Retry, RetryBudget, constant, current_attempt, deadline, exponential, linear
+from resilient.retry import _retrying
 from resilient.testing import FakeClock, recording
 
 
@@ -62,7 +63,7 @@ async def test_reraises_last_exception_itself_with_a_note(auto_clock: FakeClock)
     assert calls == 3
     notes = info.value.__notes__
     assert len(notes) == 1
-    assert "Retry 'db' gave up after 3 attempts in 4.00 s" in notes[0]
+    assert "Retry 'db' gave up after 3 attempts, 4.00 s after the first failure" in notes[0]
 
 
 async def test_returns_last_flagged_result_when_attempts_run_out(auto_clock: FakeClock) -> None:
@@ -341,3 +342,173 @@ async def test_budget_exhaustion_warns_once_per_interval_not_per_call(
     warnings = [r for r in caplog.records if r.name == "resilient.retry"]
     assert len(warnings) == 1
     assert "retry budget exhausted" in warnings[0].getMessage()
+
+
+# -- infinite delays (issue 14, item 16) -------------------------------------
+
+
+async def test_an_infinite_hint_without_max_delay_falls_back_to_the_backoff(auto_clock: FakeClock) -> None:
+    flaky = Flaky(1)
+    retry = Retry(2, backoff=constant(0.5), delay_hint=lambda _: math.inf, max_delay=None, clock=auto_clock)
+    assert await retry.run(flaky) == "ok"
+    assert auto_clock.sleeps == [0.5]
+
+
+def test_an_infinite_hint_without_max_delay_falls_back_to_the_backoff_sync(auto_clock: FakeClock) -> None:
+    flaky = Flaky(1)
+    retry = Retry(2, backoff=constant(0.5), delay_hint=lambda _: math.inf, max_delay=None, clock=auto_clock)
+    assert retry.run_sync(flaky.sync) == "ok"
+    assert auto_clock.sleeps == [0.5]
+
+
+async def test_an_infinite_callable_backoff_without_max_delay_is_garbage(auto_clock: FakeClock) -> None:
+    flaky = Flaky(1)
+    assert await Retry(2, backoff=lambda n: math.inf, max_delay=None, clock=auto_clock).run(flaky) == "ok"
+    assert Retry(2, backoff=lambda n: math.inf, max_delay=None, clock=auto_clock).run_sync(Flaky(1).sync) == "ok"
+    assert auto_clock.sleeps == []  # like NaN or a string: no delay
+
+
+async def test_an_infinite_hint_is_still_clamped_to_max_delay(auto_clock: FakeClock) -> None:
+    await Retry(2, backoff=constant(0.5), delay_hint=lambda _: math.inf, max_delay=3, clock=auto_clock).run(Flaky(1))
+    # An int too large for a float is as good as infinite, from a hint or a callable backoff.
+    await Retry(2, backoff=constant(0.5), delay_hint=lambda _: 10**400, max_delay=3, clock=auto_clock).run(Flaky(1))
+    await Retry(2, backoff=lambda n: 10**400, max_delay=3, clock=auto_clock).run(Flaky(1))
+    await Retry(2, backoff=lambda n: 10**400, max_delay=None, clock=auto_clock).run(Flaky(1))
+    assert auto_clock.sleeps == [3, 3, 3]
+
+
+async def test_an_infinite_hint_on_the_real_clock_neither_hangs_nor_overflows() -> None:
+    hint = lambda _: math.inf  # noqa: E731
+    retry = Retry(2, backoff=constant(0), delay_hint=hint, max_delay=None)
+    assert await asyncio.wait_for(retry.run(Flaky(1)), 5) == "ok"  # bounded: fails rather than hangs
+    assert retry.run_sync(Flaky(1).sync) == "ok"  # time.sleep(inf) raised OverflowError
+
+
+# -- current_attempt() in nested retries (issue 14, item 17) -----------------
+
+
+async def test_current_attempt_of_a_nested_retry_starts_at_one(auto_clock: FakeClock) -> None:
+    seen: list[tuple[str, int]] = []
+    leaf_calls = 0
+
+    async def leaf() -> str:
+        nonlocal leaf_calls
+        leaf_calls += 1
+        seen.append(("leaf", current_attempt()))
+        if leaf_calls <= 3:  # the inner retry's 3 attempts fail: the outer one retries
+            raise ConnectionError
+        return "ok"
+
+    inner = Retry(3, backoff=constant(0), clock=auto_clock)(leaf)
+
+    async def middle() -> str:
+        result = await inner()
+        seen.append(("middle", current_attempt()))
+        return result
+
+    outer = Retry(2, backoff=constant(0), clock=auto_clock)(middle)
+    assert await outer() == "ok"
+    assert seen == [("leaf", 1), ("leaf", 2), ("leaf", 3), ("leaf", 1), ("middle", 2)]
+    assert current_attempt() == 1
+    assert _retrying == [0]  # back on the fast path
+
+
+def test_current_attempt_of_a_nested_retry_starts_at_one_sync(auto_clock: FakeClock) -> None:
+    seen: list[tuple[str, int]] = []
+    leaf_calls = 0
+
+    def leaf() -> str:
+        nonlocal leaf_calls
+        leaf_calls += 1
+        seen.append(("leaf", current_attempt()))
+        if leaf_calls <= 2:
+            raise ConnectionError
+        return "ok"
+
+    inner = Retry(2, backoff=constant(0), clock=auto_clock)(leaf)
+
+    def middle() -> str:
+        result = inner()
+        seen.append(("middle", current_attempt()))
+        return result
+
+    assert Retry(2, backoff=constant(0), clock=auto_clock)(middle)() == "ok"
+    assert seen == [("leaf", 1), ("leaf", 2), ("leaf", 1), ("middle", 2)]
+    assert current_attempt() == 1
+
+
+async def test_current_attempt_of_a_nested_retry_with_duration_listeners(auto_clock: FakeClock) -> None:
+    """The timed first attempt (a duration listener is installed) starts at one too."""
+    from resilient.events import add_duration_listener, remove_duration_listener
+
+    seen: list[int] = []
+    leaf_calls = 0
+
+    async def leaf() -> None:
+        nonlocal leaf_calls
+        leaf_calls += 1
+        seen.append(current_attempt())
+        if leaf_calls == 1:
+            raise ConnectionError
+
+    listener = lambda *_: None  # noqa: E731
+    add_duration_listener(listener)
+    try:
+        inner = Retry(1, budget=RetryBudget(clock=auto_clock), clock=auto_clock)(leaf)
+        await Retry(2, backoff=constant(0), clock=auto_clock)(inner)()
+    finally:
+        remove_duration_listener(listener)
+    assert seen == [1, 1]
+
+
+# -- elapsed time from the start of the first attempt (issue 14, item 20) ----
+
+
+def _slow_failure(clock: FakeClock, seconds: float, times: int) -> Any:
+    calls = 0
+
+    async def call() -> str:
+        nonlocal calls
+        calls += 1
+        await clock.asleep(seconds)
+        if calls <= times:
+            raise ConnectionError("down")
+        return "ok"
+
+    return call
+
+
+async def test_max_elapsed_counts_from_the_start_of_the_first_attempt(auto_clock: FakeClock) -> None:
+    call = _slow_failure(auto_clock, 0.5, 10)  # every attempt takes 0.5 s and fails
+    retry = Retry(10, backoff=constant(0.1), max_elapsed=1.0, clock=auto_clock, name="slow")
+    with pytest.raises(ConnectionError) as info:
+        await retry.run(call)
+    # Attempt 1: 0-0.5, attempt 2: 0.6-1.1; a third would start after 1.2 s > max_elapsed.
+    assert auto_clock.sleeps == [0.5, 0.1, 0.5]
+    assert info.value.__notes__ == [
+        "resilient: Retry 'slow' gave up after 2 attempts: the next delay (0.1 s) would exceed max_elapsed in 1.10 s"
+    ]
+
+
+def test_max_elapsed_counts_from_the_start_of_the_first_attempt_sync(auto_clock: FakeClock) -> None:
+    calls = 0
+
+    def call() -> None:
+        nonlocal calls
+        calls += 1
+        auto_clock.sleep(0.5)
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError) as info:
+        Retry(10, backoff=constant(0.1), max_elapsed=1.0, clock=auto_clock).run_sync(call)
+    assert calls == 2
+    assert "in 1.10 s" in info.value.__notes__[0]
+
+
+async def test_the_give_up_note_without_max_elapsed_says_what_it_measures(auto_clock: FakeClock) -> None:
+    """Without max_elapsed the first attempt's start is not read (success-path cost): the note says so."""
+    call = _slow_failure(auto_clock, 0.5, 10)
+    with pytest.raises(ConnectionError) as info:
+        await Retry(2, backoff=constant(0.05), clock=auto_clock, name="slow").run(call)
+    # Not "in 0.55 s", which read as the whole call's time (it took 1.05 s).
+    assert info.value.__notes__ == ["resilient: Retry 'slow' gave up after 2 attempts, 0.55 s after the first failure"]

@@ -200,6 +200,7 @@ class StaleCache(Policy):
         # Strong references to running tasks: the loop keeps only weak ones.
         self._tasks: set[asyncio.Task[Any]] = set()
         self._store_failing = False
+        self._on_broken = False
         # Counters for status(); approximate when threads race.
         self._hits = 0
         self._stale_hits = 0
@@ -411,7 +412,7 @@ class StaleCache(Policy):
             except Exception as exc:
                 if flight.background:
                     self._refresh_failed(site, exc)
-                return (_FAILED if self._failed(exc) else _RAISED, exc, exc.__traceback__)
+                return (_FAILED if self._is_failure(exc) else _RAISED, exc, exc.__traceback__)
             if bad:
                 if flight.background:
                     self._refresh_failed(site, None)
@@ -549,7 +550,7 @@ class StaleCache(Policy):
             result = fn(*args, **kwargs)
             bad = self._on_result is not None and self._on_result(result)
         except Exception as exc:
-            return (_FAILED if self._failed(exc) else _RAISED, exc, exc.__traceback__)
+            return (_FAILED if self._is_failure(exc) else _RAISED, exc, exc.__traceback__)
         if bad:
             return (_BAD_RESULT, result, None)
         entry = CacheEntry(result, self._now())
@@ -593,6 +594,30 @@ class StaleCache(Policy):
         # One exception object is shared by every coalesced caller: add the note once.
         if note not in getattr(exc, "__notes__", ()):
             exc.add_note(note)
+
+    def _is_failure(self, exc: Exception) -> bool:
+        """Whether ``exc`` counts as a failure; a raising ``on=`` predicate makes it one.
+
+        Called where nothing may raise (a refresh task, the single-flight
+        call): a bug in the predicate must not replace the call's own
+        exception, nor the stale value that beats it.
+        """
+        try:
+            return self._failed(exc)
+        except Exception as bug:
+            # Once at WARNING, then at DEBUG: a failing dependency calls this on every failure.
+            level = logging.DEBUG if self._on_broken else logging.WARNING
+            self._on_broken = True
+            logger.log(
+                level,
+                "resilient: %s: the on= predicate raised %s (%s) for %r; counting the exception as a failure",
+                self._label(),
+                type(bug).__name__,
+                bug,
+                exc,
+                exc_info=bug,
+            )
+            return True
 
     def _refresh_failed(self, site: EventSite, exc: Exception | None) -> None:
         self._refresh_failures += 1

@@ -15,15 +15,18 @@ any ``httpx.BaseTransport``) and guarantees, whatever the pipeline:
   requests carrying an ``Idempotency-Key`` header, are ever sent twice, unless
   ``retry_non_idempotent=True``; a body that is a one-shot stream is never
   sent twice;
-* a transient failure response (408, 429, 5xx) to a request that may be
-  retried is read into memory and its connection released *before* the
-  backoff, so retries never starve the connection pool; the response handed
-  back (if it is the last one) is intact and readable;
-* other responses, and every response of ``client.stream(...)`` that
-  succeeds, are passed through untouched: never buffered;
+* a transient failure response (408, 429, 5xx) that is going to be
+  retried is read into memory (at most ``max_drain_bytes``, 64 KiB) and its
+  connection released *before* the backoff, so retries never starve the
+  connection pool; a longer one is not read on and not retried: it is
+  handed back intact, like the last one;
+* other responses (successes, the last attempt's, those of a pipeline
+  without a :class:`~resilient.Retry`) are passed through untouched: never
+  buffered, so ``client.stream(...)`` streams them;
 * the remaining deadline (:func:`resilient.deadline`, clamped by the
   pipeline's own timeouts) caps httpx's timeouts and is sent downstream in
-  the ``x-resilient-deadline`` header, in seconds (``"1.234"``);
+  the ``x-resilient-deadline`` header, in seconds (``"1.234"``), on a copy
+  of the request: the caller's ``Request`` is never changed;
 * the outcome is a normal httpx outcome: after the last retry the last
   :class:`httpx.Response` is returned (call ``raise_for_status()`` as usual),
   transport errors re-raise the last httpx exception with a note, and the

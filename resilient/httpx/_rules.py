@@ -38,11 +38,26 @@ class _Call:
     the request they are working for.
     """
 
-    __slots__ = ("error", "host", "port", "request", "response", "retryable", "sent", "status", "timeouts")
+    __slots__ = (
+        "error",
+        "host",
+        "max_sends",
+        "port",
+        "request",
+        "response",
+        "retryable",
+        "sent",
+        "status",
+        "timeouts",
+    )
 
-    def __init__(self, request: httpx.Request, retryable: bool, host: str, port: int) -> None:
+    def __init__(self, request: httpx.Request, retryable: bool, host: str, port: int, max_sends: int = 1) -> None:
         self.request = request
+        #: Whether the request may be sent again (method, body; False once a
+        #: failure body was too long to drain).
         self.retryable = retryable
+        #: How many times the pipeline may send it at most (its retries).
+        self.max_sends = max_sends
         self.host = host
         self.port = port
         self.sent = 0

@@ -174,8 +174,9 @@ class StandardPipeline:
     Set a part's keyword to ``None`` (``max_retries=0`` for the retry) to
     leave that part out. Synchronous clients get the same pipeline without
     the two timeout policies (a blocking call cannot be interrupted): the
-    timeouts become deadlines that cap httpx's own connect/read/write/pool
-    timeouts and stop retries that would outlive them.
+    timeouts become deadlines that stop retries that would outlive them and
+    cap every socket operation of an ``httpx.HTTPTransport`` to what is left
+    (see :class:`ResilientTransport` for the exact bound).
 
     Args:
         preset: ``"resilient"`` (default) or ``"microsoft"`` (failure ratio 0.1,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, cast
 
@@ -11,7 +12,14 @@ import httpx
 from cachetools import LRUCache
 
 from resilient.deadline import _current as _current_deadline
-from resilient.errors import TimeoutError
+from resilient.httpx._io import (
+    DEFAULT_MAX_DRAIN_BYTES,
+    _check_max_drain,
+    adrain,
+    attempt_request,
+    cap_socket_operations,
+    drain,
+)
 from resilient.httpx._rules import (
     IDEMPOTENT_METHODS,
     TRANSIENT_STATUSES,
@@ -23,7 +31,8 @@ from resilient.httpx._rules import (
     authority,
 )
 from resilient.httpx._standard import StandardPipeline, standard_pipeline
-from resilient.policy import AsyncWrapped, Policy, SyncFn
+from resilient.policy import AsyncWrapped, Pipeline, Policy, SyncFn
+from resilient.retry import Retry
 
 PipelineArg = Policy | Callable[[str], Policy]
 
@@ -53,25 +62,39 @@ def _check_pipeline(pipeline: Any) -> PipelineArg:
     raise TypeError(f"pipeline must be a Policy, a callable (host key) -> Policy or None, got {pipeline!r}")
 
 
-def _prepare_attempt(call: _Call, header: str | None) -> None:
-    """Per attempt: send the deadline downstream and cap httpx's timeouts to it."""
-    d = _current_deadline.get()
-    if d is None:
-        return
-    left = d.expires_at - d.clock.now()
-    if left <= 0:
-        raise TimeoutError("resilient: the deadline expired before the request was sent", timeout=0.0)
-    request = call.request
-    if header is not None:
-        request.headers[header] = f"{left:.3f}"
-    timeouts = call.timeouts
-    if timeouts is None:
-        timeouts = request.extensions.get("timeout")
-        call.timeouts = timeouts = timeouts if isinstance(timeouts, Mapping) else {}
-    capped = {k: (left if v is None or v > left else v) for k, v in timeouts.items()} if timeouts else {}
-    for k in ("connect", "read", "write", "pool"):
-        capped.setdefault(k, left)
-    request.extensions = {**request.extensions, "timeout": capped}
+# Policies of this library that never call what they wrap twice for one call.
+_SEND_ONCE = frozenset(
+    {
+        "adaptive_concurrency",
+        "adaptive_throttle",
+        "bulkhead",
+        "chaos_fault",
+        "chaos_latency",
+        "chaos_result",
+        "circuit_breaker",
+        "deadline",
+        "fallback",
+        "rate_limiter",
+        "stale_cache",
+        "timeout",
+    }
+)
+_UNBOUNDED = sys.maxsize
+
+
+def _max_sends(policy: Policy) -> int:
+    """How many times ``policy`` may send one request: its retries' attempts multiplied.
+
+    A policy this library does not know may send again: counted as unbounded.
+    """
+    if isinstance(policy, Retry):
+        return max(int(policy.attempts), 1)
+    if isinstance(policy, Pipeline):
+        n = 1
+        for part in policy:
+            n = min(n * _max_sends(part), _UNBOUNDED)
+        return n
+    return 1 if policy.policy_type in _SEND_ONCE else _UNBOUNDED
 
 
 class _TransportBase:
@@ -84,23 +107,26 @@ class _TransportBase:
         retry_non_idempotent: bool,
         max_hosts: int,
         key: Callable[[httpx.Request], str] | None,
+        max_drain_bytes: int,
     ) -> None:
         self.pipeline = _check_pipeline(pipeline)
         self.deadline_header, self.max_hosts, self._key = _check_common(deadline_header, max_hosts, key)
         self.retry_non_idempotent = bool(retry_non_idempotent)
+        self.max_drain_bytes = _check_max_drain(max_drain_bytes)
         # Transient responses that will be retried are buffered, so that
         # their connection goes back to the pool before the backoff.
         self._drain = self.pipeline.statuses if isinstance(self.pipeline, StandardPipeline) else TRANSIENT_STATUSES
         self._site = _HttpSite(operation="http")
+        self._single_sends = _max_sends(self.pipeline) if isinstance(self.pipeline, Policy) else 1
 
-    def _new_call(self, request: httpx.Request) -> _Call:
+    def _new_call(self, request: httpx.Request, max_sends: int) -> _Call:
         host, port = _host_port(request.url)
         # Fast path: GET with an empty body.
         if request.method in IDEMPOTENT_METHODS and type(request.stream) is httpx.ByteStream:
             retryable = True
         else:
             retryable = _may_resend(request, self.retry_non_idempotent)
-        return _Call(request, retryable, host, port)
+        return _Call(request, retryable, host, port, max_sends)
 
     def _build_for(self, host_key: str, sync: bool) -> Policy:
         pipeline = self.pipeline
@@ -137,6 +163,11 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
             host starts again with a fresh breaker.
         key: the host key of a request; default :func:`authority`
             (``scheme://host:port``).
+        max_drain_bytes: the most bytes of a transient failure response
+            (408, 429, 5xx) read into memory so that its connection is
+            released before the retry's backoff (default 64 KiB). Only a
+            response that is going to be retried is read; one whose body is
+            longer is not read on and not retried: it is handed back intact.
     """
 
     def __init__(
@@ -148,8 +179,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
         retry_non_idempotent: bool = False,
         max_hosts: int = 1024,
         key: Callable[[httpx.Request], str] | None = None,
+        max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
     ) -> None:
-        _TransportBase.__init__(self, pipeline, deadline_header, retry_non_idempotent, max_hosts, key)
+        _TransportBase.__init__(self, pipeline, deadline_header, retry_non_idempotent, max_hosts, key, max_drain_bytes)
         if inner is not None and not isinstance(inner, httpx.AsyncBaseTransport):
             raise TypeError(f"inner must be an httpx.AsyncBaseTransport, got {inner!r}")
         self.inner: httpx.AsyncBaseTransport = inner if inner is not None else httpx.AsyncHTTPTransport()
@@ -157,12 +189,13 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
         self._single: AsyncWrapped | None = None
         if isinstance(self.pipeline, Policy):
             self._single = self.pipeline._wrap(self._attempt, self._site, True)
-        self._hosts: LRUCache[str, AsyncWrapped] = LRUCache(maxsize=self.max_hosts)
+        self._hosts: LRUCache[str, tuple[AsyncWrapped, int]] = LRUCache(maxsize=self.max_hosts)
 
     def _make_attempt(self) -> Callable[[_Call], Any]:
         inner = self.inner
         header = self.deadline_header
-        drain = self._drain
+        statuses = self._drain
+        limit = self.max_drain_bytes
         deadline_var = _current_deadline
 
         async def attempt(call: _Call) -> httpx.Response:
@@ -182,35 +215,35 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
             call.sent += 1
             call.status = None
             call.error = None
-            if deadline_var.get() is not None:
-                _prepare_attempt(call, header)
+            request = attempt_request(call, header) if deadline_var.get() is not None else call.request
             try:
-                response = await inner.handle_async_request(call.request)
+                response = await inner.handle_async_request(request)
             except Exception as exc:
                 call.error = exc
                 raise
             status = call.status = response.status_code
-            if status in drain and call.retryable:
-                response = await _abuffer(response)
+            if status in statuses and call.retryable and call.sent < call.max_sends:
+                response = await adrain(call, response, limit)
             call.response = response
             return response
 
         return attempt
 
-    def _wrapped_for(self, request: httpx.Request) -> AsyncWrapped:
+    def _wrapped_for(self, request: httpx.Request) -> tuple[AsyncWrapped, int]:
         if self._single is not None:
-            return self._single
+            return self._single, self._single_sends
         host_key = self._key(request)
-        wrapped = self._hosts.get(host_key)
-        if wrapped is None:
-            wrapped = self._build_for(host_key, False)._wrap(self._attempt, self._site, True)
-            self._hosts[host_key] = wrapped
-        return wrapped
+        entry = self._hosts.get(host_key)
+        if entry is None:
+            policy = self._build_for(host_key, False)
+            entry = policy._wrap(self._attempt, self._site, True), _max_sends(policy)
+            self._hosts[host_key] = entry
+        return entry
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the pipeline; see the class docs for the outcome."""
-        wrapped = self._wrapped_for(request)
-        call = self._new_call(request)
+        wrapped, max_sends = self._wrapped_for(request)
+        call = self._new_call(request, max_sends)
         token = _current_call.set(call)
         try:
             response: httpx.Response = await wrapped(call)
@@ -250,10 +283,29 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
     Same arguments, with ``inner`` an ``httpx.BaseTransport`` (default
     ``httpx.HTTPTransport()``). A running blocking call cannot be
     interrupted, so the standard pipeline has no timeout policies here:
-    the total and attempt timeouts become deadlines that cap httpx's own
-    connect/read/write/pool timeouts and stop retries that would outlive
-    them. A custom pipeline must be usable synchronously (no ``Timeout``).
-    Safe to share between threads.
+    the total and attempt timeouts become deadlines that stop retries that
+    would outlive them and bound each attempt. httpx applies its timeouts to
+    each socket operation (a server sending a byte now and then never trips
+    them), so when ``inner`` is an ``httpx.HTTPTransport`` (the default, with
+    or without a proxy) every socket operation (connect, TLS handshake, each
+    read and each write) waits at most what is left of the deadline: an
+    attempt ends with an httpx timeout error once it has passed
+    (:attr:`caps_socket_timeouts` says whether this applies). The one
+    overrun left: httpcore writes each chunk of a request body (up to
+    64 KiB) in one call, so a server that accepts that chunk a few bytes at
+    a time can stretch that write, each partial send waiting at most what
+    was left when the write began. With another ``inner`` the deadline caps
+    httpx's connect/read/write/pool timeouts when the attempt starts and
+    is checked between the chunks of a failure body being read, but a server
+    that trickles its response headers is bounded only by httpx's ``read``
+    timeout per byte: use ``AsyncResilientTransport`` for a hard bound.
+
+    As with the async transport, the timeouts cover the call up to the
+    response headers (and the reading of a failure body that is retried);
+    the body of the response handed back is read under httpx's own timeouts,
+    unless it is read under a :func:`resilient.deadline`, which then caps
+    those reads too. A custom pipeline must be usable synchronously (no
+    ``Timeout``). Safe to share between threads.
     """
 
     def __init__(
@@ -265,22 +317,27 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
         retry_non_idempotent: bool = False,
         max_hosts: int = 1024,
         key: Callable[[httpx.Request], str] | None = None,
+        max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
     ) -> None:
-        _TransportBase.__init__(self, pipeline, deadline_header, retry_non_idempotent, max_hosts, key)
+        _TransportBase.__init__(self, pipeline, deadline_header, retry_non_idempotent, max_hosts, key, max_drain_bytes)
         if inner is not None and not isinstance(inner, httpx.BaseTransport):
             raise TypeError(f"inner must be an httpx.BaseTransport, got {inner!r}")
         self.inner: httpx.BaseTransport = inner if inner is not None else httpx.HTTPTransport()
+        #: Whether every socket operation of ``inner`` waits at most what is
+        #: left of the deadline (True for ``httpx.HTTPTransport``).
+        self.caps_socket_timeouts = cap_socket_operations(self.inner)
         self._attempt = self._make_attempt()
         self._single: SyncFn | None = None
         if isinstance(self.pipeline, Policy):
             self._single = self.pipeline._wrap(self._attempt, self._site, False)
-        self._hosts: LRUCache[str, SyncFn] = LRUCache(maxsize=self.max_hosts)
+        self._hosts: LRUCache[str, tuple[SyncFn, int]] = LRUCache(maxsize=self.max_hosts)
         self._lock = threading.Lock()
 
     def _make_attempt(self) -> Callable[[_Call], httpx.Response]:
         inner = self.inner
         header = self.deadline_header
-        drain = self._drain
+        statuses = self._drain
+        limit = self.max_drain_bytes
         deadline_var = _current_deadline
 
         def attempt(call: _Call) -> httpx.Response:
@@ -297,36 +354,40 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
             call.sent += 1
             call.status = None
             call.error = None
-            if deadline_var.get() is not None:
-                _prepare_attempt(call, header)
+            request = attempt_request(call, header) if deadline_var.get() is not None else call.request
             try:
-                response = inner.handle_request(call.request)
+                response = inner.handle_request(request)
             except Exception as exc:
                 call.error = exc
                 raise
             status = call.status = response.status_code
-            if status in drain and call.retryable:
-                response = _buffer(response)
+            if status in statuses and call.retryable and call.sent < call.max_sends:
+                response = drain(call, response, limit)
             call.response = response
             return response
 
         return attempt
 
-    def _wrapped_for(self, request: httpx.Request) -> SyncFn:
+    def _wrapped_for(self, request: httpx.Request) -> tuple[SyncFn, int]:
         if self._single is not None:
-            return self._single
+            return self._single, self._single_sends
         host_key = self._key(request)
         with self._lock:
-            wrapped = self._hosts.get(host_key)
-            if wrapped is None:
-                wrapped = self._build_for(host_key, True)._wrap(self._attempt, self._site, False)
-                self._hosts[host_key] = wrapped
-        return wrapped
+            entry = self._hosts.get(host_key)
+        if entry is None:
+            # Built outside the lock: the factory is user code.
+            policy = self._build_for(host_key, True)
+            built = policy._wrap(self._attempt, self._site, False), _max_sends(policy)
+            with self._lock:
+                entry = self._hosts.get(host_key)
+                if entry is None:
+                    self._hosts[host_key] = entry = built
+        return entry
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the pipeline; see the class docs for the outcome."""
-        wrapped = self._wrapped_for(request)
-        call = self._new_call(request)
+        wrapped, max_sends = self._wrapped_for(request)
+        call = self._new_call(request, max_sends)
         token = _current_call.set(call)
         try:
             response: httpx.Response = wrapped(call)
@@ -358,39 +419,3 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
 
     def __repr__(self) -> str:
         return f"ResilientTransport({self.pipeline!r}, inner={self.inner!r})"
-
-
-# -- buffering a response that will be retried ------------------------------------
-
-
-async def _abuffer(response: httpx.Response) -> httpx.Response:
-    """Read the raw body and release the connection; return an equivalent unread response."""
-    stream = response.stream
-    chunks: list[bytes] = []
-    try:
-        async for chunk in cast(httpx.AsyncByteStream, stream):
-            chunks.append(chunk)
-    finally:
-        await cast(httpx.AsyncByteStream, stream).aclose()
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        stream=httpx.ByteStream(b"".join(chunks)),
-        extensions=response.extensions,
-    )
-
-
-def _buffer(response: httpx.Response) -> httpx.Response:
-    stream = response.stream
-    chunks: list[bytes] = []
-    try:
-        for chunk in cast(httpx.SyncByteStream, stream):
-            chunks.append(chunk)
-    finally:
-        cast(httpx.SyncByteStream, stream).close()
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        stream=httpx.ByteStream(b"".join(chunks)),
-        extensions=response.extensions,
-    )
