@@ -19,11 +19,12 @@ import contextlib
 import functools
 import inspect
 import logging
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, cast
 
 __all__ = [
     "BUDGET_EXHAUSTED",
@@ -32,6 +33,7 @@ __all__ = [
     "CIRCUIT_CLOSED",
     "CIRCUIT_HALF_OPENED",
     "CIRCUIT_OPENED",
+    "EXECUTION_ATTEMPT",
     "EXTRA_ACCEPTS",
     "EXTRA_BACKEND",
     "EXTRA_DEADLINE",
@@ -55,6 +57,7 @@ __all__ = [
     "EXTRA_WHERE",
     "FALLBACK_USED",
     "HEDGE_FIRED",
+    "PIPELINE_EXECUTED",
     "REJECTED",
     "RETRY",
     "STORE_FAILED_OPEN",
@@ -69,7 +72,9 @@ __all__ = [
     "Severity",
     "add_duration_listener",
     "add_listener",
+    "duration_listeners",
     "durations_enabled",
+    "notify",
     "remove_duration_listener",
     "remove_listener",
 ]
@@ -92,6 +97,10 @@ STORE_FAILED_OPEN: Final = "store_failed_open"
 STORE_RECOVERED: Final = "store_recovered"
 #: A policy in shadow mode (``enforce=False``) would have rejected this call and let it through.
 WOULD_REJECT: Final = "would_reject"
+#: Duration events (see :func:`add_listener`'s ``durations=``): one per attempt a retry made...
+EXECUTION_ATTEMPT: Final = "execution_attempt"
+#: ...and one per call through a pipeline; ``duration`` holds the seconds, ``extras`` the outcome.
+PIPELINE_EXECUTED: Final = "pipeline_executed"
 
 # Extras keys: the one vocabulary producers write and listeners (resilient.otel)
 # read. A producer never spells a key as a string literal; it imports these.
@@ -190,14 +199,20 @@ class ResilienceEvent:
 Listener = Callable[[ResilienceEvent], Any]
 # Shared by events without extras; read-only so no listener can change it for the others.
 _NO_EXTRAS: Final[Mapping[str, ExtraValue]] = MappingProxyType({})
+_SUCCESS: Final[Mapping[str, ExtraValue]] = MappingProxyType({EXTRA_OUTCOME: "success"})
+_FAILURE: Final[Mapping[str, ExtraValue]] = MappingProxyType({EXTRA_OUTCOME: "failure"})
 L = TypeVar("L", bound=Callable[[ResilienceEvent], Any])
+T = TypeVar("T")
 
 
 class DurationListener(Protocol):
-    """Receives durations of attempts and of whole pipeline calls.
+    """The first wave's duration listener shape, ``(kind, site, seconds, outcome)``.
 
-    ``kind`` is ``"attempt"`` or ``"pipeline"``; ``outcome`` is
-    ``"success"`` or ``"failure"``. Called synchronously, so keep it cheap.
+    Deprecated: durations are events now (:data:`EXECUTION_ATTEMPT`,
+    :data:`PIPELINE_EXECUTED`), delivered to listeners registered with
+    ``add_listener(listener, durations=True)`` or
+    :func:`add_duration_listener`. A callable of this shape given to
+    :func:`add_duration_listener` still works, through an adapter.
     """
 
     def __call__(self, kind: str, site: EventSite, seconds: float, outcome: str) -> None:
@@ -206,8 +221,11 @@ class DurationListener(Protocol):
 
 
 _global_listeners: list[Listener] = []
-# Read by the hot path of pipelines and retries as a plain truth test.
-_duration_listeners: list[DurationListener] = []
+#: The listeners that receive duration events. Read-only for everyone but this
+#: module: pipelines and retries test its truth on every call to decide whether
+#: to read the clock at all.
+duration_listeners: Final[list[Listener]] = []
+_duration_listeners = duration_listeners
 # Listeners that already raised once: their later failures are not logged.
 # Kept by value (strong references), so that a bound method, recreated on each
 # attribute access, is recognised, and an id is never reused by a new object.
@@ -216,8 +234,14 @@ _failed_listeners: list[object] = []
 _background: set[asyncio.Task[Any]] = set()
 
 
-def add_listener(listener: L) -> L:
+def add_listener(listener: L, *, durations: bool = False) -> L:
     """Register ``listener`` for every event of every policy in the process.
+
+    With ``durations=True`` it also receives the duration events
+    (:data:`EXECUTION_ATTEMPT` for each attempt a retry makes,
+    :data:`PIPELINE_EXECUTED` for each call through a pipeline) through the
+    same delivery; while any listener takes those, pipelines and retries
+    read the clock around each call, and with none they do not.
 
     Returns the listener, so this works as a decorator too. A listener may be
     an ``async def`` function: it is then scheduled as a task on the running
@@ -225,36 +249,84 @@ def add_listener(listener: L) -> L:
     """
     if not callable(listener):
         raise TypeError(f"listener must be callable, got {listener!r}")
+    if not isinstance(durations, bool):
+        raise TypeError(f"durations must be a bool, got {durations!r}")
     _global_listeners.append(listener)
+    if durations:
+        duration_listeners.append(listener)
     return listener
 
 
 def remove_listener(listener: Listener) -> None:
-    """Unregister a listener added with :func:`add_listener` (no error if absent)."""
+    """Unregister a listener added with :func:`add_listener` (no error if absent), durations included."""
     with contextlib.suppress(ValueError):
         _global_listeners.remove(listener)
+    remove_duration_listener(listener)
 
 
-def add_duration_listener(listener: DurationListener) -> None:
-    """Register a listener for attempt and pipeline durations.
+class _LegacyDurations:
+    """Delivers duration events to a first-wave ``(kind, site, seconds, outcome)`` callable."""
 
-    While at least one is registered, pipelines and retries read the clock
-    around each call; with none, they do not.
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: DurationListener) -> None:
+        self.fn = fn
+
+    def __call__(self, event: ResilienceEvent) -> None:
+        kind = "attempt" if event.name == EXECUTION_ATTEMPT else "pipeline"
+        outcome = str(event.extras.get(EXTRA_OUTCOME, "success"))
+        self.fn(kind, EventSite(event.operation, event.pipeline), event.duration or 0.0, outcome)
+
+    def __eq__(self, other: object) -> bool:
+        # Equal to what it adapts, so removing and counting by the original work.
+        return other is self or other == self.fn
+
+    def __hash__(self) -> int:
+        return hash(self.fn)
+
+    def __repr__(self) -> str:
+        return repr(self.fn)
+
+
+def _takes_four_arguments(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 4
+
+
+def add_duration_listener(listener: Listener | DurationListener) -> None:
+    """Register ``listener`` for the duration events only (not the other events).
+
+    ``add_listener(listener, durations=True)`` registers for both. A
+    first-wave ``(kind, site, seconds, outcome)`` callable is still accepted
+    (deprecated): it is called through an adapter.
     """
     if not callable(listener):
         raise TypeError(f"listener must be callable, got {listener!r}")
-    _duration_listeners.append(listener)
+    if _takes_four_arguments(listener):
+        warnings.warn(
+            "a (kind, site, seconds, outcome) duration listener is deprecated: take one ResilienceEvent "
+            "(name EXECUTION_ATTEMPT or PIPELINE_EXECUTED, duration, extras['outcome'])",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        duration_listeners.append(_LegacyDurations(cast(DurationListener, listener)))
+        return
+    duration_listeners.append(cast(Listener, listener))
 
 
-def remove_duration_listener(listener: DurationListener) -> None:
-    """Unregister a duration listener (no error if absent)."""
+def remove_duration_listener(listener: Listener | DurationListener) -> None:
+    """Stop delivering duration events to ``listener`` (no error if absent)."""
     with contextlib.suppress(ValueError):
-        _duration_listeners.remove(listener)
+        duration_listeners.remove(cast(Listener, listener))
 
 
 def durations_enabled() -> bool:
-    """Whether any duration listener is registered."""
-    return bool(_duration_listeners)
+    """Whether any listener takes the duration events."""
+    return bool(duration_listeners)
 
 
 def _report_failure(listener: object, exc: BaseException, what: str = "raised") -> None:
@@ -283,16 +355,28 @@ def _same(a: object, b: object) -> bool:
         return False
 
 
-def _deliver(listener: Listener, event: ResilienceEvent) -> None:
+def notify(listener: Callable[[T], Any], payload: T) -> None:
+    """Call a user's callback the way every listener is called, and never let it break the caller.
+
+    The one delivery path for events and for other user callbacks that
+    report something (a circuit breaker's ``on_open``): a sync callback is
+    called now; one that returns an awaitable (an ``async def``) is
+    scheduled as a task on the running loop and not waited for; one that
+    raises is logged once (per callback) on ``resilient.events`` and
+    otherwise ignored. Call it with no lock held.
+    """
     try:
-        result = listener(event)
+        result = listener(payload)
         if result is not None and inspect.isawaitable(result):
             _schedule(listener, result)
     except Exception as exc:  # a listener must never break a call
         _report_failure(listener, exc)
 
 
-def _schedule(listener: Listener, awaitable: Awaitable[Any]) -> None:
+_deliver = notify
+
+
+def _schedule(listener: Callable[..., Any], awaitable: Awaitable[Any]) -> None:
     """Run an async listener's awaitable as a task; the emitting call never waits for it."""
     try:
         loop = asyncio.get_running_loop()
@@ -311,7 +395,7 @@ def _schedule(listener: Listener, awaitable: Awaitable[Any]) -> None:
     task.add_done_callback(functools.partial(_on_task_done, listener))
 
 
-def _on_task_done(listener: Listener, task: asyncio.Task[Any]) -> None:
+def _on_task_done(listener: Callable[..., Any], task: asyncio.Task[Any]) -> None:
     _background.discard(task)
     if not task.cancelled() and (exc := task.exception()) is not None:
         _report_failure(listener, exc)
@@ -424,13 +508,28 @@ class EventSite:
         for listener in (*policy_listeners, *self.listeners, *_global_listeners):
             _deliver(listener, event)
 
-    def record_duration(self, kind: str, seconds: float, outcome: str) -> None:
-        """Hand one duration to every duration listener."""
-        for listener in tuple(_duration_listeners):
-            try:
-                listener(kind, self, seconds, outcome)
-            except Exception as exc:
-                _report_failure(listener, exc)
+    def record_duration(self, kind: str, seconds: float, outcome: str, attempt: int | None = None) -> None:
+        """Deliver one duration event (``kind`` ``"attempt"`` or ``"pipeline"``) to the duration listeners.
+
+        Called only while :data:`duration_listeners` is not empty; the event
+        goes through the same delivery as every other (async listeners
+        scheduled, a failing listener logged once).
+        """
+        attempt_kind = kind == "attempt"
+        event = ResilienceEvent(
+            EXECUTION_ATTEMPT if attempt_kind else PIPELINE_EXECUTED,
+            Severity.DEBUG,
+            "retry" if attempt_kind else "pipeline",
+            None,
+            self.pipeline,
+            self.operation,
+            attempt,
+            seconds,
+            None,
+            _SUCCESS if outcome == "success" else _FAILURE,
+        )
+        for listener in tuple(duration_listeners):
+            _deliver(listener, event)
 
     def child(self, pipeline: str | None, listeners: Iterable[Listener]) -> EventSite:
         """The site seen by policies inside a (nested) pipeline."""

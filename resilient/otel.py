@@ -54,7 +54,23 @@ from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, NoO
 from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
 from resilient import events as _events
-from resilient.events import EventSite, ResilienceEvent
+from resilient.events import (
+    EXECUTION_ATTEMPT,
+    EXTRA_DEADLINE,
+    EXTRA_FROM_STATE,
+    EXTRA_HTTP_METHOD,
+    EXTRA_HTTP_STATUS,
+    EXTRA_MANUAL,
+    EXTRA_OUTCOME,
+    EXTRA_REASON,
+    EXTRA_SERVER_ADDRESS,
+    EXTRA_SERVER_PORT,
+    EXTRA_STATE,
+    EXTRA_TO_STATE,
+    PIPELINE_EXECUTED,
+    EventSite,
+    ResilienceEvent,
+)
 
 __all__ = [
     "ATTEMPT_DURATION",
@@ -171,12 +187,22 @@ def _token(value: object) -> AttributeValue | None:
 #: that fails its check. Policies put only safe values in extras; this is the
 #: second line of defence.
 SAFE_EXTRAS: Final[Mapping[str, tuple[str, Callable[[object], AttributeValue | None]]]] = {
+    # The keys producers write (resilient.events' EXTRA_* constants)...
+    EXTRA_HTTP_STATUS: ("http.response.status_code", _status_code),
+    EXTRA_HTTP_METHOD: ("http.request.method", _method),
+    EXTRA_SERVER_ADDRESS: ("server.address", _host),
+    EXTRA_SERVER_PORT: ("server.port", _port),
+    EXTRA_DEADLINE: ("resilience.timeout.deadline", _flag),
+    EXTRA_STATE: ("resilience.circuit.state", _token),
+    EXTRA_TO_STATE: ("resilience.circuit.state", _token),
+    EXTRA_FROM_STATE: ("resilience.circuit.previous_state", _token),
+    EXTRA_MANUAL: ("resilience.circuit.manual", _flag),
+    EXTRA_REASON: ("resilience.rejection.reason", _token),
+    # ...and the short spellings of the first wave, for events of your own.
     "status_code": ("http.response.status_code", _status_code),
     "method": ("http.request.method", _method),
     "host": ("server.address", _host),
     "port": ("server.port", _port),
-    "deadline": ("resilience.timeout.deadline", _flag),
-    "state": ("resilience.circuit.state", _token),
     "previous_state": ("resilience.circuit.previous_state", _token),
 }
 
@@ -336,22 +362,20 @@ class OpenTelemetryListener:
             if self._installed:
                 return
             self._installed = True
-            _events.add_listener(self)
-            if self.records_durations:
-                self._register_durations()
+            _events.add_listener(self, durations=self.records_durations)
+            self._durations_registered = self.records_durations
 
     def uninstall(self) -> None:
         """Undo :meth:`install`."""
         with self._lock:
             self._installed = False
-            _events.remove_listener(self)
-            _events.remove_duration_listener(self.record_duration)
+            _events.remove_listener(self)  # from the duration events too
             self._durations_registered = False
 
     def _register_durations(self) -> None:
         if not self._durations_registered:
             self._durations_registered = True
-            _events.add_duration_listener(self.record_duration)
+            _events.add_duration_listener(self)
 
     def _recheck_provider(self) -> None:
         """The global SDK provider may have been set since we were created."""
@@ -365,7 +389,13 @@ class OpenTelemetryListener:
     # -- listeners ---------------------------------------------------------------
 
     def __call__(self, event: ResilienceEvent) -> None:
-        """Count ``event`` and add it to the current span."""
+        """Record a duration event in its histogram; count any other ``event`` and add it to the current span."""
+        name = event.name
+        if name is EXECUTION_ATTEMPT or name is PIPELINE_EXECUTED or name in _DURATION_EVENTS:
+            if self.records_durations and event.duration is not None:
+                outcome = str(event.extras.get(EXTRA_OUTCOME, "success"))
+                self._record(name == EXECUTION_ATTEMPT, event.pipeline, event.operation, event.duration, outcome)
+            return
         if not self.records_durations and self._global_provider:
             self._recheck_provider()
         attrs = event_attributes(event)
@@ -400,24 +430,29 @@ class OpenTelemetryListener:
             entry[0] += 1
 
     def record_duration(self, kind: str, site: EventSite, seconds: float, outcome: str) -> None:
-        """Record an attempt's or a pipeline call's duration (a duration listener)."""
-        key = (site.pipeline, site.operation, outcome)
+        """Record an attempt's (``kind="attempt"``) or a pipeline call's duration directly."""
+        self._record(kind == "attempt", site.pipeline, site.operation, seconds, outcome)
+
+    def _record(self, attempt: bool, pipeline: str | None, operation: str | None, seconds: float, outcome: str) -> None:
+        key = (pipeline, operation, outcome)
         attrs = self._duration_attrs.get(key)
         if attrs is None:
             attrs = {OUTCOME: outcome}
-            if site.pipeline is not None:
-                attrs[PIPELINE_NAME] = site.pipeline
-            if site.operation is not None:
-                attrs[OPERATION_NAME] = site.operation
+            if pipeline is not None:
+                attrs[PIPELINE_NAME] = pipeline
+            if operation is not None:
+                attrs[OPERATION_NAME] = operation
             # Bounded: names come from code, but a process that creates
             # functions dynamically must not grow this without end.
             if len(self._duration_attrs) < 4096:
                 self._duration_attrs[key] = attrs
-        (self._attempt if kind == "attempt" else self._pipeline).record(seconds, attrs)
+        (self._attempt if attempt else self._pipeline).record(seconds, attrs)
 
     def __repr__(self) -> str:
         return f"OpenTelemetryListener(records_durations={self.records_durations}, installed={self._installed})"
 
+
+_DURATION_EVENTS: Final = frozenset({EXECUTION_ATTEMPT, PIPELINE_EXECUTED})
 
 # Past this many distinct attribute sets, events are counted under one
 # overflow set, as the SDK's own cardinality limit does.

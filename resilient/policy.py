@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from time import perf_counter
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from resilient.events import EventSite, Listener, _duration_listeners
+from resilient.events import EventSite, Listener, duration_listeners
 
 __all__ = [
     "AsyncFn",
@@ -344,7 +344,7 @@ class Pipeline(Policy):
 
 
 def _timed_async(inner: AsyncWrapped, site: EventSite) -> AsyncWrapped:
-    durations = _duration_listeners
+    durations = duration_listeners
 
     async def pipeline_call(*args: Any, **kwargs: Any) -> Any:
         if not durations:
@@ -362,7 +362,7 @@ def _timed_async(inner: AsyncWrapped, site: EventSite) -> AsyncWrapped:
 
 
 def _timed_sync(inner: SyncFn, site: EventSite) -> SyncFn:
-    durations = _duration_listeners
+    durations = duration_listeners
 
     def pipeline_call(*args: Any, **kwargs: Any) -> Any:
         if not durations:

@@ -318,7 +318,8 @@ async def test_duration_listener_sees_attempts_and_pipeline_calls() -> None:
     rec = Durations()
     fn = flaky(2)
     guarded = Pipeline(Retry(3, backoff=constant(0)), name="p")(fn)
-    ev.add_duration_listener(rec)
+    with pytest.warns(DeprecationWarning, match="duration listener is deprecated"):
+        ev.add_duration_listener(rec)
     try:
         assert ev.durations_enabled()
         await guarded()
@@ -345,7 +346,8 @@ async def test_result_failures_count_as_failed_attempts() -> None:
         return next(results)
 
     guarded = Pipeline(Retry(3, backoff=constant(0), on_result=lambda r: r >= 500), name="p")(call)
-    ev.add_duration_listener(rec)
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        ev.add_duration_listener(rec)
     try:
         assert await guarded() == 200
     finally:
@@ -358,7 +360,8 @@ async def test_raising_duration_listener_is_logged_once(caplog: pytest.LogCaptur
         raise ZeroDivisionError
 
     guarded = Pipeline(Retry(3, backoff=constant(0)))(flaky(0))
-    ev.add_duration_listener(broken)
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        ev.add_duration_listener(broken)
     try:
         with caplog.at_level(logging.ERROR, logger="resilient.events"):
             for _ in range(3):
@@ -406,7 +409,7 @@ def test_event_is_frozen_and_slotted() -> None:
 
 def test_every_event_constant_is_a_distinct_snake_case_name() -> None:
     names = [getattr(ev, n) for n in ev.__all__ if n.isupper() and not n.startswith("EXTRA_")]
-    assert len(names) == len(set(names)) == 14
+    assert len(names) == len(set(names)) == 16
     assert all(n.replace("_", "").isalpha() and n.islower() for n in names)
 
 
@@ -442,3 +445,50 @@ async def test_logging_listener_min_severity(caplog: pytest.LogCaptureFixture) -
         await Retry(2, backoff=constant(0), listeners=[listener])(flaky(1))()
     assert [r for r in caplog.records if r.name == "app.resilience"] == []
     assert "WARNING" in repr(listener)
+
+
+async def test_durations_are_events_delivered_with_the_others() -> None:
+    received: list[ev.ResilienceEvent] = []
+    fn = flaky(1)
+    guarded = Pipeline(Retry(3, backoff=constant(0)), name="p")(fn)
+    ev.add_listener(received.append, durations=True)
+    try:
+        assert ev.durations_enabled()
+        await guarded()
+    finally:
+        ev.remove_listener(received.append)
+    assert not ev.durations_enabled()
+    assert [e.name for e in received] == [ev.EXECUTION_ATTEMPT, ev.RETRY, ev.EXECUTION_ATTEMPT, ev.PIPELINE_EXECUTED]
+    durations = [e for e in received if e.name != ev.RETRY]
+    assert [e.extras[ev.EXTRA_OUTCOME] for e in durations] == ["failure", "success", "success"]
+    assert all(e.duration is not None and e.duration >= 0 for e in durations)
+    assert {e.pipeline for e in durations} == {"p"}
+    assert {e.operation for e in durations} == {fn.__qualname__}
+
+
+async def test_a_plain_listener_gets_no_duration_events_and_costs_no_clock_reads() -> None:
+    received: list[ev.ResilienceEvent] = []
+    ev.add_listener(received.append)
+    try:
+        assert not ev.durations_enabled()
+        await Pipeline(Retry(3, backoff=constant(0)), name="p")(flaky(1))()
+    finally:
+        ev.remove_listener(received.append)
+    assert [e.name for e in received] == [ev.RETRY]
+
+
+async def test_an_async_duration_listener_is_scheduled_like_any_listener() -> None:
+    received: list[str] = []
+
+    async def listener(event: ev.ResilienceEvent) -> None:
+        received.append(event.name)
+
+    ev.add_duration_listener(listener)
+    try:
+        await Pipeline(name="p")(flaky(0))()
+        await Pipeline(Retry(2), name="p")(flaky(0))()
+        for _ in range(3):
+            await asyncio.sleep(0)
+    finally:
+        ev.remove_duration_listener(listener)
+    assert received == [ev.EXECUTION_ATTEMPT, ev.PIPELINE_EXECUTED]

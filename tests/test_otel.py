@@ -306,7 +306,12 @@ async def test_stale_hit(tel: Telemetry) -> None:
 
 
 async def test_every_event_name_is_handled(tel: Telemetry) -> None:
-    names = [getattr(ev, n) for n in ev.__all__ if n.isupper()]
+    # Every event but the duration events, which go to the histograms (tested below).
+    names = [
+        getattr(ev, n)
+        for n in ev.__all__
+        if n.isupper() and not n.startswith("EXTRA_") and n not in ("EXECUTION_ATTEMPT", "PIPELINE_EXECUTED")
+    ]
     site = EventSite("op", "p")
     with tel.tracer.start_as_current_span("request"):
         for name in names:
@@ -490,7 +495,7 @@ def test_instrument_replaces_and_uninstrument_removes() -> None:
     assert otel.instrumented() is second
     assert first not in ev._global_listeners
     assert ev._global_listeners.count(second) == 1
-    assert ev._duration_listeners.count(second.record_duration) == 1
+    assert ev._duration_listeners.count(second) == 1
     otel.uninstrument()
     otel.uninstrument()
     assert otel.instrumented() is None
@@ -626,3 +631,95 @@ async def test_thousands_of_limiter_rejections_do_not_push_other_events_into_ove
     assert by_event[("retry", "retry")].attributes["resilience.policy.name"] == "fetch retry"
     # One point per exported attribute set: nothing identical is reported twice.
     assert len({frozenset(p.attributes.items()) for p in points}) == len(points)
+
+
+# -- events from real producers: what each policy's event exports -----------------
+
+
+def _exported(tel: Telemetry, name: str) -> list[dict[str, Any]]:
+    points = tel.points("resilience.events")
+    return [dict(p.attributes) for p in points if p.attributes["resilience.event.name"] == name]
+
+
+async def test_a_real_breaker_opening_exports_its_new_and_previous_state(tel: Telemetry) -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("users-api", consecutive_failures=2, clock=clock)
+    guarded = Pipeline(breaker, name="users")(flaky(5))
+    with tel.tracer.start_as_current_span("request"):
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await guarded()
+        with pytest.raises(CircuitOpenError):
+            await guarded()
+    (opened,) = _exported(tel, "circuit_opened")
+    assert opened["resilience.circuit.state"] == "open"
+    assert opened["resilience.circuit.previous_state"] == "closed"
+    assert opened["resilience.circuit.manual"] is False
+    assert opened["error.type"] == "ConnectionError"
+    assert opened["resilience.policy.name"] == "users-api"
+    (rejected,) = _exported(tel, "rejected")
+    assert rejected["resilience.circuit.state"] == "open"
+    assert rejected["error.type"] == "resilient.errors.CircuitOpenError"
+    breaker.reset()
+    (closed,) = _exported(tel, "circuit_closed")
+    assert closed["resilience.circuit.previous_state"] == "open"
+    assert closed["resilience.circuit.state"] == "closed"
+    assert closed["resilience.circuit.manual"] is True
+
+
+async def test_a_real_httpx_retry_exports_method_host_port_and_status(tel: Telemetry) -> None:
+    httpx = pytest.importorskip("httpx")
+    from resilient.httpx import AsyncResilientTransport, standard_pipeline
+
+    answers = iter([503, 200])
+
+    def upstream(request: Any) -> Any:
+        return httpx.Response(next(answers))
+
+    clock = FakeClock(auto_advance=True)
+    transport = AsyncResilientTransport(standard_pipeline(clock=clock), inner=httpx.MockTransport(upstream))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with tel.tracer.start_as_current_span("request"):
+            response = await client.get("http://inventory.internal:8080/items/1?token=SECRET")
+    assert response.status_code == 200
+    (retry,) = _exported(tel, "retry")
+    assert retry["http.request.method"] == "GET"
+    assert retry["server.address"] == "inventory.internal"
+    assert retry["server.port"] == 8080
+    assert retry["http.response.status_code"] == 503
+    assert "SECRET" not in repr(tel.all_attribute_values())
+
+
+async def test_a_real_limiter_rejection_exports_its_reason(tel: Telemetry) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(1, 1.0, mode="reject", name="api", clock=clock)
+    guarded = limiter(flaky(0))
+    await guarded()
+    with pytest.raises(RateLimitedError):
+        await guarded()
+    (rejected,) = _exported(tel, "rejected")
+    assert rejected["resilience.rejection.reason"] == "rate_limited"
+    assert rejected["resilience.policy.type"] == "rate_limiter"
+    assert rejected["error.type"] == "resilient.errors.RateLimitedError"
+    # The float retry_after is not exported (it would make every set distinct).
+    assert not any(isinstance(v, float) for v in rejected.values())
+
+
+async def test_a_real_bulkhead_rejection_exports_its_reason(tel: Telemetry) -> None:
+    from resilient import Bulkhead
+
+    bulkhead = Bulkhead(1, name="pool")
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        await gate.wait()
+
+    holder = asyncio.create_task(bulkhead.run(hold))
+    await asyncio.sleep(0)
+    with pytest.raises(BulkheadFullError):
+        await bulkhead.run(hold)
+    gate.set()
+    await holder
+    (rejected,) = _exported(tel, "rejected")
+    assert rejected["resilience.rejection.reason"] == "bulkhead_full"
+    assert rejected["error.type"] == "resilient.errors.BulkheadFullError"

@@ -26,7 +26,6 @@ ALLOWED: set[tuple[str, str]] = {
     ("resilient/cache/stale.py", "resilient.policy._operation_name"),
     ("resilient/httpx/_standard.py", "resilient.deadline._current"),
     ("resilient/httpx/_transport.py", "resilient.deadline._current"),
-    ("resilient/policy.py", "resilient.events._duration_listeners"),
     ("resilient/retry.py", "resilient.events._duration_listeners"),
     ("resilient/asgi/timeouts.py", "resilient.deadline._current"),
 }

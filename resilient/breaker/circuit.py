@@ -13,8 +13,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from types import TracebackType
-from typing import Any
+from types import MappingProxyType, TracebackType
+from typing import Any, Final
 
 from resilient.breaker.state import (
     BreakDuration,
@@ -31,6 +31,8 @@ from resilient.events import (
     CIRCUIT_CLOSED,
     CIRCUIT_HALF_OPENED,
     CIRCUIT_OPENED,
+    EXTRA_REASON,
+    EXTRA_STATE,
     REJECTED,
     EventSite,
     Listener,
@@ -48,6 +50,8 @@ _HALF_OPEN = CircuitState.HALF_OPEN
 _ISOLATED = CircuitState.ISOLATED
 
 StateListener = Callable[[StateChange], Any]
+
+_OPEN_REJECTION: Final = MappingProxyType({EXTRA_REASON: "circuit_open", EXTRA_STATE: "open"})
 
 
 def _number(value: Any, param: str) -> float:
@@ -323,13 +327,22 @@ class CircuitBreaker(Policy):
         else:
             msg = f"{self._label()} is open; retry after {retry_after:.3g} s"
         if site.enabled(self.listeners):
-            self._emit(site, REJECTED, Severity.INFO, duration=retry_after, extras={"state": snap.state.value})
+            self._emit(
+                site,
+                REJECTED,
+                Severity.INFO,
+                duration=retry_after,
+                exception=CircuitOpenError,
+                extras={EXTRA_REASON: "circuit_open", EXTRA_STATE: snap.state.value},
+            )
         return CircuitOpenError(msg, policy=self.name, retry_after=retry_after)
 
     def _reject_open(self, retry_after: float, site: EventSite) -> CircuitOpenError:
         # The common rejection, kept lean: it runs for every call while the circuit is open.
         if site.enabled(self.listeners):
-            self._emit(site, REJECTED, Severity.INFO, duration=retry_after, extras={"state": "open"})
+            self._emit(
+                site, REJECTED, Severity.INFO, duration=retry_after, exception=CircuitOpenError, extras=_OPEN_REJECTION
+            )
         return CircuitOpenError(
             f"{self._label_text} is open; retry after {retry_after:.3g} s", policy=self.name, retry_after=retry_after
         )
