@@ -8,15 +8,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from resilient import Timeout
 from resilient.asgi import ASGIApp, Message, Scope
 from resilient.deadline import remaining
 
@@ -96,6 +98,62 @@ def make_app(probe: Probe) -> Starlette:
     )
 
 
+class AfterStart:
+    """What code running after the response started saw: a streaming body and a background task.
+
+    ``seen[label]`` is ``"ok"`` when a call through a resilient ``Timeout(5)``
+    went through, ``"timeout"`` when it raised ``TimeoutError``;
+    ``seen[label + ".remaining"]`` is ``resilient.remaining()`` at that moment.
+    Each part waits for ``release`` (set by the test) before it looks, and
+    ``done`` is set when the background task has looked.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+        self.release = threading.Event()
+        self.done = threading.Event()
+
+    def reset(self) -> None:
+        self.seen.clear()
+        self.release.clear()
+        self.done.clear()
+
+    async def _look(self, label: str) -> None:
+        for _ in range(1000):  # bounded: the test sets release within seconds
+            if self.release.is_set():
+                break
+            await asyncio.sleep(0.01)
+        self.seen[f"{label}.remaining"] = remaining()
+        try:
+            await Timeout(5).run(asyncio.sleep, 0)
+        except TimeoutError:
+            self.seen[label] = "timeout"
+        else:
+            self.seen[label] = "ok"
+
+    def app(self) -> Starlette:
+        """``/stream``: a StreamingResponse with a BackgroundTask; ``/plain``: a response with one."""
+
+        async def body() -> Any:
+            yield b"first\n"
+            await self._look("stream")
+            yield b"second\n"
+
+        async def background() -> None:
+            try:
+                await self._look("background")
+            finally:
+                self.done.set()
+
+        async def stream(request: Request) -> Response:
+            return StreamingResponse(body(), background=BackgroundTask(background))
+
+        async def plain(request: Request) -> Response:
+            return PlainTextResponse("ok", background=BackgroundTask(background))
+
+        return Starlette(routes=[Route("/stream", stream), Route("/plain", plain)])
+
+
 @contextmanager
 def serve(app: ASGIApp) -> Iterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1 and a free port; yields the base URL."""
@@ -103,8 +161,16 @@ def serve(app: ASGIApp) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    # proxy_headers=False: uvicorn would otherwise rewrite scope["client"]
+    # from X-Forwarded-For itself (it trusts 127.0.0.1 by default), and the
+    # middleware's own reading of forwarded headers would go untested.
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", ws="websockets-sansio", timeout_graceful_shutdown=2
+        app,
+        log_level="warning",
+        lifespan="on",
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=2,
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -120,6 +186,98 @@ def serve(app: ASGIApp) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+class ForwardingProxy:
+    """A minimal HTTP/1.1 reverse proxy on 127.0.0.1 that records the peer in a forwarded header.
+
+    It does what a real proxy in front of the app does with ``header``
+    (``x-forwarded-for`` or ``forwarded``): ``style="append"`` adds a header
+    line of its own after the client's (HAProxy's ``option forwardfor`` /
+    ``option forwarded``), ``style="merge"`` joins the client's lines and its
+    own entry into one line (nginx's ``$proxy_add_x_forwarded_for``). One
+    request per connection (it asks the upstream to close); the upstream sees
+    every request coming from 127.0.0.1.
+    """
+
+    def __init__(self, upstream: str, *, header: str, style: Literal["append", "merge"]) -> None:
+        self.upstream_host, _, port = upstream.rpartition(":")
+        self.upstream_port = int(port)
+        self.header = header.lower().encode("ascii")
+        self.style = style
+
+    def _rewrite(self, head: bytes, peer: str) -> bytes:
+        request_line, *lines = head.split(b"\r\n")
+        own = peer.encode("ascii") if self.header == b"x-forwarded-for" else b"for=" + peer.encode("ascii")
+        kept: list[bytes] = []
+        theirs: list[bytes] = []
+        for line in lines:
+            name, _, value = line.partition(b":")
+            lowered = name.strip().lower()
+            if lowered == b"connection":
+                continue
+            if lowered == self.header:
+                theirs.append(value.strip())
+                if self.style == "merge":
+                    continue
+            kept.append(line)
+        if self.style == "merge":
+            kept.append(self.header + b": " + b", ".join([*theirs, own]))
+        else:
+            kept.append(self.header + b": " + own)
+        kept.append(b"connection: close")
+        return b"\r\n".join([request_line, *kept]) + b"\r\n\r\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            peer = writer.get_extra_info("peername")[0]
+            up_reader, up_writer = await asyncio.open_connection(self.upstream_host, self.upstream_port)
+            up_writer.write(self._rewrite(head[:-4], peer))
+            await up_writer.drain()
+            while chunk := await up_reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+            up_writer.close()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        """Serve on 127.0.0.1 and a free port in a thread; yields ``host:port``."""
+        loop = asyncio.new_event_loop()
+        started: list[Any] = []
+        ready = threading.Event()
+
+        async def start() -> None:
+            server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=64 * 1024)
+            started.append(server)
+            ready.set()
+
+        def run() -> None:
+            loop.run_until_complete(start())
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the proxy did not start")
+        server = started[0]
+        port = server.sockets[0].getsockname()[1]
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+
+            async def stop() -> None:
+                server.close()
+                await server.wait_closed()
+
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
 
 
 async def call(app: ASGIApp, scope: Scope, messages: list[Message] | None = None) -> list[Message]:

@@ -107,6 +107,41 @@ def test_forwarded_header_rfc7239() -> None:
     assert key(scope) == "10.0.0.1"
 
 
+def test_forwarded_header_budget_is_spent_from_the_right() -> None:
+    # Issue 14, item 1: the 8 KiB read of the forwarded headers keeps what our
+    # proxies appended (the right) and cuts what the client wrote (the left).
+    key = ClientIP(trusted_proxies=["10.0.0.0/8"])
+    padding = "198.51.100.1, " * 600  # ~8.4 KiB
+    # HAProxy style: the client's own lines first, the proxy's line last.
+    for client_lines in ([padding + "6.6.6.6"], ["6.6.6.6"] * 2000, [padding[:8180] + "6.6.6.6"]):
+        headers = [("x-forwarded-for", line) for line in client_lines] + [("x-forwarded-for", "203.0.113.9")]
+        assert key(http_scope(client=("10.0.0.2", 1), headers=headers)) == "203.0.113.9"
+    # nginx style: one merged line, the proxy's entry at its right end.
+    merged = http_scope(client=("10.0.0.2", 1), headers=[("x-forwarded-for", padding + "6.6.6.6, 203.0.113.9")])
+    assert key(merged) == "203.0.113.9"
+    # Cut while still among trusted hops: the last trusted proxy, never the
+    # piece the cut leaves (here "23.4.5.6" of "123.4.5.6").
+    value = "123.4.5.6," + " " * 8175 + "10.0.0.7"
+    assert len(value) == 8192 + 1
+    assert key(http_scope(client=("10.0.0.2", 1), headers=[("x-forwarded-for", value)])) == "10.0.0.7"
+    # Forwarded, both styles, and a client-written unbalanced quote or a cut inside a quoted string.
+    fwd = ClientIP(trusted_proxies=["10.0.0.0/8"], header="forwarded")
+    client_parts = [
+        "for=198.51.100.1, " * 500 + "for=6.6.6.6",
+        'for="' + "x" * 9000,
+        'for="[2001:db8::1]";by="' + "a,b;" * 2500 + '"',
+        'for="a\\"b, for=6.6.6.6',
+    ]
+    for part in client_parts:
+        appended = [("forwarded", part), ("forwarded", "for=203.0.113.9;proto=https")]
+        assert fwd(http_scope(client=("10.0.0.2", 1), headers=appended)) == "203.0.113.9", part[:40]
+        merged_fwd = [("forwarded", part + ", for=203.0.113.9;proto=https")]
+        assert fwd(http_scope(client=("10.0.0.2", 1), headers=merged_fwd)) == "203.0.113.9", part[:40]
+    # Quoted nodes and escaped quotes on the right are still read.
+    quoted = [("forwarded", 'for="_x\\"y", for="[2001:db8:cafe::17]:4711";by="p\\"q"')]
+    assert fwd(http_scope(client=("10.0.0.2", 1), headers=quoted)) == "2001:db8:cafe::/64"
+
+
 def test_xff_parsing_helper() -> None:
     assert parse_x_forwarded_for(["a, b", "c"]) == ["a", "b", "c"]
 
@@ -360,7 +395,35 @@ def test_policy_header_window_is_the_refill_time() -> None:
     assert RateLimit(ok_app, rate=100, per=60, policy_name='per "minute"')._policy_header(100) == (
         b'"per \\"minute\\"";q=100;w=60'
     )
-    assert RateLimit(ok_app, rate=3, per=1)._policy_header(5) == b'"default";q=5;w=2'
+    # 5 tokens refill in 5/3 s, not a whole window: the rate itself, 3 per second.
+    assert RateLimit(ok_app, rate=3, per=1)._policy_header(5) == b'"default";q=3;w=1'
+
+
+@pytest.mark.parametrize(
+    ("rate", "per", "burst"),
+    [(20, 1, 30), (3, 1, 5), (10, 1, 1), (5, 60, 7), (0.3, 1, 2), (7, 3600, 10), (20, 1, 40), (2.5, 1, None)],
+)
+async def test_rate_limit_policy_never_advertises_less_than_is_enforced(
+    rate: float, per: float, burst: int | None
+) -> None:
+    # Issue 14, item 27: rate=20, burst=30 used to send q=30;w=2 (15/s) while
+    # 20/s was enforced. A client pacing itself by q/w must get its whole quota.
+    clock = FakeClock()
+    mw = RateLimit(ok_app, rate=rate, per=per, burst=burst, headers_on_success=True, clock=clock, name=None)
+    first = await call(mw, http_scope())
+    policy = dict(p.split("=") for p in headers_of(first)["ratelimit-policy"].split(";")[1:])
+    q, w = int(policy["q"]), int(policy["w"])
+    assert q >= 1
+    assert w >= 1
+    assert q / w == pytest.approx(rate / per)
+    # Evenly paced at q per w seconds, from the second window on (the first
+    # request spent a token), for five windows: never refused.
+    clock.advance(w)
+    codes = []
+    for _ in range(5 * q):
+        clock.advance(w / q)
+        codes.append(status_of(await call(mw, http_scope())))
+    assert codes == [200] * (5 * q)
 
 
 # -- LoadShedding -------------------------------------------------------------
@@ -488,6 +551,40 @@ async def test_queue_timeout_gives_503() -> None:
     await first
 
 
+def _queued_deadline_chain(app: Any, clock: FakeClock) -> Any:
+    return Deadline(LoadShedding(app, max_concurrent=1, max_queued=1, name=None, clock=clock), clock=clock)
+
+
+def _queued_deadline_fused(app: Any, clock: FakeClock) -> Any:
+    return ResilienceMiddleware(app, max_concurrent=1, max_queued=1, clock=clock)
+
+
+@pytest.mark.parametrize("build_queued", [_queued_deadline_chain, _queued_deadline_fused], ids=["chain", "fused"])
+async def test_caller_deadline_expiring_in_the_queue_is_a_504_not_a_503(build_queued: Any) -> None:
+    # Issue 14, item 28: the request waited for a slot until its caller's
+    # deadline passed; that is "deadline exceeded", not "overloaded".
+    clock = FakeClock()
+    gate = asyncio.Event()
+    mw = build_queued(gate_app(gate), clock)
+    first = asyncio.create_task(call(mw, http_scope()))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(call(mw, http_scope(headers=[("x-resilient-deadline", "2")])))
+    await asyncio.sleep(0.01)
+    clock.advance(2.5)
+    sent = await asyncio.wait_for(queued, 5)
+    assert status_of(sent) == 504
+    assert json.loads(body_of(sent)) == {"error": "deadline_exceeded"}
+    assert "retry-after" not in headers_of(sent)
+    # A full queue is still "overloaded", deadline or not.
+    waiting = asyncio.create_task(call(mw, http_scope(headers=[("x-resilient-deadline", "5")])))
+    await asyncio.sleep(0.01)
+    refused = await call(mw, http_scope(headers=[("x-resilient-deadline", "5")]))
+    assert status_of(refused) == 503
+    gate.set()
+    assert status_of(await first) == 200
+    assert status_of(await waiting) == 200
+
+
 async def test_custom_limiter_sees_the_apps_exception() -> None:
     class Limiter:
         def __init__(self) -> None:
@@ -602,6 +699,78 @@ async def test_fast_app_is_untouched_and_deadline_can_be_off() -> None:
     assert status_of(sent) == 200
     assert seen == [None]
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["fused", "chain"])
+async def test_the_handlers_deadline_follows_the_response(chain: bool) -> None:
+    # Issue 14, item 3: the request timeout bounds the time to the response's
+    # start, the caller's deadline the whole response, neither what runs after.
+    clock = FakeClock()
+    seen: list[float | None] = []
+    later: list[asyncio.Task[float | None]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async def after_the_response() -> float | None:
+            while not gone.is_set():
+                await asyncio.sleep(0)
+            return remaining()
+
+        gone = asyncio.Event()
+        later.append(asyncio.create_task(after_the_response()))  # a copy of this context
+        seen.append(remaining())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen.append(remaining())
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        seen.append(remaining())
+        await send({"type": "http.response.body", "body": b"b"})
+        seen.append(remaining())
+        gone.set()
+
+    if chain:
+        mw: Any = Deadline(RequestTimeout(app, seconds=5, clock=clock), clock=clock)
+    else:
+        mw = ResilienceMiddleware(app, timeout=5, clock=clock)
+    scope = http_scope(headers=[("x-resilient-deadline", "20")])
+    assert body_of(await call(mw, scope)) == b"ab"
+    assert seen == [5.0, 20.0, 20.0, None]
+    left = await later.pop()
+    assert left is not None
+    assert left > 1e6  # no limit, seen from a copy of the context
+    assert "resilient.response_deadline" not in scope  # a reused scope starts afresh
+    seen.clear()
+    assert body_of(await call(mw, http_scope())) == b"ab"
+    assert seen == [5.0, None, None, None]
+    await later.pop()
+    assert remaining() is None
+
+
+async def test_a_request_made_in_process_does_not_lift_the_outer_handlers_deadline() -> None:
+    clock = FakeClock()
+    seen: list[float | None] = []
+    inner = RequestTimeout(ok_app, seconds=1, clock=clock)
+
+    async def outer_app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(remaining())
+        assert status_of(await call(inner, http_scope())) == 200  # it started and completed its response
+        seen.append(remaining())
+        await ok_app(scope, receive, send)
+
+    assert status_of(await call(RequestTimeout(outer_app, seconds=5, clock=clock), http_scope())) == 200
+    assert seen == [5.0, 5.0]
+
+
+async def test_pathsend_completes_the_response() -> None:
+    clock = FakeClock()
+    seen: list[float | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen.append(remaining())
+        await send({"type": "http.response.pathsend", "path": "/dev/null"})
+        seen.append(remaining())
+
+    await call(Deadline(app, clock=clock), http_scope(headers=[("x-resilient-deadline", "3")]))
+    assert seen == [3.0, None]
 
 
 def test_request_timeout_configuration_errors() -> None:

@@ -9,9 +9,10 @@ import time
 import httpx
 import pytest
 
-from resilient.asgi import LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
+from resilient.asgi import ClientIP, Deadline, LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
 from resilient.bulkhead import Bulkhead
-from tests.asgi_helpers import Probe, make_app, serve
+from resilient.testing import FakeClock
+from tests.asgi_helpers import AfterStart, Probe, make_app, serve
 
 
 async def test_overload_burst_is_shed_and_the_app_never_exceeds_the_limit() -> None:
@@ -166,3 +167,123 @@ async def test_deadline_from_async_resilient_transport_reaches_the_handler() -> 
     assert 0 < inside.json()["remaining"] <= 1.5
     # Without a caller deadline, the request timeout is the handler's deadline.
     assert 1.5 < outside.json()["remaining"] <= 5
+
+
+def _padded(header: str, own_entry: str) -> str:
+    """A client-written forwarded header of 8,190 bytes ending in an address the client chose.
+
+    Just under the 8 KiB the middleware reads: with the proxy's entry added
+    the forwarded headers are over it.
+    """
+    unit = "198.51.100.1, " if header == "x-forwarded-for" else "for=198.51.100.1, "
+    entry = own_entry if header == "x-forwarded-for" else f"for={own_entry}"
+    count, rest = divmod(8190 - len(entry), len(unit))
+    value = unit * count + " " * rest + entry
+    assert len(value) == 8190
+    return value
+
+
+@pytest.mark.parametrize("style", ["append", "merge"])
+@pytest.mark.parametrize("header", ["x-forwarded-for", "forwarded"])
+async def test_an_oversized_forwarded_header_cannot_choose_or_share_the_rate_limit_key(style: str, header: str) -> None:
+    # Issue 14, item 1. Behind a proxy that appends its own line (HAProxy),
+    # the client's ~8 KiB line used to fill the budget and the proxy's line
+    # was dropped: the client chose its key on every request. Behind a proxy
+    # that merges into one line (nginx), the whole line was dropped and the
+    # client was keyed as the proxy, sharing one bucket with everyone.
+    from tests.asgi_helpers import ForwardingProxy
+
+    probe = Probe()
+    key = ClientIP(["127.0.0.1"], header=header)  # type: ignore[arg-type]
+    mw = RateLimit(make_app(probe), rate=1, per=60, key=key)
+    codes: dict[str, list[int]] = {}
+    with serve(mw) as host, ForwardingProxy(host, header=header, style=style).running() as proxy:  # type: ignore[arg-type]
+        for client_ip in ("127.0.0.2", "127.0.0.3"):
+            transport = httpx.AsyncHTTPTransport(local_address=client_ip)
+            async with httpx.AsyncClient(transport=transport, base_url=f"http://{proxy}", timeout=10) as client:
+                codes[client_ip] = [
+                    (await client.get("/work", headers={header: _padded(header, f"203.0.113.{i}")})).status_code
+                    for i in range(10)
+                ]
+    # Each client is keyed by its own address, whatever it writes.
+    assert codes == {"127.0.0.2": [200] + [429] * 9, "127.0.0.3": [200] + [429] * 9}
+    assert probe.calls == 2
+
+
+def _no_limit(left: float | None) -> bool:
+    """What ``remaining()`` says where no deadline applies: ``None``, or far beyond any request."""
+    return left is None or left > 1e6
+
+
+async def _stream_after(
+    client: httpx.AsyncClient, probe: AfterStart, clock: FakeClock, advance: float, headers: dict[str, str]
+) -> list[str]:
+    probe.reset()
+    async with client.stream("GET", "/stream", headers=headers) as response:
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+        first = await anext(lines)
+        clock.advance(advance)  # past the request timeout, once the response started
+        probe.release.set()
+        rest = [line async for line in lines]
+    assert await asyncio.to_thread(probe.done.wait, 10)
+    return [first, *rest]
+
+
+@pytest.mark.parametrize("middleware", ["RequestTimeout", "ResilienceMiddleware"])
+async def test_the_request_timeout_does_not_cut_a_started_stream_nor_background_tasks(middleware: str) -> None:
+    # Issue 14, item 3: the request timeout's deadline stayed set for the
+    # whole app call, so the rest of a streaming body and a BackgroundTask
+    # calling an upstream failed with resilient.TimeoutError once `timeout`
+    # had passed, although the response had started in time.
+    clock = FakeClock()
+    probe = AfterStart()
+    app = probe.app()
+    if middleware == "RequestTimeout":
+        mw: object = RequestTimeout(app, seconds=5, clock=clock)
+    else:
+        mw = ResilienceMiddleware(app, timeout=5, max_concurrent=4, rate=100, clock=clock)
+    with serve(mw) as host:  # type: ignore[arg-type]
+        async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+            lines = await _stream_after(client, probe, clock, 10, {})
+            assert lines == ["first", "second"]
+            assert probe.seen["stream"] == "ok"
+            assert probe.seen["background"] == "ok"
+            assert _no_limit(probe.seen["stream.remaining"])
+            assert _no_limit(probe.seen["background.remaining"])
+            # A response that is not streamed, and its background task.
+            probe.reset()
+            assert (await client.get("/plain")).text == "ok"
+            clock.advance(10)
+            probe.release.set()
+            assert await asyncio.to_thread(probe.done.wait, 10)
+            assert probe.seen["background"] == "ok"
+            assert _no_limit(probe.seen["background.remaining"])
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["fused", "chain"])
+async def test_the_callers_deadline_bounds_the_body_but_not_background_tasks(chain: bool) -> None:
+    # The choice made for issue 14, item 3: the caller's deadline (the
+    # x-resilient-deadline header) still applies to a started response's
+    # body (the caller stops reading then), and stops applying once the
+    # response is complete (background tasks are not the caller's work).
+    clock = FakeClock()
+    probe = AfterStart()
+    app = probe.app()
+    if chain:
+        mw: object = Deadline(RequestTimeout(app, seconds=5, clock=clock), clock=clock)
+    else:
+        mw = ResilienceMiddleware(app, timeout=5, clock=clock)
+    with serve(mw) as host:  # type: ignore[arg-type]
+        async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+            lines = await _stream_after(client, probe, clock, 10, {"x-resilient-deadline": "20"})
+            assert lines == ["first", "second"]
+            assert probe.seen["stream"] == "ok"
+            assert probe.seen["stream.remaining"] == pytest.approx(10)
+            assert probe.seen["background"] == "ok"
+            assert _no_limit(probe.seen["background.remaining"])
+            # The caller's deadline passes while the body streams: the body is cut, the background task is not.
+            lines = await _stream_after(client, probe, clock, 10, {"x-resilient-deadline": "8"})
+            assert probe.seen["stream"] == "timeout"
+            assert probe.seen["background"] == "ok"
+            assert _no_limit(probe.seen["background.remaining"])

@@ -27,7 +27,6 @@ ALLOWED: set[tuple[str, str]] = {
     ("resilient/httpx/_standard.py", "resilient.deadline._current"),
     ("resilient/httpx/_transport.py", "resilient.deadline._current"),
     ("resilient/retry.py", "resilient.events._duration_listeners"),
-    ("resilient/asgi/combined.py", "resilient.deadline._current"),
     ("resilient/asgi/timeouts.py", "resilient.deadline._current"),
 }
 

@@ -68,6 +68,26 @@ def json_response(
     )
 
 
+async def send_messages(send: Send, messages: tuple[Message, Message]) -> None:
+    """Send a prepared response (from :func:`json_response`) as fresh dicts.
+
+    A server or an outer middleware may mutate what it is sent, so the
+    prepared messages are never sent themselves.
+    """
+    start, body = messages
+    await send({**start, "headers": list(start["headers"])})
+    await send(dict(body))
+
+
+#: The answer to a request whose caller's deadline has passed before its
+#: handler could start (already expired on arrival, or while queued).
+DEADLINE_EXCEEDED = json_response(504, {"error": "deadline_exceeded"})
+
+# A timer may run up to a clock tick early; a deadline this close to its end
+# when a wait for it ends counts as expired.
+DEADLINE_SLACK = 1e-3
+
+
 async def send_json(
     send: Send, status: int, payload: dict[str, Any], headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:

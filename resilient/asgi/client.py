@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from resilient.asgi._common import Scope
@@ -16,6 +16,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A forwarded chain longer than this is an attack or a misconfiguration; we
 # read only its right-most entries (the ones our own proxies appended).
 _MAX_HOPS = 32
+# At most this many bytes of the forwarded header lines are read, counted from
+# the right: what our proxies appended is always within it, and what a client
+# wrote to the left of it is what gets cut.
 _MAX_HEADER = 8192
 
 
@@ -133,6 +136,72 @@ def _split_quoted(value: str, sep: str) -> list[str]:
     return parts
 
 
+def _rsplit_quoted(value: str, sep: str) -> list[str]:
+    """``value`` split on ``sep`` outside quoted strings, right-most part first.
+
+    Scanning from the right keeps the parts our own proxies appended intact
+    whatever the client wrote to their left (an unbalanced quote, or a value
+    cut in the middle of a quoted string).
+    """
+    if '"' not in value:
+        parts = value.split(sep)
+        parts.reverse()
+        return parts
+    parts = []
+    end = len(value)
+    quoted = False
+    for i in range(len(value) - 1, -1, -1):
+        ch = value[i]
+        if ch == '"':
+            # Escaped (inside a quoted string) when an odd run of backslashes precedes it.
+            j = i
+            while j > 0 and value[j - 1] == "\\":
+                j -= 1
+            if (i - j) % 2 == 0:
+                quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append(value[i + 1 : end])
+            end = i
+    parts.append(value[:end])
+    return parts
+
+
+def _for_node(element: str) -> str:
+    """The ``for=`` node of one ``Forwarded`` element, or ``""`` without one."""
+    for pair in _split_quoted(element, ";"):
+        name, sep, val = pair.partition("=")
+        if sep and name.strip().lower() == "for":
+            return val.strip()
+    return ""
+
+
+def _nodes_from_right(values: list[bytes], forwarded: bool) -> Iterator[str | None]:
+    """The forwarded chain's nodes, right-most first: at most ``_MAX_HOPS`` in ``_MAX_HEADER`` bytes.
+
+    The budget is spent from the right, so the entries our proxies appended
+    are always read; a node cut by the budget is ``None`` (a hop we cannot
+    read), and nothing to its left is read.
+    """
+    budget = _MAX_HEADER
+    hops = _MAX_HOPS
+    for raw in reversed(values):
+        cut = len(raw) > budget
+        if cut:
+            raw = raw[len(raw) - budget :]
+        budget -= len(raw)
+        value = raw.decode("latin-1")
+        parts = _rsplit_quoted(value, ",") if forwarded else value.split(",")[::-1]
+        last = len(parts) - 1
+        for i, part in enumerate(parts):
+            if cut and i == last:
+                yield None
+                return
+            yield _for_node(part) if forwarded else part
+            hops -= 1
+            if not hops:
+                return
+
+
 class ClientIP:
     """The default client key of :class:`~resilient.asgi.RateLimit`: the client's IP address.
 
@@ -216,20 +285,13 @@ class ClientIP:
         return self._key(self._walk(scope, peer))
 
     def _walk(self, scope: Scope, peer: IPAddress) -> IPAddress:
-        raw: list[str] = []
-        size = 0
-        for name, value in scope.get("headers") or ():
-            if name == self._header:
-                size += len(value)
-                if size > _MAX_HEADER:
-                    break
-                raw.append(value.decode("latin-1"))
-        if not raw:
+        name = self._header
+        values = [value for key, value in scope.get("headers") or () if key == name]
+        if not values:
             return peer
-        chain = parse_forwarded(raw) if self._kind == "forwarded" else parse_x_forwarded_for(raw)
         client = peer
-        for node in reversed(chain[-_MAX_HOPS:]):
-            ip = _parse_node(node)
+        for node in _nodes_from_right(values, self._kind == "forwarded"):
+            ip = None if node is None else _parse_node(node)
             if ip is None:
                 # A hop we cannot read: everything to its left is unverifiable,
                 # so the last good address (a trusted proxy) is the best we know.

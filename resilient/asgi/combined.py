@@ -19,14 +19,18 @@ from resilient.asgi.ratelimit import KeyFunc, RateLimit
 from resilient.asgi.shedding import ConcurrencyLimiter, LoadShedding
 from resilient.asgi.status import PolicySource, status_app
 from resilient.asgi.timeouts import (
+    _NO_LIMIT,
     DEFAULT_DEADLINE_HEADER,
     Deadline,
     RequestTimeout,
-    _set_deadline,
+    _advancing,
+    _end_deadline,
+    _limit,
+    _ResponseDeadline,
+    _start_deadline,
     parse_deadline,
 )
 from resilient.clock import SYSTEM_CLOCK, Clock
-from resilient.deadline import _current as _current_deadline
 from resilient.errors import RejectedError
 
 __all__ = ["ResilienceMiddleware"]
@@ -48,7 +52,8 @@ class ResilienceMiddleware:
        that many requests in the app, queues a few, refuses the rest (503).
     5. :class:`RequestTimeout` (``timeout``): 504 if the app has not started
        its response in time; queue time is bounded by ``queue_timeout``
-       instead, so a slow queue never eats the handler's budget.
+       instead, so a slow queue never eats the handler's budget. Its deadline
+       ends when the response starts, the caller's when it is complete.
 
     ``exempt_paths`` and ``exempt`` apply to rate limiting and load shedding.
     ``name`` prefixes the names of the bulkhead and limiter created
@@ -166,8 +171,7 @@ class ResilienceMiddleware:
         if path == self.status_path and self._status is not None:
             await self._status(scope, receive, send)
             return
-        token = None
-        seconds = None
+        rd: _ResponseDeadline | None = None
         name = self._deadline_header
         if name is not None:
             for k, v in scope["headers"]:
@@ -181,7 +185,7 @@ class ResilienceMiddleware:
                             seconds = self._max_deadline
                         # Set before admission, as the chain does: a queued
                         # request never waits past its caller's deadline.
-                        token = _set_deadline(seconds, self._clock)
+                        rd = _start_deadline(scope, self._clock, _NO_LIMIT, seconds)
                     break
         try:
             exempt = path in self._exempt_paths or (self._exempt is not None and self._exempt(scope))
@@ -220,36 +224,43 @@ class ResilienceMiddleware:
                     if admitted is None:
                         return
                     cm, receive = admitted
-                    if token is not None:
-                        # Time spent queued counts against the caller's deadline.
-                        d = _current_deadline.get()
-                        if d is not None:
-                            seconds = max(0.0, d.expires_at - d.clock.now())
             rt = self._timeout
+            if rt is None:
+                limit = 0.0
+                if rd is not None:
+                    send = _advancing(send, rd)
+            elif rt.set_deadline:
+                if rd is None:
+                    rd = _start_deadline(scope, self._clock, rt.seconds, _NO_LIMIT)
+                else:
+                    rd.limit_start(rt.seconds)
+                # Time spent queued counts against the caller's deadline.
+                limit = rd.expires_at - rd.clock.now()
+                if limit < 0.0:
+                    limit = 0.0
+            else:
+                limit = _limit(rt.seconds)
+                if rd is not None:
+                    send = _advancing(send, rd)
             if cm is None:
                 if rt is None:
                     await self.app(scope, receive, send)
-                elif token is not None and seconds is not None and seconds <= rt.seconds:
-                    await rt._run(scope, receive, send, seconds, False)
                 else:
-                    await rt._run(scope, receive, send, rt.seconds, rt.set_deadline)
+                    await rt._run(scope, receive, send, limit, rd if rt.set_deadline else None)
                 return
             try:
                 if rt is None:
                     await self.app(scope, receive, send)
-                elif token is not None and seconds is not None and seconds <= rt.seconds:
-                    # The caller's deadline is nearer: it is already in force.
-                    await rt._run(scope, receive, send, seconds, False)
                 else:
-                    await rt._run(scope, receive, send, rt.seconds, rt.set_deadline)
+                    await rt._run(scope, receive, send, limit, rd if rt.set_deadline else None)
             except BaseException as exc:
                 if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
                     raise
             else:
                 await cm.__aexit__(None, None, None)
         finally:
-            if token is not None:
-                _current_deadline.reset(token)
+            if rd is not None:
+                _end_deadline(scope, rd)
 
     def __repr__(self) -> str:
         return f"ResilienceMiddleware({', '.join(repr(p) for p in self.parts)})"

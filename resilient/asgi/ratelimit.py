@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterable
+from fractions import Fraction
 
 from resilient.asgi._common import (
     DEFAULT_EXEMPT_PATHS,
@@ -29,12 +30,32 @@ __all__ = ["RateLimit"]
 
 KeyFunc = Callable[[Scope], Hashable | None]
 
+# The longest window RateLimit-Policy advertises when the rate has to be
+# written as a fraction (one day).
+_MAX_WINDOW = 86_400
+
 
 def _policy_id(name: str) -> str:
     # A Structured Fields sf-string: printable ASCII, with " and \ escaped.
     if not name or any(not (0x20 <= ord(c) < 0x7F) for c in name):
         raise ValueError(f"policy_name must be non-empty printable ASCII, got {name!r}")
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _quota_window(burst: int, rate: float, per: float) -> tuple[int, int]:
+    """``RateLimit-Policy``'s ``q`` and ``w``: whole numbers whose ratio is the enforced rate.
+
+    The bucket (``burst``) and the seconds it takes to refill when those are
+    whole; otherwise the rate itself as a fraction of whole numbers, rounded
+    up (never down: a client pacing itself by ``q/w`` must be able to use its
+    whole quota, and ``burst=30`` at 20/s as ``q=30;w=2`` would hold it to 15/s).
+    """
+    window = burst * per / rate
+    if window >= 1.0 and abs(window - round(window)) < 1e-9:
+        return burst, round(window)
+    per_second = rate / per
+    w = Fraction(per_second).limit_denominator(_MAX_WINDOW).denominator
+    return max(1, math.ceil(per_second * w - 1e-9)), w
 
 
 class RateLimit:
@@ -119,11 +140,8 @@ class RateLimit:
     def _policy_header(self, limit: int) -> bytes:
         value = self._policy_cache.get(limit)
         if value is None:
-            # The window in which `limit` requests are allowed on average: the
-            # time the bucket takes to refill completely, so q/w is the rate.
-            window = limit * self.per / self.rate
-            w = round(window) if abs(window - round(window)) < 1e-9 else math.ceil(window)
-            value = f"{self._policy_id};q={limit};w={max(1, w)}".encode("ascii")
+            q, w = _quota_window(limit, self.rate, self.per)
+            value = f"{self._policy_id};q={q};w={w}".encode("ascii")
             if len(self._policy_cache) < 64:
                 self._policy_cache[limit] = value
         return value

@@ -9,6 +9,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from resilient.asgi._common import (
+    DEADLINE_EXCEEDED,
+    DEADLINE_SLACK,
     DEFAULT_EXEMPT_PATHS,
     ASGIApp,
     Message,
@@ -24,9 +26,11 @@ from resilient.asgi._common import (
     exempt_set,
     json_response,
     retry_after_seconds,
+    send_messages,
 )
 from resilient.bulkhead import Bulkhead
 from resilient.clock import Clock
+from resilient.deadline import remaining
 from resilient.errors import RejectedError
 
 __all__ = ["ConcurrencyLimiter", "LoadShedding"]
@@ -116,8 +120,11 @@ class LoadShedding:
     most ``queue_timeout`` seconds; when the queue is full (or the wait times
     out) the client gets ``503 Service Unavailable`` with ``Retry-After`` and a
     small JSON body ``{"error": "overloaded", "retry_after": 1}``, before the
-    app sees the request. A client that disconnects while queued gives its
-    queue position back at once.
+    app sees the request. The wait is also cut to the request's deadline (see
+    :class:`~resilient.asgi.Deadline`); a request whose deadline passes while
+    it waits gets ``504`` and ``{"error": "deadline_exceeded"}`` instead, as
+    an expired deadline does everywhere else. A client that disconnects while
+    queued gives its queue position back at once.
 
     Args:
         app: the ASGI application.
@@ -251,10 +258,14 @@ class LoadShedding:
         return cm, watch.replay()
 
     async def _reject(self, send: Send) -> None:
-        start, body = self._reject_messages
-        # Fresh dicts: a server or outer middleware may mutate what it is sent.
-        await send({**start, "headers": list(start["headers"])})
-        await send(dict(body))
+        # A wait that ended because the caller's deadline passed (the limiter
+        # cuts its queue wait to the deadline) is not overload: 504, as an
+        # expired deadline gets everywhere else.
+        left = remaining()
+        if left is not None and left <= DEADLINE_SLACK:
+            await send_messages(send, DEADLINE_EXCEEDED)
+            return
+        await send_messages(send, self._reject_messages)
 
     def __repr__(self) -> str:
         return f"LoadShedding(limiter={self.limiter!r})"

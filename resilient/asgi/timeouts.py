@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 from collections import deque
 from typing import Any
 
 from resilient.asgi._common import (
+    DEADLINE_EXCEEDED,
     ASGIApp,
     Message,
     Receive,
@@ -15,8 +17,8 @@ from resilient.asgi._common import (
     Send,
     check_app,
     check_number,
-    json_response,
     send_json,
+    send_messages,
 )
 from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.deadline import Deadline as _DeadlineValue
@@ -54,12 +56,124 @@ def parse_deadline(value: bytes | str) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _set_deadline(seconds: float, clock: Clock) -> Any:
-    """Set the deadline contextvar (keeping an earlier one); returns the reset token."""
-    outer = _current_deadline.get()
-    if outer is not None and outer.expires_at - outer.clock.now() <= seconds:
-        return _current_deadline.set(outer)
-    return _current_deadline.set(_DeadlineValue(clock.now() + seconds, clock))
+# How far off a deadline is once it no longer limits anything. Finite, so that
+# every wait derived from it is one that timers, threads and sockets accept
+# (they refuse an infinite one), and far beyond any request.
+_NO_LIMIT = 1e9
+
+# Where a request's response deadline is kept in its scope, so that the
+# Deadline and RequestTimeout of one request share it (and those of a request
+# made in-process from inside a handler do not).
+_SCOPE_KEY = "resilient.response_deadline"
+
+_FINAL_BODY = frozenset(("http.response.body", "http.response.zerocopysend"))
+
+
+class _ResponseDeadline(_DeadlineValue):
+    """The deadline of one request's handler, lifted as its response goes out.
+
+    Until ``http.response.start`` the nearest of the request timeout, the
+    caller's deadline and any deadline in force outside the middleware (the
+    ``floor``) applies; once the response has started, the caller's
+    deadline and the floor; once it is complete, the floor only, so that
+    background tasks run free of the request's limits. It is changed in
+    place, not replaced, because tasks the app started while the request ran
+    (a framework's streaming task) hold copies of the context that refer to
+    this object; where nothing limits any more it reads as a far-off expiry,
+    and in the context that sent the message it is replaced by the floor's
+    deadline (``None`` as a rule), so ``remaining()`` there says ``None``.
+    """
+
+    __slots__ = ("complete", "end", "floor", "outer", "shadowed", "started", "token")
+
+    def __init__(self, clock: Clock, outer: _DeadlineValue | None, start: float, end: float) -> None:
+        """Limits in seconds from now: ``start`` to the response's start, ``end`` to its end."""
+        now = clock.now()
+        floor = now + _NO_LIMIT
+        if outer is not None:
+            left = outer.expires_at - outer.clock.now()
+            if left < _NO_LIMIT:
+                floor = now + left
+        end_at = now + end
+        if end_at > floor:
+            end_at = floor
+        start_at = now + start
+        # Deadline.__init__'s two fields, set here: this runs once per request.
+        self.clock = clock
+        self.expires_at = start_at if start_at < end_at else end_at
+        self.floor = floor
+        self.end = end_at
+        self.outer = outer
+        self.started = False
+        self.complete = False
+        self.token: Any = None
+        self.shadowed: Any = None
+
+    def limit_start(self, seconds: float) -> None:
+        """Limit the time to the start of the response (the request timeout)."""
+        at = self.clock.now() + seconds
+        if not self.started and at < self.expires_at:
+            self.expires_at = at
+
+    def limit_end(self, seconds: float) -> None:
+        """Limit the time to the end of the response (the caller's deadline)."""
+        at = self.clock.now() + seconds
+        if not self.complete and at < self.end:
+            self.end = at
+            if at < self.expires_at:
+                self.expires_at = at
+
+    def advance(self, message: Message) -> None:
+        """Follow the response: lift the limits that ``message`` ends."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                return
+            self.started = True
+            self.expires_at = self.end
+        elif kind == "http.response.pathsend" or (kind in _FINAL_BODY and not message.get("more_body", False)):
+            self.started = self.complete = True
+            self.expires_at = self.end = self.floor
+        else:
+            return
+        if self.expires_at >= self.floor and _current_deadline.get() is self:
+            _current_deadline.set(self.outer)
+
+
+def _start_deadline(scope: Scope, clock: Clock, start: float, end: float) -> _ResponseDeadline:
+    """Put a new response deadline in force for this request; undo it with :func:`_end_deadline`."""
+    rd = _ResponseDeadline(clock, _current_deadline.get(), start, end)
+    rd.token = _current_deadline.set(rd)
+    rd.shadowed = scope.get(_SCOPE_KEY)
+    scope[_SCOPE_KEY] = rd
+    return rd
+
+
+def _end_deadline(scope: Scope, rd: _ResponseDeadline) -> None:
+    _current_deadline.reset(rd.token)
+    if rd.shadowed is None:
+        scope.pop(_SCOPE_KEY, None)
+    else:
+        scope[_SCOPE_KEY] = rd.shadowed
+
+
+def _joined(scope: Scope) -> _ResponseDeadline | None:
+    """The response deadline a part outside put in force for this very request, if any."""
+    rd = scope.get(_SCOPE_KEY)
+    if rd is not None and rd is _current_deadline.get() and isinstance(rd, _ResponseDeadline):
+        return rd
+    return None
+
+
+def _advancing(send: Send, rd: _ResponseDeadline) -> Send:
+    """``send``, letting ``rd`` follow the response."""
+
+    async def send_advancing(message: Message) -> None:
+        if not rd.complete:
+            rd.advance(message)
+        await send(message)
+
+    return send_advancing
 
 
 class Deadline:
@@ -68,7 +182,10 @@ class Deadline:
     A request carrying ``x-resilient-deadline: 1.5`` runs its handler under
     ``deadline(1.5)``, so every :class:`~resilient.Timeout` and every call made
     through the httpx transport inside it is cut to what the caller has left.
-    A request whose deadline has already passed is refused with ``504`` and
+    The caller's deadline bounds the whole response, a streaming body
+    included (the caller stops reading then), and stops applying once the
+    response is complete: what runs after it (Starlette's background tasks)
+    is not the caller's work. A request whose deadline has already passed is refused with ``504`` and
     ``{"error": "deadline_exceeded"}`` before any work. Values that cannot be
     parsed are ignored; values above ``max`` are clamped to it (a client may
     not keep a server busy for longer than you allow).
@@ -96,7 +213,6 @@ class Deadline:
         m = check_number(max, "max")
         self.max = m
         self.clock = clock if clock is not None else SYSTEM_CLOCK
-        self._expired = json_response(504, {"error": "deadline_exceeded"})
 
     def _incoming(self, scope: Scope) -> float | None:
         """The caller's remaining seconds, clamped to ``max`` (<= 0: expired), or ``None``."""
@@ -110,9 +226,7 @@ class Deadline:
         return None
 
     async def _refuse(self, send: Send) -> None:
-        start, body = self._expired
-        await send({**start, "headers": list(start["headers"])})
-        await send(dict(body))
+        await send_messages(send, DEADLINE_EXCEEDED)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app under the caller's deadline, or refuse an expired request."""
@@ -126,11 +240,16 @@ class Deadline:
         if seconds <= 0:
             await self._refuse(send)
             return
-        token = _set_deadline(seconds, self.clock)
-        try:
+        rd = _joined(scope)
+        if rd is not None:  # a RequestTimeout outside follows the response
+            rd.limit_end(seconds)
             await self.app(scope, receive, send)
+            return
+        rd = _start_deadline(scope, self.clock, _NO_LIMIT, seconds)
+        try:
+            await self.app(scope, receive, _advancing(send, rd))
         finally:
-            _current_deadline.reset(token)
+            _end_deadline(scope, rd)
 
     def __repr__(self) -> str:
         return f"Deadline(header={self.header!r}, max={self.max:g})"
@@ -169,6 +288,12 @@ class _Timers:
     (``call_at`` + ``cancel`` + the loop's clean-up of cancelled timers were
     the largest cost of the middleware). An entry that would expire before
     the tail (its limit was cut by a deadline) gets its own ``call_at``.
+
+    Every timer runs in an empty context: armed in the request's, it would
+    keep that request's context (and all it refers to) alive until it fires,
+    and the shared one re-arms itself from its own callback, so under steady
+    load for good; a cancelled timer stays in the loop's heap with its
+    context until its time.
     """
 
     __slots__ = ("handle", "live", "loop", "queue")
@@ -187,7 +312,7 @@ class _Timers:
         queue.append(st)
         self.live += 1
         if self.handle is None:
-            self.handle = self.loop.call_at(st.expires, self._fire)
+            self.handle = self.loop.call_at(st.expires, self._fire, context=contextvars.Context())
         elif len(queue) > 2 * self.live + 256:
             # Finished entries stuck behind a long-running head: compact, so
             # memory follows the requests in flight, not the throughput.
@@ -210,11 +335,21 @@ class _Timers:
                 queue.popleft()
                 continue
             if st.expires > now:
-                self.handle = self.loop.call_at(st.expires, self._fire)
+                self.handle = self.loop.call_at(st.expires, self._fire, context=contextvars.Context())
                 return
             queue.popleft()
             self.live -= 1
             st.fire()
+
+
+def _limit(seconds: float) -> float:
+    """``seconds``, cut to the deadline in force (never below 0)."""
+    d = _current_deadline.get()
+    if d is not None:
+        left = d.expires_at - d.clock.now()
+        if left < seconds:
+            return left if left > 0.0 else 0.0
+    return seconds
 
 
 class RequestTimeout:
@@ -229,7 +364,13 @@ class RequestTimeout:
     The handler also runs under ``deadline(seconds)``
     (:func:`resilient.deadline.deadline`, keeping an earlier deadline set by
     :class:`Deadline`), so timeouts and httpx calls inside it are cut to the
-    time left; ``set_deadline=False`` turns that off.
+    time left, until it starts its response: once ``http.response.start`` has
+    been sent, the request timeout no longer limits anything, neither the rest
+    of a streaming body nor background tasks (the caller's deadline, if the
+    request carried one, still bounds the body; see :class:`Deadline`). Where
+    no deadline applies any more, :func:`resilient.remaining` returns ``None``
+    (or, in a task started before the response did, a value so large it
+    limits nothing). ``set_deadline=False`` turns the deadline off.
 
     An outer cancellation (the server shutting down) is never turned into a
     504: it propagates.
@@ -255,17 +396,31 @@ class RequestTimeout:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.seconds
-        d = _current_deadline.get()
-        if d is not None:
-            # The caller's deadline (set by Deadline, outside) cuts the limit.
-            left = d.expires_at - d.clock.now()
-            if left < limit:
-                limit = left if left > 0.0 else 0.0
-        await self._run(scope, receive, send, limit, self.set_deadline)
+        if not self.set_deadline:
+            await self._run(scope, receive, send, _limit(self.seconds), None)
+            return
+        rd = _joined(scope)
+        if rd is not None:
+            # Deadline, outside, set it: the caller's deadline may cut the limit.
+            rd.limit_start(self.seconds)
+            limit = rd.expires_at - rd.clock.now()
+            await self._run(scope, receive, send, limit if limit > 0.0 else 0.0, rd)
+            return
+        rd = _start_deadline(scope, self.clock, self.seconds, _NO_LIMIT)
+        limit = rd.expires_at - rd.clock.now()
+        try:
+            await self._run(scope, receive, send, limit if limit > 0.0 else 0.0, rd)
+        finally:
+            _end_deadline(scope, rd)
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send, limit: float, set_deadline: bool) -> None:
-        """Run the app; cancel it and answer 504 if it has not started responding after ``limit`` s."""
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, limit: float, rd: _ResponseDeadline | None
+    ) -> None:
+        """Run the app; cancel it and answer 504 if it has not started responding after ``limit`` s.
+
+        ``rd``, the request's response deadline, follows the response (whoever
+        put it in force ends it).
+        """
         task = asyncio.current_task()
         assert task is not None
         loop = task.get_loop()
@@ -274,20 +429,19 @@ class RequestTimeout:
         async def send_tracking_start(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state.started = True
+            if rd is not None and not rd.complete:
+                rd.advance(message)
             await send(message)
 
         cancelling = task.cancelling()
         timers = self._timers
         if timers is None or timers.loop is not loop:
             timers = self._timers = _Timers(loop)
-        handle = None if timers.add(state) else loop.call_at(state.expires, state.fire)
-        token = _set_deadline(limit, self.clock) if set_deadline else None
+        handle = None if timers.add(state) else loop.call_at(state.expires, state.fire, context=contextvars.Context())
         try:
             await self.app(scope, receive, send_tracking_start)
         except BaseException as exc:
             self._finish(timers, state, handle)
-            if token is not None:
-                _current_deadline.reset(token)
             # Ours only if we fired and no other cancellation is pending.
             if (
                 state.fired
@@ -298,8 +452,6 @@ class RequestTimeout:
                 await send_json(send, 504, {"error": "timeout", "timeout": round(limit, 3)})
                 return
             raise
-        if token is not None:
-            _current_deadline.reset(token)
         # The success path: drop the timer entry inline (no calls).
         if handle is None:
             if state.task is not None:
