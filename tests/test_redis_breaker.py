@@ -216,6 +216,26 @@ async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient
     assert await rclient.pttl("svc:cb:{inventory}:state") > 0
 
 
+def hash_tag(key: str) -> str:
+    """The part of a key Redis Cluster hashes: between the first "{" and the next "}"."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else key
+
+
+async def test_breaker_names_make_unambiguous_hash_tags(redis_server: RedisServer) -> None:  # noqa: F811
+    # Issue 14 item 24: the name is the cluster hash tag; a "}" in it cut the tag short, so
+    # "pay}eu" and "pay}us" hashed as "pay", and a ":" made the keys ambiguous to read.
+    stores = [breaker(redis_server.url, name=n).store for n in ("pay}eu", "pay}us", "pay", "pay:eu", "{pay}")]
+    keysets = [s.keys for s in stores]  # type: ignore[attr-defined]
+    tags = [hash_tag(k) for keys in keysets for k in keys]
+    for keys in keysets:
+        assert len({hash_tag(k) for k in keys}) == 1  # one slot per breaker
+    assert len(set(tags)) == len(stores)  # and one tag per name
+    assert keysets[2] == ("resilient:cb:{pay}:state", "resilient:cb:{pay}:window", "resilient:cb:{pay}:probes")
+    assert keysets[0][0] == "resilient:cb:{pay%7Deu}:state"
+
+
 async def test_manual_control_reaches_every_replica(redis_server: RedisServer) -> None:  # noqa: F811
     a = breaker(redis_server.url, sync_interval=0)
     b = breaker(redis_server.url, sync_interval=0)

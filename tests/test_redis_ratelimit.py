@@ -97,6 +97,31 @@ async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient
     await lim.aclose()
 
 
+async def test_names_and_keys_never_collide(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
+    # Issue 14 item 24: limiter "login" with the user-chosen key "ip:192.0.2.10" and limiter
+    # "login:ip" with key "192.0.2.10" were both "resilient:rl:login:ip:192.0.2.10".
+    opts = {"rate": 1, "burst": 1, "timeout": T}
+    by_key = KeyedRedisRateLimiter(redis_server.url, name="login", **opts)  # type: ignore[arg-type]
+    by_name = KeyedRedisRateLimiter(redis_server.url, name="login:ip", **opts)  # type: ignore[arg-type]
+    plain = RedisRateLimiter(redis_server.url, name="login:ip:192.0.2.10", **opts)  # type: ignore[arg-type]
+    assert (await by_key.try_acquire("ip:192.0.2.10")).allowed
+    assert (await by_name.try_acquire("192.0.2.10")).allowed
+    assert (await plain.try_acquire()).allowed
+    # The same pairs again: each has its own bucket, now empty.
+    assert not (await by_key.try_acquire("ip:192.0.2.10")).allowed
+    assert not (await by_name.try_acquire("192.0.2.10")).allowed
+    # Escapes are escaped too, and braces never make a cluster hash tag.
+    odd = KeyedRedisRateLimiter(redis_server.url, name="a%3Ab", **opts)  # type: ignore[arg-type]
+    assert (await odd.try_acquire("{x}")).allowed
+    keys = set(await rclient.keys("*"))
+    assert len(keys) == 4
+    assert "resilient:rl:login:ip%3A192.0.2.10" in keys
+    assert "resilient:rl:login%3Aip:192.0.2.10" in keys
+    assert "resilient:rl:a%253Ab:%7Bx%7D" in keys
+    for lim in (by_key, by_name, plain, odd):
+        await lim.aclose()
+
+
 async def test_two_limiters_with_one_name_share_the_limit(redis_server: RedisServer) -> None:  # noqa: F811
     a = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="shared", timeout=T)
     b = RedisRateLimiter(aioredis.Redis.from_url(redis_server.url), rate=1, burst=2, name="shared", timeout=T)

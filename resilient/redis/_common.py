@@ -21,7 +21,7 @@ from resilient import events
 from resilient.clock import Clock
 from resilient.events import EventSite, Listener, Severity
 
-__all__ = ["ClientArg", "Connector", "FailOpen", "LuaScript", "logger", "validate_common"]
+__all__ = ["ClientArg", "Connector", "FailOpen", "LuaScript", "key_part", "logger", "validate_common"]
 
 #: Every warning and info line of the Redis stores goes to this logger.
 logger = logging.getLogger("resilient.redis")
@@ -41,6 +41,23 @@ def validate_common(prefix: str, timeout: float, recovery_interval: float) -> No
         or not 0 < recovery_interval <= 3600
     ):
         raise ValueError(f"recovery_interval must be a number of seconds in (0, 3600], got {recovery_interval!r}")
+
+
+# ":" separates the parts of a key and braces make a Redis Cluster hash tag:
+# a name or key holding either must not be able to pass for another one.
+# Escaping "%" as well keeps the encoding injective; other characters (and
+# so the keys of ordinary names) stay as they are.
+_KEY_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
+
+
+def key_part(text: str) -> str:
+    """``text`` as one part of a Redis key: ``%``, ``:``, ``{`` and ``}`` percent-encoded.
+
+    Distinct texts always give distinct parts, and a part never contains a
+    separator or a brace, so ``{prefix}rl:{name}:{key}`` and the breaker's
+    ``{name}`` hash tag are unambiguous.
+    """
+    return text.translate(_KEY_ESCAPES)
 
 
 def _redact_url(url: str) -> str:

@@ -14,7 +14,7 @@ from resilient.breaker.state import BreakerConfig, BreakerMetrics, BreakerSnapsh
 from resilient.breaker.store import InMemoryBreakerStore
 from resilient.clock import SYSTEM_CLOCK
 from resilient.events import Listener
-from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, validate_common
+from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, key_part, validate_common
 
 __all__ = ["BREAKER_SCRIPT", "RedisBreakerStore"]
 
@@ -274,7 +274,7 @@ class RedisBreakerStore:
     * The probe lease is a key that expires when the half-open period ends:
       a probe whose process dies frees its slot by expiry.
     * Keys (``{prefix}cb:{name}:state``, ``...:window``, ``...:probes``; the
-      name is a cluster hash tag) expire: the window after one sampling
+      name, with ``%:{}`` percent-encoded, is a cluster hash tag) expire: the window after one sampling
       duration, the state after ``idle_ttl`` seconds without a write (plus
       the remaining break; in ratio mode counted from the start of the last
       window bucket written, at most ``sampling_duration / 10`` earlier). Only an isolated circuit persists until reset.
@@ -349,7 +349,7 @@ class RedisBreakerStore:
         self._config = config
         clock = config.clock
         self._now = time.monotonic if clock is SYSTEM_CLOCK else clock.now
-        base = f"{self.prefix}cb:{{{name}}}"
+        base = f"{self.prefix}cb:{{{key_part(name)}}}"
         self._keys = (f"{base}:state", f"{base}:window", f"{base}:probes")
         buckets = 10
         ratio = config.ratio_mode

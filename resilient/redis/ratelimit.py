@@ -15,7 +15,7 @@ from resilient.errors import RateLimitedError
 from resilient.events import EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
 from resilient.ratelimit import KeyedRateLimiter, Mode, RateDecision
-from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, validate_common
+from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, key_part, validate_common
 
 __all__ = ["GCRA_SCRIPT", "KeyedRedisRateLimiter", "RateDecision", "RedisRateLimiter"]
 
@@ -123,7 +123,7 @@ class _RedisRateLimiterBase(Policy):
         self._conn = Connector(client_or_url, sync_client, self.timeout)
         self._interval_us = str(per / rate * 1e6)
         self._burst_arg = str(burst)
-        self._base_key = f"{prefix}rl:{name}"
+        self._base_key = f"{prefix}rl:{key_part(name)}"
         self._local = _LocalFallback(
             fallback, per, burst=burst, mode="reject", max_keys=max_local_keys, clock=self._clock
         )
@@ -144,7 +144,7 @@ class _RedisRateLimiterBase(Policy):
         return RateDecision(allowed == "1", int(wait) / 1e6, self.burst, int(left), int(reset) / 1e6)
 
     def _redis_key(self, key: str | None) -> str:
-        return self._base_key if key is None else f"{self._base_key}:{key}"
+        return self._base_key if key is None else f"{self._base_key}:{key_part(key)}"
 
     def _check_tokens(self, tokens: int) -> None:
         if isinstance(tokens, bool) or not isinstance(tokens, int):
@@ -405,7 +405,7 @@ class RedisRateLimiter(_RedisRateLimiterBase):
 
 
 class KeyedRedisRateLimiter(_RedisRateLimiterBase):
-    """A shared rate limit per key (per client, per tenant...): ``{prefix}rl:{name}:{key}``.
+    """A shared rate limit per key (per client, per tenant...): ``{prefix}rl:{name}:{key}``, both encoded.
 
     As a policy, ``key(*args, **kwargs)`` gives the key of each call; with
     :meth:`try_acquire` the caller passes it. Everything else is as in
