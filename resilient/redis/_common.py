@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -83,25 +84,55 @@ def _describe_client(client: Any) -> str:
     return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
 
+class _LoopGone(Exception):
+    """Thrown into a client's closer when its loop ended without running it."""
+
+
+def _start(closer: AsyncGenerator[None, None]) -> None:
+    # Runs the closer to its ``yield`` without awaiting: its first step never
+    # suspends, and starting it is what registers it with the running loop.
+    try:
+        closer.asend(None).send(None)
+    except StopIteration:
+        pass
+
+
+def _abandon(closer: AsyncGenerator[None, None]) -> None:
+    # Ends a closer without running its cleanup, so that the garbage
+    # collector never hands it to a closed loop's finalizer hook.
+    try:
+        closer.athrow(_LoopGone()).send(None)
+    except (StopIteration, StopAsyncIteration, _LoopGone):
+        pass
+
+
 class Connector:
     """Gives the async and sync clients a store uses, from a URL or given clients.
 
     From a URL, clients are made on demand with the store's timeout as
     socket timeouts and without redis-py's own retries (the store decides
     what a failure means); an async client is made per event loop, because
-    redis-py's asyncio connections belong to the loop that opened them.
+    redis-py's asyncio connections belong to the loop that opened them, and
+    closed as that loop ends (``asyncio.run()`` and ``asyncio.Runner`` close
+    it while the loop still runs; a loop closed without
+    ``shutdown_asyncgens()`` leaves its client to the garbage collector,
+    dropped when the next loop makes its own).
     Given clients are used as they are: their TLS, auth and timeouts are
     their owner's business.
     """
 
-    __slots__ = ("_aclient", "_lock", "_loop", "_sclient", "_url", "timeout", "where")
+    __slots__ = ("_aclient", "_current", "_lock", "_loops", "_sclient", "_url", "timeout", "where")
 
     def __init__(self, client_or_url: ClientArg, sync_client: _sync_redis.Redis | None, timeout: float) -> None:
         self.timeout = timeout
         self._url: str | None = None
         self._aclient: _aio_redis.Redis | None = None
         self._sclient: _sync_redis.Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The last loop's client, read in one step so that two threads'
+        # loops never get each other's client; every loop's, with the closer
+        # that closes it when that loop ends.
+        self._current: tuple[asyncio.AbstractEventLoop, _aio_redis.Redis] | None = None
+        self._loops: dict[asyncio.AbstractEventLoop, tuple[_aio_redis.Redis, AsyncGenerator[None, None]]] = {}
         self._lock = threading.Lock()
         if isinstance(client_or_url, str):
             if not client_or_url.startswith(("redis://", "rediss://", "unix://")):
@@ -141,15 +172,64 @@ class Connector:
                 raise TypeError("this store was given a sync client only; async calls need a URL or an async client")
             return self._aclient
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._aclient is None:
-            self._aclient = _aio_redis.Redis.from_url(
-                self._url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=_AsyncRetry(NoBackoff(), 0),
-            )
-            self._loop = loop
-        return self._aclient
+        current = self._current
+        if current is not None and current[0] is loop:
+            return current[1]
+        return self._client_for(loop, self._url)
+
+    def _client_for(self, loop: asyncio.AbstractEventLoop, url: str) -> _aio_redis.Redis:
+        made = None
+        with self._lock:
+            gone = self._sweep()
+            entry = self._loops.get(loop)
+            if entry is None:
+                client = _aio_redis.Redis.from_url(
+                    url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry=_AsyncRetry(NoBackoff(), 0),
+                )
+                made = self._close_with_loop(client)
+                entry = self._loops[loop] = (client, made)
+            self._current = (loop, entry[0])
+        if made is not None:
+            _start(made)
+        for closer in gone:
+            _abandon(closer)
+        return entry[0]
+
+    def _sweep(self) -> list[AsyncGenerator[None, None]]:
+        # Under the lock: forget the clients of loops that ended without
+        # closing them (nothing can run on a closed loop any more).
+        current = self._current
+        if current is not None and current[0].is_closed():
+            self._current = None
+        gone = [loop for loop in self._loops if loop.is_closed()]
+        return [self._loops.pop(loop)[1] for loop in gone]
+
+    async def _close_with_loop(self, client: _aio_redis.Redis) -> AsyncGenerator[None, None]:
+        # Started on the client's loop; asyncio.run() finalises it (with
+        # shutdown_asyncgens()) while that loop still runs, the last moment
+        # its connections can be closed properly.
+        try:
+            yield
+        except _LoopGone:
+            return
+        except GeneratorExit:
+            self._forget(asyncio.get_running_loop(), client)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.timeout):
+                    await client.aclose()
+            raise
+
+    def _forget(self, loop: asyncio.AbstractEventLoop, client: _aio_redis.Redis) -> None:
+        with self._lock:
+            entry = self._loops.get(loop)
+            if entry is not None and entry[0] is client:
+                del self._loops[loop]
+            current = self._current
+            if current is not None and current[1] is client:
+                self._current = None
 
     def sclient(self) -> _sync_redis.Redis:
         """The sync client (thread-safe: redis-py pools its connections)."""
@@ -170,12 +250,25 @@ class Connector:
         return self._sclient
 
     async def aclose(self) -> None:
-        """Close the clients this connector made itself (given ones stay open)."""
+        """Close the clients this connector made itself (given ones stay open).
+
+        The async client closed is the running loop's; other loops' clients
+        are closed as their loops end.
+        """
         if self._url is None:
             return
-        aclient, self._aclient = self._aclient, None
-        if aclient is not None:
-            await aclient.aclose()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            gone = self._sweep()
+            entry = self._loops.pop(loop, None)
+            current = self._current
+            if current is not None and current[0] is loop:
+                self._current = None
+        for closer in gone:
+            _abandon(closer)
+        if entry is not None:
+            _abandon(entry[1])
+            await entry[0].aclose()
         self.close_sync()
 
     def close_sync(self) -> None:
