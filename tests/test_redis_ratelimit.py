@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis as sync_redis
@@ -21,15 +16,13 @@ from resilient import RateLimitedError, events
 from resilient.deadline import deadline
 from resilient.redis import KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
 from resilient.testing import FakeClock, recording
-from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings  # noqa: F401 - fixture
+from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings, run_together  # noqa: F401 - fixture
 
 # Per-operation Redis timeout for tests that are not about slowness: generous, so that a loaded CI
 # machine never fails open by accident (the library default is 50 ms).
 T = 2.0
 
 pytestmark = pytest.mark.redis
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -329,54 +322,40 @@ async def test_credentials_never_logged(redis_server: RedisServer, caplog: pytes
 
 # -- many processes, one limit -------------------------------------------------------------
 
-WORKER = textwrap.dedent(
-    """
+WORKER = """
     import asyncio, sys, time
     from resilient.redis import RedisRateLimiter
 
-    async def main(url, start_at, duration):
+    async def main(url, duration):
         lim = RedisRateLimiter(url, rate=200, burst=5, name="fleet", timeout=0.5)
         await lim._conn.aclient().ping()  # connect before the clock starts
+        ready()
         admitted = 0
-        while time.time() < start_at:
-            await asyncio.sleep(0.001)
-        end = start_at + duration
-        while time.time() < end:
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
             d = await lim.try_acquire()
             if d.allowed:
                 admitted += 1
             else:
-                await asyncio.sleep(min(d.retry_after, end - time.time(), 0.01))
+                await asyncio.sleep(min(d.retry_after, max(0.0, end - time.monotonic()), 0.01))
         print(admitted, int(lim.using_redis))
         await lim.aclose()
 
-    asyncio.run(main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3])))
-    """
-)
+    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
 
 
 def test_shared_limit_across_four_processes(redis_server: RedisServer) -> None:  # noqa: F811
     rate, duration = 200, 2.0
-    start_at = time.time() + 1.5  # time for four interpreters to start on a loaded machine
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, redis_server.url, str(start_at), str(duration)],
-            stdout=subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        for _ in range(4)
-    ]
+    # Released together once all four are connected: no start time for a loaded machine to miss.
     results = []
-    for p in procs:
-        out, _ = p.communicate(timeout=30)
-        assert p.returncode == 0
+    for out in run_together(WORKER, redis_server.url, str(duration), n=4):
         admitted, used_redis = out.split()
         results.append(int(admitted))
-        assert used_redis == b"1"
+        assert used_redis == "1"
     total = sum(results)
     print("admitted", total, results)
+    # The processes start within a few milliseconds of each other: the first burst plus the rate.
     expected = rate * duration
     assert abs(total - expected) <= 0.05 * expected, (total, results)
     # Every process got a share, not one process everything.

@@ -15,14 +15,32 @@ import redis as _sync_redis
 import redis.asyncio as _aio_redis
 from redis.asyncio.retry import Retry as _AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    AuthorizationError,
+    ClusterError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry as _SyncRetry
 
 from resilient import events
 from resilient.clock import Clock
 from resilient.events import EventSite, Listener, Severity
 
-__all__ = ["ClientArg", "Connector", "FailOpen", "LuaScript", "key_part", "logger", "validate_common"]
+__all__ = [
+    "REFUSED_WARNING_INTERVAL",
+    "ClientArg",
+    "Connector",
+    "FailOpen",
+    "LuaScript",
+    "key_part",
+    "logger",
+    "refused",
+    "validate_common",
+]
 
 #: Every warning and info line of the Redis stores goes to this logger.
 logger = logging.getLogger("resilient.redis")
@@ -91,19 +109,15 @@ class _LoopGone(Exception):
 def _start(closer: AsyncGenerator[None, None]) -> None:
     # Runs the closer to its ``yield`` without awaiting: its first step never
     # suspends, and starting it is what registers it with the running loop.
-    try:
+    with contextlib.suppress(StopIteration):
         closer.asend(None).send(None)
-    except StopIteration:
-        pass
 
 
 def _abandon(closer: AsyncGenerator[None, None]) -> None:
     # Ends a closer without running its cleanup, so that the garbage
     # collector never hands it to a closed loop's finalizer hook.
-    try:
+    with contextlib.suppress(StopIteration, StopAsyncIteration, _LoopGone):
         closer.athrow(_LoopGone()).send(None)
-    except (StopIteration, StopAsyncIteration, _LoopGone):
-        pass
 
 
 class Connector:
@@ -312,6 +326,33 @@ class LuaScript:
             )
 
 
+#: How often a configuration error is logged again while it lasts, in seconds.
+REFUSED_WARNING_INTERVAL = 60.0
+
+# Redis answered, but no: a password, an ACL, a read-only replica, a full
+# memory, a key of the wrong type. Waiting does not fix these; someone must.
+_REFUSALS = (AuthenticationError, AuthorizationError, ResponseError)
+# Replies a cluster gives while it reshards or fails over: an outage.
+_TRANSIENT_REPLIES = (ClusterError, AskError, TryAgainError)
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing (a configuration error) rather than Redis being away."""
+    return isinstance(exc, _REFUSALS) and not isinstance(exc, _TRANSIENT_REPLIES)
+
+
+def _describe_error(exc: BaseException, is_refusal: bool) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    name = type(exc).__name__
+    if not is_refusal:
+        return name
+    # Redis' own words (never the credentials, which it does not echo),
+    # bounded: they say which command, user or key is refused.
+    text = " ".join(str(exc).split())[:200]
+    return f"{name}: {text}" if text else name
+
+
 class FailOpen:
     """Whether a store uses Redis or its local state, and the switch between them.
 
@@ -321,12 +362,21 @@ class FailOpen:
     ``recovery_interval`` seconds (a background task for async callers, an
     inline bounded call for sync ones). The first probe that succeeds logs
     one info line, emits ``STORE_RECOVERED`` and switches back.
+
+    When Redis answers but refuses (authentication, ACL, read-only replica,
+    out of memory, see :func:`refused`) the store fails open just the same,
+    but the warning is repeated every :data:`REFUSED_WARNING_INTERVAL`
+    seconds while the probes keep being refused, and :meth:`status` says so:
+    a configuration error does not end by itself.
     """
 
     __slots__ = (
         "_lock",
+        "_next_warning",
         "_probe_task",
         "clock",
+        "configuration_error",
+        "error",
         "healthy",
         "interval",
         "kind",
@@ -358,6 +408,11 @@ class FailOpen:
         self.next_probe = 0.0
         #: How many times this store has failed open (for status()).
         self.outages = 0
+        #: While failed open: what the last failure was (type, and Redis' words for a refusal).
+        self.error: str | None = None
+        #: While failed open: whether Redis refused (a configuration error) rather than was away.
+        self.configuration_error = False
+        self._next_warning = 0.0
         self._lock = threading.Lock()
         self._probe_task: asyncio.Task[None] | None = None
 
@@ -375,24 +430,51 @@ class FailOpen:
             )
 
     def failed(self, exc: BaseException, site: EventSite | None = None) -> None:
-        """Record a failed Redis operation; warn once per outage."""
+        """Record a failed Redis operation (a call's or a probe's); warn once per outage.
+
+        A refusal warns again every :data:`REFUSED_WARNING_INTERVAL` seconds.
+        """
+        is_refusal = refused(exc)
+        reason = _describe_error(exc, is_refusal)
         with self._lock:
-            self.next_probe = self.clock.now() + self.interval
-            if not self.healthy:
-                return
-            self.healthy = False
-            self.outages += 1
-        reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-        logger.warning(
-            "resilient: %s %r cannot use Redis at %s (%s); failing open to local in-memory state, "
-            "checking Redis again every %.3g s",
-            self.kind,
-            self.name,
-            self.where,
-            reason,
-            self.interval,
-        )
-        self._emit(site, events.STORE_FAILED_OPEN, Severity.WARNING, exc)
+            now = self.clock.now()
+            self.next_probe = now + self.interval
+            self.error = reason
+            self.configuration_error = is_refusal
+            first = self.healthy
+            if first:
+                self.healthy = False
+                self.outages += 1
+            warn = first or (is_refusal and now >= self._next_warning)
+            if warn and is_refusal:
+                self._next_warning = now + REFUSED_WARNING_INTERVAL
+        if not warn:
+            logger.debug("resilient: Redis probe for %r failed: %s", self.name, reason)
+            return
+        if is_refusal:
+            logger.warning(
+                "resilient: %s %r: Redis at %s refused (%s), a configuration error (authentication, ACL, "
+                "read-only replica, memory...); failing open to local in-memory state, checking Redis again "
+                "every %.3g s and repeating this warning every %.3g s while it lasts",
+                self.kind,
+                self.name,
+                self.where,
+                reason,
+                self.interval,
+                REFUSED_WARNING_INTERVAL,
+            )
+        else:
+            logger.warning(
+                "resilient: %s %r cannot use Redis at %s (%s); failing open to local in-memory state, "
+                "checking Redis again every %.3g s",
+                self.kind,
+                self.name,
+                self.where,
+                reason,
+                self.interval,
+            )
+        if first:
+            self._emit(site, events.STORE_FAILED_OPEN, Severity.WARNING, exc)
 
     def recovered(self, site: EventSite | None = None) -> None:
         """Record that Redis answered again."""
@@ -400,6 +482,8 @@ class FailOpen:
             if self.healthy:
                 return
             self.healthy = True
+            self.error = None
+            self.configuration_error = False
         logger.info("resilient: %s %r uses Redis at %s again", self.kind, self.name, self.where)
         self._emit(site, events.STORE_RECOVERED, Severity.INFO, None)
 
@@ -425,9 +509,7 @@ class FailOpen:
         try:
             await probe()
         except Exception as exc:
-            with self._lock:
-                self.next_probe = self.clock.now() + self.interval
-            logger.debug("resilient: Redis probe for %r failed: %s", self.name, type(exc).__name__)
+            self.failed(exc, site)
             return
         self.recovered(site)
 
@@ -438,7 +520,7 @@ class FailOpen:
         try:
             probe()
         except Exception as exc:
-            logger.debug("resilient: Redis probe for %r failed: %s", self.name, type(exc).__name__)
+            self.failed(exc, site)
             return False
         self.recovered(site)
         return True
@@ -451,4 +533,6 @@ class FailOpen:
             "redis_healthy": self.healthy,
             "failed_open": not self.healthy,
             "outages": self.outages,
+            "error": self.error,
+            "configuration_error": self.configuration_error,
         }
