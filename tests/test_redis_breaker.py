@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 
 from resilient import events
@@ -20,7 +21,7 @@ from resilient.breaker import AsyncBreakerStore, CircuitBreaker, CircuitState
 from resilient.errors import CircuitOpenError
 from resilient.redis import RedisBreakerStore
 from resilient.testing import FakeClock, recording
-from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings  # noqa: F401 - fixture
+from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings, run_together  # noqa: F401 - fixture
 
 # Per-operation Redis timeout for tests that are not about slowness: generous, so that a loaded CI
 # machine never fails open by accident (the library default is 50 ms).
@@ -250,42 +251,95 @@ async def test_manual_control_reaches_every_replica(redis_server: RedisServer) -
 
 # -- the half-open probe ------------------------------------------------------------
 
-PROBER = """
-    import asyncio, sys, time
+FRESH = """
+    import asyncio, sys
+    import redis.asyncio as aioredis
     from resilient.breaker import CircuitBreaker
     from resilient.errors import CircuitOpenError
     from resilient.redis import RedisBreakerStore
 
-    async def probe():
-        await asyncio.sleep(0.3)
+    async def main(url, kind, n):
+        side = aioredis.Redis.from_url(url, socket_timeout=30)
+        await side.ping()
+        client = url if kind == "url" else aioredis.Redis.from_url(url)
+        store = RedisBreakerStore(client, timeout=2.0)
+        cb = CircuitBreaker(name="fresh", consecutive_failures=1, break_duration=30, store=store)
+        ready()
 
-    async def main(url, start_at):
-        store = RedisBreakerStore(url, timeout=2.0)
-        cb = CircuitBreaker(name="probe", consecutive_failures=1, break_duration=5, store=store)
-        while time.time() < start_at:
-            await asyncio.sleep(0.001)
+        async def call():
+            # A slow dependency: an admitted call lasts until every other replica has been
+            # rejected, so that none of them can find the circuit closed again by this one.
+            for _ in range(n - 1):
+                if await side.blpop("rejected", timeout=10) is None:
+                    break
+
         try:
-            await cb(probe)()
-            print("probe")
+            await cb(call)()
+            print("admitted")
         except CircuitOpenError:
+            await side.rpush("rejected", 1)
             print("rejected")
 
-    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
 
 
-async def test_only_one_of_n_replicas_gets_the_half_open_probe(redis_server: RedisServer) -> None:  # noqa: F811
-    opener = breaker(redis_server.url, name="probe", consecutive_failures=1, break_duration=5)
-    await fail_n(opener, 1)
+def open_shared_circuit(url: str) -> None:
+    """Open circuit "fresh" for 30 s from this process (sync, with its own store)."""
+    opener = CircuitBreaker(
+        name="fresh", consecutive_failures=1, break_duration=30, store=RedisBreakerStore(url, timeout=T)
+    )
+
+    @opener
+    def down() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        down()
     assert opener.state is CircuitState.OPEN
-    # Let the break end just before the replicas all call at the same moment.
-    start_at = time.time() + 2.0
-    key = opener.store.keys[0]  # type: ignore[attr-defined]
-    client = aioredis.Redis.from_url(redis_server.url)
-    await client.hset(key, "until", "0")  # the break is over for everyone
-    await client.aclose()
-    outs = run_workers(PROBER, redis_server.url, str(start_at), n=5)
-    assert sorted(outs) == ["probe", "rejected", "rejected", "rejected", "rejected"]
+    opener.store.close()  # type: ignore[attr-defined]
+
+
+def end_the_break(url: str) -> None:
+    """The break of circuit "fresh" is over, for every replica at once."""
+    client = sync_redis.Redis.from_url(url)
+    client.hset("resilient:cb:{fresh}:state", "until", "0")
+    client.close()
+
+
+@pytest.mark.parametrize("kind", ["url", "client"])
+def test_a_fresh_replica_fails_fast_on_its_first_call(redis_server: RedisServer, kind: str) -> None:  # noqa: F811
+    # Issue 14 item 9: replicas made while the circuit was closed (or with an async client, which
+    # reads nothing at bind) admitted their first call on a stale or placeholder CLOSED snapshot.
+    outs = run_together(
+        FRESH,
+        redis_server.url,
+        kind,
+        "2",
+        n=2,
+        between=lambda: open_shared_circuit(redis_server.url),
+    )
+    assert outs == ["rejected", "rejected"]
+
+
+@pytest.mark.parametrize(("kind", "start"), [("url", "closed"), ("client", "closed"), ("url", "after the break")])
+def test_one_of_eight_fresh_replicas_gets_the_half_open_probe(
+    redis_server: RedisServer,  # noqa: F811
+    kind: str,
+    start: str,
+) -> None:
+    # Issue 14 item 9: eight fresh processes calling just after the break all ran the probe.
+    # The replicas start while the circuit is closed (it opens, and its break ends, before their
+    # first call), or once its break is over already.
+    def open_and_end_the_break() -> None:
+        open_shared_circuit(redis_server.url)
+        end_the_break(redis_server.url)
+
+    if start == "after the break":
+        open_and_end_the_break()
+    between = open_and_end_the_break if start == "closed" else None
+    outs = run_together(FRESH, redis_server.url, kind, "8", n=8, between=between)
+    assert sorted(outs) == ["admitted"] + ["rejected"] * 7
 
 
 async def test_a_dead_probe_releases_its_lease_by_expiry(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811

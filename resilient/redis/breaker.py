@@ -271,6 +271,11 @@ class RedisBreakerStore:
       replica therefore learns that another one opened the circuit on its
       next failure, or on its first success ``sync_interval`` after its last
       sync; ``sync_interval=0`` sends every success (one round trip per call).
+    * A replica's first call always asks Redis (through :meth:`aacquire`,
+      atomically with the probe admission), whatever the store read at
+      :meth:`bind` (or could not read, with an async client only): until
+      then a circuit Redis reported CLOSED reads HALF_OPEN in
+      :attr:`snapshot`, which makes the breaker ask the store.
     * The probe lease is a key that expires when the half-open period ends:
       a probe whose process dies frees its slot by expiry.
     * Keys (``{prefix}cb:{name}:state``, ``...:window``, ``...:probes``; the
@@ -325,6 +330,13 @@ class RedisBreakerStore:
         self._bound = False
         # Until bind(), a closed placeholder; the real one comes from Redis.
         self._snap = BreakerSnapshot(_CLOSED, -1, 0.0)
+        # What the breaker reads (``snapshot``): the last snapshot from Redis,
+        # except that a replica that has not yet asked Redis about a call
+        # shows a closed circuit as the gate, so that its first call goes
+        # through acquire() (see bind()).
+        self._view = self._snap
+        self._gate = self._snap
+        self._gated = True
         self._local: InMemoryBreakerStore | None = None
         self._pending = 0
         self._next_sync = 0.0
@@ -374,7 +386,14 @@ class RedisBreakerStore:
             clock=clock,
             listeners=self._listeners,
         )
-        self._snap = BreakerSnapshot(_CLOSED, -1, self._now())
+        now = self._now()
+        self._snap = BreakerSnapshot(_CLOSED, -1, now)
+        # Half-open past its end: the breaker admits nothing on it without
+        # acquire(), which asks Redis (one round trip, once per replica). A
+        # replica must not admit its first call on what it read at start
+        # (perhaps long ago) or on nothing at all (an async client only).
+        self._gate = BreakerSnapshot(_HALF_OPEN, -1, now, now)
+        self._view = self._gate
         if self._conn.has_sync:
             # Start from the shared truth: a replica that starts while the
             # circuit is open fails fast from its first call.
@@ -423,7 +442,7 @@ class RedisBreakerStore:
         """The last snapshot Redis gave (or the local one while failed open); no I/O."""
         local = self._local
         if local is None:
-            return self._snap
+            return self._view
         # Failed open: a breaker that is open locally rejects calls without
         # calling the store, so reading the snapshot is where a probe of
         # Redis gets started (in the background, at most once per interval).
@@ -467,6 +486,9 @@ class RedisBreakerStore:
             self._snap = snap
         if state is not _CLOSED:
             self._pending = 0
+            self._view = snap
+        else:
+            self._view = self._gate if self._gated else snap
         return snap, bool(int(res[9])), bool(int(res[10]))
 
     async def _arun(self, op: str, epoch: int, pending: int = 0, brk: float = 0.0, target: str = "") -> Any:
@@ -536,7 +558,7 @@ class RedisBreakerStore:
     # -- the protocol, async ------------------------------------------------------------
 
     async def aacquire(self, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None]:
-        """Admit a probe or refuse, atomically across replicas (one round trip)."""
+        """Admit a probe (or a replica's first call) or refuse, atomically across replicas (one round trip)."""
         local = self._local_async()
         if local is None:
             try:
@@ -544,6 +566,7 @@ class RedisBreakerStore:
             except Exception as exc:  # Redis trouble never fails the call
                 local = self._fail_open(exc)
             else:
+                self._gated = False
                 snap, changed, admitted = self._apply(res, now)
                 return (snap if admitted else None), (snap if changed else None)
         return local.acquire(now)
@@ -623,6 +646,7 @@ class RedisBreakerStore:
             except Exception as exc:
                 local = self._fail_open(exc)
             else:
+                self._gated = False
                 snap, changed, admitted = self._apply(res, now)
                 return (snap if admitted else None), (snap if changed else None)
         return local.acquire(now)
@@ -706,6 +730,7 @@ class RedisBreakerStore:
                 local = self._fail_open(exc)
             else:
                 self._pending = 0
+                self._gated = False
                 return self._apply(res, now)[0]
         return local.transition(to, now)
 
@@ -757,4 +782,6 @@ class RedisBreakerStore:
         self._conn.close_sync()
 
     def __repr__(self) -> str:
-        return f"RedisBreakerStore(name={self.name!r}, state={self.snapshot.state.value!r}, redis={self.using_redis})"
+        local = self._local
+        state = (self._snap if local is None else local.snapshot).state
+        return f"RedisBreakerStore(name={self.name!r}, state={state.value!r}, redis={self.using_redis})"
