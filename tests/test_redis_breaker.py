@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,27 @@ def breaker(url: str, name: str = "pay", **kw: object) -> CircuitBreaker:
     # Generous unless a test is about slowness: a loaded CI machine must not fail open by accident.
     store_kw.setdefault("timeout", T)
     return CircuitBreaker(name=name, store=RedisBreakerStore(url, **store_kw), **kw)  # type: ignore[arg-type]
+
+
+async def until_recovered(cb: CircuitBreaker, clock: FakeClock, call: Callable[[], Awaitable[object]]) -> None:
+    """Let ``cb``'s store probe Redis (started by ``call``) until it uses Redis again.
+
+    The first probe after a restart can fail on a pooled connection to the old server (the store
+    does not retry); the next one reconnects.
+    """
+    failopen = cb.store._failopen  # type: ignore[attr-defined]
+    for _ in range(3):
+        clock.advance(1.0)
+        with contextlib.suppress(CircuitOpenError):
+            await call()
+        await eventually(lambda: failopen._probe_task is not None and failopen._probe_task.done())
+        if failopen.healthy:
+            return
+    raise AssertionError("the store did not recover")
+
+
+def warning_texts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in redis_warnings(caplog)]
 
 
 async def fail_n(cb: CircuitBreaker, n: int) -> None:
@@ -474,6 +496,88 @@ async def test_an_open_circuit_stays_open_when_redis_goes_away(redis_server: Red
     assert not cb.store.using_redis  # type: ignore[attr-defined]
     with pytest.raises(CircuitOpenError):
         await cb(ok)()
+
+
+async def test_isolate_while_failed_open_reaches_redis_when_it_answers_again(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 14 item 23: isolate() during an outage acted on local state only and was silently undone
+    # when Redis answered: calls reached the isolated dependency again, the other replica never saw it.
+    clock = FakeClock()
+    a = breaker(redis_server.url, sync_interval=0, clock=clock)
+    b = breaker(redis_server.url, sync_interval=0)
+    reached = 0
+
+    async def dependency() -> str:
+        nonlocal reached
+        reached += 1
+        return "ok"
+
+    assert await a(dependency)() == "ok"
+    caplog.set_level(logging.INFO, logger="resilient.redis")
+    redis_server.kill()
+    a.isolate()  # Redis is away: applied here, and said so
+    assert a.state is CircuitState.ISOLATED
+    assert not a.store.using_redis  # type: ignore[attr-defined]
+    assert a.store.status()["manual_pending"] == "isolated"  # type: ignore[attr-defined]
+    redis_server.restart()  # a new, empty Redis
+    await until_recovered(a, clock, a(dependency))  # calls (rejected: isolated) start the probes
+    assert a.state is CircuitState.ISOLATED  # not undone by Redis' state
+    assert "manual_pending" not in a.store.status()  # type: ignore[attr-defined]
+    for _ in range(25):
+        with pytest.raises(CircuitOpenError, match="isolated"):
+            await a(dependency)()
+    assert reached == 1
+    await b.store.arefresh()  # type: ignore[attr-defined]
+    assert b.state is CircuitState.ISOLATED  # the other replica sees it
+    with pytest.raises(CircuitOpenError, match="isolated"):
+        await b(dependency)()
+    a.reset()
+    await b.store.arefresh()  # type: ignore[attr-defined]
+    assert await b(dependency)() == "ok"
+    # Loudly: the operator is told the transition is local until Redis answers, then that it got there.
+    texts = [r.getMessage() for r in caplog.records if r.name == "resilient.redis"]
+    assert any("isolate()" in t and "written to Redis when it answers again" in t for t in texts)
+    assert any("isolate()" in t and "written to Redis" in t and "answers again" not in t for t in texts)
+
+
+async def test_reset_while_failed_open_reaches_redis(redis_server: RedisServer) -> None:  # noqa: F811
+    clock = FakeClock()
+    a = breaker(redis_server.url, consecutive_failures=1, break_duration=30, clock=clock)
+    b = breaker(redis_server.url, consecutive_failures=1, break_duration=30)
+    await fail_n(a, 1)  # the shared circuit is open for 30 s
+    admin = sync_redis.Redis.from_url(redis_server.url)
+    admin.save()  # the restart below brings the open circuit back
+    admin.close()
+    redis_server.kill()
+    a.reset()
+    assert a.state is CircuitState.CLOSED
+    assert not a.store.using_redis  # type: ignore[attr-defined]
+    redis_server.restart()
+    await until_recovered(a, clock, a(ok))  # calls (locally closed) start the probe, which writes the reset
+    assert a.state is CircuitState.CLOSED
+    assert await b(ok)() == "ok"  # b's first call asks Redis: closed
+
+
+async def test_a_manual_trip_overtaken_locally_is_not_written(redis_server: RedisServer) -> None:  # noqa: F811
+    # trip() opens for one break; if the local circuit has moved on by itself before Redis answers
+    # (the break ended, a probe closed it), Redis' state stands.
+    clock = FakeClock()
+    a = breaker(redis_server.url, break_duration=5, sync_interval=0, clock=clock)
+    b = breaker(redis_server.url, break_duration=5, sync_interval=0)
+    assert await a(ok)() == "ok"
+    redis_server.kill()
+    a.trip()
+    assert a.state is CircuitState.OPEN
+    clock.advance(5.0)  # the break is over; Redis is still away
+    assert await a(ok)() == "ok"  # the local probe succeeds and closes the local circuit
+    assert a.state is CircuitState.CLOSED
+    await eventually(lambda: a.store._failopen._probe_task.done())  # type: ignore[attr-defined]
+    redis_server.restart()  # a new, empty Redis: had the trip been written, it would be open
+    await until_recovered(a, clock, a(ok))
+    assert a.state is CircuitState.CLOSED
+    assert await b(ok)() == "ok"
 
 
 # -- the window's running totals ----------------------------------------------------

@@ -14,7 +14,7 @@ from resilient.breaker.state import BreakerConfig, BreakerMetrics, BreakerSnapsh
 from resilient.breaker.store import InMemoryBreakerStore
 from resilient.clock import SYSTEM_CLOCK
 from resilient.events import Listener
-from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, key_part, validate_common
+from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, key_part, logger, validate_common
 
 __all__ = ["BREAKER_SCRIPT", "RedisBreakerStore"]
 
@@ -23,6 +23,7 @@ _OPEN = CircuitState.OPEN
 _HALF_OPEN = CircuitState.HALF_OPEN
 _ISOLATED = CircuitState.ISOLATED
 _STATES = {s.value: s for s in CircuitState}
+_MANUAL = {_CLOSED: "reset()", _OPEN: "trip()", _ISOLATED: "isolate()"}
 
 #: Every decision of a shared circuit, atomically, in one script. Times are
 #: microseconds of Redis ``TIME``. KEYS: state hash, window hash, probe lease.
@@ -293,6 +294,11 @@ class RedisBreakerStore:
     Manual control (``isolate()``, ``reset()``, ``trip()``) and ``metrics``
     are synchronous: they use the sync client (from the URL, a
     ``redis.Redis`` or ``sync_client=``). One store serves one breaker.
+    A manual transition made while failed open applies to this replica at
+    once, logs a warning, and is written to Redis by the probe that finds
+    Redis again, for every replica to see, unless this replica's circuit
+    has moved on by itself by then (a ``trip()`` whose break ended and
+    whose probe closed the circuit): then Redis' state stands.
     """
 
     def __init__(
@@ -344,6 +350,8 @@ class RedisBreakerStore:
         self._keys: tuple[str, str, str] = ("", "", "")
         self._cfg_arg = ""
         self._failopen: FailOpen | None = None
+        # A manual transition made while failed open, and the local snapshot it made.
+        self._manual: tuple[CircuitState, BreakerSnapshot] | None = None
 
     # -- binding ---------------------------------------------------------------
 
@@ -520,18 +528,51 @@ class RedisBreakerStore:
             self._local = local
         return local
 
-    def _recovered_with(self, res: Any) -> None:
+    def _probe_op(self, manual: tuple[CircuitState, BreakerSnapshot] | None) -> tuple[str, float, str]:
+        """What a probe sends: a manual transition made while failed open, or a plain sync."""
+        local = self._local
+        if manual is not None and local is not None and local.snapshot.epoch == manual[1].epoch:
+            to, made = manual
+            return "transition", made.break_duration if to is _OPEN else 0.0, to.value
+        return "sync", 0.0, ""
+
+    def _recovered_with(self, res: Any, manual: tuple[CircuitState, BreakerSnapshot] | None, op: str) -> None:
+        if op == "transition":
+            self._gated = False
         self._apply(res, self._now())
         self._local = None
-        assert self._failopen is not None
-        self._failopen.recovered()
+        failopen = self._failopen
+        assert failopen is not None
+        failopen.recovered()
+        if manual is not None:
+            if self._manual is manual:
+                self._manual = None
+            what = _MANUAL[manual[0]]
+            if op == "transition":
+                logger.info(
+                    "resilient: circuit_breaker %r: the %s made while Redis was away is written to Redis",
+                    self.name,
+                    what,
+                )
+            else:
+                logger.info(
+                    "resilient: circuit_breaker %r: the %s made while Redis was away is not written to Redis: "
+                    "this replica's circuit had moved on by itself; Redis' state (%s) stands",
+                    self.name,
+                    what,
+                    self._snap.state.value,
+                )
 
     async def _aprobe(self) -> None:
-        res = await self._arun("sync", self._snap.epoch)
-        self._recovered_with(res)
+        manual = self._manual
+        op, brk, target = self._probe_op(manual)
+        res = await self._arun(op, self._snap.epoch, 0, brk, target)
+        self._recovered_with(res, manual, op)
 
     def _probe(self) -> None:
-        self._recovered_with(self._run("sync", self._snap.epoch))
+        manual = self._manual
+        op, brk, target = self._probe_op(manual)
+        self._recovered_with(self._run(op, self._snap.epoch, 0, brk, target), manual, op)
 
     def _local_async(self) -> InMemoryBreakerStore | None:
         local = self._local
@@ -732,7 +773,21 @@ class RedisBreakerStore:
                 self._pending = 0
                 self._gated = False
                 return self._apply(res, now)[0]
-        return local.transition(to, now)
+        # Redis is away: the transition applies here now and is written to
+        # Redis by the probe that finds it again (unless this replica's
+        # circuit has moved on by itself by then), so that recovery neither
+        # undoes it silently nor keeps it from the other replicas.
+        snap = local.transition(to, now)
+        self._manual = (to, snap)
+        assert self._failopen is not None
+        logger.warning(
+            "resilient: circuit_breaker %r: %s applied to this replica only, Redis at %s is away; it is written "
+            "to Redis when it answers again (unless this replica's circuit has moved on by itself by then)",
+            self.name,
+            _MANUAL[to],
+            self._failopen.where,
+        )
+        return snap
 
     def metrics(self, now: float) -> BreakerMetrics:
         """The shared counters (one synchronous round trip; local ones while failed open)."""
@@ -771,6 +826,9 @@ class RedisBreakerStore:
         out: dict[str, Any] = {"keys": list(self._keys), "sync_interval": self.sync_interval}
         if self._failopen is not None:
             out.update(self._failopen.status())
+        manual = self._manual
+        if manual is not None and self._local is not None:
+            out["manual_pending"] = manual[0].value  # to be written to Redis when it answers
         return out
 
     async def aclose(self) -> None:
