@@ -281,20 +281,21 @@ def run_together(
     ``code`` (dedented; :data:`READY` prepended) calls ``ready()`` when set
     up: once all ``n`` have, ``between()`` runs (if given) and every process
     is told to go, with no wall-clock start time to miss on a loaded
-    machine. Each process's output after ``ready`` is returned, stripped.
+    machine. Each process gets ``args`` and then its index (``0`` to
+    ``n - 1``) as arguments; its output after ``ready`` is returned, stripped.
     """
     env = {**os.environ, "PYTHONPATH": str(_ROOT)}
     source = READY + textwrap.dedent(code)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", source, *args],
+            [sys.executable, "-c", source, *args, str(i)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
             cwd=_ROOT,
         )
-        for _ in range(n)
+        for i in range(n)
     ]
     try:
         end = time.monotonic() + timeout
