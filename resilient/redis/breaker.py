@@ -280,10 +280,12 @@ class RedisBreakerStore:
     * The probe lease is a key that expires when the half-open period ends:
       a probe whose process dies frees its slot by expiry.
     * Keys (``{prefix}cb:{name}:state``, ``...:window``, ``...:probes``; the
-      name, with ``%:{}`` percent-encoded, is a cluster hash tag) expire: the window after one sampling
-      duration, the state after ``idle_ttl`` seconds without a write (plus
-      the remaining break; in ratio mode counted from the start of the last
-      window bucket written, at most ``sampling_duration / 10`` earlier). Only an isolated circuit persists until reset.
+      name, with ``%:{}`` percent-encoded, is a cluster hash tag) expire:
+      the window after one sampling duration, the state after ``idle_ttl``
+      seconds without a write (plus the remaining break; in ratio mode
+      counted from the start of the last window bucket written, at most
+      ``sampling_duration / 10`` earlier). Only an isolated circuit persists
+      until reset.
     * Fail open: when Redis is unreachable, slow (``timeout``) or errors,
       the store switches to an :class:`~resilient.breaker.InMemoryBreakerStore`
       (starting open if the circuit was open), logs one warning on
