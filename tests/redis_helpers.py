@@ -12,17 +12,30 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-__all__ = ["REDIS_SERVER", "RedisServer", "free_port", "redis_server", "require_redis_server", "running_redis"]
+__all__ = [
+    "READY",
+    "REDIS_SERVER",
+    "RedisServer",
+    "free_port",
+    "redis_server",
+    "require_redis_server",
+    "run_together",
+    "running_redis",
+]
 
 #: The redis-server binary, or ``None`` when the machine has none.
 REDIS_SERVER: str | None = (
@@ -44,10 +57,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ping(port: int, timeout: float = 0.2) -> bool:
+def ping(port: int, timeout: float = 0.2, auth: tuple[str, str] | None = None) -> bool:
     """Whether a Redis on ``port`` answers PING right now (raw RESP, no client library)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            if auth is not None:
+                s.sendall(f"AUTH {auth[0]} {auth[1]}\r\n".encode())
+                if not s.recv(64).startswith(b"+OK"):
+                    return False
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:
@@ -60,11 +77,24 @@ class RedisServer:
     ``kill()`` sends SIGKILL (a crash), ``pause()``/``resume()`` send
     SIGSTOP/SIGCONT (a server that accepts connections but never answers,
     i.e. a slow one), ``restart()`` starts a fresh process on the same port.
+    ``extra`` are more ``redis-server`` options (``"--requirepass", "pw"``,
+    ``"--user", "app on >pw ~* +@all"``); with ``password`` the readiness
+    check authenticates as ``user``.
     """
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        port: int | None = None,
+        extra: tuple[str, ...] = (),
+        password: str | None = None,
+        user: str = "default",
+    ) -> None:
         self.binary = binary
         self.port = port if port is not None else free_port()
+        self.extra = extra
+        self.password = password
+        self.user = user
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="resilient-redis-")
         self.paused = False
@@ -94,12 +124,13 @@ class RedisServer:
             "no",
             "--loglevel",
             "warning",
+            *self.extra,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.paused = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if ping(self.port):
+            if ping(self.port, auth=None if self.password is None else (self.user, self.password)):
                 return
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
@@ -175,16 +206,19 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running_redis(binary: str | None = None) -> Iterator[RedisServer]:
+def running_redis(
+    binary: str | None = None, extra: tuple[str, ...] = (), password: str | None = None, user: str = "default"
+) -> Iterator[RedisServer]:
     """Start a private redis-server on a free port; stop it on exit.
 
     A free port can be taken between the check and the start, so starting
-    is retried on a new port a few times.
+    is retried on a new port a few times. ``extra``, ``password`` and
+    ``user``: as for :class:`RedisServer`.
     """
     binary = binary or require_redis_server()
     last: Exception | None = None
     for _ in range(3):
-        server = RedisServer(binary)
+        server = RedisServer(binary, extra=extra, password=password, user=user)
         try:
             server.start()
         except RuntimeError as exc:
@@ -218,3 +252,75 @@ async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None
 def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     """The warnings logged on ``resilient.redis``."""
     return [r for r in caplog.records if r.name == "resilient.redis" and r.levelno == logging.WARNING]
+
+
+#: For the code of :func:`run_together`: call ``ready()`` once set up; it returns when every process is.
+READY = """
+import sys as _sys
+
+
+def ready():
+    _sys.stdout.write("ready\\n")
+    _sys.stdout.flush()
+    if _sys.stdin.readline() != "go\\n":
+        raise SystemExit("no go")
+"""
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_together(
+    code: str,
+    *args: str,
+    n: int,
+    timeout: float = 60.0,
+    between: Callable[[], object] | None = None,
+) -> list[str]:
+    """Run ``n`` Python processes of ``code`` and release them at the same moment; their outputs.
+
+    ``code`` (dedented; :data:`READY` prepended) calls ``ready()`` when set
+    up: once all ``n`` have, ``between()`` runs (if given) and every process
+    is told to go, with no wall-clock start time to miss on a loaded
+    machine. Each process gets ``args`` and then its index (``0`` to
+    ``n - 1``) as arguments; its output after ``ready`` is returned, stripped.
+    """
+    env = {**os.environ, "PYTHONPATH": str(_ROOT)}
+    source = READY + textwrap.dedent(code)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", source, *args, str(i)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=_ROOT,
+        )
+        for i in range(n)
+    ]
+    try:
+        end = time.monotonic() + timeout
+        for p in procs:
+            assert p.stdout is not None
+            readable, _, _ = select.select([p.stdout], [], [], max(0.0, end - time.monotonic()))
+            line = p.stdout.readline() if readable else b""
+            if line != b"ready\n":
+                p.kill()
+                _, err = p.communicate(timeout=5)
+                raise AssertionError(f"a worker did not get ready: {line!r} {err.decode(errors='replace')}")
+        if between is not None:
+            between()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
+            assert p.returncode == 0, err.decode(errors="replace")
+            outs.append(out.decode().strip())
+        return outs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=5)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 
 from resilient import events
@@ -20,7 +22,7 @@ from resilient.breaker import AsyncBreakerStore, CircuitBreaker, CircuitState
 from resilient.errors import CircuitOpenError
 from resilient.redis import RedisBreakerStore
 from resilient.testing import FakeClock, recording
-from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings  # noqa: F401 - fixture
+from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings, run_together  # noqa: F401 - fixture
 
 # Per-operation Redis timeout for tests that are not about slowness: generous, so that a loaded CI
 # machine never fails open by accident (the library default is 50 ms).
@@ -44,6 +46,27 @@ def breaker(url: str, name: str = "pay", **kw: object) -> CircuitBreaker:
     # Generous unless a test is about slowness: a loaded CI machine must not fail open by accident.
     store_kw.setdefault("timeout", T)
     return CircuitBreaker(name=name, store=RedisBreakerStore(url, **store_kw), **kw)  # type: ignore[arg-type]
+
+
+async def until_recovered(cb: CircuitBreaker, clock: FakeClock, call: Callable[[], Awaitable[object]]) -> None:
+    """Let ``cb``'s store probe Redis (started by ``call``) until it uses Redis again.
+
+    The first probe after a restart can fail on a pooled connection to the old server (the store
+    does not retry); the next one reconnects.
+    """
+    failopen = cb.store._failopen  # type: ignore[attr-defined]
+    for _ in range(3):
+        clock.advance(1.0)
+        with contextlib.suppress(CircuitOpenError):
+            await call()
+        await eventually(lambda: failopen._probe_task is not None and failopen._probe_task.done())
+        if failopen.healthy:
+            return
+    raise AssertionError("the store did not recover")
+
+
+def warning_texts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in redis_warnings(caplog)]
 
 
 async def fail_n(cb: CircuitBreaker, n: int) -> None:
@@ -216,6 +239,26 @@ async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient
     assert await rclient.pttl("svc:cb:{inventory}:state") > 0
 
 
+def hash_tag(key: str) -> str:
+    """The part of a key Redis Cluster hashes: between the first "{" and the next "}"."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else key
+
+
+async def test_breaker_names_make_unambiguous_hash_tags(redis_server: RedisServer) -> None:  # noqa: F811
+    # Issue 14 item 24: the name is the cluster hash tag; a "}" in it cut the tag short, so
+    # "pay}eu" and "pay}us" hashed as "pay", and a ":" made the keys ambiguous to read.
+    stores = [breaker(redis_server.url, name=n).store for n in ("pay}eu", "pay}us", "pay", "pay:eu", "{pay}")]
+    keysets = [s.keys for s in stores]  # type: ignore[attr-defined]
+    tags = [hash_tag(k) for keys in keysets for k in keys]
+    for keys in keysets:
+        assert len({hash_tag(k) for k in keys}) == 1  # one slot per breaker
+    assert len(set(tags)) == len(stores)  # and one tag per name
+    assert keysets[2] == ("resilient:cb:{pay}:state", "resilient:cb:{pay}:window", "resilient:cb:{pay}:probes")
+    assert keysets[0][0] == "resilient:cb:{pay%7Deu}:state"
+
+
 async def test_manual_control_reaches_every_replica(redis_server: RedisServer) -> None:  # noqa: F811
     a = breaker(redis_server.url, sync_interval=0)
     b = breaker(redis_server.url, sync_interval=0)
@@ -230,42 +273,86 @@ async def test_manual_control_reaches_every_replica(redis_server: RedisServer) -
 
 # -- the half-open probe ------------------------------------------------------------
 
-PROBER = """
-    import asyncio, sys, time
+FRESH = """
+    import asyncio, sys
+    import redis.asyncio as aioredis
     from resilient.breaker import CircuitBreaker
     from resilient.errors import CircuitOpenError
     from resilient.redis import RedisBreakerStore
 
-    async def probe():
-        await asyncio.sleep(0.3)
+    async def main(url, n, index):
+        # Half the replicas get a URL (they read the state at bind), half an async client only
+        # (they cannot read anything before their first call).
+        kind = "url" if index % 2 == 0 else "client"
+        side = aioredis.Redis.from_url(url, socket_timeout=30)
+        await side.ping()
+        client = url if kind == "url" else aioredis.Redis.from_url(url)
+        store = RedisBreakerStore(client, timeout=2.0)
+        cb = CircuitBreaker(name="fresh", consecutive_failures=1, break_duration=30, store=store)
+        ready()
 
-    async def main(url, start_at):
-        store = RedisBreakerStore(url, timeout=2.0)
-        cb = CircuitBreaker(name="probe", consecutive_failures=1, break_duration=5, store=store)
-        while time.time() < start_at:
-            await asyncio.sleep(0.001)
+        async def call():
+            # A slow dependency: an admitted call lasts until every other replica has been
+            # rejected, so that none of them can find the circuit closed again by this one.
+            for _ in range(n - 1):
+                if await side.blpop("rejected", timeout=10) is None:
+                    break
+
         try:
-            await cb(probe)()
-            print("probe")
+            await cb(call)()
+            print("admitted")
         except CircuitOpenError:
+            await side.rpush("rejected", 1)
             print("rejected")
 
-    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
-async def test_only_one_of_n_replicas_gets_the_half_open_probe(redis_server: RedisServer) -> None:  # noqa: F811
-    opener = breaker(redis_server.url, name="probe", consecutive_failures=1, break_duration=5)
-    await fail_n(opener, 1)
+def open_shared_circuit(url: str) -> None:
+    """Open circuit "fresh" for 30 s from this process (sync, with its own store)."""
+    opener = CircuitBreaker(
+        name="fresh", consecutive_failures=1, break_duration=30, store=RedisBreakerStore(url, timeout=T)
+    )
+
+    @opener
+    def down() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        down()
     assert opener.state is CircuitState.OPEN
-    # Let the break end just before the replicas all call at the same moment.
-    start_at = time.time() + 2.0
-    key = opener.store.keys[0]  # type: ignore[attr-defined]
-    client = aioredis.Redis.from_url(redis_server.url)
-    await client.hset(key, "until", "0")  # the break is over for everyone
-    await client.aclose()
-    outs = run_workers(PROBER, redis_server.url, str(start_at), n=5)
-    assert sorted(outs) == ["probe", "rejected", "rejected", "rejected", "rejected"]
+    opener.store.close()  # type: ignore[attr-defined]
+
+
+def end_the_break(url: str) -> None:
+    """The break of circuit "fresh" is over, for every replica at once."""
+    client = sync_redis.Redis.from_url(url)
+    client.hset("resilient:cb:{fresh}:state", "until", "0")
+    client.close()
+
+
+def test_fresh_replicas_fail_fast_on_their_first_call(redis_server: RedisServer) -> None:  # noqa: F811
+    # Issue 14 item 9: replicas made while the circuit was closed (or with an async client, which
+    # reads nothing at bind) admitted their first call on a stale or placeholder CLOSED snapshot.
+    outs = run_together(FRESH, redis_server.url, "2", n=2, between=lambda: open_shared_circuit(redis_server.url))
+    assert outs == ["rejected", "rejected"]
+
+
+@pytest.mark.parametrize("start", ["closed", "after the break"])
+def test_one_of_eight_fresh_replicas_gets_the_half_open_probe(redis_server: RedisServer, start: str) -> None:  # noqa: F811
+    # Issue 14 item 9: eight fresh processes calling just after the break all ran the probe.
+    # The replicas start while the circuit is closed (it opens, and its break ends, before their
+    # first call), or once its break is over already.
+    def open_and_end_the_break() -> None:
+        open_shared_circuit(redis_server.url)
+        end_the_break(redis_server.url)
+
+    if start == "after the break":
+        open_and_end_the_break()
+    between = open_and_end_the_break if start == "closed" else None
+    outs = run_together(FRESH, redis_server.url, "8", n=8, between=between)
+    assert sorted(outs) == ["admitted"] + ["rejected"] * 7
 
 
 async def test_a_dead_probe_releases_its_lease_by_expiry(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
@@ -400,6 +487,88 @@ async def test_an_open_circuit_stays_open_when_redis_goes_away(redis_server: Red
     assert not cb.store.using_redis  # type: ignore[attr-defined]
     with pytest.raises(CircuitOpenError):
         await cb(ok)()
+
+
+async def test_isolate_while_failed_open_reaches_redis_when_it_answers_again(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 14 item 23: isolate() during an outage acted on local state only and was silently undone
+    # when Redis answered: calls reached the isolated dependency again, the other replica never saw it.
+    clock = FakeClock()
+    a = breaker(redis_server.url, sync_interval=0, clock=clock)
+    b = breaker(redis_server.url, sync_interval=0)
+    reached = 0
+
+    async def dependency() -> str:
+        nonlocal reached
+        reached += 1
+        return "ok"
+
+    assert await a(dependency)() == "ok"
+    caplog.set_level(logging.INFO, logger="resilient.redis")
+    redis_server.kill()
+    a.isolate()  # Redis is away: applied here, and said so
+    assert a.state is CircuitState.ISOLATED
+    assert not a.store.using_redis  # type: ignore[attr-defined]
+    assert a.store.status()["manual_pending"] == "isolated"  # type: ignore[attr-defined]
+    redis_server.restart()  # a new, empty Redis
+    await until_recovered(a, clock, a(dependency))  # calls (rejected: isolated) start the probes
+    assert a.state is CircuitState.ISOLATED  # not undone by Redis' state
+    assert "manual_pending" not in a.store.status()  # type: ignore[attr-defined]
+    for _ in range(25):
+        with pytest.raises(CircuitOpenError, match="isolated"):
+            await a(dependency)()
+    assert reached == 1
+    await b.store.arefresh()  # type: ignore[attr-defined]
+    assert b.state is CircuitState.ISOLATED  # the other replica sees it
+    with pytest.raises(CircuitOpenError, match="isolated"):
+        await b(dependency)()
+    a.reset()
+    await b.store.arefresh()  # type: ignore[attr-defined]
+    assert await b(dependency)() == "ok"
+    # Loudly: the operator is told the transition is local until Redis answers, then that it got there.
+    texts = [r.getMessage() for r in caplog.records if r.name == "resilient.redis"]
+    assert any("isolate()" in t and "written to Redis when it answers again" in t for t in texts)
+    assert any("isolate()" in t and "written to Redis" in t and "answers again" not in t for t in texts)
+
+
+async def test_reset_while_failed_open_reaches_redis(redis_server: RedisServer) -> None:  # noqa: F811
+    clock = FakeClock()
+    a = breaker(redis_server.url, consecutive_failures=1, break_duration=30, clock=clock)
+    b = breaker(redis_server.url, consecutive_failures=1, break_duration=30)
+    await fail_n(a, 1)  # the shared circuit is open for 30 s
+    admin = sync_redis.Redis.from_url(redis_server.url)
+    admin.save()  # the restart below brings the open circuit back
+    admin.close()
+    redis_server.kill()
+    a.reset()
+    assert a.state is CircuitState.CLOSED
+    assert not a.store.using_redis  # type: ignore[attr-defined]
+    redis_server.restart()
+    await until_recovered(a, clock, a(ok))  # calls (locally closed) start the probe, which writes the reset
+    assert a.state is CircuitState.CLOSED
+    assert await b(ok)() == "ok"  # b's first call asks Redis: closed
+
+
+async def test_a_manual_trip_overtaken_locally_is_not_written(redis_server: RedisServer) -> None:  # noqa: F811
+    # trip() opens for one break; if the local circuit has moved on by itself before Redis answers
+    # (the break ended, a probe closed it), Redis' state stands.
+    clock = FakeClock()
+    a = breaker(redis_server.url, break_duration=5, sync_interval=0, clock=clock)
+    b = breaker(redis_server.url, break_duration=5, sync_interval=0)
+    assert await a(ok)() == "ok"
+    redis_server.kill()
+    a.trip()
+    assert a.state is CircuitState.OPEN
+    clock.advance(5.0)  # the break is over; Redis is still away
+    assert await a(ok)() == "ok"  # the local probe succeeds and closes the local circuit
+    assert a.state is CircuitState.CLOSED
+    await eventually(lambda: a.store._failopen._probe_task.done())  # type: ignore[attr-defined]
+    redis_server.restart()  # a new, empty Redis: had the trip been written, it would be open
+    await until_recovered(a, clock, a(ok))
+    assert a.state is CircuitState.CLOSED
+    assert await b(ok)() == "ok"
 
 
 # -- the window's running totals ----------------------------------------------------

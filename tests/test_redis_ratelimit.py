@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis as sync_redis
@@ -21,15 +16,13 @@ from resilient import RateLimitedError, events
 from resilient.deadline import deadline
 from resilient.redis import KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
 from resilient.testing import FakeClock, recording
-from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings  # noqa: F401 - fixture
+from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings, run_together  # noqa: F401 - fixture
 
 # Per-operation Redis timeout for tests that are not about slowness: generous, so that a loaded CI
 # machine never fails open by accident (the library default is 50 ms).
 T = 2.0
 
 pytestmark = pytest.mark.redis
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -95,6 +88,31 @@ async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient
     await asyncio.sleep(0.15)
     assert await rclient.keys("*") == []
     await lim.aclose()
+
+
+async def test_names_and_keys_never_collide(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
+    # Issue 14 item 24: limiter "login" with the user-chosen key "ip:192.0.2.10" and limiter
+    # "login:ip" with key "192.0.2.10" were both "resilient:rl:login:ip:192.0.2.10".
+    opts = {"rate": 1, "burst": 1, "timeout": T}
+    by_key = KeyedRedisRateLimiter(redis_server.url, name="login", **opts)  # type: ignore[arg-type]
+    by_name = KeyedRedisRateLimiter(redis_server.url, name="login:ip", **opts)  # type: ignore[arg-type]
+    plain = RedisRateLimiter(redis_server.url, name="login:ip:192.0.2.10", **opts)  # type: ignore[arg-type]
+    assert (await by_key.try_acquire("ip:192.0.2.10")).allowed
+    assert (await by_name.try_acquire("192.0.2.10")).allowed
+    assert (await plain.try_acquire()).allowed
+    # The same pairs again: each has its own bucket, now empty.
+    assert not (await by_key.try_acquire("ip:192.0.2.10")).allowed
+    assert not (await by_name.try_acquire("192.0.2.10")).allowed
+    # Escapes are escaped too, and braces never make a cluster hash tag.
+    odd = KeyedRedisRateLimiter(redis_server.url, name="a%3Ab", **opts)  # type: ignore[arg-type]
+    assert (await odd.try_acquire("{x}")).allowed
+    keys = set(await rclient.keys("*"))
+    assert len(keys) == 4
+    assert "resilient:rl:login:ip%3A192.0.2.10" in keys
+    assert "resilient:rl:login%3Aip:192.0.2.10" in keys
+    assert "resilient:rl:a%253Ab:%7Bx%7D" in keys
+    for lim in (by_key, by_name, plain, odd):
+        await lim.aclose()
 
 
 async def test_two_limiters_with_one_name_share_the_limit(redis_server: RedisServer) -> None:  # noqa: F811
@@ -304,68 +322,40 @@ async def test_credentials_never_logged(redis_server: RedisServer, caplog: pytes
 
 # -- many processes, one limit -------------------------------------------------------------
 
-WORKER = textwrap.dedent(
-    """
+WORKER = """
     import asyncio, sys, time
     from resilient.redis import RedisRateLimiter
 
     async def main(url, duration):
         lim = RedisRateLimiter(url, rate=200, burst=5, name="fleet", timeout=0.5)
         await lim._conn.aclient().ping()  # connect before the clock starts
-        print("ready", flush=True)
-        start_at = float(sys.stdin.readline())
+        ready()
         admitted = 0
-        while time.time() < start_at:
-            await asyncio.sleep(0.001)
-        end = start_at + duration
-        while time.time() < end:
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
             d = await lim.try_acquire()
             if d.allowed:
                 admitted += 1
             else:
-                await asyncio.sleep(min(d.retry_after, end - time.time(), 0.01))
+                await asyncio.sleep(min(d.retry_after, max(0.0, end - time.monotonic()), 0.01))
         print(admitted, int(lim.using_redis))
         await lim.aclose()
 
     asyncio.run(main(sys.argv[1], float(sys.argv[2])))
-    """
-)
+"""
 
 
 def test_shared_limit_across_four_processes(redis_server: RedisServer) -> None:  # noqa: F811
     rate, duration = 200, 2.0
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, redis_server.url, str(duration)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        for _ in range(4)
-    ]
-    # However long four interpreters take to start on a loaded machine, the
-    # shared run starts once all of them are connected.
-    for p in procs:
-        assert p.stdout is not None
-        assert p.stdout.readline().strip() == b"ready"
-    start_at = time.time() + 0.2
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write(f"{start_at}\n".encode())
-        p.stdin.close()
+    # Released together once all four are connected: no start time for a loaded machine to miss.
     results = []
-    for p in procs:
-        assert p.stdout is not None
-        out = p.stdout.read()
-        p.wait(timeout=30)
-        assert p.returncode == 0
+    for out in run_together(WORKER, redis_server.url, str(duration), n=4):
         admitted, used_redis = out.split()
         results.append(int(admitted))
-        assert used_redis == b"1"
+        assert used_redis == "1"
     total = sum(results)
     print("admitted", total, results)
+    # The processes start within a few milliseconds of each other: the first burst plus the rate.
     expected = rate * duration
     assert abs(total - expected) <= 0.05 * expected, (total, results)
     # Every process got a share, not one process everything.

@@ -11,7 +11,9 @@ keeps its keys under ``prefix`` with expiries, and fails open: when Redis is
 unreachable, slow or errors, it uses local in-memory state, logs one warning
 on the ``resilient.redis`` logger, emits ``store_failed_open``, and switches
 back by itself (``store_recovered``) when a probe, sent at most once per
-``recovery_interval``, gets an answer.
+``recovery_interval``, gets an answer. When Redis answers but refuses (a
+password, an ACL, a read-only replica: a configuration error) the warning is
+repeated once a minute while it lasts, and ``status()`` shows the error.
 """
 
 from __future__ import annotations

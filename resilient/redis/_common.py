@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,14 +15,32 @@ import redis as _sync_redis
 import redis.asyncio as _aio_redis
 from redis.asyncio.retry import Retry as _AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    AuthorizationError,
+    ClusterError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry as _SyncRetry
 
 from resilient import events
 from resilient.clock import Clock
 from resilient.events import EventSite, Listener, Severity
 
-__all__ = ["ClientArg", "Connector", "FailOpen", "LuaScript", "logger", "validate_common"]
+__all__ = [
+    "REFUSED_WARNING_INTERVAL",
+    "ClientArg",
+    "Connector",
+    "FailOpen",
+    "LuaScript",
+    "key_part",
+    "logger",
+    "refused",
+    "validate_common",
+]
 
 #: Every warning and info line of the Redis stores goes to this logger.
 logger = logging.getLogger("resilient.redis")
@@ -41,6 +60,23 @@ def validate_common(prefix: str, timeout: float, recovery_interval: float) -> No
         or not 0 < recovery_interval <= 3600
     ):
         raise ValueError(f"recovery_interval must be a number of seconds in (0, 3600], got {recovery_interval!r}")
+
+
+# ":" separates the parts of a key and braces make a Redis Cluster hash tag:
+# a name or key holding either must not be able to pass for another one.
+# Escaping "%" as well keeps the encoding injective; other characters (and
+# so the keys of ordinary names) stay as they are.
+_KEY_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
+
+
+def key_part(text: str) -> str:
+    """``text`` as one part of a Redis key: ``%``, ``:``, ``{`` and ``}`` percent-encoded.
+
+    Distinct texts always give distinct parts, and a part never contains a
+    separator or a brace, so ``{prefix}rl:{name}:{key}`` and the breaker's
+    ``{name}`` hash tag are unambiguous.
+    """
+    return text.translate(_KEY_ESCAPES)
 
 
 def _redact_url(url: str) -> str:
@@ -66,25 +102,51 @@ def _describe_client(client: Any) -> str:
     return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
 
+class _LoopGone(Exception):
+    """Thrown into a client's closer when its loop ended without running it."""
+
+
+def _start(closer: AsyncGenerator[None, None]) -> None:
+    # Runs the closer to its ``yield`` without awaiting: its first step never
+    # suspends, and starting it is what registers it with the running loop.
+    with contextlib.suppress(StopIteration):
+        closer.asend(None).send(None)
+
+
+def _abandon(closer: AsyncGenerator[None, None]) -> None:
+    # Ends a closer without running its cleanup, so that the garbage
+    # collector never hands it to a closed loop's finalizer hook.
+    with contextlib.suppress(StopIteration, StopAsyncIteration, _LoopGone):
+        closer.athrow(_LoopGone()).send(None)
+
+
 class Connector:
     """Gives the async and sync clients a store uses, from a URL or given clients.
 
     From a URL, clients are made on demand with the store's timeout as
     socket timeouts and without redis-py's own retries (the store decides
     what a failure means); an async client is made per event loop, because
-    redis-py's asyncio connections belong to the loop that opened them.
+    redis-py's asyncio connections belong to the loop that opened them, and
+    closed as that loop ends (``asyncio.run()`` and ``asyncio.Runner`` close
+    it while the loop still runs; a loop closed without
+    ``shutdown_asyncgens()`` leaves its client to the garbage collector,
+    dropped when the next loop makes its own).
     Given clients are used as they are: their TLS, auth and timeouts are
     their owner's business.
     """
 
-    __slots__ = ("_aclient", "_lock", "_loop", "_sclient", "_url", "timeout", "where")
+    __slots__ = ("_aclient", "_current", "_lock", "_loops", "_sclient", "_url", "timeout", "where")
 
     def __init__(self, client_or_url: ClientArg, sync_client: _sync_redis.Redis | None, timeout: float) -> None:
         self.timeout = timeout
         self._url: str | None = None
         self._aclient: _aio_redis.Redis | None = None
         self._sclient: _sync_redis.Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The last loop's client, read in one step so that two threads'
+        # loops never get each other's client; every loop's, with the closer
+        # that closes it when that loop ends.
+        self._current: tuple[asyncio.AbstractEventLoop, _aio_redis.Redis] | None = None
+        self._loops: dict[asyncio.AbstractEventLoop, tuple[_aio_redis.Redis, AsyncGenerator[None, None]]] = {}
         self._lock = threading.Lock()
         if isinstance(client_or_url, str):
             if not client_or_url.startswith(("redis://", "rediss://", "unix://")):
@@ -124,15 +186,64 @@ class Connector:
                 raise TypeError("this store was given a sync client only; async calls need a URL or an async client")
             return self._aclient
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._aclient is None:
-            self._aclient = _aio_redis.Redis.from_url(
-                self._url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=_AsyncRetry(NoBackoff(), 0),
-            )
-            self._loop = loop
-        return self._aclient
+        current = self._current
+        if current is not None and current[0] is loop:
+            return current[1]
+        return self._client_for(loop, self._url)
+
+    def _client_for(self, loop: asyncio.AbstractEventLoop, url: str) -> _aio_redis.Redis:
+        made = None
+        with self._lock:
+            gone = self._sweep()
+            entry = self._loops.get(loop)
+            if entry is None:
+                client = _aio_redis.Redis.from_url(
+                    url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry=_AsyncRetry(NoBackoff(), 0),
+                )
+                made = self._close_with_loop(client)
+                entry = self._loops[loop] = (client, made)
+            self._current = (loop, entry[0])
+        if made is not None:
+            _start(made)
+        for closer in gone:
+            _abandon(closer)
+        return entry[0]
+
+    def _sweep(self) -> list[AsyncGenerator[None, None]]:
+        # Under the lock: forget the clients of loops that ended without
+        # closing them (nothing can run on a closed loop any more).
+        current = self._current
+        if current is not None and current[0].is_closed():
+            self._current = None
+        gone = [loop for loop in self._loops if loop.is_closed()]
+        return [self._loops.pop(loop)[1] for loop in gone]
+
+    async def _close_with_loop(self, client: _aio_redis.Redis) -> AsyncGenerator[None, None]:
+        # Started on the client's loop; asyncio.run() finalises it (with
+        # shutdown_asyncgens()) while that loop still runs, the last moment
+        # its connections can be closed properly.
+        try:
+            yield
+        except _LoopGone:
+            return
+        except GeneratorExit:
+            self._forget(asyncio.get_running_loop(), client)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.timeout):
+                    await client.aclose()
+            raise
+
+    def _forget(self, loop: asyncio.AbstractEventLoop, client: _aio_redis.Redis) -> None:
+        with self._lock:
+            entry = self._loops.get(loop)
+            if entry is not None and entry[0] is client:
+                del self._loops[loop]
+            current = self._current
+            if current is not None and current[1] is client:
+                self._current = None
 
     def sclient(self) -> _sync_redis.Redis:
         """The sync client (thread-safe: redis-py pools its connections)."""
@@ -153,12 +264,25 @@ class Connector:
         return self._sclient
 
     async def aclose(self) -> None:
-        """Close the clients this connector made itself (given ones stay open)."""
+        """Close the clients this connector made itself (given ones stay open).
+
+        The async client closed is the running loop's; other loops' clients
+        are closed as their loops end.
+        """
         if self._url is None:
             return
-        aclient, self._aclient = self._aclient, None
-        if aclient is not None:
-            await aclient.aclose()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            gone = self._sweep()
+            entry = self._loops.pop(loop, None)
+            current = self._current
+            if current is not None and current[0] is loop:
+                self._current = None
+        for closer in gone:
+            _abandon(closer)
+        if entry is not None:
+            _abandon(entry[1])
+            await entry[0].aclose()
         self.close_sync()
 
     def close_sync(self) -> None:
@@ -202,6 +326,33 @@ class LuaScript:
             )
 
 
+#: How often a configuration error is logged again while it lasts, in seconds.
+REFUSED_WARNING_INTERVAL = 60.0
+
+# Redis answered, but no: a password, an ACL, a read-only replica, a full
+# memory, a key of the wrong type. Waiting does not fix these; someone must.
+_REFUSALS = (AuthenticationError, AuthorizationError, ResponseError)
+# Replies a cluster gives while it reshards or fails over: an outage.
+_TRANSIENT_REPLIES = (ClusterError, AskError, TryAgainError)
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing (a configuration error) rather than Redis being away."""
+    return isinstance(exc, _REFUSALS) and not isinstance(exc, _TRANSIENT_REPLIES)
+
+
+def _describe_error(exc: BaseException, is_refusal: bool) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    name = type(exc).__name__
+    if not is_refusal:
+        return name
+    # Redis' own words (never the credentials, which it does not echo),
+    # bounded: they say which command, user or key is refused.
+    text = " ".join(str(exc).split())[:200]
+    return f"{name}: {text}" if text else name
+
+
 class FailOpen:
     """Whether a store uses Redis or its local state, and the switch between them.
 
@@ -211,12 +362,21 @@ class FailOpen:
     ``recovery_interval`` seconds (a background task for async callers, an
     inline bounded call for sync ones). The first probe that succeeds logs
     one info line, emits ``STORE_RECOVERED`` and switches back.
+
+    When Redis answers but refuses (authentication, ACL, read-only replica,
+    out of memory, see :func:`refused`) the store fails open just the same,
+    but the warning is repeated every :data:`REFUSED_WARNING_INTERVAL`
+    seconds while the probes keep being refused, and :meth:`status` says so:
+    a configuration error does not end by itself.
     """
 
     __slots__ = (
         "_lock",
+        "_next_warning",
         "_probe_task",
         "clock",
+        "configuration_error",
+        "error",
         "healthy",
         "interval",
         "kind",
@@ -248,6 +408,11 @@ class FailOpen:
         self.next_probe = 0.0
         #: How many times this store has failed open (for status()).
         self.outages = 0
+        #: While failed open: what the last failure was (type, and Redis' words for a refusal).
+        self.error: str | None = None
+        #: While failed open: whether Redis refused (a configuration error) rather than was away.
+        self.configuration_error = False
+        self._next_warning = 0.0
         self._lock = threading.Lock()
         self._probe_task: asyncio.Task[None] | None = None
 
@@ -265,24 +430,51 @@ class FailOpen:
             )
 
     def failed(self, exc: BaseException, site: EventSite | None = None) -> None:
-        """Record a failed Redis operation; warn once per outage."""
+        """Record a failed Redis operation (a call's or a probe's); warn once per outage.
+
+        A refusal warns again every :data:`REFUSED_WARNING_INTERVAL` seconds.
+        """
+        is_refusal = refused(exc)
+        reason = _describe_error(exc, is_refusal)
         with self._lock:
-            self.next_probe = self.clock.now() + self.interval
-            if not self.healthy:
-                return
-            self.healthy = False
-            self.outages += 1
-        reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-        logger.warning(
-            "resilient: %s %r cannot use Redis at %s (%s); failing open to local in-memory state, "
-            "checking Redis again every %.3g s",
-            self.kind,
-            self.name,
-            self.where,
-            reason,
-            self.interval,
-        )
-        self._emit(site, events.STORE_FAILED_OPEN, Severity.WARNING, exc)
+            now = self.clock.now()
+            self.next_probe = now + self.interval
+            self.error = reason
+            self.configuration_error = is_refusal
+            first = self.healthy
+            if first:
+                self.healthy = False
+                self.outages += 1
+            warn = first or (is_refusal and now >= self._next_warning)
+            if warn and is_refusal:
+                self._next_warning = now + REFUSED_WARNING_INTERVAL
+        if not warn:
+            logger.debug("resilient: Redis probe for %r failed: %s", self.name, reason)
+            return
+        if is_refusal:
+            logger.warning(
+                "resilient: %s %r: Redis at %s refused (%s), a configuration error (authentication, ACL, "
+                "read-only replica, memory...); failing open to local in-memory state, checking Redis again "
+                "every %.3g s and repeating this warning every %.3g s while it lasts",
+                self.kind,
+                self.name,
+                self.where,
+                reason,
+                self.interval,
+                REFUSED_WARNING_INTERVAL,
+            )
+        else:
+            logger.warning(
+                "resilient: %s %r cannot use Redis at %s (%s); failing open to local in-memory state, "
+                "checking Redis again every %.3g s",
+                self.kind,
+                self.name,
+                self.where,
+                reason,
+                self.interval,
+            )
+        if first:
+            self._emit(site, events.STORE_FAILED_OPEN, Severity.WARNING, exc)
 
     def recovered(self, site: EventSite | None = None) -> None:
         """Record that Redis answered again."""
@@ -290,6 +482,8 @@ class FailOpen:
             if self.healthy:
                 return
             self.healthy = True
+            self.error = None
+            self.configuration_error = False
         logger.info("resilient: %s %r uses Redis at %s again", self.kind, self.name, self.where)
         self._emit(site, events.STORE_RECOVERED, Severity.INFO, None)
 
@@ -315,9 +509,7 @@ class FailOpen:
         try:
             await probe()
         except Exception as exc:
-            with self._lock:
-                self.next_probe = self.clock.now() + self.interval
-            logger.debug("resilient: Redis probe for %r failed: %s", self.name, type(exc).__name__)
+            self.failed(exc, site)
             return
         self.recovered(site)
 
@@ -328,7 +520,7 @@ class FailOpen:
         try:
             probe()
         except Exception as exc:
-            logger.debug("resilient: Redis probe for %r failed: %s", self.name, type(exc).__name__)
+            self.failed(exc, site)
             return False
         self.recovered(site)
         return True
@@ -341,4 +533,6 @@ class FailOpen:
             "redis_healthy": self.healthy,
             "failed_open": not self.healthy,
             "outages": self.outages,
+            "error": self.error,
+            "configuration_error": self.configuration_error,
         }

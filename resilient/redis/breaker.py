@@ -14,7 +14,7 @@ from resilient.breaker.state import BreakerConfig, BreakerMetrics, BreakerSnapsh
 from resilient.breaker.store import InMemoryBreakerStore
 from resilient.clock import SYSTEM_CLOCK
 from resilient.events import Listener
-from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, validate_common
+from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, key_part, logger, validate_common
 
 __all__ = ["BREAKER_SCRIPT", "RedisBreakerStore"]
 
@@ -23,6 +23,7 @@ _OPEN = CircuitState.OPEN
 _HALF_OPEN = CircuitState.HALF_OPEN
 _ISOLATED = CircuitState.ISOLATED
 _STATES = {s.value: s for s in CircuitState}
+_MANUAL = {_CLOSED: "reset()", _OPEN: "trip()", _ISOLATED: "isolate()"}
 
 #: Every decision of a shared circuit, atomically, in one script. Times are
 #: microseconds of Redis ``TIME``. KEYS: state hash, window hash, probe lease.
@@ -271,13 +272,20 @@ class RedisBreakerStore:
       replica therefore learns that another one opened the circuit on its
       next failure, or on its first success ``sync_interval`` after its last
       sync; ``sync_interval=0`` sends every success (one round trip per call).
+    * A replica's first call always asks Redis (through :meth:`aacquire`,
+      atomically with the probe admission), whatever the store read at
+      :meth:`bind` (or could not read, with an async client only): until
+      then a circuit Redis reported CLOSED reads HALF_OPEN in
+      :attr:`snapshot`, which makes the breaker ask the store.
     * The probe lease is a key that expires when the half-open period ends:
       a probe whose process dies frees its slot by expiry.
     * Keys (``{prefix}cb:{name}:state``, ``...:window``, ``...:probes``; the
-      name is a cluster hash tag) expire: the window after one sampling
-      duration, the state after ``idle_ttl`` seconds without a write (plus
-      the remaining break; in ratio mode counted from the start of the last
-      window bucket written, at most ``sampling_duration / 10`` earlier). Only an isolated circuit persists until reset.
+      name, with ``%:{}`` percent-encoded, is a cluster hash tag) expire:
+      the window after one sampling duration, the state after ``idle_ttl``
+      seconds without a write (plus the remaining break; in ratio mode
+      counted from the start of the last window bucket written, at most
+      ``sampling_duration / 10`` earlier). Only an isolated circuit persists
+      until reset.
     * Fail open: when Redis is unreachable, slow (``timeout``) or errors,
       the store switches to an :class:`~resilient.breaker.InMemoryBreakerStore`
       (starting open if the circuit was open), logs one warning on
@@ -288,6 +296,11 @@ class RedisBreakerStore:
     Manual control (``isolate()``, ``reset()``, ``trip()``) and ``metrics``
     are synchronous: they use the sync client (from the URL, a
     ``redis.Redis`` or ``sync_client=``). One store serves one breaker.
+    A manual transition made while failed open applies to this replica at
+    once, logs a warning, and is written to Redis by the probe that finds
+    Redis again, for every replica to see, unless this replica's circuit
+    has moved on by itself by then (a ``trip()`` whose break ended and
+    whose probe closed the circuit): then Redis' state stands.
     """
 
     def __init__(
@@ -325,6 +338,13 @@ class RedisBreakerStore:
         self._bound = False
         # Until bind(), a closed placeholder; the real one comes from Redis.
         self._snap = BreakerSnapshot(_CLOSED, -1, 0.0)
+        # What the breaker reads (``snapshot``): the last snapshot from Redis,
+        # except that a replica that has not yet asked Redis about a call
+        # shows a closed circuit as the gate, so that its first call goes
+        # through acquire() (see bind()).
+        self._view = self._snap
+        self._gate = self._snap
+        self._gated = True
         self._local: InMemoryBreakerStore | None = None
         self._pending = 0
         self._next_sync = 0.0
@@ -332,6 +352,8 @@ class RedisBreakerStore:
         self._keys: tuple[str, str, str] = ("", "", "")
         self._cfg_arg = ""
         self._failopen: FailOpen | None = None
+        # A manual transition made while failed open, and the local snapshot it made.
+        self._manual: tuple[CircuitState, BreakerSnapshot] | None = None
 
     # -- binding ---------------------------------------------------------------
 
@@ -349,7 +371,7 @@ class RedisBreakerStore:
         self._config = config
         clock = config.clock
         self._now = time.monotonic if clock is SYSTEM_CLOCK else clock.now
-        base = f"{self.prefix}cb:{{{name}}}"
+        base = f"{self.prefix}cb:{{{key_part(name)}}}"
         self._keys = (f"{base}:state", f"{base}:window", f"{base}:probes")
         buckets = 10
         ratio = config.ratio_mode
@@ -374,7 +396,14 @@ class RedisBreakerStore:
             clock=clock,
             listeners=self._listeners,
         )
-        self._snap = BreakerSnapshot(_CLOSED, -1, self._now())
+        now = self._now()
+        self._snap = BreakerSnapshot(_CLOSED, -1, now)
+        # Half-open past its end: the breaker admits nothing on it without
+        # acquire(), which asks Redis (one round trip, once per replica). A
+        # replica must not admit its first call on what it read at start
+        # (perhaps long ago) or on nothing at all (an async client only).
+        self._gate = BreakerSnapshot(_HALF_OPEN, -1, now, now)
+        self._view = self._gate
         if self._conn.has_sync:
             # Start from the shared truth: a replica that starts while the
             # circuit is open fails fast from its first call.
@@ -423,7 +452,7 @@ class RedisBreakerStore:
         """The last snapshot Redis gave (or the local one while failed open); no I/O."""
         local = self._local
         if local is None:
-            return self._snap
+            return self._view
         # Failed open: a breaker that is open locally rejects calls without
         # calling the store, so reading the snapshot is where a probe of
         # Redis gets started (in the background, at most once per interval).
@@ -467,6 +496,9 @@ class RedisBreakerStore:
             self._snap = snap
         if state is not _CLOSED:
             self._pending = 0
+            self._view = snap
+        else:
+            self._view = self._gate if self._gated else snap
         return snap, bool(int(res[9])), bool(int(res[10]))
 
     async def _arun(self, op: str, epoch: int, pending: int = 0, brk: float = 0.0, target: str = "") -> Any:
@@ -498,18 +530,51 @@ class RedisBreakerStore:
             self._local = local
         return local
 
-    def _recovered_with(self, res: Any) -> None:
+    def _probe_op(self, manual: tuple[CircuitState, BreakerSnapshot] | None) -> tuple[str, float, str]:
+        """What a probe sends: a manual transition made while failed open, or a plain sync."""
+        local = self._local
+        if manual is not None and local is not None and local.snapshot.epoch == manual[1].epoch:
+            to, made = manual
+            return "transition", made.break_duration if to is _OPEN else 0.0, to.value
+        return "sync", 0.0, ""
+
+    def _recovered_with(self, res: Any, manual: tuple[CircuitState, BreakerSnapshot] | None, op: str) -> None:
+        if op == "transition":
+            self._gated = False
         self._apply(res, self._now())
         self._local = None
-        assert self._failopen is not None
-        self._failopen.recovered()
+        failopen = self._failopen
+        assert failopen is not None
+        failopen.recovered()
+        if manual is not None:
+            if self._manual is manual:
+                self._manual = None
+            what = _MANUAL[manual[0]]
+            if op == "transition":
+                logger.info(
+                    "resilient: circuit_breaker %r: the %s made while Redis was away is written to Redis",
+                    self.name,
+                    what,
+                )
+            else:
+                logger.info(
+                    "resilient: circuit_breaker %r: the %s made while Redis was away is not written to Redis: "
+                    "this replica's circuit had moved on by itself; Redis' state (%s) stands",
+                    self.name,
+                    what,
+                    self._snap.state.value,
+                )
 
     async def _aprobe(self) -> None:
-        res = await self._arun("sync", self._snap.epoch)
-        self._recovered_with(res)
+        manual = self._manual
+        op, brk, target = self._probe_op(manual)
+        res = await self._arun(op, self._snap.epoch, 0, brk, target)
+        self._recovered_with(res, manual, op)
 
     def _probe(self) -> None:
-        self._recovered_with(self._run("sync", self._snap.epoch))
+        manual = self._manual
+        op, brk, target = self._probe_op(manual)
+        self._recovered_with(self._run(op, self._snap.epoch, 0, brk, target), manual, op)
 
     def _local_async(self) -> InMemoryBreakerStore | None:
         local = self._local
@@ -536,7 +601,7 @@ class RedisBreakerStore:
     # -- the protocol, async ------------------------------------------------------------
 
     async def aacquire(self, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None]:
-        """Admit a probe or refuse, atomically across replicas (one round trip)."""
+        """Admit a probe (or a replica's first call) or refuse, atomically across replicas (one round trip)."""
         local = self._local_async()
         if local is None:
             try:
@@ -544,6 +609,7 @@ class RedisBreakerStore:
             except Exception as exc:  # Redis trouble never fails the call
                 local = self._fail_open(exc)
             else:
+                self._gated = False
                 snap, changed, admitted = self._apply(res, now)
                 return (snap if admitted else None), (snap if changed else None)
         return local.acquire(now)
@@ -623,6 +689,7 @@ class RedisBreakerStore:
             except Exception as exc:
                 local = self._fail_open(exc)
             else:
+                self._gated = False
                 snap, changed, admitted = self._apply(res, now)
                 return (snap if admitted else None), (snap if changed else None)
         return local.acquire(now)
@@ -706,8 +773,23 @@ class RedisBreakerStore:
                 local = self._fail_open(exc)
             else:
                 self._pending = 0
+                self._gated = False
                 return self._apply(res, now)[0]
-        return local.transition(to, now)
+        # Redis is away: the transition applies here now and is written to
+        # Redis by the probe that finds it again (unless this replica's
+        # circuit has moved on by itself by then), so that recovery neither
+        # undoes it silently nor keeps it from the other replicas.
+        snap = local.transition(to, now)
+        self._manual = (to, snap)
+        assert self._failopen is not None
+        logger.warning(
+            "resilient: circuit_breaker %r: %s applied to this replica only, Redis at %s is away; it is written "
+            "to Redis when it answers again (unless this replica's circuit has moved on by itself by then)",
+            self.name,
+            _MANUAL[to],
+            self._failopen.where,
+        )
+        return snap
 
     def metrics(self, now: float) -> BreakerMetrics:
         """The shared counters (one synchronous round trip; local ones while failed open)."""
@@ -746,6 +828,9 @@ class RedisBreakerStore:
         out: dict[str, Any] = {"keys": list(self._keys), "sync_interval": self.sync_interval}
         if self._failopen is not None:
             out.update(self._failopen.status())
+        manual = self._manual
+        if manual is not None and self._local is not None:
+            out["manual_pending"] = manual[0].value  # to be written to Redis when it answers
         return out
 
     async def aclose(self) -> None:
@@ -757,4 +842,6 @@ class RedisBreakerStore:
         self._conn.close_sync()
 
     def __repr__(self) -> str:
-        return f"RedisBreakerStore(name={self.name!r}, state={self.snapshot.state.value!r}, redis={self.using_redis})"
+        local = self._local
+        state = (self._snap if local is None else local.snapshot).state
+        return f"RedisBreakerStore(name={self.name!r}, state={state.value!r}, redis={self.using_redis})"

@@ -15,7 +15,7 @@ from resilient.errors import RateLimitedError
 from resilient.events import EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
 from resilient.ratelimit import KeyedRateLimiter, Mode, RateDecision
-from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, validate_common
+from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, key_part, validate_common
 
 __all__ = ["GCRA_SCRIPT", "KeyedRedisRateLimiter", "RateDecision", "RedisRateLimiter"]
 
@@ -123,7 +123,8 @@ class _RedisRateLimiterBase(Policy):
         self._conn = Connector(client_or_url, sync_client, self.timeout)
         self._interval_us = str(per / rate * 1e6)
         self._burst_arg = str(burst)
-        self._base_key = f"{prefix}rl:{name}"
+        self._base_key = f"{prefix}rl:{key_part(name)}"
+        self._probe_key: str | None = None
         self._local = _LocalFallback(
             fallback, per, burst=burst, mode="reject", max_keys=max_local_keys, clock=self._clock
         )
@@ -144,7 +145,7 @@ class _RedisRateLimiterBase(Policy):
         return RateDecision(allowed == "1", int(wait) / 1e6, self.burst, int(left), int(reset) / 1e6)
 
     def _redis_key(self, key: str | None) -> str:
-        return self._base_key if key is None else f"{self._base_key}:{key}"
+        return self._base_key if key is None else f"{self._base_key}:{key_part(key)}"
 
     def _check_tokens(self, tokens: int) -> None:
         if isinstance(tokens, bool) or not isinstance(tokens, int):
@@ -163,16 +164,28 @@ class _RedisRateLimiterBase(Policy):
             except Exception as exc:  # any Redis trouble fails open, never the call
                 failopen.failed(exc, site)
         else:
-            failopen.aprobe(self._aping, site)
+            self._probe_key = key
+            failopen.aprobe(self._aprobe, site)
         return self._local.try_acquire(key or "", cost)
 
-    async def _aping(self) -> None:
+    # The probe runs what a call runs, at no cost (a GCRA step of 0 tokens
+    # changes no bucket), on a key a call used: a PING would pass where an ACL
+    # refuses the script or the key, and the limiter would flap between
+    # "recovered" and "failed open" every recovery_interval.
+
+    async def _aprobe(self) -> None:
+        client = self._conn.aclient()
         async with asyncio.timeout(self.timeout):
-            await self._conn.aclient().ping()
+            await _GCRA.arun(client, (self._redis_key(self._probe_key),), (self._interval_us, self._burst_arg, 0))
+
+    def _probe(self) -> None:
+        _GCRA.run(self._conn.sclient(), (self._redis_key(self._probe_key),), (self._interval_us, self._burst_arg, 0))
 
     def _acquire_sync(self, key: str | None, cost: int, site: EventSite | None) -> RateDecision:
         failopen = self._failopen
-        if failopen.healthy or failopen.probe_sync(self._ping, site):
+        if not failopen.healthy:
+            self._probe_key = key
+        if failopen.healthy or failopen.probe_sync(self._probe, site):
             try:
                 res = _GCRA.run(
                     self._conn.sclient(), (self._redis_key(key),), (self._interval_us, self._burst_arg, cost)
@@ -181,9 +194,6 @@ class _RedisRateLimiterBase(Policy):
             except Exception as exc:  # any Redis trouble fails open, never the call
                 failopen.failed(exc, site)
         return self._local.try_acquire(key or "", cost)
-
-    def _ping(self) -> None:
-        self._conn.sclient().ping()
 
     # -- as a policy ------------------------------------------------------------
 
@@ -405,7 +415,7 @@ class RedisRateLimiter(_RedisRateLimiterBase):
 
 
 class KeyedRedisRateLimiter(_RedisRateLimiterBase):
-    """A shared rate limit per key (per client, per tenant...): ``{prefix}rl:{name}:{key}``.
+    """A shared rate limit per key (per client, per tenant...): ``{prefix}rl:{name}:{key}``, both encoded.
 
     As a policy, ``key(*args, **kwargs)`` gives the key of each call; with
     :meth:`try_acquire` the caller passes it. Everything else is as in
