@@ -321,6 +321,29 @@ class LegacyCall:
         assert not self._thread.is_alive()
 
 
+class HeldLock:
+    """Another thread holding pybreaker's lock, as ``cb.call`` does for a whole call, without a state change."""
+
+    def __init__(self, cb: pybreaker.CircuitBreaker) -> None:
+        self.cb = cb
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self._thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        with self.cb._lock:
+            self.inside.set()
+            self.release.wait(5.0)
+
+    async def start(self) -> None:
+        self._thread.start()
+        assert await asyncio.to_thread(self.inside.wait, 5.0)
+
+    def join(self) -> None:
+        self._thread.join(5.0)
+        assert not self._thread.is_alive()
+
+
 async def spin(ticks: int) -> None:
     """Let the loop run ``ticks`` rounds: this coroutine's progress is the loop's responsiveness."""
     for _ in range(ticks):
@@ -387,22 +410,12 @@ async def test_a_call_cancelled_while_its_admission_is_off_the_loop_frees_its_tr
     cb = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=0)
     policy = from_pybreaker(cb)
     opened(cb)
-    inside = threading.Event()
-    release = threading.Event()
-
-    def hold_the_lock() -> None:
-        # What cb.call does for the length of a call, here without changing the state.
-        with cb._lock:
-            inside.set()
-            release.wait(5.0)
-
-    holder = threading.Thread(target=hold_the_lock, daemon=True)
-    holder.start()
-    assert await asyncio.to_thread(inside.wait, 5.0)
+    holder = HeldLock(cb)
+    await holder.start()
     call = asyncio.create_task(policy.run(ok))
     await spin(10)  # the call now waits for the lock in the adapter's worker thread
     if when == "admitted by the worker":
-        release.set()
+        holder.release.set()
         # Block the loop (deliberately, in the test) until the worker has taken the trial slot,
         # so the cancellation lands after the admission and before the caller resumes.
         for _ in range(5000):
@@ -413,10 +426,10 @@ async def test_a_call_cancelled_while_its_admission_is_off_the_loop_frees_its_tr
         call.cancel()
     else:
         call.cancel()
-        release.set()
+        holder.release.set()
     with pytest.raises(asyncio.CancelledError):
         await call
-    holder.join(5.0)
+    holder.join()
     assert policy._trial is None
     # The trial is free for the next call, which closes the circuit.
     assert await policy.run(ok) == "ok"
@@ -428,31 +441,23 @@ async def test_a_trial_cancelled_while_its_outcome_waits_for_the_lock_is_still_r
     policy = from_pybreaker(cb)
     opened(cb)
     go = asyncio.Event()
-    inside = threading.Event()
-    release = threading.Event()
 
     async def trial() -> str:
         await go.wait()
         return "ok"
 
-    def hold_the_lock() -> None:
-        with cb._lock:
-            inside.set()
-            release.wait(5.0)
-
     call = asyncio.create_task(policy.run(trial))
     await spin(2)
     assert cb.current_state == "half-open"
-    holder = threading.Thread(target=hold_the_lock, daemon=True)
-    holder.start()
-    assert await asyncio.to_thread(inside.wait, 5.0)
+    holder = HeldLock(cb)
+    await holder.start()
     go.set()
     await spin(10)  # the trial succeeded; its outcome waits for the lock in the worker
     call.cancel()
-    release.set()
+    holder.release.set()
     with pytest.raises(asyncio.CancelledError):
         await call
-    holder.join(5.0)
+    holder.join()
     # The worker runs one job at a time: once this no-op ran, the trial's outcome was recorded.
     assert policy._worker is not None
     await asyncio.wrap_future(policy._worker.submit(lambda: None))
