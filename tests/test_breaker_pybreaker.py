@@ -13,7 +13,7 @@ import pytest
 from resilient.breaker import from_pybreaker
 from resilient.breaker.pybreaker_adapter import PyBreakerOpenError, PyBreakerPolicy
 from resilient.errors import CircuitOpenError
-from resilient.events import REJECTED
+from resilient.events import EXTRA_REASON, EXTRA_STATE, REJECTED
 from resilient.policy import Pipeline
 from resilient.retry import Retry
 from resilient.testing import FakeClock, recording
@@ -89,6 +89,10 @@ async def test_rejections_are_both_circuit_open_errors_and_pybreaker_errors() ->
     assert info.value.retry_after is not None
     assert 25 < info.value.retry_after <= 30
     assert rec.names() == [REJECTED]
+    # The same event as CircuitBreaker's rejections.
+    assert rec.events[0].extras[EXTRA_REASON] == "circuit_open"
+    assert rec.events[0].extras[EXTRA_STATE] == "open"
+    assert rec.events[0].exception == "resilient.errors.CircuitOpenError"
 
 
 async def test_throw_new_error_on_trip_false_reraises_the_original() -> None:

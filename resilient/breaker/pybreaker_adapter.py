@@ -51,7 +51,7 @@ from typing import Any, NoReturn
 import pybreaker
 
 from resilient.errors import CircuitOpenError
-from resilient.events import REJECTED, EventSite, Listener, Severity
+from resilient.events import EXTRA_REASON, EXTRA_STATE, REJECTED, EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
 
 __all__ = ["PyBreakerOpenError", "PyBreakerPolicy", "from_pybreaker"]
@@ -146,7 +146,14 @@ class PyBreakerPolicy(Policy):
 
     def _reject(self, site: EventSite, why: str) -> NoReturn:
         retry_after = self._retry_after()
-        self._emit(site, REJECTED, Severity.INFO, duration=retry_after, extras={"state": self.breaker.current_state})
+        self._emit(
+            site,
+            REJECTED,
+            Severity.INFO,
+            duration=retry_after,
+            exception=CircuitOpenError,
+            extras={EXTRA_REASON: "circuit_open", EXTRA_STATE: self.breaker.current_state},
+        )
         raise PyBreakerOpenError(f"{self._label()} {why}", policy=self.name, retry_after=retry_after)
 
     def _admit_locked(self, ticket: _Ticket | None = None) -> _Admission:
