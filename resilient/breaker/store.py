@@ -67,6 +67,9 @@ class BreakerStore(Protocol):
     * Methods never raise for a store failure: a remote store that cannot
       reach its backend fails open to local state and logs it.
     * Thread-safety: the sync methods can be called from several threads.
+    * No user code under a lock: ``config.break_duration_for`` (a user's
+      callable) and ``config.clock`` may read the breaker
+      (``breaker.metrics``), so a store calls them with no lock held.
 
     Semantics (the reference is :class:`InMemoryBreakerStore`; the
     hypothesis model in ``tests/test_breaker_model.py`` checks it):
@@ -276,9 +279,8 @@ class InMemoryBreakerStore:
         self._probe_successes = 0
         return snap
 
-    def _open(self, now: float, failed_probes: int, manual: bool = False) -> BreakerSnapshot:
+    def _open(self, now: float, failed_probes: int, duration: float, manual: bool = False) -> BreakerSnapshot:
         prev = self.snapshot
-        duration = self._config.break_duration_for(failed_probes, prev.break_duration)
         self._epoch += 1
         return self._set(
             BreakerSnapshot(_OPEN, self._epoch, now, now + duration, failed_probes, duration, prev.state, manual)
@@ -348,6 +350,8 @@ class InMemoryBreakerStore:
         return self._success_slow(permit, now)
 
     def _success_slow(self, permit: BreakerSnapshot, now: float | None) -> BreakerSnapshot | None:
+        if now is None:
+            now = self._now()  # a custom clock is user code: read it before taking the lock
         with self._lock:
             snap = self.snapshot
             if permit is not snap or snap.state is not _HALF_OPEN:
@@ -355,7 +359,7 @@ class InMemoryBreakerStore:
             self._in_flight = max(0, self._in_flight - 1)
             self._probe_successes += 1
             if self._probe_successes >= self._config.half_open_successes:
-                return self._close(self._now() if now is None else now)
+                return self._close(now)
             return None
 
     def record_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
@@ -369,22 +373,31 @@ class InMemoryBreakerStore:
             if permit is not snap:
                 return None
             if snap.state is _HALF_OPEN:
-                return self._open(now, snap.failed_probes + 1)
-            if snap.state is not _CLOSED:
+                failed = snap.failed_probes + 1
+            elif snap.state is not _CLOSED:
                 return None
-            self._cur_calls += 1
-            self._cur_failures += 1
-            self._consecutive += 1
-            cfg = self._config
-            if self._ratio:
-                calls = self._past_calls + self._cur_calls
-                if calls >= cfg.minimum_throughput and (self._past_failures + self._cur_failures) / calls >= (
-                    cfg.failure_ratio
-                ):
-                    return self._open(now, 0)
-            elif self._consecutive >= cfg.consecutive_failures:  # type: ignore[operator]
-                return self._open(now, 0)
-            return None
+            else:
+                self._cur_calls += 1
+                self._cur_failures += 1
+                self._consecutive += 1
+                cfg = self._config
+                if self._ratio:
+                    calls = self._past_calls + self._cur_calls
+                    if calls < cfg.minimum_throughput or (self._past_failures + self._cur_failures) / calls < (
+                        cfg.failure_ratio
+                    ):
+                        return None
+                elif self._consecutive < cfg.consecutive_failures:  # type: ignore[operator]
+                    return None
+                failed = 0
+        # This failure opens the circuit. The break duration may be a user's callable, which may read
+        # this breaker (``breaker.metrics``): it runs outside the (non-reentrant) lock, and the
+        # transition happens only if nothing moved the circuit meanwhile.
+        duration = self._config.break_duration_for(failed, snap.break_duration)
+        with self._lock:
+            if self.snapshot is not snap:
+                return None  # another outcome or a manual transition got there first
+            return self._open(now, failed, duration)
 
     def release(self, permit: BreakerSnapshot) -> None:
         """Free a probe slot; see :meth:`BreakerStore.release`."""
@@ -396,12 +409,19 @@ class InMemoryBreakerStore:
 
     def transition(self, to: CircuitState, now: float) -> BreakerSnapshot:
         """Manual control; see :meth:`BreakerStore.transition`."""
+        if to is _OPEN:
+            # The break duration may be user code: compute it outside the lock, for the snapshot
+            # that is still current when the lock is taken again.
+            while True:
+                snap = self.snapshot
+                failed = snap.failed_probes if snap.state is not _CLOSED else 0
+                duration = self._config.break_duration_for(failed, snap.break_duration)
+                with self._lock:
+                    if self.snapshot is snap:
+                        return self._open(now, failed, duration, manual=True)
         with self._lock:
             if to is _CLOSED:
                 return self._close(now, manual=True)
-            if to is _OPEN:
-                failed = self.snapshot.failed_probes if self.snapshot.state is not _CLOSED else 0
-                return self._open(now, failed, manual=True)
             if to is _ISOLATED:
                 prev = self.snapshot
                 self._epoch += 1
