@@ -436,8 +436,8 @@ class FailOpen:
         """
         is_refusal = refused(exc)
         reason = _describe_error(exc, is_refusal)
+        now = self.clock.now()  # a custom clock is user code: read it before taking the lock
         with self._lock:
-            now = self.clock.now()
             self.next_probe = now + self.interval
             self.error = reason
             self.configuration_error = is_refusal
