@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("redis")
 
-from resilient.redis._common import FailOpen  # noqa: E402
-from resilient.testing import FakeClock  # noqa: E402
+from resilient.redis._common import FailOpen
+from resilient.testing import FakeClock
 
 
 class NestingClock(FakeClock):
