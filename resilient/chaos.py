@@ -16,24 +16,16 @@ tests). A disabled or rate-0 injector costs one check per call.
 from __future__ import annotations
 
 import copy
-import math
 import random as _random
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.clock import Clock
 from resilient.events import EventSite, Listener
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
+from resilient.validate import check_callable, check_clock, check_fraction, check_seconds, check_switch
 
 __all__ = ["Fault", "Latency", "ResultInjection"]
-
-
-def _check_rate(rate: float) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or math.isnan(rate):
-        raise TypeError(f"rate must be a number in [0, 1], got {rate!r}")
-    if not 0 <= rate <= 1:
-        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
-    return float(rate)
 
 
 class _Injector(Policy):
@@ -47,12 +39,9 @@ class _Injector(Policy):
         listeners: Iterable[Listener] = (),
     ) -> None:
         super().__init__(name=name, listeners=listeners)
-        self.rate = _check_rate(rate)
-        if not (isinstance(enabled, bool) or callable(enabled)):
-            raise TypeError(f"enabled must be a bool or a callable returning bool, got {enabled!r}")
-        self.enabled = enabled
-        if random is not None and not callable(random):
-            raise TypeError(f"random must be a callable returning floats in [0, 1), got {random!r}")
+        self.rate = check_fraction(rate, "rate", allow_zero=True)
+        self.enabled = check_switch(enabled, "enabled")
+        check_callable(random, "random", "a callable returning floats in [0, 1)", allow_none=True)
         self._random = random if random is not None else _random.random
         #: How many calls were affected.
         self.injected = 0
@@ -112,11 +101,11 @@ class Fault(_Injector):
         else:
             made = exc()
             if not isinstance(made, BaseException):
-                raise TypeError(f"{self._label()}: exception factory returned {made!r}")
-        made.add_note(f"resilient: injected by {self._label()}")
+                raise TypeError(f"{self.label()}: exception factory returned {made!r}")
+        made.add_note(f"resilient: injected by {self.label()}")
         return made
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         async def fault_call(*args: Any, **kwargs: Any) -> Any:
             if self._hit():
                 raise self._make()
@@ -124,7 +113,7 @@ class Fault(_Injector):
 
         return fault_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         def fault_call(*args: Any, **kwargs: Any) -> Any:
             if self._hit():
                 raise self._make()
@@ -180,12 +169,10 @@ class Latency(_Injector):
 
     def __init__(self, rate: float, delay: float, *, clock: Clock | None = None, **kwargs: Any) -> None:
         super().__init__(rate, **kwargs)
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
-            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-        self.delay = float(delay)
-        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self.delay = check_seconds(delay, "delay", allow_zero=True)
+        self.clock = check_clock(clock)
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         async def latency_call(*args: Any, **kwargs: Any) -> Any:
             if self._hit():
                 await self.clock.asleep(self.delay)
@@ -193,7 +180,7 @@ class Latency(_Injector):
 
         return latency_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         def latency_call(*args: Any, **kwargs: Any) -> Any:
             if self._hit():
                 self.clock.sleep(self.delay)
@@ -217,7 +204,7 @@ class ResultInjection(_Injector):
     def _value(self) -> Any:
         return self.result() if self.factory else self.result
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         async def result_call(*args: Any, **kwargs: Any) -> Any:
             if self._hit():
                 return self._value()
@@ -225,7 +212,7 @@ class ResultInjection(_Injector):
 
         return result_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         def result_call(*args: Any, **kwargs: Any) -> Any:
             if self._hit():
                 return self._value()

@@ -162,12 +162,12 @@ class Fallback(Policy, Generic[T]):
     __call__ = wrap  # type: ignore[assignment]
 
     def _used(self, site: EventSite, outcome: Outcome[Any]) -> None:
-        self._emit(site, FALLBACK_USED, Severity.INFO, exception=outcome.exception)
+        self.emit(site, FALLBACK_USED, Severity.INFO, exception=outcome.exception)
         watcher = _watchers.get()
         if watcher is not None:
             watcher.append(FallbackUse(self.name, site.operation, outcome.exception))
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         on = self._on
         on_result = self._on_result
 
@@ -193,11 +193,11 @@ class Fallback(Policy, Generic[T]):
 
         return fallback_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         on = self._on
         on_result = self._on_result
         if self.handler is not None and inspect.iscoroutinefunction(self.handler):
-            raise TypeError(f"{self._label()}: an async handler cannot serve the synchronous function {fn!r}")
+            raise TypeError(f"{self.label()}: an async handler cannot serve the synchronous function {fn!r}")
 
         def use(outcome: Outcome[Any]) -> Any:
             self._used(site, outcome)

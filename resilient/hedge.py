@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.clock import Clock
 from resilient.events import HEDGE_FIRED, EventSite, Listener, Severity
 from resilient.policy import (
     AsyncFn,
@@ -36,6 +35,7 @@ from resilient.policy import (
     exception_predicate,
     result_predicate,
 )
+from resilient.validate import check_clock, check_int, check_seconds
 
 __all__ = ["Hedge"]
 
@@ -85,26 +85,16 @@ class Hedge(Policy):
         listeners: Iterable[Listener] = (),
     ) -> None:
         super().__init__(name=name, listeners=listeners)
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock must be a Clock (now/sleep/asleep/call_at), got {clock!r}")
-        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
-        if isinstance(delay, bool) or not isinstance(delay, int | float):
-            raise TypeError(f"delay must be a number of seconds, got {delay!r}")
-        if math.isnan(delay) or math.isinf(delay) or delay <= 0:
-            raise ValueError(f"delay must be a finite number > 0, got {delay!r}")
-        if isinstance(max_hedged, bool) or not isinstance(max_hedged, int):
-            raise TypeError(f"max_hedged must be an int >= 1, got {max_hedged!r}")
-        if max_hedged < 1:
-            raise ValueError(f"max_hedged must be >= 1, got {max_hedged!r}")
-        self.delay = float(delay)
-        self.max_hedged = max_hedged
+        self.clock: Clock = check_clock(clock)
+        self.delay = check_seconds(delay, "delay")
+        self.max_hedged = check_int(max_hedged, "max_hedged", minimum=1)
         self._on = exception_predicate(on)
         self._on_result = result_predicate(on_result)
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        raise TypeError(f"{self._label()} can only wrap async functions: hedged calls must run concurrently")
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        raise TypeError(f"{self.label()} can only wrap async functions: hedged calls must run concurrently")
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         on = self._on
         on_result = self._on_result
         delay = self.delay
@@ -151,13 +141,13 @@ class Hedge(Policy):
                     if launch_now and hedges_left > 0:
                         hedges_left -= 1
                         started += 1
-                        self._emit(site, HEDGE_FIRED, Severity.INFO, attempt=started)
+                        self.emit(site, HEDGE_FIRED, Severity.INFO, attempt=started)
                         tasks.add(asyncio.ensure_future(fn(*args, **kwargs), loop=loop))
                         continue
                     if not tasks:
                         assert last is not None
                         if last.exception is not None:
-                            last.exception.add_note(f"resilient: {self._label()}: all {started} hedged calls failed")
+                            last.exception.add_note(f"resilient: {self.label()}: all {started} hedged calls failed")
                             raise last.exception
                         return last.result
             finally:

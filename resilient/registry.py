@@ -286,7 +286,7 @@ class _Reloadable(Policy):
         generation = registry.generation
         return generation, registry.pipeline(self._pipeline_name).build(fn, site, is_async)
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         registry = self._registry
         state = list(self._current(fn, site, True))
 
@@ -297,7 +297,7 @@ class _Reloadable(Policy):
 
         return registry_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         registry = self._registry
         state = list(self._current(fn, site, False))
 

@@ -20,17 +20,17 @@ one raises :class:`TypeError` at wrap time.
 from __future__ import annotations
 
 import asyncio
-import math
 import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.clock import Clock
 from resilient.deadline import current_deadline, narrow_deadline, reset_deadline
 from resilient.errors import TimeoutError
 from resilient.events import TIMEOUT, EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
 from resilient.timers import FIRED, TimerQueue, arm
+from resilient.validate import check_bool, check_clock, check_number
 
 __all__ = ["Timeout"]
 
@@ -67,17 +67,9 @@ class Timeout(Policy):
         listeners: Iterable[Listener] = (),
     ) -> None:
         super().__init__(name=name, listeners=listeners)
-        if not isinstance(set_deadline, bool):
-            raise TypeError(f"set_deadline must be a bool, got {set_deadline!r}")
-        self.set_deadline = set_deadline
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise TypeError(f"seconds must be a number, got {seconds!r}")
-        if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
-            raise ValueError(f"seconds must be a finite number > 0, got {seconds!r}")
-        self.seconds = float(seconds)
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock must be a Clock (now/sleep/asleep/call_at), got {clock!r}")
-        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self.set_deadline = check_bool(set_deadline, "set_deadline")
+        self.seconds = check_number(seconds, "seconds")
+        self.clock: Clock = check_clock(clock)
         # One queue per event loop, shared by every function this policy
         # wraps and every run(): a policy, not a wrapped function, owns its
         # timer, so one-off run() calls do not leave a timer each behind.
@@ -91,14 +83,14 @@ class Timeout(Policy):
         self._last = queue
         return queue
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         raise TypeError(
-            f"{self._label()} can only wrap async functions: a running synchronous call cannot be "
+            f"{self.label()} can only wrap async functions: a running synchronous call cannot be "
             "interrupted safely in Python. Make the function async, or give the blocking client "
             "its own timeout (socket/HTTP timeouts)."
         )
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         seconds = self.seconds
         set_deadline = self.set_deadline
         clock = self.clock
@@ -179,11 +171,11 @@ class Timeout(Policy):
         return timeout_call
 
     def _expired(self, site: EventSite, limit: float, *, by_deadline: bool) -> TimeoutError:
-        self._emit(site, TIMEOUT, Severity.WARNING, duration=limit, extras={"deadline": by_deadline})
+        self.emit(site, TIMEOUT, Severity.WARNING, duration=limit, extras={"deadline": by_deadline})
         if by_deadline:
-            msg = f"{self._label()}: the deadline expired" + (f" after {limit:.3g} s" if limit > 0 else "")
+            msg = f"{self.label()}: the deadline expired" + (f" after {limit:.3g} s" if limit > 0 else "")
         else:
-            msg = f"{self._label()} expired after {limit:.3g} s"
+            msg = f"{self.label()} expired after {limit:.3g} s"
         return TimeoutError(msg, timeout=limit, policy=self.name)
 
     def __repr__(self) -> str:

@@ -69,7 +69,7 @@ async def test_result_injection() -> None:
 
 @pytest.mark.parametrize("rate", [-0.1, 1.5])
 def test_bad_rate(rate: float) -> None:
-    with pytest.raises(ValueError, match="rate must be in"):
+    with pytest.raises(ValueError, match=r"rate must be a finite number in \[0, 1\]"):
         Fault(rate)
 
 

@@ -268,7 +268,7 @@ def test_bad_seconds(seconds: float) -> None:
 
 
 def test_seconds_type() -> None:
-    with pytest.raises(TypeError, match="seconds must be a number"):
+    with pytest.raises(TypeError, match="seconds must be a finite number > 0"):
         Timeout("1")  # type: ignore[arg-type]
 
 

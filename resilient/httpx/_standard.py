@@ -12,8 +12,7 @@ from resilient.breaker import CircuitBreaker
 from resilient.budget import RetryBudget
 from resilient.bulkhead import Bulkhead
 from resilient.clock import SYSTEM_CLOCK, Clock
-from resilient.deadline import Deadline
-from resilient.deadline import _current as _current_deadline
+from resilient.deadline import narrow_deadline, reset_deadline
 from resilient.events import EventSite, Listener
 from resilient.httpx._rules import (
     TRANSIENT_STATUSES,
@@ -46,21 +45,16 @@ class _DeadlineScope(Policy):
         self.seconds = float(seconds)
         self.clock = clock if clock is not None else SYSTEM_CLOCK
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         seconds = self.seconds
         clock = self.clock
-        var = _current_deadline
 
         def scoped(*args: Any, **kwargs: Any) -> Any:
-            now = clock.now()
-            outer = var.get()
-            if outer is not None and outer.expires_at - outer.clock.now() <= seconds:
-                return fn(*args, **kwargs)
-            token = var.set(Deadline(now + seconds, clock))
+            token = narrow_deadline(seconds, clock)
             try:
                 return fn(*args, **kwargs)
             finally:
-                var.reset(token)
+                reset_deadline(token)
 
         return scoped
 

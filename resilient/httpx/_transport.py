@@ -11,7 +11,7 @@ from typing import Any, cast
 import httpx
 from cachetools import LRUCache
 
-from resilient.deadline import _current as _current_deadline
+from resilient.deadline import current_deadline
 from resilient.httpx._io import (
     DEFAULT_MAX_DRAIN_BYTES,
     _check_max_drain,
@@ -188,7 +188,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
         self._attempt = self._make_attempt()
         self._single: AsyncWrapped | None = None
         if isinstance(self.pipeline, Policy):
-            self._single = self.pipeline._wrap(self._attempt, self._site, True)
+            self._single = self.pipeline.build(self._attempt, self._site, True)
         self._hosts: LRUCache[str, tuple[AsyncWrapped, int]] = LRUCache(maxsize=self.max_hosts)
 
     def _make_attempt(self) -> Callable[[_Call], Any]:
@@ -196,7 +196,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
         header = self.deadline_header
         statuses = self._drain
         limit = self.max_drain_bytes
-        deadline_var = _current_deadline
+        deadline_now = current_deadline
 
         async def attempt(call: _Call) -> httpx.Response:
             if call.sent:
@@ -215,7 +215,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
             call.sent += 1
             call.status = None
             call.error = None
-            request = attempt_request(call, header) if deadline_var.get() is not None else call.request
+            request = attempt_request(call, header) if deadline_now() is not None else call.request
             try:
                 response = await inner.handle_async_request(request)
             except Exception as exc:
@@ -236,7 +236,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
         entry = self._hosts.get(host_key)
         if entry is None:
             policy = self._build_for(host_key, False)
-            entry = policy._wrap(self._attempt, self._site, True), _max_sends(policy)
+            entry = policy.build(self._attempt, self._site, True), _max_sends(policy)
             self._hosts[host_key] = entry
         return entry
 
@@ -329,7 +329,7 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
         self._attempt = self._make_attempt()
         self._single: SyncFn | None = None
         if isinstance(self.pipeline, Policy):
-            self._single = self.pipeline._wrap(self._attempt, self._site, False)
+            self._single = self.pipeline.build(self._attempt, self._site, False)
         self._hosts: LRUCache[str, tuple[SyncFn, int]] = LRUCache(maxsize=self.max_hosts)
         self._lock = threading.Lock()
 
@@ -338,7 +338,7 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
         header = self.deadline_header
         statuses = self._drain
         limit = self.max_drain_bytes
-        deadline_var = _current_deadline
+        deadline_now = current_deadline
 
         def attempt(call: _Call) -> httpx.Response:
             if call.sent:
@@ -354,7 +354,7 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
             call.sent += 1
             call.status = None
             call.error = None
-            request = attempt_request(call, header) if deadline_var.get() is not None else call.request
+            request = attempt_request(call, header) if deadline_now() is not None else call.request
             try:
                 response = inner.handle_request(request)
             except Exception as exc:
@@ -377,7 +377,7 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
         if entry is None:
             # Built outside the lock: the factory is user code.
             policy = self._build_for(host_key, True)
-            built = policy._wrap(self._attempt, self._site, False), _max_sends(policy)
+            built = policy.build(self._attempt, self._site, False), _max_sends(policy)
             with self._lock:
                 entry = self._hosts.get(host_key)
                 if entry is None:
