@@ -276,7 +276,11 @@ class AdaptiveConcurrency(Bulkhead):
             counts as a drop; ``None``: only failures do.
         on: exceptions that count as drops (default any exception).
         on_result: predicate flagging results that count as drops.
-        max_queued, queue_timeout, name, clock, listeners: as :class:`Bulkhead`.
+        max_queued: as :class:`Bulkhead`.
+        queue_timeout: as :class:`Bulkhead`.
+        name: as :class:`Bulkhead`.
+        clock: as :class:`Bulkhead`.
+        listeners: as :class:`Bulkhead`.
 
     ``acquire_sync()`` holds a slot without adapting the limit (no outcome is
     reported); wrapped sync functions do adapt it.

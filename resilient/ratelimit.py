@@ -465,7 +465,8 @@ class KeyedRateLimiter(_LimiterBase):
     """One token bucket per key, at most ``max_keys`` of them in memory.
 
     Args:
-        rate, per, burst, mode, max_wait: as :class:`RateLimiter`, per key.
+        rate: as :class:`RateLimiter`, per key.
+        per: as :class:`RateLimiter`.
         key: ``key(*args, **kwargs) -> Hashable``, called with the wrapped
             function's arguments (e.g. ``lambda user, **_: user.id``). Needed
             to wrap functions; :meth:`try_acquire` takes the key itself.
@@ -473,7 +474,12 @@ class KeyedRateLimiter(_LimiterBase):
             bucket is dropped when a new key arrives, so a flood of distinct
             keys cannot grow memory; a dropped key comes back with a full
             bucket (size ``max_keys`` above the number of active keys).
-        name, clock, listeners: as :class:`RateLimiter`.
+        burst: as :class:`RateLimiter`, per key.
+        mode: as :class:`RateLimiter`.
+        max_wait: as :class:`RateLimiter`.
+        name: as :class:`RateLimiter`.
+        clock: as :class:`RateLimiter`.
+        listeners: as :class:`RateLimiter`.
 
     A key function that raises, or returns an unhashable value, makes the
     call fail with :class:`RateLimitKeyError` naming the limiter; the

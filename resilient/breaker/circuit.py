@@ -110,9 +110,11 @@ class CircuitBreaker(Policy):
         on_result: predicate flagging results that are failures (an HTTP 503).
         ignore: exceptions that count as neither failure nor success
             (a cancelled probe is treated the same way).
-        on_open, on_close, on_half_open: state listeners, sync or async
-            callables taking a :class:`~resilient.breaker.StateChange`. One
-            that raises is logged once and never breaks a call.
+        on_open: state listener called on opening: a sync or async callable
+            taking a :class:`~resilient.breaker.StateChange`. One that raises
+            is logged once and never breaks a call.
+        on_close: the same, called on closing.
+        on_half_open: the same, called on half-opening.
         store: where the state lives (default: a new :class:`InMemoryBreakerStore`).
         clock: time source (tests: :class:`~resilient.testing.FakeClock`).
         listeners: event listeners for this policy only.

@@ -359,7 +359,6 @@ class RedisRateLimiter(_RedisRateLimiterBase):
             only the current deadline bounds it).
         fallback_rate: the local rate while Redis is away.
         recovery_interval: seconds between two probes of a failed Redis.
-        max_local_keys: bound on the per-key local state.
         sync_client: a ``redis.Redis`` for sync calls when ``client_or_url``
             is an async client.
         clock: for the local state and probes (tests pass a ``FakeClock``).
