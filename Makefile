@@ -49,8 +49,11 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy --strict resilient
 
+# After the build: no docstring's Sphinx role may reach a page raw.
 docs: venv
 	$(MKDOCS)
+	@! grep -rlE ':(py:)?(class|meth|func|attr|exc|mod|data|obj|const):(<code>|`)' site \
+	  || { echo "raw Sphinx roles in the pages above (docs/sphinx_roles.py did not rewrite them)"; exit 1; }
 
 # pytest exits 5 when it collected nothing: that is a failure here.
 pytest: venv
