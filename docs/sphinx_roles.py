@@ -15,8 +15,8 @@ Names resolve as Sphinx resolves them: a dotted path from a package, else the
 name in the docstring owner's scope, then its parents' (members, inherited
 members, imports). ``~`` shows only the last component; ``title <target>``
 sets the title; function and method titles get ``()``. A reST ``::`` that
-opens a literal block becomes ``:`` (the indented block is already code in
-Markdown).
+opens a literal block becomes ``:``, or goes when alone on its line (the
+indented block is already code in Markdown).
 
 Configured in mkdocs.yml under the python handler's ``options.extensions``.
 """
@@ -33,6 +33,7 @@ import griffe
 ROLE = re.compile(r":(?:py:)?(?P<role>class|meth|func|attr|exc|mod|data|obj|const):`(?P<body>[^`]+)`")
 EXPLICIT_TITLE = re.compile(r"^(?P<title>.+?)\s*<(?P<target>[^<>]+)>$")
 LITERAL_BLOCK = re.compile(r"(?<=\S)::(?=\n\s*\n)")
+BARE_LITERAL_BLOCK = re.compile(r"^[ \t]*::[ \t]*\n(?=[ \t]*\n)", re.MULTILINE)
 CALLABLE_ROLES = {"meth", "func"}
 DIRECTIVE = re.compile(r"^:::\s*(?P<path>[\w.]+)\s*$", re.MULTILINE)
 
@@ -72,7 +73,7 @@ class SphinxRoles(griffe.Extension):
             if doc is None or ":" not in doc.value:
                 continue
             value = ROLE.sub(lambda m, o=obj: self._replace(m, o, collection, anchors), doc.value)  # type: ignore[misc]
-            value = LITERAL_BLOCK.sub(":", value)
+            value = BARE_LITERAL_BLOCK.sub("", LITERAL_BLOCK.sub(":", value))
             if value != doc.value:
                 doc.value = value
                 doc.__dict__.pop("parsed", None)  # drop a parse cached from the old text

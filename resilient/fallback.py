@@ -221,3 +221,20 @@ class Fallback(Policy, Generic[T]):
     def __repr__(self) -> str:
         what = f"handler={self.handler!r}" if self.handler is not None else f"value={self.value!r}"
         return f"Fallback({what}, name={self.name!r})"
+
+
+def _shown_signature(init: Callable[..., None]) -> inspect.Signature:
+    """``init``'s signature without the sentinel that stands for "no value given"."""
+    signature = inspect.signature(init)
+    return signature.replace(
+        parameters=[
+            p.replace(default=inspect.Parameter.empty) if p.default is _MISSING else p
+            for p in signature.parameters.values()
+        ]
+    )
+
+
+# help(Fallback) and IDE tooltips read the implementation's signature, where
+# the sentinel default would show as `<object object at 0x...>`: they show
+# `value` as the argument to give (or `handler=`, as the docstring says).
+Fallback.__init__.__signature__ = _shown_signature(Fallback.__init__)  # type: ignore[attr-defined]

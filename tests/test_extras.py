@@ -1,0 +1,52 @@
+"""An integration imported without its extra names the extra to install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_without(module: str, missing: list[str]) -> subprocess.CompletedProcess[str]:
+    # A None entry in sys.modules makes `import name` raise ModuleNotFoundError,
+    # as on a machine where the package is not installed.
+    code = textwrap.dedent(
+        f"""
+        import sys
+        for name in {missing!r}:
+            sys.modules[name] = None
+        import {module}
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize(
+    ("module", "missing", "extra"),
+    [
+        ("resilient.httpx", ["httpx"], "httpx"),
+        ("resilient.httpx", ["sniffio"], "httpx"),
+        ("resilient.otel", ["opentelemetry"], "otel"),
+        ("resilient.redis", ["redis"], "redis"),
+    ],
+)
+def test_a_missing_extra_is_named(module: str, missing: list[str], extra: str) -> None:
+    proc = _import_without(module, missing)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: "), proc.stderr  # an ImportError: `except ImportError` still works
+    assert f"pip install 'resilient-toolkit[{extra}]'" in last
+    assert f"{missing[0]!r} is not installed" in last
+
+
+@pytest.mark.parametrize("module", ["resilient", "resilient.asgi"])
+def test_what_needs_no_extra_imports_without_any(module: str) -> None:
+    proc = _import_without(module, ["httpx", "sniffio", "opentelemetry", "redis", "starlette"])
+    assert proc.returncode == 0, proc.stderr
