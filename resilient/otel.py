@@ -49,16 +49,15 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Final
 
+from resilient.extras import MissingExtraError
+
+# The extra's packages first: without them, the error names the extra to install.
 try:
     from opentelemetry import metrics, trace
     from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, NoOpMeterProvider, Observation
     from opentelemetry.trace import NoOpTracerProvider, TracerProvider
-except ModuleNotFoundError as exc:  # say which extra brings it, not only what is missing
-    raise ModuleNotFoundError(
-        f"resilient.otel needs the otel extra ({exc.name!r} is not installed): "
-        "pip install 'resilient-toolkit[otel]' (from a clone: pip install -e '.[otel]')",
-        name=exc.name,
-    ) from exc
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("resilient.otel", "otel", exc.name) from exc
 
 from resilient import events as _events
 from resilient.events import (

@@ -41,7 +41,7 @@ def test_a_missing_extra_is_named(module: str, missing: list[str], extra: str) -
     proc = _import_without(module, missing)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("ModuleNotFoundError: "), proc.stderr  # an ImportError: `except ImportError` still works
+    assert last.startswith("resilient.extras.MissingExtraError: "), proc.stderr
     assert f"pip install 'resilient-toolkit[{extra}]'" in last
     assert f"{missing[0]!r} is not installed" in last
 
@@ -50,3 +50,12 @@ def test_a_missing_extra_is_named(module: str, missing: list[str], extra: str) -
 def test_what_needs_no_extra_imports_without_any(module: str) -> None:
     proc = _import_without(module, ["httpx", "sniffio", "opentelemetry", "redis", "starlette"])
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_error_is_an_import_error_that_says_what_is_missing() -> None:
+    from resilient.extras import MissingExtraError
+
+    exc = MissingExtraError("resilient.httpx", "httpx", "sniffio")
+    assert isinstance(exc, ModuleNotFoundError)  # `except ImportError:` around an optional import still works
+    assert (exc.name, exc.module, exc.extra) == ("sniffio", "resilient.httpx", "httpx")
+    assert "pip install -e '.[httpx]'" in str(exc)

@@ -41,15 +41,14 @@ any ``httpx.BaseTransport``) and guarantees, whatever the pipeline:
 
 from __future__ import annotations
 
+from resilient.extras import MissingExtraError
+
+# The extra's packages first: without them, the error names the extra to install.
 try:
-    import httpx as _httpx  # noqa: F401 - first, so that a missing extra is named
+    import httpx as _httpx  # noqa: F401
     import sniffio as _sniffio  # noqa: F401
-except ModuleNotFoundError as exc:  # say which extra brings it, not only what is missing
-    raise ModuleNotFoundError(
-        f"resilient.httpx needs the httpx extra ({exc.name!r} is not installed): "
-        "pip install 'resilient-toolkit[httpx]' (from a clone: pip install -e '.[httpx]')",
-        name=exc.name,
-    ) from exc
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("resilient.httpx", "httpx", exc.name) from exc
 
 from resilient.httpx._rules import (
     IDEMPOTENT_METHODS,

@@ -18,14 +18,13 @@ repeated once a minute while it lasts, and ``status()`` shows the error.
 
 from __future__ import annotations
 
+from resilient.extras import MissingExtraError
+
+# The extra's packages first: without them, the error names the extra to install.
 try:
-    import redis as _redis  # noqa: F401 - first, so that a missing extra is named
-except ModuleNotFoundError as exc:  # say which extra brings it, not only what is missing
-    raise ModuleNotFoundError(
-        f"resilient.redis needs the redis extra ({exc.name!r} is not installed): "
-        "pip install 'resilient-toolkit[redis]' (from a clone: pip install -e '.[redis]')",
-        name=exc.name,
-    ) from exc
+    import redis as _redis  # noqa: F401
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("resilient.redis", "redis", exc.name) from exc
 
 from resilient.redis._common import logger
 from resilient.redis.breaker import BREAKER_SCRIPT, RedisBreakerStore
