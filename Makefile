@@ -6,7 +6,7 @@
 # newest supported one that runs here (.ci/pythons). `make test` runs pytest on
 # every supported version found (PYTHONS), each in its own .venv-X.Y; passing
 # PYTHON=... alone narrows the test run to that interpreter.
-#   make test PYTHON=python3.12
+#   make test PYTHON=/usr/bin/python3.11     (a name on PATH that runs, or a path)
 #   make test PYTHONS="python3.11 python3.13"
 FOUND := $(shell sh .ci/pythons)
 ifeq ($(origin PYTHON),undefined)
