@@ -18,6 +18,10 @@ sets the title; function and method titles get ``()``. A reST ``::`` that
 opens a literal block becomes ``:``, or goes when alone on its line (the
 indented block is already code in Markdown).
 
+An ``Args:`` entry may name several parameters that share a description
+(``name, clock, listeners: as RateLimiter.``): griffe would take the whole
+list for one unknown parameter, so the entry is split into one per name.
+
 Configured in mkdocs.yml under the python handler's ``options.extensions``.
 """
 
@@ -36,6 +40,27 @@ LITERAL_BLOCK = re.compile(r"(?<=\S)::(?=\n\s*\n)")
 BARE_LITERAL_BLOCK = re.compile(r"^[ \t]*::[ \t]*\n(?=[ \t]*\n)", re.MULTILINE)
 CALLABLE_ROLES = {"meth", "func"}
 DIRECTIVE = re.compile(r"^:::\s*(?P<path>[\w.]+)\s*$", re.MULTILINE)
+ARGS_SECTION = re.compile(r"^(?P<indent>[ \t]*)(Args|Arguments|Parameters|Keyword Args|Keyword Arguments):[ \t]*$")
+SHARED_ENTRY = re.compile(r"^(?P<indent>[ \t]+)(?P<names>\w+(?:,[ \t]*\w+)+):(?P<text>[ \t].*)?$")
+
+
+def split_shared_entries(doc: str) -> str:
+    """``a, b: text`` in an Args section -> ``a: text`` and ``b: text``."""
+    out: list[str] = []
+    section_indent: int | None = None
+    for line in doc.split("\n"):
+        header = ARGS_SECTION.match(line)
+        if header:
+            section_indent = len(header["indent"])
+        elif line.strip() and section_indent is not None and len(line) - len(line.lstrip()) <= section_indent:
+            section_indent = None  # dedented: the section is over
+        entry = SHARED_ENTRY.match(line) if section_indent is not None else None
+        if entry:
+            text = entry["text"] or ""
+            out.extend(f"{entry['indent']}{name.strip()}:{text}" for name in entry["names"].split(","))
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def rendered_roots(docs_dir: Path) -> set[str]:
@@ -72,7 +97,8 @@ class SphinxRoles(griffe.Extension):
             doc = obj.docstring
             if doc is None or ":" not in doc.value:
                 continue
-            value = ROLE.sub(lambda m, o=obj: self._replace(m, o, collection, anchors), doc.value)  # type: ignore[misc]
+            value = split_shared_entries(doc.value)
+            value = ROLE.sub(lambda m, o=obj: self._replace(m, o, collection, anchors), value)  # type: ignore[misc]
             value = BARE_LITERAL_BLOCK.sub("", LITERAL_BLOCK.sub(":", value))
             if value != doc.value:
                 doc.value = value

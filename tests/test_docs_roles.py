@@ -58,3 +58,11 @@ def test_an_external_or_unrendered_target_becomes_code(package: griffe.Module) -
 def test_rendered_roots_are_the_directives_of_the_docs() -> None:
     roots = sphinx_roles.rendered_roots(ROOT / "docs")
     assert {"resilient.policy", "resilient.breaker", "resilient.httpx"} <= roots
+
+
+def test_an_args_entry_naming_several_parameters_is_split() -> None:
+    doc = "Limit.\n\nArgs:\n    rate, per: as RateLimiter,\n        per key.\n    key: the key.\n\nName, clock: prose."
+    assert sphinx_roles.split_shared_entries(doc) == (
+        "Limit.\n\nArgs:\n    rate: as RateLimiter,\n    per: as RateLimiter,\n        per key.\n    key: the key.\n\n"
+        "Name, clock: prose."
+    )
