@@ -90,7 +90,9 @@ def terminal_table(runs: Sequence[ScenarioRun], *, rich_console: Any = None) -> 
             last = row[0]
         rich_console.print(table)
         for t in targets:
-            mark = "[green]met[/green]" if t.met else "[red]missed[/red]"
+            mark = {"met": "[green]met[/green]", "missed": "[red]missed[/red]"}.get(
+                t.verdict, "[yellow]inconclusive[/yellow]"
+            )
             rich_console.print(f"  target {mark}: {t.scenario} / {t.config}: {t.describe()}")
         return ""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
@@ -100,7 +102,9 @@ def terminal_table(runs: Sequence[ScenarioRun], *, rich_console: Any = None) -> 
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     for t in targets:
-        lines.append(f"  target {'met' if t.met else 'MISSED'}: {t.scenario} / {t.config}: {t.describe()}")
+        lines.append(
+            f"  target {t.verdict if t.verdict != 'missed' else 'MISSED'}: {t.scenario} / {t.config}: {t.describe()}"
+        )
     return "\n".join(lines)
 
 
@@ -285,7 +289,7 @@ tr.sep td{border-top:2px solid #9ca3af}
 .chart .nt{font-size:10px;fill:#6b7280}
 .legend span{display:inline-block;margin-right:16px;font-size:13px}
 .legend i{display:inline-block;width:14px;height:4px;margin-right:5px;vertical-align:middle}
-.met{color:#15803d;font-weight:600}.missed{color:#b91c1c;font-weight:600}
+.met{color:#15803d;font-weight:600}.missed{color:#b91c1c;font-weight:600}.inconclusive{color:#92400e;font-weight:600}
 .note{color:#6b7280;font-size:13px}
 code{background:#f3f4f6;padding:1px 4px;border-radius:3px}
 """
@@ -329,7 +333,7 @@ def _targets_html(targets: Sequence[Target]) -> str:
         return "<p class=note>No target applies to the scenarios and configurations that ran.</p>"
     items = []
     for t in targets:
-        cls, word = ("met", "met") if t.met else ("missed", "missed")
+        cls = word = t.verdict
         items.append(
             f'<li><span class="{cls}">{word}</span> {html.escape(t.scenario)} / {html.escape(t.config)}: '
             f"{html.escape(t.describe())}</li>"

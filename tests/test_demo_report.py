@@ -1,0 +1,252 @@
+"""The demo's figures, targets, headline, terminal screens and HTML report, from synthetic runs (no server)."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import pytest
+from rich.console import Console
+
+from resilient.demo.configs import CONFIGS, Config
+from resilient.demo.load import Target as LoadTarget
+from resilient.demo.metrics import (
+    GOALS,
+    LAG_LIMIT,
+    MEASURES,
+    Goal,
+    Summary,
+    check_targets,
+    headline,
+    headlines,
+    inconclusive,
+    rerun_hint,
+    summarize,
+)
+from resilient.demo.runner import ConfigRun, ScenarioRun
+from resilient.demo.upstream import SCENARIOS
+
+BY_KEY = {c.key: c for c in CONFIGS}
+
+
+async def _never(key: int) -> str:  # pragma: no cover - the records are made up
+    return "ok"
+
+
+def _config_run(
+    config: Config,
+    *,
+    duration: float = 10.0,
+    rate: float = 10.0,
+    fail: tuple[float, float] = (0.0, 0.0),
+    latency: float = 0.01,
+    failed_latency: float | None = None,
+    per_call: float = 1.0,
+    fault_per_call: float | None = None,
+    breaker: list[tuple[float, str]] | None = None,
+) -> ConfigRun:
+    """A finished run: ``rate`` calls/s, failing when due in ``fail``; the upstream got ``per_call`` requests a call."""
+    run = ConfigRun(config, target=LoadTarget(config.key, _never))
+    assert run.target is not None
+    slot = 0.1
+    received = [0] * round(duration / slot)
+    for i in range(round(duration * rate)):
+        due = i / rate
+        failing = fail[0] <= due < fail[1]
+        kind = "http_503" if failing else "ok"
+        took = failed_latency if failing and failed_latency is not None else latency
+        run.target.records.append((due, took, kind))
+        weight = fault_per_call if failing and fault_per_call is not None else per_call
+        received[int(due / slot + 1e-9)] += round(weight)
+    run.upstream = {"slot": slot, "received": received, "total": sum(received)}
+    run.breaker = list(breaker or [])
+    return run
+
+
+def _scenario_run(name: str, runs: list[ConfigRun], *, duration: float = 10.0, lag: float = 0.001) -> ScenarioRun:
+    return ScenarioRun(SCENARIOS[name], duration, 10.0, runs, loop_lag_p99=lag, loop_lag_max=lag)
+
+
+# -- figures of the fault phase ----------------------------------------------------------
+
+
+def test_summarize_counts_the_fault_phase_separately() -> None:
+    run = _config_run(BY_KEY["naive"], fail=(2.5, 5.5), per_call=1, fault_per_call=3, failed_latency=0.2)
+    s = summarize(run, (2.5, 5.5))
+    assert s.calls == 100
+    assert s.fault_calls == 30
+    assert s.fault_upstream == 90
+    assert s.fault_load == 3.0
+    assert s.fault_p99 == 0.2
+    assert s.amplification == pytest.approx(1.6)
+    # Without the window, no fault-phase figures.
+    assert math.isnan(summarize(run).fault_load)
+
+
+# -- the headline ----------------------------------------------------------------------------
+
+
+def _summary(label: str, **figures: float) -> Summary:
+    s = Summary(label, calls=1000, ok=round(figures.pop("success", 1.0) * 1000))
+    for name, value in figures.items():
+        setattr(s, name, value)
+    return s
+
+
+def test_headline_states_gains_in_numbers() -> None:
+    plain = _summary("unprotected", success=0.70, p99=0.098, fault_calls=300, fault_upstream=300, fault_p99=0.098)
+    judged = _summary(
+        "resilient standard",
+        success=0.994,
+        p99=0.090,
+        fault_calls=300,
+        fault_upstream=162,
+        failfast=250,
+        failfast_p99=0.003,
+    )
+    assert headline("outage", judged, plain) == (
+        "resilient standard against unprotected: cut the load on the dead upstream by 46%, "
+        "failed fast in 3.0 ms instead of waiting 98 ms, kept 99.4% of calls succeeding against 70.0%."
+    )
+
+
+def test_headline_says_what_resilience_cost() -> None:
+    plain = _summary("unprotected", success=0.807, p99=0.138, fault_calls=700, fault_upstream=700)
+    judged = _summary("resilient standard", success=0.953, p99=3.12, fault_calls=700, fault_upstream=826)
+    assert headline("brownout", judged, plain) == (
+        "resilient standard against unprotected: kept 95.3% of calls succeeding against 80.7%; "
+        "but 18% more load on the failing upstream, a p99 of 3.12 s against 138 ms."
+    )
+    worse = _summary("resilient standard", success=0.243, p99=2.57, fault_calls=300, fault_upstream=300)
+    assert headline("outage", worse, plain).endswith(
+        "bought nothing here: only 24.3% of calls succeeded against 80.7%, a p99 of 2.57 s against 138 ms."
+    )
+
+
+def test_headline_ignores_noise_and_falls_back_to_the_whole_run() -> None:
+    plain = _summary("unprotected", success=1.0, p99=1.58, upstream=1000)
+    judged = _summary("resilient standard", success=0.998, p99=1.56, upstream=1010)
+    assert headline("slow-tail", judged, plain) == (
+        "resilient standard against unprotected: no difference (success 99.8%, p99 1.56 s)."
+    )
+    # No fault-phase figures: the whole run's load.
+    plain.upstream, judged.upstream, judged.p99 = 1000, 500, 0.1
+    assert headline("slow-tail", judged, plain) == (
+        "resilient standard against unprotected: cut the load on the upstream by 50%, "
+        "cut the p99 from 1.58 s to 100 ms."
+    )
+
+
+def test_headlines_of_a_run_judge_the_zero_config_client_against_plain() -> None:
+    runs = [
+        _config_run(BY_KEY["plain"], fail=(2.5, 5.5)),
+        _config_run(BY_KEY["naive"], fail=(2.5, 5.5), fault_per_call=3),
+        _config_run(BY_KEY["standard"], fail=(3.0, 3.5), fault_per_call=0),
+    ]
+    # The standard row fails (and sends nothing) for 0.5 s of the 3 s fault only: 5 of 30 calls spared.
+    line = headlines(_scenario_run("outage", runs))
+    assert line.startswith("resilient standard against unprotected: cut the load on the dead upstream by 17%")
+    assert "kept 95.0% of calls succeeding against 70.0%" in line
+    assert headlines(_scenario_run("outage", runs[1:])) == ""
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+
+def test_goals_are_issue_16s_targets() -> None:
+    table = {(g.scenario, g.measure): (g.limit, g.against, g.scale, g.offset, g.config) for g in GOALS}
+    nan = math.nan
+    expected = {
+        ("outage", "success"): (nan, ("plain", "naive"), 1.0, -0.02, "standard"),
+        ("outage", "fault_load"): (0.75, (), 1.0, 0.0, "standard"),
+        ("outage", "p99"): (0.100, (), 1.0, 0.0, "standard"),
+        ("brownout", "success"): (0.985, (), 1.0, 0.0, "standard"),
+        ("brownout", "load"): (1.45, (), 1.0, 0.0, "standard"),
+        ("brownout", "p99"): (0.500, (), 1.0, 0.0, "standard"),
+        ("slow-tail", "p99"): (nan, ("plain",), 1.05, 0.0, "standard"),
+        ("rate-limited", "success"): (nan, ("plain",), 1.0, 0.0, "standard"),
+        ("rate-limited", "load"): (1.05, (), 1.0, 0.0, "standard"),
+        ("overload", "success"): (nan, ("plain",), 1.0, -0.02, "standard"),
+        ("overload", "load"): (1.10, (), 1.0, 0.0, "standard"),
+        ("overload", "p99"): (nan, ("plain",), 1.5, 0.0, "standard"),
+    }
+    assert table.keys() == expected.keys()
+    assert len(GOALS) == len(expected)
+    for key, (limit, *rest) in expected.items():
+        assert table[key][1:] == tuple(rest), key
+        assert (math.isnan(limit) and math.isnan(table[key][0])) or table[key][0] == limit, key
+    assert {g.scenario for g in GOALS} == set(SCENARIOS)
+    assert {g.measure for g in GOALS} <= MEASURES.keys()
+    # A relative goal has no absolute limit, and the other way round.
+    assert all(bool(g.against) == math.isnan(g.limit) for g in GOALS)
+
+
+def test_relative_targets_take_the_best_reference_of_the_same_run() -> None:
+    rows = {
+        "plain": _summary("unprotected", success=0.70, p99=0.1),
+        "naive": _summary("naive retries", success=0.72, p99=0.2),
+        "standard": _summary("resilient standard", success=0.705, p99=0.09),
+    }
+    target = Goal("outage", "success", against=("plain", "naive"), offset=-0.02).check(rows)
+    assert target is not None
+    assert target.limit == pytest.approx(0.70)
+    assert target.met
+    assert target.describe() == "success 70.5% (target >= 70.0%: best of naive retries 72.0% - 2.0%)"
+    # Lower is better for a latency: the best reference is the lowest p99.
+    p99 = Goal("overload", "p99", against=("plain", "naive"), scale=1.5).check(rows)
+    assert p99 is not None
+    assert p99.limit == pytest.approx(150)
+    assert p99.describe() == "p99 90 ms (target <= 150 ms: best of unprotected 100 ms x 1.5)"
+    rows["standard"].ok = 600
+    missed = Goal("outage", "success", against=("plain", "naive"), offset=-0.02).check(rows)
+    assert missed is not None
+    assert missed.verdict == "missed"
+    # Nothing to judge, or nothing to judge against: no target.
+    assert Goal("outage", "success", against=("microsoft",)).check(rows) is None
+    assert Goal("outage", "success", 0.9, config="budget").check(rows) is None
+
+
+def test_check_targets_marks_a_lagging_run_inconclusive_not_missed() -> None:
+    runs = [
+        _config_run(BY_KEY["plain"], fail=(1.5, 8.5), latency=0.02),
+        _config_run(BY_KEY["standard"], fail=(1.5, 8.5), latency=0.02, per_call=2),
+    ]
+    calm = check_targets([_scenario_run("brownout", runs)])
+    assert [(t.what, t.verdict) for t in calm] == [("success", "missed"), ("load", "missed"), ("p99", "met")]
+    assert not inconclusive(_scenario_run("brownout", runs, lag=LAG_LIMIT))
+    lagging = _scenario_run("brownout", runs, lag=0.080)
+    assert inconclusive(lagging)
+    assert {t.verdict for t in check_targets([lagging])} == {"inconclusive"}
+    hint = rerun_hint(lagging)
+    assert "p99 80 ms > 50 ms" in hint
+    assert "--rate 5)" in hint  # half the rate of the run (10)
+    assert "quieter machine" in hint
+    lagging.rate = 200
+    assert "--rate 100)" in rerun_hint(lagging)
+
+
+def test_check_targets_judges_only_the_scenarios_that_ran() -> None:
+    runs = [
+        _config_run(BY_KEY["plain"], fail=(2.5, 5.5)),
+        _config_run(BY_KEY["standard"], fail=(2.5, 5.5), fault_per_call=0, failed_latency=0.002),
+    ]
+    targets = check_targets([_scenario_run("outage", runs)])
+    assert [t.what for t in targets] == ["success", "load during the fault", "p99"]
+    assert all(t.scenario == "outage" and t.config == "resilient standard" for t in targets)
+    load = targets[1]
+    assert load.value == 0.0
+    assert load.met
+    # Plain got 70%: the standard row's 70% meets "best of plain - 0.02"; naive did not run.
+    assert targets[0].basis == "unprotected 70.0% - 2.0%"
+    assert targets[0].met
+
+
+def _render(console_width: int, renderable: object) -> list[str]:
+    console = Console(file=io.StringIO(), width=console_width, force_terminal=False, color_system=None)
+    console.print(renderable)
+    return console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+
+
+def _strip(lines: list[str]) -> list[str]:
+    return [re.sub(r"\s+$", "", line) for line in lines]
