@@ -97,7 +97,7 @@ class Summary:
             (self.rejections, "rejected"),
             (self.stale, "stale answers"),
             (self.timeouts, "timeouts"),
-            (self.kinds["unfinished"], "cut short at the end (--grace)"),
+            (self.kinds["unfinished"], "cut off by --grace"),
         ):
             if count:
                 parts.append(f"{count} {what}")
@@ -217,8 +217,8 @@ def rerun_hint(run: ScenarioRun) -> str:
     half = run.rate / 2
     lower = math.floor(half / 10) * 10 if half >= 20 else round(half, 1)
     return (
-        f"the load generator's event loop lagged (p99 {run.loop_lag_p99 * 1000:.0f} ms > "
-        f"{LAG_LIMIT * 1000:.0f} ms), so the machine, not the upstream, shaped these figures: "
+        f"the load generator's event loop lagged (p99 {_ms(run.loop_lag_p99)} > "
+        f"{_ms(LAG_LIMIT)}), so the machine, not the upstream, shaped these figures: "
         f"rerun with a lower --rate (e.g. --rate {lower:g}) or on a quieter machine"
     )
 
@@ -233,7 +233,8 @@ class Target:
     value: float
     limit: float
     higher_is_better: bool
-    fmt: str = "{:.2f}"
+    #: A format string or a function that shows a value.
+    fmt: str | Callable[[float], str] = "{:.2f}"
     #: How the limit was found, for relative targets ("unprotected 80.7% - 0.02").
     basis: str = ""
     #: The load generator lagged: the figure says nothing about the client.
@@ -256,8 +257,9 @@ class Target:
     def describe(self) -> str:
         """``"success 97.0% (target >= 98.5%)"``, with the basis of a relative limit."""
         op = ">=" if self.higher_is_better else "<="
-        shown = "n/a" if math.isnan(self.value) else self.fmt.format(self.value)
-        limit = "n/a" if math.isnan(self.limit) else self.fmt.format(self.limit)
+        show = self.fmt.format if isinstance(self.fmt, str) else self.fmt
+        shown = "n/a" if math.isnan(self.value) else show(self.value)
+        limit = "n/a" if math.isnan(self.limit) else show(self.limit)
         basis = f": {self.basis}" if self.basis else ""
         return f"{self.what} {shown} (target {op} {limit}{basis})"
 
@@ -268,17 +270,17 @@ class Measure:
 
     what: str
     get: Callable[[Summary], float]
-    fmt: str
+    show: Callable[[float], str]
     higher_is_better: bool
-    #: Shown value = figure * scale (seconds to milliseconds).
-    scale: float = 1.0
+    #: The range a relative limit is clamped to (a share cannot be below 0).
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
 
 MEASURES: dict[str, Measure] = {
-    "success": Measure("success", lambda s: s.success, "{:.1%}", True),
-    "load": Measure("load", lambda s: s.amplification, "{:.2f}x", False),
-    "fault_load": Measure("load during the fault", lambda s: s.fault_load, "{:.2f}x", False),
-    "p99": Measure("p99", lambda s: s.p99, "{:.0f} ms", False, 1000.0),
+    "success": Measure("success", lambda s: s.success, "{:.1%}".format, True, (0.0, 1.0)),
+    "load": Measure("load", lambda s: s.amplification, "{:.2f}x".format, False),
+    "fault_load": Measure("load during the fault", lambda s: s.fault_load, "{:.2f}x".format, False),
+    "p99": Measure("p99", lambda s: s.p99, lambda v: _ms(v), False),
 }
 
 
@@ -314,24 +316,16 @@ class Goal:
                 return None
             pick = max if m.higher_is_better else min
             best_label, best = pick(refs, key=lambda r: r[1])
-            limit = best * self.scale + self.offset
-            basis = ("best of " if len(refs) > 1 else "") + best_label + " " + m.fmt.format(best * m.scale)
+            limit = min(max(best * self.scale + self.offset, m.bounds[0]), m.bounds[1])
+            basis = ("best of " if len(refs) > 1 else "") + best_label + " " + m.show(best)
             if self.scale != 1.0:
                 basis += f" x {self.scale:g}"
             if self.offset:
-                basis += f" {'-' if self.offset < 0 else '+'} {m.fmt.format(abs(self.offset) * m.scale)}"
+                basis += f" {'-' if self.offset < 0 else '+'} {m.show(abs(self.offset))}"
         else:
             limit = self.limit
         return Target(
-            self.scenario,
-            judged.label,
-            m.what,
-            m.get(judged) * m.scale,
-            limit * m.scale,
-            m.higher_is_better,
-            m.fmt,
-            basis,
-            lagging,
+            self.scenario, judged.label, m.what, m.get(judged), limit, m.higher_is_better, m.show, basis, lagging
         )
 
 

@@ -6,15 +6,27 @@ import html
 import math
 import platform
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from resilient.demo.configs import CONFIGS
-from resilient.demo.metrics import Series, Summary, Target, bucket_width, check_targets, series, summarize
+from resilient.demo.metrics import (
+    Series,
+    Summary,
+    Target,
+    bucket_width,
+    check_targets,
+    headlines,
+    inconclusive,
+    rerun_hint,
+    series,
+    summarize,
+)
 from resilient.demo.runner import ScenarioRun
 
-__all__ = ["COLORS", "render_html", "summary_rows", "terminal_table"]
+__all__ = ["COLORS", "PLAIN_WIDTH", "render_html", "summary_rows", "terminal_table"]
 
 COLORS = {
     "plain": "#6b7280",
@@ -55,57 +67,155 @@ def summary_rows(runs: Sequence[ScenarioRun]) -> list[tuple[str, str, Summary]]:
 # -- terminal -----------------------------------------------------------------
 
 
+#: Longest line of the plain-text summary (logs and CI consoles).
+PLAIN_WIDTH = 100
+#: Below this many columns the terminal summary lists what the policies did under its table.
+_WIDE = 110
+
+
+def _figures(s: Summary) -> list[str]:
+    return [
+        s.label,
+        f"{s.success:.1%}" if not math.isnan(s.success) else "-",
+        fmt_ms(s.p50),
+        fmt_ms(s.p99),
+        fmt_ms(s.max),
+        _fmt_ratio(s.amplification),
+    ]
+
+
+_HEADERS = ["configuration", "success", "p50", "p99", "max", "ampl."]
+_ACTIONS = "what the policies did"
+
+
+def _scenario_head(run: ScenarioRun) -> str:
+    lag = f"load-generator lag p99 {fmt_ms(run.loop_lag_p99)}"
+    if inconclusive(run):
+        lag += ": INCONCLUSIVE"
+    return f"{run.scenario.title} ({lag})"
+
+
+def _target_line(t: Target) -> str:
+    word = "MISSED" if t.verdict == "missed" else t.verdict
+    return f"target {word}: {t.config} {t.describe()}"
+
+
+def _tally(targets: Sequence[Target], runs: Sequence[ScenarioRun]) -> list[str]:
+    if not targets:
+        return []
+    counts = {v: sum(1 for t in targets if t.verdict == v) for v in ("met", "missed", "inconclusive")}
+    lines = ["targets: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)]
+    lagging = [r for r in runs if inconclusive(r)]
+    if lagging:
+        worst = max(lagging, key=lambda r: r.loop_lag_p99)
+        lines.append(f"{len(lagging)} scenario(s) inconclusive: {rerun_hint(worst)}")
+    return lines
+
+
 def terminal_table(runs: Sequence[ScenarioRun], *, rich_console: Any = None) -> str:
-    """Print (with rich when given a console) or return the final comparison table."""
-    headers = ["scenario", "configuration", "success", "p50", "p99", "max", "ampl.", "what the policies did"]
-    rows: list[list[str]] = []
-    for title, _key, s in summary_rows(runs):
-        if s.note:
-            rows.append([title, s.label, "skipped", "", "", "", "", s.note])
-            continue
-        rows.append(
-            [
-                title,
-                s.label,
-                f"{s.success:.1%}" if not math.isnan(s.success) else "-",
-                fmt_ms(s.p50),
-                fmt_ms(s.p99),
-                fmt_ms(s.max),
-                _fmt_ratio(s.amplification),
-                s.actions(),
-            ]
-        )
+    """Print (with rich when given a console) or return the final summary.
+
+    Per scenario: its title, the one line of what resilience bought, a table
+    of figures per configuration and the targets; then the tally of targets.
+    The plain text keeps every line within :data:`PLAIN_WIDTH` columns.
+    """
     targets = check_targets(runs)
     if rich_console is not None:
-        from rich.table import Table
-
-        table = Table(title="resilient demo: results", show_lines=False)
-        for h in headers:
-            table.add_column(h, justify="right" if h in ("success", "p50", "p99", "max", "ampl.") else "left")
-        last = None
-        for row in rows:
-            if last is not None and row[0] != last:
-                table.add_section()
-            table.add_row(*(row if row[0] != last else ["", *row[1:]]))
-            last = row[0]
-        rich_console.print(table)
-        for t in targets:
-            mark = {"met": "[green]met[/green]", "missed": "[red]missed[/red]"}.get(
-                t.verdict, "[yellow]inconclusive[/yellow]"
-            )
-            rich_console.print(f"  target {mark}: {t.scenario} / {t.config}: {t.describe()}")
+        _rich_summary(runs, targets, rich_console)
         return ""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    widths[-1] = len(headers[-1])
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    for t in targets:
-        lines.append(
-            f"  target {t.verdict if t.verdict != 'missed' else 'MISSED'}: {t.scenario} / {t.config}: {t.describe()}"
-        )
-    return "\n".join(lines)
+    out: list[str] = []
+    for run in runs:
+        rows = [(s, _figures(s)) for s in (summarize(c) for c in run.runs)]
+        widths = [max(len(h), *(len(f[i]) for s, f in rows if not s.note)) for i, h in enumerate(_HEADERS)]
+        left = sum(widths) + 2 * len(widths) + 2
+        room = PLAIN_WIDTH - left
+        out += ["", _scenario_head(run)]
+        if line := headlines(run):
+            out.append(textwrap.fill(line, PLAIN_WIDTH, initial_indent="  ", subsequent_indent="    "))
+        # What the policies did goes in its column when every row's fits, else under each row.
+        inline = all(len(s.actions()) <= room for s, _ in rows if not s.note)
+        header = "  " + "  ".join(h.ljust(w) for h, w in zip(_HEADERS, widths, strict=True))
+        out.append(header + "  " + _ACTIONS if inline else header.rstrip())
+        for s, figures in rows:
+            if s.note:
+                out.append(
+                    textwrap.fill(
+                        f"{s.label}: skipped: {s.note}", PLAIN_WIDTH, initial_indent="  ", subsequent_indent="    "
+                    )
+                )
+                continue
+            cells = "  " + "  ".join(
+                (c.ljust(w) if i == 0 else c.rjust(w)) for i, (c, w) in enumerate(zip(figures, widths, strict=True))
+            )
+            if inline:
+                out.append(cells + "  " + s.actions())
+            else:
+                out.append(cells.rstrip())
+                if s.actions() != "-":
+                    out.append(textwrap.fill(s.actions(), PLAIN_WIDTH, initial_indent="    ", subsequent_indent="    "))
+        for t in targets:
+            if t.scenario == run.scenario.name:
+                out.append(textwrap.fill(_target_line(t), PLAIN_WIDTH, initial_indent="  ", subsequent_indent="    "))
+    out += ["", *(textwrap.fill(line, PLAIN_WIDTH, subsequent_indent="  ") for line in _tally(targets, runs))]
+    return "\n".join(out).strip("\n")
+
+
+def _hanging(text: Any, indent: int = 2) -> Any:
+    """``text`` whose wrapped lines start ``indent`` columns in (rich has no hanging indent)."""
+    from rich.table import Table
+
+    grid = Table.grid()
+    grid.add_column(width=indent, no_wrap=True)
+    grid.add_column()
+    grid.add_row("", text)
+    return grid
+
+
+def _rich_summary(runs: Sequence[ScenarioRun], targets: Sequence[Target], console: Any) -> None:
+    from rich import box
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    wide = console.width >= _WIDE
+    styles = {"met": "green", "missed": "red", "inconclusive": "yellow"}
+    for run in runs:
+        console.print()
+        console.print(Text(_scenario_head(run), style="bold yellow" if inconclusive(run) else "bold"))
+        if line := headlines(run):
+            console.print(_hanging(Text(line), 2))
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+        for h in _HEADERS:
+            table.add_column(h, justify="left" if h == "configuration" else "right", no_wrap=True)
+        if wide:
+            table.add_column(_ACTIONS)
+        listed: list[tuple[str, str]] = []
+        for c in run.runs:
+            s = summarize(c)
+            if s.note:
+                table.add_row(s.label, "skipped", *[""] * (len(_HEADERS) - 2 + wide))
+                listed.append((s.label, s.note))
+                continue
+            table.add_row(*_figures(s), *([s.actions()] if wide else []))
+            if not wide and s.actions() != "-":
+                listed.append((s.label, s.actions()))
+        console.print(Padding(table, (0, 0, 0, 2)))
+        if listed and not wide:
+            console.print(Text(f"  {_ACTIONS}:", style="dim"))
+            for label, what in listed:
+                console.print(Padding(_hanging(Text(f"{label}: {what}", style="dim"), 2), (0, 0, 0, 2)))
+        for t in targets:
+            if t.scenario == run.scenario.name:
+                word = t.verdict if t.verdict != "missed" else "MISSED"
+                text = Text("target ")
+                text.append(word, style=styles[t.verdict])
+                text.append(f": {t.config} {t.describe()}")
+                console.print(_hanging(text, 2))
+    tally = _tally(targets, runs)
+    if tally:
+        console.print()
+        for line in tally:
+            console.print(_hanging(Text(line), 2))
 
 
 # -- SVG charts ---------------------------------------------------------------
