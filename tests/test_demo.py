@@ -268,7 +268,7 @@ def test_charts_draw_lines_gaps_and_breaker_states() -> None:
     assert svg.count("<polyline") == 1
     assert svg.count("<circle") == 1
     strips = breaker_chart([("x", True, [(1.0, "open"), (3.0, "closed")]), ("y", False, [])], seconds=5)
-    assert "#dc2626" in strips
+    assert 'data-state="open"' in strips
     assert "no breaker" in strips
 
 

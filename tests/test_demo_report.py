@@ -391,3 +391,114 @@ def test_rich_summary_fits_the_terminal(width: int) -> None:
     for col in ("success", "p50", "p99", "max", "ampl."):
         assert col in header
     assert ("what the policies did" in header) == (width >= 110)
+
+
+# -- the HTML report ----------------------------------------------------------------------------
+
+_OLD_COLOURS = ("#2563eb", "#0891b2", "#059669", "#16a34a", "#dc2626", "#d97706", "#9333ea", "#f59e0b")
+
+
+def _report(lag: float = 0.002) -> str:
+    from resilient.demo.report import render_html
+
+    return render_html(_finished(lag), rate=10, duration=10, seed=0, wall=1)
+
+
+def _sections(doc: str) -> dict[str, str]:
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', doc, flags=re.S))
+
+
+def _attrs(tag: str) -> dict[str, str]:
+    return dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
+
+
+def test_report_colours_are_okabe_ito_one_per_configuration_everywhere() -> None:
+    from resilient.demo.report import COLORS, OKABE_ITO
+
+    doc = _report()
+    palette = {c.upper() for c in OKABE_ITO.values()}
+    assert set(COLORS.values()) <= set(OKABE_ITO.values())
+    assert len(set(COLORS.values())) == len(COLORS)
+    seen: dict[str, set[str]] = {}
+    for tag in re.findall(r"<(?:polyline|circle|rect)\b[^>]*data-series=[^>]*>", doc):
+        a = _attrs(tag)
+        seen.setdefault(html_unescape(a["data-series"]), set()).add((a.get("stroke") or a["fill"]).upper())
+    # Every configuration that ran is drawn, in exactly one colour, and no two share one.
+    assert set(seen) == {"unprotected", "naive retries", "resilient standard"}
+    assert all(len(colours) == 1 for colours in seen.values()), seen
+    chosen = {label: next(iter(colours)) for label, colours in seen.items()}
+    assert len(set(chosen.values())) == len(chosen)
+    assert set(chosen.values()) <= palette
+    assert chosen["unprotected"] == COLORS["plain"].upper()
+    assert chosen["resilient standard"] == COLORS["standard"].upper()
+    # The tables' swatches and the legend use the same colours.
+    for label, colour in chosen.items():
+        assert re.search(rf'background:{colour}"></i>{re.escape(label)}</td>', doc, flags=re.I), label
+        assert re.search(rf'border-color:{colour}"></i>{re.escape(label)}</span>', doc, flags=re.I), label
+    # None of the old near-identical blues and greens is left, nor a green or red breaker state.
+    lowered = doc.lower()
+    assert not [c for c in _OLD_COLOURS if c in lowered]
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
+def test_report_charts_of_a_scenario_share_one_time_axis() -> None:
+    doc = _report()
+    for name, body in _sections(doc).items():
+        svgs = [_attrs(tag) for tag in re.findall(r"<svg\b[^>]*>", body)]
+        assert len(svgs) == 5, name  # four line charts and the breaker strips
+        axes = {(s["width"], s["data-x0"], s["data-x1"], s["data-t0"], s["data-t1"]) for s in svgs}
+        assert len(axes) == 1, (name, axes)
+        width, x0, x1, t0, t1 = (float(v) for v in axes.pop())
+        assert (t0, t1) == (0.0, 10.0)
+        assert 0 < x0 < x1 < width
+        # The fault band starts at the same pixel in every chart, where the axis puts its start.
+        start = 2.5 if name == "outage" else 1.5
+        bands = [float(_attrs(t)["x"]) for t in re.findall(r'<rect\b[^>]*class="fault"[^>]*>', body)]
+        assert len(bands) == 5
+        assert bands == pytest.approx([x0 + start / t1 * (x1 - x0)] * 5, abs=0.06)
+    # The breaker opened at 2.6 s: its bar starts on the same pixel column as 2.6 s in the charts above.
+    outage = _sections(doc)["outage"]
+    bar = next(_attrs(t) for t in re.findall(r"<rect\b[^>]*>", outage) if 'data-state="open"' in t)
+    svg = _attrs(re.findall(r"<svg\b[^>]*>", outage)[0])
+    x0, x1 = float(svg["data-x0"]), float(svg["data-x1"])
+    assert float(bar["x"]) == pytest.approx(x0 + 2.6 / 10 * (x1 - x0), abs=0.06)
+    assert float(bar["width"]) == pytest.approx(3.0 / 10 * (x1 - x0), abs=0.12)
+
+
+def test_report_opens_every_scenario_with_what_resilience_bought() -> None:
+    doc = _report()
+    for name, body in _sections(doc).items():
+        first = re.sub(r"^<h2>[^<]*</h2>", "", body)
+        assert first.startswith('<p class="bought"><b>What resilience bought</b> · resilient standard against '), name
+    assert "cut the load on the dead upstream by 100%" in _sections(doc)["outage"]
+
+
+def test_report_marks_a_lagging_scenario_inconclusive_with_how_to_rerun() -> None:
+    calm, lagging = _report(), _report(lag=0.2)
+    assert "Inconclusive" not in calm
+    slow = _sections(lagging)["slow-tail"]
+    assert slow.split("</h2>", 1)[1].startswith('<p class="banner"><b>Inconclusive.</b>')
+    assert "--rate 5" in slow
+    assert "quieter machine" in slow
+    assert '<span class="inconclusive">inconclusive</span>' in slow
+    assert '<span class="missed">' not in slow
+    assert "Inconclusive: Slow tail." in lagging.split("<h2>", 1)[0]
+    assert "Inconclusive" not in _sections(lagging)["outage"]
+
+
+def test_palette_gives_unknown_configurations_unused_colours() -> None:
+    from resilient.demo.report import COLORS, OKABE_ITO, palette
+
+    keys = ["plain", "naive", "tenacity-aiobreaker", "pyresilience", "standard"]
+    colours = palette(keys)
+    assert list(colours) == keys
+    assert len(set(colours.values())) == len(keys)
+    assert set(colours.values()) <= set(OKABE_ITO.values())
+    assert colours["standard"] == COLORS["standard"]
+    many = palette([f"c{i}" for i in range(12)])
+    assert len(set(list(many.values())[:7])) == 7  # seven spare colours, then grey
