@@ -13,6 +13,7 @@ from typing import Any
 
 from resilient.demo.configs import CONFIGS
 from resilient.demo.metrics import (
+    JUDGED,
     LAG_LIMIT,
     Series,
     Summary,
@@ -661,7 +662,9 @@ def render_html(runs: Sequence[ScenarioRun], *, rate: float, duration: float, se
     targets = check_targets(runs)
     keys = [c.config.key for r in runs for c in r.runs]
     colors = palette(keys)
-    configs = "".join(f"<li><b>{html.escape(c.label)}</b>: {html.escape(c.description)}</li>" for c in CONFIGS)
+    ran = list({c.config.key: c.config for r in runs for c in r.runs}.values()) or CONFIGS
+    configs = "".join(f"<li><b>{html.escape(c.label)}</b>: {html.escape(c.description)}</li>" for c in ran)
+    judged = next((c.label for c in ran if c.key == JUDGED), JUDGED)
     sections = "".join(_scenario_html(r, colors, targets) for r in runs)
     from resilient import __version__
 
@@ -704,7 +707,7 @@ the scheduled time) against its own instance of the upstream, at the same time.<
 and a cache lower it. Above 1 during an outage means the clients are adding to the fire.</li>
 <li><b>what the policies did</b>: retries, breaker openings, calls rejected without calling the upstream (fail
 fast), stale answers served by the cache, timeouts, counted from <code>resilient.events</code>.</li>
-<li><b>targets</b>: the figures the zero-configuration client (<i>resilient standard</i>) aims for, judged
+<li><b>targets</b>: the figures the zero-configuration client (<i>{html.escape(judged)}</i>) aims for, judged
 against the unprotected and naive rows of the same run; <i>inconclusive</i> when the load generator's event loop
 lagged (p99 above {LAG_LIMIT * 1000:.0f} ms), since the machine then shaped the figures.</li>
 <li><b>charts</b>: one colour per configuration everywhere (Okabe-Ito, safe for colour-blind readers), the
