@@ -502,3 +502,14 @@ def test_palette_gives_unknown_configurations_unused_colours() -> None:
     assert colours["standard"] == COLORS["standard"]
     many = palette([f"c{i}" for i in range(12)])
     assert len(set(list(many.values())[:7])) == 7  # seven spare colours, then grey
+
+
+def test_plain_progress_print_wraps_with_its_indent(capsys: pytest.CaptureFixture[str]) -> None:
+    from resilient.demo import _Progress
+
+    _Progress(1, plain=True).print("resilient standard against unprotected: " + "kept 99.4% of calls, " * 12, indent=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 2
+    assert all(len(line) <= 100 for line in lines)
+    assert lines[0].startswith("  resilient standard")
+    assert all(line.startswith("    ") for line in lines[1:])

@@ -137,12 +137,22 @@ class _Progress:
             else:
                 self.console = Console()
 
-    def print(self, text: str) -> None:
-        """A line of output: wrapped by rich on a terminal, at :data:`PLAIN_WIDTH` columns otherwise."""
+    def print(self, text: str, *, indent: int = 0) -> None:
+        """A line of output: wrapped by rich on a terminal, at :data:`PLAIN_WIDTH` columns otherwise.
+
+        ``indent`` spaces start the line and every line it wraps onto.
+        """
         if self.console is not None:
-            self.console.print(text, highlight=False)
+            if indent:
+                from rich.padding import Padding
+                from rich.text import Text
+
+                self.console.print(Padding(Text(text), (0, 0, 0, indent)))
+            else:
+                self.console.print(text, highlight=False)
         else:
-            print(wrap(text), flush=True)
+            pad = " " * indent
+            print(wrap(pad + text, indent=pad + "  "), flush=True)
 
     def start(self, index: int, run_title: str) -> None:
         self.index = index
@@ -286,9 +296,9 @@ async def _run_all(
         runs.append(run)
         progress.print(f"[{i}/{len(scenario_names)}] {scenario.title}: done in {run.wall:.1f} s")
         if line := headlines(run):
-            progress.print("  " + line)
+            progress.print(line, indent=2)
         if inconclusive(run):
-            progress.print("  inconclusive: " + rerun_hint(run))
+            progress.print("inconclusive: " + rerun_hint(run), indent=2)
     return runs
 
 

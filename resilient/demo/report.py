@@ -256,7 +256,7 @@ def _rich_summary(runs: Sequence[ScenarioRun], targets: Sequence[Target], consol
     if tally:
         console.print()
         for line in tally:
-            console.print(_hanging(Text(line), 2))
+            console.print(Text(line))
 
 
 # -- SVG charts ---------------------------------------------------------------
