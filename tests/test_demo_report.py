@@ -513,3 +513,15 @@ def test_plain_progress_print_wraps_with_its_indent(capsys: pytest.CaptureFixtur
     assert all(len(line) <= 100 for line in lines)
     assert lines[0].startswith("  resilient standard")
     assert all(line.startswith("    ") for line in lines[1:])
+
+
+def test_report_lists_breaker_changes_after_the_load_stopped() -> None:
+    from resilient.demo.report import render_html
+
+    runs = _finished()
+    runs[1].runs[2].breaker = [(12.5, "open")]  # the slow-tail run lasted 10 s
+    doc = render_html(runs, rate=10, duration=10, seed=0, wall=1)
+    slow = _sections(doc)["slow-tail"]
+    assert "Breaker changes after the load stopped (not drawn): resilient standard: open at 12.5 s." in slow
+    assert "after the load stopped" not in _sections(doc)["outage"]
+    assert 'cut off by <span class="nw">--grace</span>' not in doc  # nothing was cut off here

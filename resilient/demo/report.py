@@ -27,7 +27,7 @@ from resilient.demo.metrics import (
     series,
     summarize,
 )
-from resilient.demo.runner import ScenarioRun
+from resilient.demo.runner import ConfigRun, ScenarioRun
 
 __all__ = [
     "COLORS",
@@ -511,7 +511,7 @@ h1{margin-bottom:4px}h2{margin-top:40px;border-bottom:1px solid #E5E7EB;padding-
 table{border-collapse:collapse;font-size:13px;margin:10px 0}
 th,td{padding:4px 10px;border-bottom:1px solid #E5E7EB;text-align:left}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.cfg{white-space:nowrap}
+td.cfg,.nw{white-space:nowrap}
 tr.sep td{border-top:2px solid #9CA3AF}
 .charts{display:flex;flex-direction:column;gap:2px;margin-top:6px}
 .chart .ct{font-size:12px;font-weight:600;fill:#111827}
@@ -531,6 +531,11 @@ tr.sep td{border-top:2px solid #9CA3AF}
 .note{color:#6B7280;font-size:13px}
 code{background:#F3F4F6;padding:1px 4px;border-radius:3px}
 """
+
+
+def _actions_html(s: Summary) -> str:
+    # A browser would break "--grace" after its hyphens.
+    return html.escape(s.actions()).replace("--grace", '<span class="nw">--grace</span>')
 
 
 def _swatch(color: str) -> str:
@@ -562,7 +567,7 @@ def _summary_table(rows: Sequence[tuple[str, str, Summary]], *, with_scenario: b
             f"<td class=n>{s.success:.1%}</td><td class=n>{fmt_ms(s.p50)}</td><td class=n>{fmt_ms(s.p99)}</td>"
             f"<td class=n>{fmt_ms(s.max)}</td><td class=n>{fmt_ms(s.p99_ok)}</td>"
             f"<td class=n>{_fmt_ratio(s.amplification)}</td><td class=n>{s.upstream}</td>"
-            f"<td>{html.escape(s.actions())}</td></tr>"
+            f"<td>{_actions_html(s)}</td></tr>"
         )
     return f'<table class="summary">{head}{"".join(body)}</table>'
 
@@ -653,8 +658,20 @@ def _scenario_html(run: ScenarioRun, colors: dict[str, str], targets: Sequence[T
         + (f"<p><b>Targets:</b></p>{_targets_html(mine, with_scenario=False)}" if mine else "")
         + f"{_summary_table(rows, with_scenario=False, colors=colors)}"
         f'<div class="legend">{legend}</div>'
-        f'<div class="charts">{"".join(charts)}</div></section>'
+        f'<div class="charts">{"".join(charts)}</div>{_late_changes(ran, seconds)}</section>'
     )
+
+
+def _late_changes(ran: Sequence[ConfigRun], seconds: float) -> str:
+    """The breaker changes the strips cannot show: after the load stopped, while the last calls finished."""
+    late = []
+    for c in ran:
+        changes = [f"{state.replace('_', '-')} at {when:.1f} s" for when, state in c.breaker if when > seconds]
+        if changes:
+            late.append(f"{html.escape(c.config.label)}: {', '.join(changes)}")
+    if not late:
+        return ""
+    return f'<p class="note">Breaker changes after the load stopped (not drawn): {"; ".join(late)}.</p>'
 
 
 def render_html(runs: Sequence[ScenarioRun], *, rate: float, duration: float, seed: int, wall: float) -> str:
