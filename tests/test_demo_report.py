@@ -329,6 +329,8 @@ def test_plain_progress_lines_fit_100_columns_and_say_when_draining() -> None:
     draining = _Progress._plain_line(scenario_run, 16.0, rows)
     assert draining.startswith("  rate-limited draining (18 in flight), 1.0/6 s of grace: ")
     assert all(len(line) <= 100 for line in draining.splitlines())
+    # A lagging loop starts the grace late: never more grace shown than there is.
+    assert "6.0/6 s of grace" in _Progress._plain_line(scenario_run, 30.0, rows)
     assert progress.live is None
 
 

@@ -120,6 +120,12 @@ def wrap(text: str, *, width: int = PLAIN_WIDTH, indent: str = "    ") -> str:
 Row = tuple[str, int, int, float, float, str]
 
 
+def _into_grace(run: Any, elapsed: float) -> float:
+    # The grace starts when the last call starts, which a lagging loop makes
+    # later than the run's duration: never show more grace than there is.
+    return min(elapsed - run.duration, run.grace)
+
+
 class _Progress:
     """Live progress: a rich display on a terminal, a line every 2 s otherwise."""
 
@@ -195,7 +201,7 @@ class _Progress:
         if elapsed > run.duration:
             head = (
                 f"  {run.scenario.name} draining ({run.inflight} in flight), "
-                f"{elapsed - run.duration:.1f}/{run.grace:g} s of grace: "
+                f"{_into_grace(run, elapsed):.1f}/{run.grace:g} s of grace: "
             )
         else:
             head = f"  {run.scenario.name} {elapsed:4.1f}/{run.duration:g} s: "
@@ -214,7 +220,7 @@ class _Progress:
         segments = [Text(f"[{self.index}/{self.total}] {run.scenario.title}", style="bold")]
         if elapsed > run.duration:
             segments.append(Text(f"draining ({run.inflight} in flight)", style="yellow"))
-            segments.append(Text(f"{elapsed - run.duration:.1f} / {run.grace:g} s of grace"))
+            segments.append(Text(f"{_into_grace(run, elapsed):.1f} / {run.grace:g} s of grace"))
         else:
             segments.append(Text(f"{elapsed:.1f} / {run.duration:g} s"))
         recent = run.lag[-50:]
