@@ -123,7 +123,9 @@ Row = tuple[str, int, int, float, float, str]
 def _into_grace(run: Any, elapsed: float) -> float:
     # The grace starts when the last call starts, which a lagging loop makes
     # later than the run's duration: never show more grace than there is.
-    return min(elapsed - run.duration, run.grace)
+    duration: float = run.duration
+    grace: float = run.grace
+    return min(elapsed - duration, grace)
 
 
 class _Progress:
