@@ -25,7 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PLAIN_WIDTH", "main", "pack", "wrap"]
+from resilient.demo.report import PLAIN_WIDTH
+
+__all__ = ["main"]
 
 DEFAULT_DURATION = 15.0
 DEFAULT_RATE = 200.0
@@ -91,11 +93,7 @@ def _resolve(values: Sequence[str] | None, known: Sequence[str], what: str) -> l
     return out
 
 
-#: Longest line of the plain (non-terminal) output: logs and CI consoles.
-PLAIN_WIDTH = 100
-
-
-def pack(head: str, parts: Sequence[str], *, width: int = PLAIN_WIDTH, sep: str = " | ", indent: str = "    ") -> str:
+def _pack(head: str, parts: Sequence[str], *, width: int = PLAIN_WIDTH, sep: str = " | ", indent: str = "    ") -> str:
     """``head`` then ``parts`` joined by ``sep``, over as many lines of at most ``width`` as needed.
 
     A part is never split; continuation lines start with ``indent``.
@@ -112,7 +110,7 @@ def pack(head: str, parts: Sequence[str], *, width: int = PLAIN_WIDTH, sep: str 
     return "\n".join(lines)
 
 
-def wrap(text: str, *, width: int = PLAIN_WIDTH, indent: str = "    ") -> str:
+def _wrap(text: str, *, width: int = PLAIN_WIDTH, indent: str = "    ") -> str:
     """``text`` wrapped at ``width`` columns, continuation lines indented."""
     return "\n".join(textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False)) or text
 
@@ -146,7 +144,7 @@ class _Progress:
                 self.console = Console()
 
     def print(self, text: str, *, indent: int = 0) -> None:
-        """A line of output: wrapped by rich on a terminal, at :data:`PLAIN_WIDTH` columns otherwise.
+        """A line of output: wrapped by rich on a terminal, at ``PLAIN_WIDTH`` columns otherwise.
 
         ``indent`` spaces start the line and every line it wraps onto.
         """
@@ -160,7 +158,7 @@ class _Progress:
                 self.console.print(text, highlight=False)
         else:
             pad = " " * indent
-            print(wrap(pad + text, indent=pad + "  "), flush=True)
+            print(_wrap(pad + text, indent=pad + "  "), flush=True)
 
     def start(self, index: int, run_title: str) -> None:
         self.index = index
@@ -170,7 +168,7 @@ class _Progress:
             self.live = Live(console=self.console, refresh_per_second=4, transient=True)
             self.live.start()
         else:
-            print(wrap(f"[{index}/{self.total}] {run_title} ..."), flush=True)
+            print(_wrap(f"[{index}/{self.total}] {run_title} ..."), flush=True)
             self.last_plain = time.monotonic()
 
     def stop(self) -> None:
@@ -208,7 +206,7 @@ class _Progress:
         else:
             head = f"  {run.scenario.name} {elapsed:4.1f}/{run.duration:g} s: "
         parts = [f"{label} ok {okr:.0%}" if not math.isnan(okr) else f"{label} -" for label, _, _, okr, _, _ in rows]
-        return pack(head, parts)
+        return _pack(head, parts)
 
     def _render(self, run: Any, elapsed: float, rows: Sequence[Row]) -> Any:
         from rich.console import Group
