@@ -61,6 +61,10 @@ def test_demo_short_run_writes_report_with_charts_and_table(tmp_path: Path) -> N
     assert "ampl." in proc.stdout
     assert proc.stdout.count("unprotected") >= 2
     assert "Rate-limited upstream" in proc.stdout
+    # Plain output fits 100 columns (a path may not: it cannot be broken).
+    assert all(len(line) <= 100 for line in proc.stdout.splitlines() if not line.startswith("report: "))
+    # Each scenario's summary opens with what resilience bought.
+    assert proc.stdout.count("resilient standard against unprotected: ") >= 4
     html = out.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>")
     # Self-contained: nothing to fetch.
@@ -268,7 +272,7 @@ def test_charts_draw_lines_gaps_and_breaker_states() -> None:
     assert svg.count("<polyline") == 1
     assert svg.count("<circle") == 1
     strips = breaker_chart([("x", True, [(1.0, "open"), (3.0, "closed")]), ("y", False, [])], seconds=5)
-    assert "#dc2626" in strips
+    assert 'data-state="open"' in strips
     assert "no breaker" in strips
 
 

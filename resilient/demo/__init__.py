@@ -19,10 +19,13 @@ import logging
 import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from resilient.demo.report import PLAIN_WIDTH
 
 __all__ = ["main"]
 
@@ -90,6 +93,39 @@ def _resolve(values: Sequence[str] | None, known: Sequence[str], what: str) -> l
     return out
 
 
+def _pack(head: str, parts: Sequence[str], *, width: int = PLAIN_WIDTH, sep: str = " | ", indent: str = "    ") -> str:
+    """``head`` then ``parts`` joined by ``sep``, over as many lines of at most ``width`` as needed.
+
+    A part is never split; continuation lines start with ``indent``.
+    """
+    lines: list[str] = []
+    line, fresh = head, True
+    for part in parts:
+        if not fresh and len(line) + len(sep) + len(part) > width:
+            lines.append(line.rstrip())
+            line, fresh = indent, True
+        line += ("" if fresh else sep) + part
+        fresh = False
+    lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def _wrap(text: str, *, width: int = PLAIN_WIDTH, indent: str = "    ") -> str:
+    """``text`` wrapped at ``width`` columns, continuation lines indented."""
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False)) or text
+
+
+Row = tuple[str, int, int, float, float, str]
+
+
+def _into_grace(run: Any, elapsed: float) -> float:
+    # The grace starts when the last call starts, which a lagging loop makes
+    # later than the run's duration: never show more grace than there is.
+    duration: float = run.duration
+    grace: float = run.grace
+    return min(elapsed - duration, grace)
+
+
 class _Progress:
     """Live progress: a rich display on a terminal, a line every 2 s otherwise."""
 
@@ -107,11 +143,22 @@ class _Progress:
             else:
                 self.console = Console()
 
-    def print(self, text: str) -> None:
+    def print(self, text: str, *, indent: int = 0) -> None:
+        """A line of output: wrapped by rich on a terminal, at ``PLAIN_WIDTH`` columns otherwise.
+
+        ``indent`` spaces start the line and every line it wraps onto.
+        """
         if self.console is not None:
-            self.console.print(text, highlight=False)
+            if indent:
+                from rich.padding import Padding
+                from rich.text import Text
+
+                self.console.print(Padding(Text(text), (0, 0, 0, indent)))
+            else:
+                self.console.print(text, highlight=False)
         else:
-            print(text, flush=True)
+            pad = " " * indent
+            print(_wrap(pad + text, indent=pad + "  "), flush=True)
 
     def start(self, index: int, run_title: str) -> None:
         self.index = index
@@ -121,7 +168,7 @@ class _Progress:
             self.live = Live(console=self.console, refresh_per_second=4, transient=True)
             self.live.start()
         else:
-            print(f"[{index}/{self.total}] {run_title} ...", flush=True)
+            print(_wrap(f"[{index}/{self.total}] {run_title} ..."), flush=True)
             self.last_plain = time.monotonic()
 
     def stop(self) -> None:
@@ -130,7 +177,7 @@ class _Progress:
             self.live = None
 
     def tick(self, run: Any, elapsed: float) -> None:
-        rows = []
+        rows: list[Row] = []
         for c in run.runs:
             if c.target is None:
                 continue
@@ -147,47 +194,90 @@ class _Progress:
             self.live.update(self._render(run, elapsed, rows))
         elif time.monotonic() - self.last_plain >= 2.0:
             self.last_plain = time.monotonic()
-            parts = [
-                f"{label} ok {okr:.0%}" if not math.isnan(okr) else f"{label} -" for label, _, _, okr, _, _ in rows
-            ]
-            print(
-                f"  {run.scenario.name} {min(elapsed, run.duration):4.1f}/{run.duration:g} s: " + " | ".join(parts),
-                flush=True,
-            )
+            print(self._plain_line(run, elapsed, rows), flush=True)
 
-    def _render(self, run: Any, elapsed: float, rows: list[tuple[str, int, int, float, float, str]]) -> Any:
+    @staticmethod
+    def _plain_line(run: Any, elapsed: float, rows: Sequence[Row]) -> str:
+        if elapsed > run.duration:
+            head = (
+                f"  {run.scenario.name} draining ({run.inflight} in flight), "
+                f"{_into_grace(run, elapsed):.1f}/{run.grace:g} s of grace: "
+            )
+        else:
+            head = f"  {run.scenario.name} {elapsed:4.1f}/{run.duration:g} s: "
+        parts = [f"{label} ok {okr:.0%}" if not math.isnan(okr) else f"{label} -" for label, _, _, okr, _, _ in rows]
+        return _pack(head, parts)
+
+    def _render(self, run: Any, elapsed: float, rows: Sequence[Row]) -> Any:
         from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
         from rich.text import Text
 
-        head = Text.assemble(
-            (f"[{self.index}/{self.total}] {run.scenario.title}", "bold"),
-            f"  {min(elapsed, run.duration):4.1f} / {run.duration:g} s",
-            ("  (draining)" if elapsed > run.duration else ""),
-            f"  fault: {run.scenario.fault.label}",
+        from resilient.demo.metrics import LAG_LIMIT, fault_window
+
+        width = self.console.width if self.console is not None else 100
+        segments = [Text(f"[{self.index}/{self.total}] {run.scenario.title}", style="bold")]
+        if elapsed > run.duration:
+            segments.append(Text(f"draining ({run.inflight} in flight)", style="yellow"))
+            segments.append(Text(f"{_into_grace(run, elapsed):.1f} / {run.grace:g} s of grace"))
+        else:
+            segments.append(Text(f"{elapsed:.1f} / {run.duration:g} s"))
+        recent = run.lag[-50:]
+        if recent:
+            lag = max(recent)
+            segments.append(Text(f"loop lag {lag * 1000:.0f} ms", style="red" if lag > LAG_LIMIT else "dim"))
+        a, b = fault_window(run)
+        segments.append(Text(f"fault {a:g}-{b:g} s: {run.scenario.fault.label}", style="dim"))
+        # The head's parts, two spaces apart, on as many lines as the width needs (a part is never split).
+        lines: list[Any] = []
+        line = Text()
+        for seg in segments:
+            if line.cell_len and line.cell_len + 2 + seg.cell_len > width:
+                lines.append(line)
+                line = Text()
+            if line.cell_len:
+                line.append("  ")
+            line.append(seg)
+        lines.append(line)
+        done = min(elapsed, run.duration)
+        bar = Table.grid(padding=(0, 1))
+        bar.add_column(no_wrap=True)
+        bar.add_column(no_wrap=True, justify="right")
+        bar.add_row(
+            ProgressBar(total=run.duration, completed=done, width=max(10, min(60, width - 6))),
+            f"{done / run.duration:.0%}",
         )
-        bar = ProgressBar(total=run.duration, completed=min(elapsed, run.duration), width=60)
-        table = Table(box=None, pad_edge=False)
-        for col in ("configuration", "calls", "in flight", "success", "last 1.5 s", "breaker"):
-            table.add_column(col, justify="left" if col in ("configuration", "breaker") else "right")
+        lines += [bar, Text("")]
+        columns = ["configuration", "calls", "in flight", "success", "last 1.5 s", "breaker"]
+        # Narrower than the table: drop the least telling columns rather than squeeze the labels.
+        if width < 74:
+            columns.remove("in flight")
+        if width < 62:
+            columns.remove("last 1.5 s")
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        for col in columns:
+            table.add_column(col, justify="left" if col in ("configuration", "breaker") else "right", no_wrap=True)
         colors = {"open": "red", "half_open": "yellow", "closed": "green"}
-        for label, started, inflight, okr, recent, state in rows:
-            table.add_row(
-                label,
-                str(started),
-                str(inflight),
-                "-" if math.isnan(okr) else f"{okr:.1%}",
-                "-" if math.isnan(recent) else f"{recent:.0%}",
-                Text(state, style=colors.get(state, "")),
-            )
-        return Group(head, bar, table)
+        for label, started, inflight, okr, recent_ok, state in rows:
+            cells: dict[str, Any] = {
+                "configuration": label,
+                "calls": str(started),
+                "in flight": str(inflight),
+                "success": "-" if math.isnan(okr) else f"{okr:.1%}",
+                "last 1.5 s": "-" if math.isnan(recent_ok) else f"{recent_ok:.0%}",
+                "breaker": Text(state.replace("_", "-"), style=colors.get(state, "")),
+            }
+            table.add_row(*(cells[col] for col in columns))
+        lines.append(table)
+        return Group(*lines)
 
 
 async def _run_all(
     scenario_names: list[str], config_keys: list[str], url: str, args: argparse.Namespace, progress: _Progress
 ) -> list[Any]:
     from resilient.demo.configs import CONFIGS
+    from resilient.demo.metrics import headlines, inconclusive, rerun_hint
     from resilient.demo.runner import run_scenario
     from resilient.demo.upstream import SCENARIOS
 
@@ -210,12 +300,11 @@ async def _run_all(
         finally:
             progress.stop()
         runs.append(run)
-        done = ", ".join(
-            f"{c.config.label} {sum(1 for r in c.target.records if r[2] == 'ok') / max(1, len(c.target.records)):.0%}"
-            for c in run.runs
-            if c.target is not None
-        )
-        progress.print(f"[{i}/{len(scenario_names)}] {scenario.title}: done in {run.wall:.1f} s; success: {done}")
+        progress.print(f"[{i}/{len(scenario_names)}] {scenario.title}: done in {run.wall:.1f} s")
+        if line := headlines(run):
+            progress.print(line, indent=2)
+        if inconclusive(run):
+            progress.print("inconclusive: " + rerun_hint(run), indent=2)
     return runs
 
 

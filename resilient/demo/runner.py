@@ -141,6 +141,15 @@ class ScenarioRun:
     loop_lag_p99: float = 0.0
     loop_lag_max: float = 0.0
     wall: float = 0.0
+    #: Seconds the calls still running after the load stops may take.
+    grace: float = 0.0
+    #: The load generator's event-loop lag, seconds, one sample per 20 ms of the run.
+    lag: list[float] = field(default_factory=list)
+
+    @property
+    def inflight(self) -> int:
+        """Calls running now, over every configuration."""
+        return sum(r.target.inflight for r in self.runs if r.target is not None)
 
 
 _current: contextvars.ContextVar[ConfigRun | None] = contextvars.ContextVar("resilient_demo_config", default=None)
@@ -171,6 +180,8 @@ def _listener(event: Any) -> None:
 
 
 async def _lag_monitor(samples: list[float], interval: float = 0.02) -> None:
+    # A ticker that measures how late the loop wakes it up: the delay every
+    # call of the load generator suffers too, before it even starts.
     loop = asyncio.get_running_loop()
     while True:
         before = loop.time()
@@ -200,7 +211,7 @@ async def run_scenario(
 
     from resilient import events
 
-    result = ScenarioRun(scenario, duration, rate, [ConfigRun(c) for c in configs])
+    result = ScenarioRun(scenario, duration, rate, [ConfigRun(c) for c in configs], grace=grace)
     built: list[tuple[ConfigRun, Any]] = []
     for run in result.runs:
         base = f"{upstream_url}/{scenario.name}-{run.config.key}"
@@ -214,7 +225,7 @@ async def run_scenario(
         run.target = Target(run.config.key, ready.call, ctx)
         built.append((run, ready))
     events.add_listener(_listener)
-    lag: list[float] = []
+    lag = result.lag
     monitor: asyncio.Task[None] | None = None
     wall = time.monotonic()
     try:
@@ -255,8 +266,8 @@ async def run_scenario(
         for _, ready in built:
             await ready.aclose()
     if lag:
-        lag.sort()
-        result.loop_lag_p99 = lag[min(len(lag) - 1, int(len(lag) * 0.99))]
-        result.loop_lag_max = lag[-1]
+        ordered = sorted(lag)
+        result.loop_lag_p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        result.loop_lag_max = ordered[-1]
     result.wall = time.monotonic() - wall
     return result
