@@ -1,0 +1,214 @@
+"""The :class:`Retry` policy: its options, and the sync and async shells over the engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from resilient.backoff import Backoff, exponential
+from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
+from resilient.events import EventSite, Listener, duration_listeners
+from resilient.policy import (
+    AsyncFn,
+    AsyncWrapped,
+    OnArg,
+    Outcome,
+    Policy,
+    SyncFn,
+    exception_predicate,
+    result_predicate,
+)
+from resilient.retry.engine import DelayHint, RetryBudgetLike, RetryEngine, _retrying
+from resilient.validate import check_callable, check_seconds
+
+__all__ = ["Retry"]
+
+
+class Retry(Policy):
+    """Call again on handled failures, up to ``attempts`` calls in all.
+
+    Args:
+        attempts: total calls, the first included (``attempts=3``: two retries).
+        backoff: a :class:`~resilient.backoff.Backoff`, a callable
+            ``(retry_number) -> seconds``, or a tenacity ``wait_*`` object.
+            Default: ``exponential(0.1, jitter="full")``.
+        on: exceptions to retry: a type, a tuple of types or a predicate.
+            Default: ``Exception``.
+        on_result: predicate flagging results to retry (e.g. a 503 response).
+        max_delay: cap on any single delay, backoff or hint (seconds).
+            ``None``: no cap; an infinite delay is then ignored as garbage.
+        max_elapsed: give up instead of sleeping past this many seconds
+            since the start of the first attempt.
+        delay_hint: ``(result_or_exception) -> seconds | None``; a number
+            overrides the backoff for that retry (``Retry-After``), capped by
+            ``max_delay``; ``None`` or garbage falls back to the backoff.
+        budget: a shared :class:`~resilient.RetryBudget`.
+        clock: time source for sleeping (tests: ``FakeClock``).
+        name: shown in notes, events and status.
+        listeners: event listeners for this policy only.
+
+    A retry is never started when the current deadline
+    (:func:`resilient.deadline`) would expire during its backoff: the last
+    outcome is returned or re-raised at once, with a note.
+    """
+
+    policy_type = "retry"
+
+    def __init__(
+        self,
+        attempts: int = 3,
+        *,
+        backoff: Backoff | Callable[[int], float] | Any | None = None,
+        on: OnArg | None = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        max_delay: float | None = 30.0,
+        max_elapsed: float | None = None,
+        delay_hint: DelayHint | None = None,
+        budget: RetryBudgetLike | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        super().__init__(name=name, listeners=listeners)
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise TypeError(f"attempts must be an int >= 1, got {attempts!r}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts!r}")
+        self.attempts = attempts
+        if backoff is None:
+            backoff = exponential(0.1, jitter="full")
+        elif not (isinstance(backoff, Backoff) or callable(backoff)):
+            raise TypeError(
+                f"backoff must be a Backoff, a callable (retry) -> seconds or a tenacity wait, got {backoff!r}"
+            )
+        self.backoff = backoff
+        self._on = exception_predicate(on)
+        self._on_result = result_predicate(on_result)
+        self.max_delay = check_seconds(max_delay, "max_delay", allow_zero=True, allow_none=True)
+        self.max_elapsed = check_seconds(max_elapsed, "max_elapsed", allow_zero=True, allow_none=True)
+        self.delay_hint = check_callable(delay_hint, "delay_hint", allow_none=True)
+        if budget is not None and not (hasattr(budget, "record_request") and hasattr(budget, "try_spend")):
+            raise TypeError(f"budget must be a RetryBudget, got {budget!r}")
+        self.budget = budget
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._budget_warned_at = -float("inf")
+
+    # -- the shells: call, hand the outcome to the engine, sleep what it says --
+
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The async shell: the first attempt inline, the rest driven by a :class:`RetryEngine`."""
+        on, on_result, budget = self._on, self._on_result, self.budget
+        durations, retrying = duration_listeners, _retrying
+        # max_elapsed counts from the start of the first attempt: the one clock
+        # read that plain retries spare their success path.
+        timed = self.max_elapsed is not None
+        now = _now_of(self.clock)
+        if self.attempts == 1 and budget is None:
+            return _passthrough_async(fn)
+
+        async def again(run: RetryEngine) -> Any:
+            try:
+                while (delay := run.next_delay()) is not None:
+                    if delay > 0:
+                        await self.clock.asleep(delay)
+                    t0 = run.begin_attempt()
+                    try:
+                        result = await fn(*run.args, **run.kwargs)
+                    except BaseException as exc:
+                        if not run.failed_with(exc, t0):
+                            raise
+                        continue
+                    if not run.failed_with_result(result, t0):
+                        return result
+                run.give_up()
+                return run.finish()
+            finally:
+                run.close()
+
+        async def retry_call(*args: Any, **kwargs: Any) -> Any:
+            if budget is not None:
+                budget.record_request()
+            if durations or retrying[0]:
+                return await again(RetryEngine(self, site, args, kwargs, now() if timed else None))
+            start = now() if timed else None
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                if not on(exc):
+                    raise
+                outcome: Outcome[Any] = Outcome(exception=exc)
+            else:
+                if on_result is None or not on_result(result):
+                    return result
+                outcome = Outcome(result=result)
+            # Outside the except block, so that a re-raised exception does not
+            # carry itself as its own context.
+            return await again(RetryEngine(self, site, args, kwargs, start, outcome))
+
+        return retry_call
+
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The sync shell: the same as :meth:`build_async`, with ``clock.sleep`` for the waits."""
+        on, on_result, budget = self._on, self._on_result, self.budget
+        durations, retrying = duration_listeners, _retrying
+        # max_elapsed counts from the start of the first attempt: the one clock
+        # read that plain retries spare their success path.
+        timed = self.max_elapsed is not None
+        now = _now_of(self.clock)
+        if self.attempts == 1 and budget is None:
+            return fn
+
+        def again(run: RetryEngine) -> Any:
+            try:
+                while (delay := run.next_delay()) is not None:
+                    if delay > 0:
+                        self.clock.sleep(delay)
+                    t0 = run.begin_attempt()
+                    try:
+                        result = fn(*run.args, **run.kwargs)
+                    except BaseException as exc:
+                        if not run.failed_with(exc, t0):
+                            raise
+                        continue
+                    if not run.failed_with_result(result, t0):
+                        return result
+                run.give_up()
+                return run.finish()
+            finally:
+                run.close()
+
+        def retry_call(*args: Any, **kwargs: Any) -> Any:
+            if budget is not None:
+                budget.record_request()
+            if durations or retrying[0]:
+                return again(RetryEngine(self, site, args, kwargs, now() if timed else None))
+            start = now() if timed else None
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                if not on(exc):
+                    raise
+                outcome: Outcome[Any] = Outcome(exception=exc)
+            else:
+                if on_result is None or not on_result(result):
+                    return result
+                outcome = Outcome(result=result)
+            return again(RetryEngine(self, site, args, kwargs, start, outcome))
+
+        return retry_call
+
+    def __repr__(self) -> str:
+        return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, name={self.name!r})"
+
+
+def _now_of(clock: Clock) -> Callable[[], float]:
+    """The clock's ``now``; the system clock's is read straight from time.monotonic (one call less)."""
+    return time.monotonic if type(clock) is SystemClock else clock.now
+
+
+def _passthrough_async(fn: AsyncFn) -> AsyncWrapped:
+    async def retry_call(*args: Any, **kwargs: Any) -> Any:
+        return await fn(*args, **kwargs)
+
+    return retry_call
