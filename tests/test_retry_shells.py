@@ -24,6 +24,7 @@ UNASYNC = [
     ("AsyncWrapped", "SyncFn"),
     ("AsyncFn", "SyncFn"),
     ("_passthrough_async(fn)", "fn"),
+    ("_notify_async(", "_notify_sync("),
 ]
 
 

@@ -13,6 +13,9 @@ Outcomes:
 * anything else (other exceptions, cancellation, ``KeyboardInterrupt``) goes
   straight through, never retried.
 
+``on_give_up`` is told (with a :class:`GiveUp` record) when the retry gives
+up on a retryable failure, e.g. to hand the work to a dead-letter queue.
+
 :class:`Retry` holds the options and builds the sync and async wrappers,
 thin shells over the :class:`~resilient.retry.engine.RetryEngine`, which
 makes every decision of a retried call.
@@ -20,8 +23,8 @@ makes every decision of a retried call.
 
 from __future__ import annotations
 
-from resilient.retry.engine import RetryBudgetLike, current_attempt
+from resilient.retry.engine import GiveUp, GiveUpReason, RetryBudgetLike, current_attempt
 from resilient.retry.engine import _retrying as _retrying  # resilient's tests read it
-from resilient.retry.policy import Retry
+from resilient.retry.policy import GiveUpHook, Retry
 
-__all__ = ["Retry", "RetryBudgetLike", "current_attempt"]
+__all__ = ["GiveUp", "GiveUpHook", "GiveUpReason", "Retry", "RetryBudgetLike", "current_attempt"]

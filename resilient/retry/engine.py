@@ -19,10 +19,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from resilient.backoff import Backoff
 from resilient.deadline import remaining
@@ -33,7 +34,7 @@ from resilient.testing import TEST_MODE
 if TYPE_CHECKING:
     from resilient.retry.policy import Retry
 
-__all__ = ["RetryBudgetLike", "RetryEngine", "current_attempt"]
+__all__ = ["GiveUp", "GiveUpReason", "RetryBudgetLike", "RetryEngine", "current_attempt"]
 
 logger = logging.getLogger("resilient.retry")
 
@@ -64,6 +65,59 @@ class RetryBudgetLike(Protocol):
 
 
 DelayHint = Callable[[Any], "float | None"]
+
+#: Why a retry gave up on a retryable failure: its attempts ran out (``"attempts"``,
+#: or ``"test_mode"`` under :func:`~resilient.testing.set_testing`), the delay hint
+#: asked for longer than ``max_hint`` (``"hint"``), the next delay would pass
+#: ``max_elapsed`` (``"max_elapsed"``) or the deadline (``"deadline"``), or the
+#: budget refused the retry (``"budget"``).
+GiveUpReason = Literal["attempts", "test_mode", "hint", "max_elapsed", "deadline", "budget"]
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """What ``Retry(on_give_up=...)`` receives when the retry gives up on a retryable failure.
+
+    Hand it to a dead-letter queue, reschedule the work for ``retry_after``,
+    count it. ``args`` and ``kwargs`` are those of the call, so the hook
+    knows *what* failed (the event, the request).
+
+    Attributes:
+        outcome: the last attempt's outcome: the exception it raised (which the
+            retry re-raises after the hook) or the flagged result it returned
+            (which the retry returns).
+        attempts: attempts made, the first included.
+        elapsed: seconds since the first attempt started.
+        reason: why it gave up (see :data:`GiveUpReason`).
+        note: the note added to the exception (the same text for a result).
+        retry_after: the last outcome's delay hint in seconds (``Retry-After``,
+            an open breaker's ``retry_after``), as read, when there was one.
+        args: the positional arguments of the call.
+        kwargs: the keyword arguments of the call.
+        policy: the retry's name.
+        operation: the operation the retry guards (the wrapped function's name).
+    """
+
+    outcome: Outcome[Any]
+    attempts: int
+    elapsed: float
+    reason: GiveUpReason
+    note: str
+    retry_after: float | None
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    policy: str | None
+    operation: str | None
+
+    @property
+    def exception(self) -> Exception | None:
+        """The exception the last attempt raised, or ``None`` when it returned a flagged result."""
+        return self.outcome.exception
+
+    @property
+    def result(self) -> Any:
+        """The flagged result the last attempt returned (``None`` when it raised)."""
+        return self.outcome.result
 
 
 class _TenacityOutcome:
@@ -192,7 +246,7 @@ class RetryEngine:
         #: The last outcome's delay hint, as read (not capped), or None.
         self.hint: float | None = None
         #: Why the retry gave up: a code (``"attempts"``, ``"budget"``...) and the note's text.
-        self.reason: str | None = None
+        self.reason: GiveUpReason | None = None
         self.why = ""
         self.token: Token[int] | None = None
         #: Whether this call is counted in ``_retrying``.
@@ -262,8 +316,11 @@ class RetryEngine:
             self.outcome = Outcome(result=result)
         return failed
 
-    def give_up(self) -> None:
-        """Add the note to the last exception and report a spent budget."""
+    def give_up(self) -> GiveUp | None:
+        """Add the note to the last exception and report a spent budget.
+
+        Returns the record for ``on_give_up``, when the policy has one.
+        """
         policy = self.policy
         outcome = self.outcome
         if self.reason == "budget":
@@ -275,8 +332,23 @@ class RetryEngine:
             policy.emit(
                 self.site, BUDGET_EXHAUSTED, Severity.WARNING, attempt=self.attempt, exception=outcome.exception
             )
+        note = self.note()
         if outcome.exception is not None:
-            outcome.exception.add_note(self.note())
+            outcome.exception.add_note(note)
+        if policy.on_give_up is None:
+            return None
+        return GiveUp(
+            outcome,
+            self.attempt,
+            self.elapsed,
+            self.reason or "attempts",
+            note,
+            self.hint,
+            self.args,
+            self.kwargs,
+            policy.name,
+            self.site.operation,
+        )
 
     def note(self) -> str:
         """The give-up note: who gave up, why, and after how long."""
@@ -333,7 +405,7 @@ class RetryEngine:
     def _attempts(self) -> str:
         return f"{self.attempt} attempt{'s' if self.attempt > 1 else ''}"
 
-    def _stop(self, reason: str, why: str) -> None:
+    def _stop(self, reason: GiveUpReason, why: str) -> None:
         self.reason = reason
         self.why = why
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from resilient.backoff import Backoff, exponential
@@ -17,12 +19,19 @@ from resilient.policy import (
     Policy,
     SyncFn,
     exception_predicate,
+    is_async_callable,
+    operation_name,
     result_predicate,
 )
-from resilient.retry.engine import DelayHint, RetryBudgetLike, RetryEngine, _retrying
+from resilient.retry.engine import DelayHint, GiveUp, RetryBudgetLike, RetryEngine, _retrying
 from resilient.validate import check_callable, check_seconds
 
-__all__ = ["Retry"]
+__all__ = ["GiveUpHook", "Retry"]
+
+logger = logging.getLogger("resilient.retry")
+
+#: ``Retry(on_give_up=...)``: a function or an ``async def`` taking a :class:`~resilient.retry.GiveUp`.
+GiveUpHook = Callable[[GiveUp], "Awaitable[object] | object"]
 
 
 class Retry(Policy):
@@ -44,6 +53,21 @@ class Retry(Policy):
             overrides the backoff for that retry (``Retry-After``), capped by
             ``max_delay``; ``None`` or garbage falls back to the backoff.
         budget: a shared :class:`~resilient.RetryBudget`.
+        on_give_up: called once, with a :class:`~resilient.retry.GiveUp`
+            record (outcome, attempts, elapsed time, reason, the call's
+            arguments), when the retry gives up on a retryable failure:
+            attempts exhausted (test mode included), budget spent,
+            ``max_elapsed`` or the deadline reached, a hint longer than
+            ``max_hint``. Not called on a success, nor for an outcome that
+            is not retried at all (an exception ``on`` does not match,
+            cancellation): that one was never the retry's to give up. A
+            function or an ``async def`` (awaited; async functions only: a
+            synchronous function's retry refuses an ``async def`` hook at
+            wrap time). What it raises is logged on ``resilient.retry`` and
+            does not replace the outcome, which is returned or re-raised
+            after it. With a hook, the retry reads the clock when the first
+            attempt starts (as with ``max_elapsed``), so that ``elapsed`` is
+            the whole time.
         clock: time source for sleeping (tests: ``FakeClock``).
         name: shown in notes, events and status.
         listeners: event listeners for this policy only.
@@ -66,6 +90,7 @@ class Retry(Policy):
         max_elapsed: float | None = None,
         delay_hint: DelayHint | None = None,
         budget: RetryBudgetLike | None = None,
+        on_give_up: GiveUpHook | None = None,
         clock: Clock | None = None,
         name: str | None = None,
         listeners: Iterable[Listener] = (),
@@ -91,6 +116,9 @@ class Retry(Policy):
         if budget is not None and not (hasattr(budget, "record_request") and hasattr(budget, "try_spend")):
             raise TypeError(f"budget must be a RetryBudget, got {budget!r}")
         self.budget = budget
+        self.on_give_up: GiveUpHook | None = check_callable(
+            on_give_up, "on_give_up", "a callable taking a GiveUp record", allow_none=True
+        )
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         self._budget_warned_at = -float("inf")
 
@@ -100,11 +128,11 @@ class Retry(Policy):
         """The async shell: the first attempt inline, the rest driven by a :class:`RetryEngine`."""
         on, on_result, budget = self._on, self._on_result, self.budget
         durations, retrying = duration_listeners, _retrying
-        # max_elapsed counts from the start of the first attempt: the one clock
-        # read that plain retries spare their success path.
-        timed = self.max_elapsed is not None
+        # max_elapsed (and a give-up hook's elapsed time) count from the start of
+        # the first attempt: the one clock read that plain retries spare their success path.
+        timed = self.max_elapsed is not None or self.on_give_up is not None
         now = _now_of(self.clock)
-        if self.attempts == 1 and budget is None:
+        if self.attempts == 1 and budget is None and self.on_give_up is None:
             return _passthrough_async(fn)
 
         async def again(run: RetryEngine) -> Any:
@@ -121,7 +149,8 @@ class Retry(Policy):
                         continue
                     if not run.failed_with_result(result, t0):
                         return result
-                run.give_up()
+                if (record := run.give_up()) is not None:
+                    await _notify_async(self, record)
                 return run.finish()
             finally:
                 run.close()
@@ -152,11 +181,11 @@ class Retry(Policy):
         """The sync shell: the same as :meth:`build_async`, with ``clock.sleep`` for the waits."""
         on, on_result, budget = self._on, self._on_result, self.budget
         durations, retrying = duration_listeners, _retrying
-        # max_elapsed counts from the start of the first attempt: the one clock
-        # read that plain retries spare their success path.
-        timed = self.max_elapsed is not None
+        # max_elapsed (and a give-up hook's elapsed time) count from the start of
+        # the first attempt: the one clock read that plain retries spare their success path.
+        timed = self.max_elapsed is not None or self.on_give_up is not None
         now = _now_of(self.clock)
-        if self.attempts == 1 and budget is None:
+        if self.attempts == 1 and budget is None and self.on_give_up is None:
             return fn
 
         def again(run: RetryEngine) -> Any:
@@ -173,7 +202,8 @@ class Retry(Policy):
                         continue
                     if not run.failed_with_result(result, t0):
                         return result
-                run.give_up()
+                if (record := run.give_up()) is not None:
+                    _notify_sync(self, record)
                 return run.finish()
             finally:
                 run.close()
@@ -198,6 +228,21 @@ class Retry(Policy):
 
         return retry_call
 
+    def build(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+        """See :meth:`Policy.build`; refuses an ``async def`` ``on_give_up`` for a synchronous function.
+
+        Raises:
+            TypeError: ``fn`` is synchronous and ``on_give_up`` is async: the
+                retry of a synchronous call has no event loop to await it on.
+        """
+        if not is_async and self.on_give_up is not None and is_async_callable(self.on_give_up):
+            raise TypeError(
+                f"{self.label()}: on_give_up={self.on_give_up!r} is async, but "
+                f"{operation_name(fn)!r} is a synchronous function: its retry cannot await the hook; "
+                "pass a synchronous on_give_up"
+            )
+        return super().build(fn, site, is_async)
+
     def __repr__(self) -> str:
         return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, name={self.name!r})"
 
@@ -212,3 +257,42 @@ def _passthrough_async(fn: AsyncFn) -> AsyncWrapped:
         return await fn(*args, **kwargs)
 
     return retry_call
+
+
+async def _notify_async(policy: Retry, record: GiveUp) -> None:
+    """Call the give-up hook (awaited when it is async); what it raises is logged, never raised."""
+    hook = policy.on_give_up
+    if hook is None:  # taken away since the retry began
+        return
+    try:
+        value = hook(record)
+        if inspect.isawaitable(value):
+            await value
+    except Exception:
+        _hook_failed(policy)
+
+
+def _notify_sync(policy: Retry, record: GiveUp) -> None:
+    """Call the give-up hook of a synchronous retry (see :func:`_notify_async`)."""
+    hook = policy.on_give_up
+    if hook is None:
+        return
+    try:
+        value = hook(record)
+    except Exception:
+        _hook_failed(policy)
+        return
+    if inspect.iscoroutine(value):
+        # A plain function that returned a coroutine: nothing here can await it.
+        value.close()
+        logger.warning(
+            "resilient: %s: on_give_up returned a coroutine in a synchronous retry; not awaited", policy.label()
+        )
+
+
+def _hook_failed(policy: Retry) -> None:
+    logger.error(
+        "resilient: %s: on_give_up raised; the retry's outcome is returned or re-raised as it is",
+        policy.label(),
+        exc_info=True,
+    )
