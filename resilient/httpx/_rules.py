@@ -226,6 +226,7 @@ def http_retry(
     statuses: Iterable[int] | None = None,
     on: OnArg | None = None,
     honour_retry_after: bool = True,
+    max_hint: float | None = None,
     budget: RetryBudgetLike | None = None,
     on_give_up: GiveUpHook | None = None,
     clock: Clock | None = None,
@@ -237,8 +238,8 @@ def http_retry(
     It retries transient errors (:func:`is_transient_error`), the exceptions
     ``on`` matches, and responses whose status is in ``statuses``, only for
     requests the transport allows to be sent again, and waits what
-    ``Retry-After`` says (clamped to ``max_delay``) when the response has
-    one (or what a rejection's ``retry_after`` says, for a rejection ``on``
+    ``Retry-After`` says (clamped to ``max_delay``, or judged by
+    ``max_hint``) when the response has one (or what a rejection's ``retry_after`` says, for a rejection ``on``
     retries, such as :class:`~resilient.CircuitOpenError`).
 
     Args:
@@ -256,6 +257,10 @@ def http_retry(
             breaker is inside the retry and a long horizon may wait it out).
             The request must still be one that may be sent again.
         honour_retry_after: use the ``Retry-After`` header when present.
+        max_hint: ``None``: a ``Retry-After`` is clamped to ``max_delay``. A
+            number: a ``Retry-After`` up to ``max_hint`` seconds is waited in
+            full, a longer one gives up at once instead of asking again before
+            the server said (see :class:`~resilient.Retry`).
         budget: an optional shared :class:`~resilient.RetryBudget`.
         on_give_up: called with a :class:`~resilient.GiveUp` when the retry
             gives up on a retryable failure (see :class:`~resilient.Retry`).
@@ -279,6 +284,7 @@ def http_retry(
         max_delay=max_delay,
         max_elapsed=max_elapsed,
         delay_hint=retry_after_hint if honour_retry_after else None,
+        max_hint=max_hint,
         budget=budget,
         on_give_up=on_give_up,
         clock=clock,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from resilient.backoff import Backoff
 from resilient.deadline import remaining
-from resilient.events import BUDGET_EXHAUSTED, RETRY, EventSite, Severity, duration_listeners
+from resilient.events import BUDGET_EXHAUSTED, EXTRA_RETRY_AFTER, RETRY, EventSite, Severity, duration_listeners
 from resilient.policy import Outcome
 from resilient.testing import TEST_MODE
 
@@ -273,7 +273,14 @@ class RetryEngine:
         if self._must_stop(delay):
             return None
         policy.emit(
-            self.site, RETRY, Severity.INFO, attempt=self.attempt + 1, duration=delay, exception=self.outcome.exception
+            self.site,
+            RETRY,
+            Severity.INFO,
+            attempt=self.attempt + 1,
+            duration=delay,
+            exception=self.outcome.exception,
+            # The hint as read: a reader can tell a Retry-After clamped to max_delay.
+            extras=None if self.hint is None else {EXTRA_RETRY_AFTER: self.hint},
         )
         self.idle += delay
         return delay
@@ -383,10 +390,16 @@ class RetryEngine:
         if policy.delay_hint is not None:
             value = outcome.exception if outcome.exception is not None else outcome.result
             try:
-                delay = self.hint = _finite_delay(policy.delay_hint(value), max_delay)
+                # With max_hint, an infinite hint stays infinite: longer than max_hint, it gives up.
+                delay = self.hint = _finite_delay(
+                    policy.delay_hint(value), max_delay if policy.max_hint is None else math.inf
+                )
             except Exception:  # a broken hint must not turn a retry into a crash
                 logger.debug("resilient: delay_hint raised; using the backoff", exc_info=True)
                 delay = None
+            if delay is not None and policy.max_hint is not None:
+                # Waited in full, past max_delay: retrying before the server said only earns another refusal.
+                return delay
         if delay is None:
             backoff: Any = policy.backoff
             if isinstance(backoff, Backoff):
@@ -410,10 +423,19 @@ class RetryEngine:
         self.why = why
 
     def _must_stop(self, delay: float) -> bool:
-        """Whether the next retry must not happen. The budget is asked last, so it is spent only on a retry."""
+        """Whether the next retry must not happen. The budget is asked last, so it is spent only on a retry.
+
+        (``delay`` is 0 in test mode: a hint longer than ``max_hint`` still gives up, on the hint itself.)
+        """
         policy = self.policy
         if self.attempt >= policy.attempts:
             self._stop("attempts", f"gave up after {self._attempts()}")
+        elif policy.max_hint is not None and self.hint is not None and self.hint > policy.max_hint:
+            self._stop(
+                "hint",
+                f"gave up after {self._attempts()}: "
+                f"the delay hint ({self.hint:.3g} s) is longer than max_hint ({policy.max_hint:.3g} s)",
+            )
         elif policy.max_elapsed is not None and self.elapsed + delay > policy.max_elapsed:
             self._stop(
                 "max_elapsed",

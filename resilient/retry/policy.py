@@ -45,13 +45,22 @@ class Retry(Policy):
         on: exceptions to retry: a type, a tuple of types or a predicate.
             Default: ``Exception``.
         on_result: predicate flagging results to retry (e.g. a 503 response).
-        max_delay: cap on any single delay, backoff or hint (seconds).
-            ``None``: no cap; an infinite delay is then ignored as garbage.
+        max_delay: cap on any single delay, backoff or hint (seconds);
+            with ``max_hint`` set, on the backoff only. ``None``: no cap; an
+            infinite delay is then ignored as garbage.
         max_elapsed: give up instead of sleeping past this many seconds
             since the start of the first attempt.
         delay_hint: ``(result_or_exception) -> seconds | None``; a number
             overrides the backoff for that retry (``Retry-After``), capped by
-            ``max_delay``; ``None`` or garbage falls back to the backoff.
+            ``max_delay`` (or judged by ``max_hint``); ``None`` or garbage
+            falls back to the backoff.
+        max_hint: the longest hint the retry waits for (seconds). ``None``
+            (the default): a hint is clamped to ``max_delay``, as any delay,
+            so the next attempt may come *before* the server said.
+            A number: a hint up to ``max_hint`` is waited in full, even past
+            ``max_delay``; a longer one is not shortened: the retry gives up
+            at once, with a note (reason ``"hint"``; the ``GiveUp`` record's
+            ``retry_after`` says when the server expects the call again).
         budget: a shared :class:`~resilient.RetryBudget`.
         on_give_up: called once, with a :class:`~resilient.retry.GiveUp`
             record (outcome, attempts, elapsed time, reason, the call's
@@ -89,6 +98,7 @@ class Retry(Policy):
         max_delay: float | None = 30.0,
         max_elapsed: float | None = None,
         delay_hint: DelayHint | None = None,
+        max_hint: float | None = None,
         budget: RetryBudgetLike | None = None,
         on_give_up: GiveUpHook | None = None,
         clock: Clock | None = None,
@@ -113,6 +123,7 @@ class Retry(Policy):
         self.max_delay = check_seconds(max_delay, "max_delay", allow_zero=True, allow_none=True)
         self.max_elapsed = check_seconds(max_elapsed, "max_elapsed", allow_zero=True, allow_none=True)
         self.delay_hint = check_callable(delay_hint, "delay_hint", allow_none=True)
+        self.max_hint = check_seconds(max_hint, "max_hint", allow_zero=True, allow_none=True)
         if budget is not None and not (hasattr(budget, "record_request") and hasattr(budget, "try_spend")):
             raise TypeError(f"budget must be a RetryBudget, got {budget!r}")
         self.budget = budget
