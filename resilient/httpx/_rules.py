@@ -225,10 +225,10 @@ def http_retry(
     max_elapsed: float | None = None,
     statuses: Iterable[int] | None = None,
     on: OnArg | None = None,
+    on_give_up: GiveUpHook | None = None,
     honour_retry_after: bool = True,
     max_hint: float | None = None,
     budget: RetryBudgetLike | None = None,
-    on_give_up: GiveUpHook | None = None,
     clock: Clock | None = None,
     name: str | None = None,
     listeners: Iterable[Listener] = (),
@@ -256,14 +256,14 @@ def http_retry(
             tuple of types or a predicate (e.g. ``CircuitOpenError`` when the
             breaker is inside the retry and a long horizon may wait it out).
             The request must still be one that may be sent again.
+        on_give_up: called with a :class:`~resilient.GiveUp` when the retry
+            gives up on a retryable failure (see :class:`~resilient.Retry`).
         honour_retry_after: use the ``Retry-After`` header when present.
         max_hint: ``None``: a ``Retry-After`` is clamped to ``max_delay``. A
             number: a ``Retry-After`` up to ``max_hint`` seconds is waited in
             full, a longer one gives up at once instead of asking again before
             the server said (see :class:`~resilient.Retry`).
         budget: an optional shared :class:`~resilient.RetryBudget`.
-        on_give_up: called with a :class:`~resilient.GiveUp` when the retry
-            gives up on a retryable failure (see :class:`~resilient.Retry`).
         clock: time source (tests: ``FakeClock``).
         name: shown in notes, events and status.
         listeners: event listeners for this policy only.

@@ -140,13 +140,16 @@ class Retry(Policy):
         on, on_result, budget = self._on, self._on_result, self.budget
         durations, retrying = duration_listeners, _retrying
         # max_elapsed (and a give-up hook's elapsed time) count from the start of
-        # the first attempt: the one clock read that plain retries spare their success path.
-        timed = self.max_elapsed is not None or self.on_give_up is not None
-        now = _now_of(self.clock)
+        # the first attempt: the one clock read that plain retries spare their
+        # success path (``now`` is None for them, and ``now and now()`` is None).
+        now = _now_of(self.clock) if self.max_elapsed is not None or self.on_give_up is not None else None
         if self.attempts == 1 and budget is None and self.on_give_up is None:
             return _passthrough_async(fn)
 
-        async def again(run: RetryEngine) -> Any:
+        async def again(
+            args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None, first: Outcome[Any] | None
+        ) -> Any:
+            run = RetryEngine(self, site, args, kwargs, start, first)
             try:
                 while (delay := run.next_delay()) is not None:
                     if delay > 0:
@@ -170,8 +173,8 @@ class Retry(Policy):
             if budget is not None:
                 budget.record_request()
             if durations or retrying[0]:
-                return await again(RetryEngine(self, site, args, kwargs, now() if timed else None))
-            start = now() if timed else None
+                return await again(args, kwargs, now and now(), None)
+            start = now and now()
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
@@ -184,7 +187,7 @@ class Retry(Policy):
                 outcome = Outcome(result=result)
             # Outside the except block, so that a re-raised exception does not
             # carry itself as its own context.
-            return await again(RetryEngine(self, site, args, kwargs, start, outcome))
+            return await again(args, kwargs, start, outcome)
 
         return retry_call
 
@@ -193,13 +196,16 @@ class Retry(Policy):
         on, on_result, budget = self._on, self._on_result, self.budget
         durations, retrying = duration_listeners, _retrying
         # max_elapsed (and a give-up hook's elapsed time) count from the start of
-        # the first attempt: the one clock read that plain retries spare their success path.
-        timed = self.max_elapsed is not None or self.on_give_up is not None
-        now = _now_of(self.clock)
+        # the first attempt: the one clock read that plain retries spare their
+        # success path (``now`` is None for them, and ``now and now()`` is None).
+        now = _now_of(self.clock) if self.max_elapsed is not None or self.on_give_up is not None else None
         if self.attempts == 1 and budget is None and self.on_give_up is None:
             return fn
 
-        def again(run: RetryEngine) -> Any:
+        def again(
+            args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None, first: Outcome[Any] | None
+        ) -> Any:
+            run = RetryEngine(self, site, args, kwargs, start, first)
             try:
                 while (delay := run.next_delay()) is not None:
                     if delay > 0:
@@ -223,8 +229,8 @@ class Retry(Policy):
             if budget is not None:
                 budget.record_request()
             if durations or retrying[0]:
-                return again(RetryEngine(self, site, args, kwargs, now() if timed else None))
-            start = now() if timed else None
+                return again(args, kwargs, now and now(), None)
+            start = now and now()
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
@@ -235,7 +241,7 @@ class Retry(Policy):
                 if on_result is None or not on_result(result):
                     return result
                 outcome = Outcome(result=result)
-            return again(RetryEngine(self, site, args, kwargs, start, outcome))
+            return again(args, kwargs, start, outcome)
 
         return retry_call
 
