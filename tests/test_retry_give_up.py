@@ -267,3 +267,24 @@ def test_a_sync_hook_returning_a_coroutine_is_closed_not_leaked(
         retry.run_sync(Failing(auto_clock).sync)
     assert ran == []
     assert "not awaited" in caplog.records[-1].getMessage()
+
+
+class ChattyBudget:
+    """A custom budget whose record_request returns something (the protocol says None)."""
+
+    def record_request(self) -> float:
+        return 123.0
+
+    def try_spend(self) -> bool:
+        return True
+
+
+def test_what_a_custom_budgets_record_request_returns_is_ignored(auto_clock: FakeClock) -> None:
+    with pytest.raises(ConnectionError) as info:
+        Retry(2, backoff=constant(1), budget=ChattyBudget(), clock=auto_clock).run_sync(Failing(auto_clock).sync)
+    assert info.value.__notes__ == ["resilient: Retry gave up after 2 attempts, 1.00 s after the first failure"]
+    seen: list[GiveUp] = []
+    retry = Retry(2, backoff=constant(1), budget=ChattyBudget(), on_give_up=seen.append, clock=auto_clock)
+    with pytest.raises(ConnectionError):
+        retry.run_sync(Failing(auto_clock).sync)
+    assert seen[0].elapsed == 1.0  # from the clock's start of the first attempt, not from 123.0

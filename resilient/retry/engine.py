@@ -189,16 +189,19 @@ class RetryEngine:
             sleep(delay)
             t0 = engine.begin_attempt()
             call, then engine.failed_with(exc, t0) / engine.failed_with_result(result, t0)
-        engine.give_up()                                     # note, events
+        record = engine.give_up()                            # note, events; GiveUp for on_give_up
         return engine.finish()                               # the last result, or raise
         ...
         engine.close()                                       # in a finally
+
+    It calls the user's predicates, backoff and delay hint, and emits
+    events, but never sleeps, awaits or calls ``on_give_up``: the wrappers do.
 
     ``outcome=None`` starts before the first attempt (the careful path:
     attempt durations are recorded, or the call runs inside another retry's
     later attempt); otherwise the first attempt has already failed with
     ``outcome``. ``start`` is when the first attempt started, when it was
-    read (``max_elapsed`` needs it).
+    read (``max_elapsed`` and ``on_give_up`` need it).
     """
 
     __slots__ = (
@@ -236,8 +239,8 @@ class RetryEngine:
         #: The last outcome that was retried (``None`` before the first attempt).
         self.outcome: Outcome[Any] = outcome if outcome is not None else _NOTHING
         self.attempt = 0 if outcome is None else 1
-        # The start of the first attempt when it was read (max_elapsed needs
-        # it); otherwise the first failure: the fast path reads no clock.
+        # The start of the first attempt when it was read (max_elapsed and
+        # on_give_up need it); otherwise the first failure: the fast path reads no clock.
         self.from_start = start is not None
         self.start = start
         self.delays: Iterator[float] | None = None

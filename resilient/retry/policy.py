@@ -137,19 +137,15 @@ class Retry(Policy):
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         """The async shell: the first attempt inline, the rest driven by a :class:`RetryEngine`."""
-        on, on_result, budget = self._on, self._on_result, self.budget
-        durations, retrying = duration_listeners, _retrying
-        # max_elapsed (and a give-up hook's elapsed time) count from the start of
-        # the first attempt: the one clock read that plain retries spare their
-        # success path (``now`` is None for them, and ``now and now()`` is None).
-        now = _now_of(self.clock) if self.max_elapsed is not None or self.on_give_up is not None else None
-        if self.attempts == 1 and budget is None and self.on_give_up is None:
+        on, on_result, durations, retrying = self._on, self._on_result, duration_listeners, _retrying
+        pre, timed = self._prelude()
+        if self.attempts == 1 and self.budget is None and self.on_give_up is None:
             return _passthrough_async(fn)
 
         async def again(
             args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None, first: Outcome[Any] | None
         ) -> Any:
-            run = RetryEngine(self, site, args, kwargs, start, first)
+            run = RetryEngine(self, site, args, kwargs, start if timed else None, first)
             try:
                 while (delay := run.next_delay()) is not None:
                     if delay > 0:
@@ -170,11 +166,9 @@ class Retry(Policy):
                 run.close()
 
         async def retry_call(*args: Any, **kwargs: Any) -> Any:
-            if budget is not None:
-                budget.record_request()
+            start = pre and pre()
             if durations or retrying[0]:
-                return await again(args, kwargs, now and now(), None)
-            start = now and now()
+                return await again(args, kwargs, start, None)
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
@@ -193,19 +187,15 @@ class Retry(Policy):
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         """The sync shell: the same as :meth:`build_async`, with ``clock.sleep`` for the waits."""
-        on, on_result, budget = self._on, self._on_result, self.budget
-        durations, retrying = duration_listeners, _retrying
-        # max_elapsed (and a give-up hook's elapsed time) count from the start of
-        # the first attempt: the one clock read that plain retries spare their
-        # success path (``now`` is None for them, and ``now and now()`` is None).
-        now = _now_of(self.clock) if self.max_elapsed is not None or self.on_give_up is not None else None
-        if self.attempts == 1 and budget is None and self.on_give_up is None:
+        on, on_result, durations, retrying = self._on, self._on_result, duration_listeners, _retrying
+        pre, timed = self._prelude()
+        if self.attempts == 1 and self.budget is None and self.on_give_up is None:
             return fn
 
         def again(
             args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None, first: Outcome[Any] | None
         ) -> Any:
-            run = RetryEngine(self, site, args, kwargs, start, first)
+            run = RetryEngine(self, site, args, kwargs, start if timed else None, first)
             try:
                 while (delay := run.next_delay()) is not None:
                     if delay > 0:
@@ -226,11 +216,9 @@ class Retry(Policy):
                 run.close()
 
         def retry_call(*args: Any, **kwargs: Any) -> Any:
-            if budget is not None:
-                budget.record_request()
+            start = pre and pre()
             if durations or retrying[0]:
-                return again(args, kwargs, now and now(), None)
-            start = now and now()
+                return again(args, kwargs, start, None)
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
@@ -244,6 +232,30 @@ class Retry(Policy):
             return again(args, kwargs, start, outcome)
 
         return retry_call
+
+    def _prelude(self) -> tuple[Callable[[], float | None] | None, bool]:
+        """What each call does before its first attempt, and whether it reads the start time.
+
+        The prelude counts the call in the budget and reads the start of the
+        first attempt (``max_elapsed`` and a give-up hook's ``elapsed`` count
+        from it): ``None`` for a plain retry, whose success path then costs
+        one truth test (``pre and pre()``); the budget's own
+        ``record_request`` (its result ignored: ``timed`` is False) when only
+        the budget has work to do.
+        """
+        budget = self.budget
+        now = _now_of(self.clock) if self.max_elapsed is not None or self.on_give_up is not None else None
+        if budget is None:
+            return now, now is not None
+        if now is None:
+            return budget.record_request, False
+        record, read = budget.record_request, now
+
+        def count_and_start() -> float:
+            record()
+            return read()
+
+        return count_and_start, True
 
     def build(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
         """See :meth:`Policy.build`; refuses an ``async def`` ``on_give_up`` for a synchronous function.
