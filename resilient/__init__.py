@@ -32,7 +32,7 @@ from resilient.hedge import Hedge
 from resilient.policy import Outcome, Pipeline, Policy
 from resilient.ratelimit import KeyedRateLimiter, RateDecision, RateLimiter, RateLimitKeyError
 from resilient.registry import Registry
-from resilient.retry import Retry, current_attempt
+from resilient.retry import GiveUp, Retry, current_attempt
 from resilient.timeout import Timeout
 
 __version__ = "0.1.0"
@@ -50,6 +50,7 @@ __all__ = [
     "Deadline",
     "Fallback",
     "Fault",
+    "GiveUp",
     "Hedge",
     "KeyedRateLimiter",
     "Latency",

@@ -15,9 +15,10 @@ import httpx
 
 from resilient.backoff import Backoff, exponential
 from resilient.clock import Clock
-from resilient.errors import TimeoutError
+from resilient.errors import RejectedError, TimeoutError
 from resilient.events import EventSite, ExtraValue, Listener, Severity
-from resilient.retry import Retry, RetryBudgetLike
+from resilient.policy import OnArg, exception_predicate
+from resilient.retry import GiveUpHook, Retry, RetryBudgetLike
 
 #: Methods that RFC 9110 defines as idempotent: safe to send twice.
 IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -203,9 +204,16 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def retry_after_hint(outcome: Any) -> float | None:
-    """``delay_hint=`` for :class:`~resilient.Retry`: the response's ``Retry-After``, if sane."""
+    """``delay_hint=`` for :class:`~resilient.Retry`: the response's ``Retry-After``, if sane.
+
+    For a rejection (:class:`~resilient.RejectedError`: an open circuit, a
+    rate limit), its ``retry_after``, so that a retry that retries rejections
+    waits until the policy may admit the call again.
+    """
     if isinstance(outcome, httpx.Response):
         return parse_retry_after(outcome.headers.get("retry-after"))
+    if isinstance(outcome, RejectedError):
+        return outcome.retry_after
     return None
 
 
@@ -214,8 +222,12 @@ def http_retry(
     *,
     backoff: Backoff | Callable[[int], float] | Any | None = None,
     max_delay: float | None = 30.0,
-    statuses: Iterable[int] = TRANSIENT_STATUSES,
+    max_elapsed: float | None = None,
+    statuses: Iterable[int] | None = None,
+    on: OnArg | None = None,
+    on_give_up: GiveUpHook | None = None,
     honour_retry_after: bool = True,
+    max_hint: float | None = None,
     budget: RetryBudgetLike | None = None,
     clock: Clock | None = None,
     name: str | None = None,
@@ -223,18 +235,34 @@ def http_retry(
 ) -> Retry:
     """A :class:`~resilient.Retry` that knows HTTP, for custom pipelines.
 
-    It retries transient errors (:func:`is_transient_error`) and responses
-    whose status is in ``statuses``, only for requests the transport allows
-    to be sent again, and waits what ``Retry-After`` says (clamped to
-    ``max_delay``) when the response has one.
+    It retries transient errors (:func:`is_transient_error`), the exceptions
+    ``on`` matches, and responses whose status is in ``statuses``, only for
+    requests the transport allows to be sent again, and waits what
+    ``Retry-After`` says (clamped to ``max_delay``, or judged by
+    ``max_hint``) when the response has one (or what a rejection's ``retry_after`` says, for a rejection ``on``
+    retries, such as :class:`~resilient.CircuitOpenError`).
 
     Args:
         max_retries: retries after the first attempt (``3``: four attempts).
         backoff: default ``exponential(2.0, jitter="decorrelated")`` (Polly's
             exponential backoff with jitter, as Microsoft's handler uses).
         max_delay: cap on any delay, including ``Retry-After``.
-        statuses: statuses to retry (default 408, 429, 5xx).
+        max_elapsed: give up instead of sleeping past this many seconds since
+            the first attempt started (the total budget of a long horizon,
+            e.g. a webhook delivery); ``None``: no limit.
+        statuses: statuses to retry; ``None`` (the default) means
+            :data:`TRANSIENT_STATUSES` (408, 429, 5xx).
+        on: more exceptions to retry, besides the transient ones: a type, a
+            tuple of types or a predicate (e.g. ``CircuitOpenError`` when the
+            breaker is inside the retry and a long horizon may wait it out).
+            The request must still be one that may be sent again.
+        on_give_up: called with a :class:`~resilient.GiveUp` when the retry
+            gives up on a retryable failure (see :class:`~resilient.Retry`).
         honour_retry_after: use the ``Retry-After`` header when present.
+        max_hint: ``None``: a ``Retry-After`` is clamped to ``max_delay``. A
+            number: a ``Retry-After`` up to ``max_hint`` seconds is waited in
+            full, a longer one gives up at once instead of asking again before
+            the server said (see :class:`~resilient.Retry`).
         budget: an optional shared :class:`~resilient.RetryBudget`.
         clock: time source (tests: ``FakeClock``).
         name: shown in notes, events and status.
@@ -244,22 +272,37 @@ def http_retry(
         raise TypeError(f"max_retries must be an int >= 0, got {max_retries!r}")
     if max_retries < 0:
         raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
-    status_set = _check_statuses(statuses)
+    status_set = TRANSIENT_STATUSES if statuses is None else _check_statuses(statuses)
     if backoff is None:
         backoff = exponential(2.0, max_delay=max_delay if max_delay is not None else 30.0, jitter="decorrelated")
     on_result = _retry_transient if status_set == TRANSIENT_STATUSES else _status_predicate(status_set)
     return Retry(
         max_retries + 1,
         backoff=backoff,
-        on=should_retry_error,
+        on=should_retry_error if on is None else _error_predicate(exception_predicate(on)),
         on_result=on_result,
         max_delay=max_delay,
+        max_elapsed=max_elapsed,
         delay_hint=retry_after_hint if honour_retry_after else None,
+        max_hint=max_hint,
         budget=budget,
+        on_give_up=on_give_up,
         clock=clock,
         name=name,
         listeners=listeners,
     )
+
+
+def _error_predicate(extra: Callable[[Exception], bool]) -> Callable[[Exception], bool]:
+    """:func:`should_retry_error`, widened to the exceptions ``extra`` matches."""
+
+    def should_retry(exc: Exception) -> bool:
+        if not (is_transient_error(exc) or extra(exc)):
+            return False
+        call = _current_call.get()
+        return call is None or call.retryable
+
+    return should_retry
 
 
 def _check_statuses(statuses: Iterable[int], param: str = "statuses") -> frozenset[int]:

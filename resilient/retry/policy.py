@@ -1,0 +1,327 @@
+"""The :class:`Retry` policy: its options, and the sync and async shells over the engine."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from resilient.backoff import Backoff, exponential
+from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
+from resilient.events import EventSite, Listener, duration_listeners
+from resilient.policy import (
+    AsyncFn,
+    AsyncWrapped,
+    OnArg,
+    Outcome,
+    Policy,
+    SyncFn,
+    exception_predicate,
+    is_async_callable,
+    operation_name,
+    result_predicate,
+)
+from resilient.retry.engine import DelayHint, GiveUp, RetryBudgetLike, RetryEngine, _retrying
+from resilient.validate import check_callable, check_seconds
+
+__all__ = ["GiveUpHook", "Retry"]
+
+logger = logging.getLogger("resilient.retry")
+
+#: ``Retry(on_give_up=...)``: a function or an ``async def`` taking a :class:`~resilient.retry.GiveUp`.
+GiveUpHook = Callable[[GiveUp], "Awaitable[object] | object"]
+
+
+class Retry(Policy):
+    """Call again on handled failures, up to ``attempts`` calls in all.
+
+    Args:
+        attempts: total calls, the first included (``attempts=3``: two retries).
+        backoff: a :class:`~resilient.backoff.Backoff`, a callable
+            ``(retry_number) -> seconds``, or a tenacity ``wait_*`` object.
+            Default: ``exponential(0.1, jitter="full")``.
+        on: exceptions to retry: a type, a tuple of types or a predicate.
+            Default: ``Exception``.
+        on_result: predicate flagging results to retry (e.g. a 503 response).
+        max_delay: cap on any single delay, backoff or hint (seconds);
+            with ``max_hint`` set, on the backoff only. ``None``: no cap; an
+            infinite delay is then ignored as garbage.
+        max_elapsed: give up instead of sleeping past this many seconds
+            since the start of the first attempt.
+        delay_hint: ``(result_or_exception) -> seconds | None``; a number
+            overrides the backoff for that retry (``Retry-After``), capped by
+            ``max_delay`` (or judged by ``max_hint``); ``None`` or garbage
+            falls back to the backoff.
+        max_hint: the longest hint the retry waits for (seconds). ``None``
+            (the default): a hint is clamped to ``max_delay``, as any delay,
+            so the next attempt may come *before* the server said.
+            A number: a hint up to ``max_hint`` is waited in full, even past
+            ``max_delay``; a longer one is not shortened: the retry gives up
+            at once, with a note (reason ``"hint"``; the ``GiveUp`` record's
+            ``retry_after`` says when the server expects the call again).
+        budget: a shared :class:`~resilient.RetryBudget`.
+        on_give_up: called once, with a :class:`~resilient.retry.GiveUp`
+            record (outcome, attempts, elapsed time, reason, the call's
+            arguments), when the retry gives up on a retryable failure:
+            attempts exhausted (test mode included), budget spent,
+            ``max_elapsed`` or the deadline reached, a hint longer than
+            ``max_hint``. Not called on a success, nor for an outcome that
+            is not retried at all (an exception ``on`` does not match,
+            cancellation): that one was never the retry's to give up. A
+            function or an ``async def`` (awaited; async functions only: a
+            synchronous function's retry refuses an ``async def`` hook at
+            wrap time). What it raises is logged on ``resilient.retry`` and
+            does not replace the outcome, which is returned or re-raised
+            after it. With a hook, the retry reads the clock when the first
+            attempt starts (as with ``max_elapsed``), so that ``elapsed`` is
+            the whole time.
+        clock: time source for sleeping (tests: ``FakeClock``).
+        name: shown in notes, events and status.
+        listeners: event listeners for this policy only.
+
+    A retry is never started when the current deadline
+    (:func:`resilient.deadline`) would expire during its backoff: the last
+    outcome is returned or re-raised at once, with a note.
+    """
+
+    policy_type = "retry"
+
+    def __init__(
+        self,
+        attempts: int = 3,
+        *,
+        backoff: Backoff | Callable[[int], float] | Any | None = None,
+        on: OnArg | None = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        max_delay: float | None = 30.0,
+        max_elapsed: float | None = None,
+        delay_hint: DelayHint | None = None,
+        max_hint: float | None = None,
+        budget: RetryBudgetLike | None = None,
+        on_give_up: GiveUpHook | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        super().__init__(name=name, listeners=listeners)
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise TypeError(f"attempts must be an int >= 1, got {attempts!r}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts!r}")
+        self.attempts = attempts
+        if backoff is None:
+            backoff = exponential(0.1, jitter="full")
+        elif not (isinstance(backoff, Backoff) or callable(backoff)):
+            raise TypeError(
+                f"backoff must be a Backoff, a callable (retry) -> seconds or a tenacity wait, got {backoff!r}"
+            )
+        self.backoff = backoff
+        self._on = exception_predicate(on)
+        self._on_result = result_predicate(on_result)
+        self.max_delay = check_seconds(max_delay, "max_delay", allow_zero=True, allow_none=True)
+        self.max_elapsed = check_seconds(max_elapsed, "max_elapsed", allow_zero=True, allow_none=True)
+        self.delay_hint = check_callable(delay_hint, "delay_hint", allow_none=True)
+        self.max_hint = check_seconds(max_hint, "max_hint", allow_zero=True, allow_none=True)
+        if budget is not None and not (hasattr(budget, "record_request") and hasattr(budget, "try_spend")):
+            raise TypeError(f"budget must be a RetryBudget, got {budget!r}")
+        self.budget = budget
+        self.on_give_up: GiveUpHook | None = check_callable(
+            on_give_up, "on_give_up", "a callable taking a GiveUp record", allow_none=True
+        )
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._budget_warned_at = -float("inf")
+
+    # -- the shells: call, hand the outcome to the engine, sleep what it says --
+
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The async shell: the first attempt inline, the rest driven by a :class:`RetryEngine`."""
+        on, on_result, durations, retrying = self._on, self._on_result, duration_listeners, _retrying
+        pre, timed = self._prelude()
+        if self.attempts == 1 and self.budget is None and self.on_give_up is None:
+            return _passthrough_async(fn)
+
+        async def again(
+            args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None, first: Outcome[Any] | None
+        ) -> Any:
+            run = RetryEngine(self, site, args, kwargs, start if timed else None, first)
+            try:
+                while (delay := run.next_delay()) is not None:
+                    if delay > 0:
+                        await self.clock.asleep(delay)
+                    t0 = run.begin_attempt()
+                    try:
+                        result = await fn(*run.args, **run.kwargs)
+                    except BaseException as exc:
+                        if not run.failed_with(exc, t0):
+                            raise
+                        continue
+                    if not run.failed_with_result(result, t0):
+                        return result
+                if (record := run.give_up()) is not None:
+                    await _notify_async(self, record)
+                return run.finish()
+            finally:
+                run.close()
+
+        async def retry_call(*args: Any, **kwargs: Any) -> Any:
+            start = pre and pre()
+            if durations or retrying[0]:
+                return await again(args, kwargs, start, None)
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                if not on(exc):
+                    raise
+                outcome: Outcome[Any] = Outcome(exception=exc)
+            else:
+                if on_result is None or not on_result(result):
+                    return result
+                outcome = Outcome(result=result)
+            # Outside the except block, so that a re-raised exception does not
+            # carry itself as its own context.
+            return await again(args, kwargs, start, outcome)
+
+        return retry_call
+
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The sync shell: the same as :meth:`build_async`, with ``clock.sleep`` for the waits."""
+        on, on_result, durations, retrying = self._on, self._on_result, duration_listeners, _retrying
+        pre, timed = self._prelude()
+        if self.attempts == 1 and self.budget is None and self.on_give_up is None:
+            return fn
+
+        def again(
+            args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None, first: Outcome[Any] | None
+        ) -> Any:
+            run = RetryEngine(self, site, args, kwargs, start if timed else None, first)
+            try:
+                while (delay := run.next_delay()) is not None:
+                    if delay > 0:
+                        self.clock.sleep(delay)
+                    t0 = run.begin_attempt()
+                    try:
+                        result = fn(*run.args, **run.kwargs)
+                    except BaseException as exc:
+                        if not run.failed_with(exc, t0):
+                            raise
+                        continue
+                    if not run.failed_with_result(result, t0):
+                        return result
+                if (record := run.give_up()) is not None:
+                    _notify_sync(self, record)
+                return run.finish()
+            finally:
+                run.close()
+
+        def retry_call(*args: Any, **kwargs: Any) -> Any:
+            start = pre and pre()
+            if durations or retrying[0]:
+                return again(args, kwargs, start, None)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                if not on(exc):
+                    raise
+                outcome: Outcome[Any] = Outcome(exception=exc)
+            else:
+                if on_result is None or not on_result(result):
+                    return result
+                outcome = Outcome(result=result)
+            return again(args, kwargs, start, outcome)
+
+        return retry_call
+
+    def _prelude(self) -> tuple[Callable[[], float | None] | None, bool]:
+        """What each call does before its first attempt, and whether it reads the start time.
+
+        The prelude counts the call in the budget and reads the start of the
+        first attempt (``max_elapsed`` and a give-up hook's ``elapsed`` count
+        from it): ``None`` for a plain retry, whose success path then costs
+        one truth test (``pre and pre()``); the budget's own
+        ``record_request`` (its result ignored: ``timed`` is False) when only
+        the budget has work to do.
+        """
+        budget = self.budget
+        now = _now_of(self.clock) if self.max_elapsed is not None or self.on_give_up is not None else None
+        if budget is None:
+            return now, now is not None
+        if now is None:
+            return budget.record_request, False
+        record, read = budget.record_request, now
+
+        def count_and_start() -> float:
+            record()
+            return read()
+
+        return count_and_start, True
+
+    def build(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+        """See :meth:`Policy.build`; refuses an ``async def`` ``on_give_up`` for a synchronous function.
+
+        Raises:
+            TypeError: ``fn`` is synchronous and ``on_give_up`` is async: the
+                retry of a synchronous call has no event loop to await it on.
+        """
+        if not is_async and self.on_give_up is not None and is_async_callable(self.on_give_up):
+            raise TypeError(
+                f"{self.label()}: on_give_up={self.on_give_up!r} is async, but "
+                f"{operation_name(fn)!r} is a synchronous function: its retry cannot await the hook; "
+                "pass a synchronous on_give_up"
+            )
+        return super().build(fn, site, is_async)
+
+    def __repr__(self) -> str:
+        return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, name={self.name!r})"
+
+
+def _now_of(clock: Clock) -> Callable[[], float]:
+    """The clock's ``now``; the system clock's is read straight from time.monotonic (one call less)."""
+    return time.monotonic if type(clock) is SystemClock else clock.now
+
+
+def _passthrough_async(fn: AsyncFn) -> AsyncWrapped:
+    async def retry_call(*args: Any, **kwargs: Any) -> Any:
+        return await fn(*args, **kwargs)
+
+    return retry_call
+
+
+async def _notify_async(policy: Retry, record: GiveUp) -> None:
+    """Call the give-up hook (awaited when it is async); what it raises is logged, never raised."""
+    hook = policy.on_give_up
+    if hook is None:  # taken away since the retry began
+        return
+    try:
+        value = hook(record)
+        if inspect.isawaitable(value):
+            await value
+    except Exception:
+        _hook_failed(policy)
+
+
+def _notify_sync(policy: Retry, record: GiveUp) -> None:
+    """Call the give-up hook of a synchronous retry (see :func:`_notify_async`)."""
+    hook = policy.on_give_up
+    if hook is None:
+        return
+    try:
+        value = hook(record)
+    except Exception:
+        _hook_failed(policy)
+        return
+    if inspect.iscoroutine(value):
+        # A plain function that returned a coroutine: nothing here can await it.
+        value.close()
+        logger.warning(
+            "resilient: %s: on_give_up returned a coroutine in a synchronous retry; not awaited", policy.label()
+        )
+
+
+def _hook_failed(policy: Retry) -> None:
+    logger.error(
+        "resilient: %s: on_give_up raised; the retry's outcome is returned or re-raised as it is",
+        policy.label(),
+        exc_info=True,
+    )
