@@ -23,8 +23,10 @@ def test_exported_members() -> None:
     # The public surface, as stamina tests it: a change here is a deliberate API change.
     assert set(resilient.__all__) >= {
         "Fallback",
+        "Keyed",
         "Pipeline",
         "Policy",
+        "PolicyKeyError",
         "Retry",
         "RetryBudget",
         "Timeout",
