@@ -43,7 +43,7 @@ import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, cast
 
 from resilient.breaker import CircuitBreaker, CircuitState
 from resilient.clock import Clock
@@ -95,31 +95,61 @@ def describe_key(key: Any) -> str:
     return text if len(text) <= _MAX_KEY_REPR else text[: _MAX_KEY_REPR - 3] + "..."
 
 
-class _Entry:
-    """One key: its policy, the closures built over it, and who holds it."""
+# Key types whose hash and equality are the interpreter's own (C code): such
+# keys index the table directly. Any other key is indexed by its hash (an
+# int), so that no dict operation under the lock runs a user's __eq__.
+_DIRECT_TYPES = (str, int, bytes)
+# Items every entry's holder list keeps, so that taking and giving back an
+# entry never resizes the list (a list emptied by pop() frees its storage).
+_BASE = 2
 
-    __slots__ = ("alive", "calls", "hash", "holders", "key", "last", "policy", "serial")
 
-    def __init__(self, key: Any, hash_: int, policy: Policy, serial: int) -> None:
+class _Entry(list[None]):
+    """One key: its policy, the closures built over it, and who holds it.
+
+    The entry is itself the list of its holders: ``_BASE`` placeholder items
+    plus one per call in flight. ``append()`` and ``pop()`` are atomic, so
+    the success path counts its callers without a lock, on the object it
+    already holds.
+    """
+
+    __slots__ = ("alive", "calls", "direct", "first_call", "first_id", "key", "last", "policy", "used", "where")
+
+    def __init__(self, key: Any, where: Any, direct: bool, policy: Policy) -> None:
+        super().__init__((None,) * (_BASE + 1))  # born held by the call that built it
         self.key = key
-        self.hash = hash_
+        # Where the table files it: the key itself (direct) or its hash.
+        self.where = where
+        self.direct = direct
         self.policy = policy
-        self.serial = serial
-        # One item per call in flight. A list, because append() and pop() are
-        # atomic: the success path counts its callers without a lock.
-        self.holders: list[None] = []
         # False once evicted: a caller that found it a moment before looks again.
         self.alive = True
+        # Set by every call that finds the entry, cleared when the evictor
+        # passes it over: the "second chance" of the CLOCK algorithm.
+        self.used = False
         # When the last call finished (clock time; only kept with idle_ttl).
         self.last = 0.0
-        self.calls: dict[int, Callable[..., Any]] = {}
+        # The closure of the first function wrapped (written once, under the
+        # table's lock, call before id), then the others' by build id.
+        self.first_id = -1
+        self.first_call: Callable[..., Any] | None = None
+        self.calls: dict[int, Callable[..., Any]] | None = None
 
-    def bind(self, build_id: int, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+    def bind(
+        self, build_id: int, fn: Callable[..., Any], site: EventSite, is_async: bool, lock: threading.Lock
+    ) -> Callable[..., Any]:
         """The closure of this key's policy around ``fn``, built once per wrapped function."""
-        call = self.policy.build(fn, site, is_async)
         calls = self.calls
-        if len(calls) >= _MAX_CALLS_PER_KEY:
-            calls.clear()
+        if calls is not None and (call := calls.get(build_id)) is not None:
+            return call
+        call = self.policy.build(fn, site, is_async)  # user code (a custom policy): no lock
+        with lock:
+            if self.first_id == -1:
+                self.first_call = call
+                self.first_id = build_id
+                return call
+        if calls is None or len(calls) >= _MAX_CALLS_PER_KEY:
+            calls = self.calls = {}
         calls[build_id] = call
         return call
 
@@ -128,13 +158,20 @@ class _Table:
     """The engine: which entry serves a key, and which entries to forget.
 
     No I/O, no awaits. The success path (:attr:`acquire` / :attr:`release`,
-    closures over locals) takes no lock: it finds the entry by the key's
-    hash, announces itself in ``entry.holders`` and then checks that the
-    entry is still alive; an evictor does the mirror image (marks the entry
-    dead, then checks that nobody holds it, and revives it if somebody
-    does), so an entry is never forgotten while a call holds it. Adding and
-    evicting entries happens under ``lock``, which guards integer-keyed
-    dicts only: no user code (key, factory, policy, clock) runs under it.
+    closures over locals) takes no lock: it finds the entry, announces
+    itself in the entry's holders and then checks that the entry is still
+    alive; an evictor does the mirror image (marks the entry dead, then
+    checks that nobody holds it, and revives it if somebody does), so an
+    entry is never forgotten while a call holds it. Adding and evicting
+    entries happens under ``lock``, over dicts whose keys are ints or
+    builtin keys: no user code (key, factory, policy, clock) runs under it.
+
+    Which idle key goes first is decided by the CLOCK algorithm (the
+    second-chance approximation of least-recently-used that page caches
+    use): entries wait in a ring in arrival order; the evictor looks at the
+    oldest, and one used since it was last looked at gets moved to the back
+    instead of evicted. The success path only sets a flag: it never
+    reorders anything.
     """
 
     def __init__(
@@ -148,13 +185,14 @@ class _Table:
         self.max_keys = max_keys
         self.idle_ttl = idle_ttl
         self.lock = threading.Lock()
-        # hash -> the entry, or a tuple of the entries whose keys share that hash.
-        self.slots: dict[int, _Entry | tuple[_Entry, ...]] = {}
-        # serial -> entry, least recently used first.
-        self.lru: OrderedDict[int, _Entry] = OrderedDict()
+        # Builtin keys -> their entry.
+        self.direct: dict[Any, _Entry] = {}
+        # Other keys: hash -> the entry, or a tuple of the entries whose keys share that hash.
+        self.hashed: dict[int, _Entry | tuple[_Entry, ...]] = {}
+        # id(entry) -> entry: the CLOCK ring, oldest first. Changed under the lock only.
+        self.ring: OrderedDict[int, _Entry] = OrderedDict()
         self.evicted = 0
         self.built = 0
-        self._serials = itertools.count()
         self._build = build
         self._bad_key = bad_key
         self._now = clock.now
@@ -164,32 +202,37 @@ class _Table:
     # -- the success path ----------------------------------------------------
 
     def _make_acquire(self) -> Callable[[Any], _Entry]:
-        slots_get = self.slots.get
+        direct_get = self.direct.get
+        hashed_get = self.hashed.get
         ttl = self.idle_ttl
         now_fn = self._now
         bad_key = self._bad_key
         slow = self._acquire_slow
+        busy = _BASE + 1  # len() of an entry held by one call
 
         def acquire(key: Any) -> _Entry:
             """The entry for ``key``, held until :func:`release`."""
-            try:
-                h = hash(key)
-                seen = slots_get(h)
-                found = seen if type(seen) is _Entry and (seen.key is key or seen.key == key) else None
-            except Exception as exc:
-                raise bad_key(key, exc) from exc
+            kind = type(key)
+            if kind is str or kind is int or kind is bytes:
+                found = direct_get(key)
+            else:
+                try:
+                    seen = hashed_get(hash(key))
+                    found = seen if type(seen) is _Entry and (seen.key is key or seen.key == key) else None
+                except Exception as exc:
+                    raise bad_key(key, exc) from exc
             if found is not None:
-                holders = found.holders
-                holders.append(None)
-                if found.alive and (ttl is None or len(holders) > 1 or now_fn() - found.last <= ttl):
+                found.append(None)
+                if found.alive and (ttl is None or len(found) > busy or now_fn() - found.last <= ttl):
+                    found.used = True
                     return found
-                holders.pop()
-            return slow(key, h)
+                found.pop()
+            return slow(key)
 
         return acquire
 
     def _make_release(self) -> Callable[[_Entry], None]:
-        lru = self.lru
+        ring = self.ring
         ttl = self.idle_ttl
         now_fn = self._now
         max_keys = self.max_keys
@@ -198,32 +241,33 @@ class _Table:
         def release(entry: _Entry) -> None:
             """Hand back an entry taken by :func:`acquire` (exactly once)."""
             if ttl is not None:
-                entry.last = now_fn()
-            # Still held here, so no evictor removes it from the LRU order.
-            lru.move_to_end(entry.serial)
-            entry.holders.pop()
-            if len(lru) > max_keys:
+                entry.last = now_fn()  # before the pop: an evictor that sees it idle sees this too
+            entry.pop()
+            if len(ring) > max_keys:
                 trim()
 
         return release
 
     # -- the slow path -------------------------------------------------------
 
-    def _find(self, seen: _Entry | tuple[_Entry, ...] | None, key: Any) -> _Entry | None:
-        """The entry in ``seen`` whose key equals ``key``; runs the key's ``__eq__`` (no lock held)."""
-        if seen is None:
-            return None
+    def _look(self, key: Any) -> tuple[bool, Any, _Entry | tuple[_Entry, ...] | None, _Entry | None]:
+        """(direct, index, what the table files there, the entry of ``key``); no lock, runs the key's code."""
+        if type(key) in _DIRECT_TYPES:
+            entry = self.direct.get(key)
+            return True, key, entry, entry
         try:
+            index = hash(key)
+            seen = self.hashed.get(index)
+            found = None
             if type(seen) is _Entry:
-                return seen if seen.key is key or seen.key == key else None
-            for entry in seen:  # type: ignore[union-attr]
-                if entry.key is key or entry.key == key:
-                    return entry
+                found = seen if seen.key is key or seen.key == key else None
+            elif seen is not None:
+                found = next((e for e in cast("tuple[_Entry, ...]", seen) if e.key is key or e.key == key), None)
         except Exception as exc:
             raise self._bad_key(key, exc) from exc
-        return None
+        return False, index, seen, found
 
-    def _acquire_slow(self, key: Any, h: int) -> _Entry:
+    def _acquire_slow(self, key: Any) -> _Entry:
         """A new key, an expired one, or a race with an eviction: look again, build if need be."""
         lock = self.lock
         ttl = self.idle_ttl
@@ -231,14 +275,13 @@ class _Table:
         victims: list[_Entry] = []
         while True:
             now = self._now() if ttl is not None else 0.0
-            seen = self.slots.get(h)
-            found = self._find(seen, key)
+            direct, index, seen, found = self._look(key)
             if found is not None:
-                holders = found.holders
-                holders.append(None)
-                if found.alive and (ttl is None or len(holders) > 1 or now - found.last <= ttl):
+                found.append(None)
+                if found.alive and (ttl is None or len(found) > _BASE + 1 or now - found.last <= ttl):
+                    found.used = True
                     return found
-                holders.pop()
+                found.pop()
                 if found.alive:
                     with lock:  # idle too long: its state goes with it
                         if found.alive and self._evict_locked(found):
@@ -249,75 +292,66 @@ class _Table:
                 # on a new key may both build; the first to insert wins.
                 policy = self._build(key)
             with lock:
-                if self.slots.get(h) is not seen:
-                    continue  # the slot changed while we looked: look again
-                entry = _Entry(key, h, policy, next(self._serials))
-                entry.holders.append(None)
+                table: dict[Any, Any] = self.direct if direct else self.hashed
+                if table.get(index) is not seen:
+                    continue  # changed while we looked: look again
+                entry = _Entry(key, index, direct, policy)
                 if seen is None:
-                    self.slots[h] = entry
+                    table[index] = entry
                 elif type(seen) is _Entry:
-                    self.slots[h] = (seen, entry)
+                    table[index] = (seen, entry)
                 else:
-                    self.slots[h] = (*seen, entry)  # type: ignore[misc]
-                self.lru[entry.serial] = entry
+                    table[index] = (*seen, entry)
+                self.ring[id(entry)] = entry
                 self.built += 1
                 victims += self._trim_locked(now, _SWEEP_STEP)
                 return entry
 
     def _evict_locked(self, entry: _Entry) -> bool:
         """Forget ``entry`` unless a call holds it; whether it was forgotten."""
-        if entry.holders:
+        if len(entry) > _BASE:
             return False
         entry.alive = False
-        if entry.holders:  # a caller arrived between the two checks: it keeps the entry
+        if len(entry) > _BASE:  # a caller arrived between the two checks: it keeps the entry
             entry.alive = True
             return False
-        del self.lru[entry.serial]
-        slot = self.slots[entry.hash]
+        del self.ring[id(entry)]
+        table: dict[Any, Any] = self.direct if entry.direct else self.hashed
+        slot = table[entry.where]
         if slot is entry:
-            del self.slots[entry.hash]
+            del table[entry.where]
         else:
-            rest = tuple(e for e in slot if e is not entry)  # type: ignore[union-attr]
-            self.slots[entry.hash] = rest[0] if len(rest) == 1 else rest
+            rest = tuple(e for e in slot if e is not entry)
+            table[entry.where] = rest[0] if len(rest) == 1 else rest
         self.evicted += 1
         return True
 
-    def _oldest(self) -> _Entry:
-        # The success path moves entries without the lock: an iterator made
-        # in the instant of a move complains; just make another.
-        while True:
-            try:
-                return next(iter(self.lru.values()))
-            except RuntimeError:
-                continue
-
     def _trim_locked(self, now: float, ttl_steps: int) -> list[_Entry]:
-        """Forget up to ``ttl_steps`` expired idle entries, then idle ones past ``max_keys``, oldest first.
+        """Forget up to ``ttl_steps`` looks' worth of expired idle entries, then idle ones past ``max_keys``.
 
-        Entries in use are passed over (moved to the recent end: they are in
-        use, so recent). Returns the victims, for the caller to drop once the
-        lock is released (freeing a policy must not run under it).
+        Returns the victims, for the caller to drop once the lock is
+        released (freeing a policy must not run under it).
         """
-        lru = self.lru
+        ring = self.ring
         victims: list[_Entry] = []
         ttl = self.idle_ttl
         if ttl is not None:
-            for _ in range(min(ttl_steps, len(lru))):
-                oldest = self._oldest()
-                if oldest.holders:
-                    lru.move_to_end(oldest.serial)
-                elif now - oldest.last > ttl and self._evict_locked(oldest):
+            for _ in range(min(ttl_steps, len(ring))):
+                oldest = next(iter(ring.values()))
+                if len(oldest) == _BASE and now - oldest.last > ttl and self._evict_locked(oldest):
                     victims.append(oldest)
                 else:
-                    break  # idle entries are in the order of their last use
-        passed = 0
-        while len(lru) > self.max_keys and passed < len(lru):
-            oldest = self._oldest()
-            if self._evict_locked(oldest):
+                    ring.move_to_end(id(oldest))  # keeps its "used" flag: this look was about time
+        looked = 0
+        # Each entry is looked at most twice: once to take its second chance, once more to go.
+        while len(ring) > self.max_keys and looked < 2 * len(ring):
+            oldest = next(iter(ring.values()))
+            looked += 1
+            if not oldest.used and self._evict_locked(oldest):
                 victims.append(oldest)
             else:
-                lru.move_to_end(oldest.serial)
-                passed += 1
+                oldest.used = False
+                ring.move_to_end(id(oldest))
         return victims
 
     def trim(self) -> None:
@@ -333,26 +367,23 @@ class _Table:
         """Forget every expired or overflowing key now (the success path does it lazily)."""
         now = self._now() if self.idle_ttl is not None else 0.0
         with self.lock:
-            victims = self._trim_locked(now, len(self.lru))
+            victims = self._trim_locked(now, len(self.ring))
         del victims
 
     def entries(self) -> list[_Entry]:
-        """The live entries, least recently used first (a snapshot)."""
+        """The live entries, oldest first (a snapshot)."""
         with self.lock:
-            while True:
-                try:
-                    return list(self.lru.values())
-                except RuntimeError:  # moved by the success path meanwhile
-                    continue
+            return list(self.ring.values())
 
     def get(self, key: Any) -> _Entry | None:
         """The live entry of ``key``, without taking it."""
-        try:
-            h = hash(key)
-        except Exception as exc:
-            raise self._bad_key(key, exc) from exc
-        found = self._find(self.slots.get(h), key)
+        found = self._look(key)[3]
         return found if found is not None and found.alive else None
+
+
+def _holders(entry: _Entry) -> int:
+    """Calls in flight through ``entry``."""
+    return len(entry) - _BASE
 
 
 class Keyed(Policy):
@@ -458,7 +489,7 @@ class Keyed(Policy):
     def __len__(self) -> int:
         """Keys held now (expired ones are dropped first)."""
         self._table.sweep()
-        return len(self._table.lru)
+        return len(self._table.ring)
 
     def get(self, key: Hashable) -> Policy | None:
         """The policy held for ``key``, or ``None``; never builds one, never refreshes its use.
@@ -493,12 +524,12 @@ class Keyed(Policy):
             "keys": len(entries),
             "max_keys": self.max_keys,
             "idle_ttl": self.idle_ttl,
-            "in_use": sum(1 for e in entries if e.holders),
+            "in_use": sum(1 for e in entries if _holders(e)),
             "open": sum(1 for r in ranked if r[0][0] >= _RANK[CircuitState.OPEN]),
             "built": table.built,
             "evicted": table.evicted,
             "worst": [
-                {"key": describe_key(e.key), "in_use": len(e.holders), "status": _status(e.policy)} for _, _, e in worst
+                {"key": describe_key(e.key), "in_use": _holders(e), "status": _status(e.policy)} for _, _, e in worst
             ],
         }
 
@@ -510,6 +541,7 @@ class Keyed(Policy):
         key_error = self._key_function_error
         acquire = self._table.acquire
         release = self._table.release
+        lock = self._table.lock
         build_id = next(self._build_ids)
 
         async def keyed_call(*args: Any, **kwargs: Any) -> Any:
@@ -519,9 +551,13 @@ class Keyed(Policy):
                 raise key_error(exc) from exc
             entry = acquire(key)
             try:
-                call = entry.calls.get(build_id)
+                if entry.first_id == build_id:
+                    call = entry.first_call
+                else:  # the Keyed wraps several functions: theirs are filed by build id
+                    calls = entry.calls
+                    call = calls.get(build_id) if calls is not None else None
                 if call is None:
-                    call = entry.bind(build_id, fn, site, True)
+                    call = entry.bind(build_id, fn, site, True, lock)
                 return await call(*args, **kwargs)
             finally:
                 release(entry)
@@ -534,6 +570,7 @@ class Keyed(Policy):
         key_error = self._key_function_error
         acquire = self._table.acquire
         release = self._table.release
+        lock = self._table.lock
         build_id = next(self._build_ids)
 
         def keyed_call(*args: Any, **kwargs: Any) -> Any:
@@ -543,9 +580,13 @@ class Keyed(Policy):
                 raise key_error(exc) from exc
             entry = acquire(key)
             try:
-                call = entry.calls.get(build_id)
+                if entry.first_id == build_id:
+                    call = entry.first_call
+                else:  # the Keyed wraps several functions: theirs are filed by build id
+                    calls = entry.calls
+                    call = calls.get(build_id) if calls is not None else None
                 if call is None:
-                    call = entry.bind(build_id, fn, site, False)
+                    call = entry.bind(build_id, fn, site, False, lock)
                 return call(*args, **kwargs)
             finally:
                 release(entry)

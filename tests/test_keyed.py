@@ -165,8 +165,8 @@ def test_least_recently_used_key_goes_first_and_its_state_with_it() -> None:
     assert keyed.evicted == 1
     with pytest.raises(CircuitOpenError):
         call("a")
-    for key in "efg":
-        call(key)  # a is pushed out in its turn
+    for key in "efghij":
+        call(key)  # a, no longer used, is pushed out in its turn (CLOCK: after one second chance)
     assert keyed.get("a") is None
     assert call("a") == "a"  # a fresh, closed breaker: the open state went with the key
     assert built.count("a") == 2
@@ -185,10 +185,10 @@ def test_a_million_distinct_keys_stay_within_max_keys() -> None:
     for i in range(1_000_000):
         release(acquire(i))
         if i % 50_000 == 0:
-            peak = max(peak, len(table.lru), len(table.slots))
+            peak = max(peak, len(table.ring), len(table.direct) + len(table.hashed))
     assert peak <= 1000
     assert len(keyed) == 1000
-    assert len(table.slots) == 1000
+    assert len(table.direct) == 1000
     assert keyed.evicted == 1_000_000 - 1000
     assert keyed.get(999_999) is inner
     assert keyed.get(0) is None
@@ -203,7 +203,7 @@ def test_wrapped_calls_with_many_keys_stay_bounded() -> None:
 
     for i in range(20_000):
         assert call(i) == i
-        assert len(keyed._table.lru) <= 50
+        assert len(keyed._table.ring) <= 50
     assert len(keyed) == 50
 
 
@@ -304,7 +304,7 @@ async def test_a_key_holding_a_bulkhead_permit_is_not_evicted() -> None:
     # More keys in flight than max_keys: the table grows past it only for them.
     others = [asyncio.create_task(call(f"k{i}", True)) for i in range(3)]
     await _settle()
-    assert len(keyed._table.lru) == 4
+    assert len(keyed._table.ring) == 4
     with pytest.raises(BulkheadFullError):
         await call("a")  # a's bulkhead (and its one slot, taken) is still there
     gate.set()
@@ -327,7 +327,7 @@ async def test_cancelled_calls_hand_their_key_back() -> None:
         await task
     entry = keyed._table.get("a")
     assert entry is not None
-    assert entry.holders == []
+    assert len(entry) == 2  # its two placeholders: no holder
     bulkhead = keyed.get("a")
     assert isinstance(bulkhead, Bulkhead)
     assert bulkhead.status()["running"] == 0
@@ -357,8 +357,8 @@ def test_threads_share_keys_without_losing_or_leaking_entries() -> None:
     assert errors == []
     table = keyed._table
     assert len(keyed) <= 8
-    assert all(e.alive and not e.holders for e in table.entries())
-    assert sum(1 if not isinstance(v, tuple) else len(v) for v in table.slots.values()) == len(table.lru)
+    assert all(e.alive and len(e) == 2 for e in table.entries())
+    assert len(table.direct) == len(table.ring)
 
 
 # -- untrusted keys ----------------------------------------------------------
@@ -596,3 +596,42 @@ def test_registry_builds_keyed_policies_and_keeps_their_state_across_reloads() -
 def test_registry_rejects_bad_keyed_specs(spec: dict[str, Any], match: str) -> None:
     with pytest.raises((TypeError, ValueError), match=match):
         Registry({"p": [spec]})
+
+
+def test_under_thread_switches_a_call_always_runs_on_the_live_policy_of_its_key() -> None:
+    import sys
+
+    seen_wrong: list[Hashable] = []
+    holder: dict[str, Keyed] = {}
+
+    class Checked(Policy):
+        def __init__(self, key: Hashable) -> None:
+            super().__init__()
+            self.key = key
+
+        def build_sync(self, fn: Callable[..., Any], site: Any) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                # While this call holds its key, the key cannot be forgotten nor rebuilt.
+                for _ in range(3):
+                    if holder["keyed"].get(self.key) is not self:
+                        seen_wrong.append(self.key)
+                return fn(*args, **kwargs)
+
+            return call
+
+    keyed = Keyed(Checked, key=lambda k: k, max_keys=4)
+    holder["keyed"] = keyed
+    call = keyed(lambda key: key)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=lambda s=s: [call((i * 5 + s) % 12) for i in range(2000)]) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert seen_wrong == []
+    assert len(keyed) <= 4
+    assert all(e.alive and len(e) == 2 for e in keyed._table.entries())
