@@ -104,6 +104,10 @@ _DIRECT_TYPES = (str, int, bytes)
 _BASE = 2
 
 
+def _unbound(*_args: Any, **_kwargs: Any) -> Any:  # pragma: no cover - first_id -1 never matches a build
+    raise AssertionError("resilient: a keyed entry ran a closure it never bound")
+
+
 class _Entry(list[None]):
     """One key: its policy, the closures built over it, and who holds it.
 
@@ -132,13 +136,17 @@ class _Entry(list[None]):
         # The closure of the first function wrapped (written once, under the
         # table's lock, call before id), then the others' by build id.
         self.first_id = -1
-        self.first_call: Callable[..., Any] | None = None
+        self.first_call: Callable[..., Any] = _unbound
         self.calls: dict[int, Callable[..., Any]] | None = None
 
     def bind(
         self, build_id: int, fn: Callable[..., Any], site: EventSite, is_async: bool, lock: threading.Lock
     ) -> Callable[..., Any]:
-        """The closure of this key's policy around ``fn``, built once per wrapped function."""
+        """The closure of this key's policy around ``fn``, built once per wrapped function.
+
+        The first function's closure is read by the adapters themselves
+        (``first_id``/``first_call``); the others' come from here.
+        """
         calls = self.calls
         if calls is not None and (call := calls.get(build_id)) is not None:
             return call
@@ -176,6 +184,8 @@ class _Table:
 
     def __init__(
         self,
+        key: Callable[..., Hashable],
+        key_error: Callable[[Exception], PolicyKeyError],
         build: Callable[[Any], Policy],
         max_keys: int,
         idle_ttl: float | None,
@@ -193,6 +203,8 @@ class _Table:
         self.ring: OrderedDict[int, _Entry] = OrderedDict()
         self.evicted = 0
         self.built = 0
+        self._key = key
+        self._key_error = key_error
         self._build = build
         self._bad_key = bad_key
         self._now = clock.now
@@ -201,7 +213,9 @@ class _Table:
 
     # -- the success path ----------------------------------------------------
 
-    def _make_acquire(self) -> Callable[[Any], _Entry]:
+    def _make_acquire(self) -> Callable[[tuple[Any, ...], dict[str, Any]], _Entry]:
+        key_fn = self._key
+        key_error = self._key_error
         direct_get = self.direct.get
         hashed_get = self.hashed.get
         ttl = self.idle_ttl
@@ -210,8 +224,12 @@ class _Table:
         slow = self._acquire_slow
         busy = _BASE + 1  # len() of an entry held by one call
 
-        def acquire(key: Any) -> _Entry:
-            """The entry for ``key``, held until :func:`release`."""
+        def acquire(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Entry:
+            """The entry of the call's key, held until :func:`release`."""
+            try:
+                key = key_fn(*args, **kwargs)
+            except Exception as exc:
+                raise key_error(exc) from exc
             kind = type(key)
             if kind is str or kind is int or kind is bytes:
                 found = direct_get(key)
@@ -449,7 +467,15 @@ class Keyed(Policy):
         self.idle_ttl = check_seconds(idle_ttl, "idle_ttl", allow_none=True)
         #: The clock ``idle_ttl`` runs on.
         self.clock = check_clock(clock)
-        self._table = _Table(self._build_policy, self.max_keys, self.idle_ttl, self.clock, self._bad_key)
+        self._table = _Table(
+            self.key,
+            self._key_function_error,
+            self._build_policy,
+            self.max_keys,
+            self.idle_ttl,
+            self.clock,
+            self._bad_key,
+        )
         self._build_ids = itertools.count()
 
     # -- errors --------------------------------------------------------------
@@ -537,27 +563,13 @@ class Keyed(Policy):
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         """Each call: take the key's entry, run its policy's closure around ``fn``, hand the entry back."""
-        key_fn = self.key
-        key_error = self._key_function_error
-        acquire = self._table.acquire
-        release = self._table.release
-        lock = self._table.lock
+        acquire, release, lock = self._table.acquire, self._table.release, self._table.lock
         build_id = next(self._build_ids)
 
         async def keyed_call(*args: Any, **kwargs: Any) -> Any:
+            entry = acquire(args, kwargs)
             try:
-                key = key_fn(*args, **kwargs)
-            except Exception as exc:
-                raise key_error(exc) from exc
-            entry = acquire(key)
-            try:
-                if entry.first_id == build_id:
-                    call = entry.first_call
-                else:  # the Keyed wraps several functions: theirs are filed by build id
-                    calls = entry.calls
-                    call = calls.get(build_id) if calls is not None else None
-                if call is None:
-                    call = entry.bind(build_id, fn, site, True, lock)
+                call = entry.first_call if entry.first_id == build_id else entry.bind(build_id, fn, site, True, lock)
                 return await call(*args, **kwargs)
             finally:
                 release(entry)
@@ -566,27 +578,13 @@ class Keyed(Policy):
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         """The same as :meth:`build_async`, for synchronous functions (threads included)."""
-        key_fn = self.key
-        key_error = self._key_function_error
-        acquire = self._table.acquire
-        release = self._table.release
-        lock = self._table.lock
+        acquire, release, lock = self._table.acquire, self._table.release, self._table.lock
         build_id = next(self._build_ids)
 
         def keyed_call(*args: Any, **kwargs: Any) -> Any:
+            entry = acquire(args, kwargs)
             try:
-                key = key_fn(*args, **kwargs)
-            except Exception as exc:
-                raise key_error(exc) from exc
-            entry = acquire(key)
-            try:
-                if entry.first_id == build_id:
-                    call = entry.first_call
-                else:  # the Keyed wraps several functions: theirs are filed by build id
-                    calls = entry.calls
-                    call = calls.get(build_id) if calls is not None else None
-                if call is None:
-                    call = entry.bind(build_id, fn, site, False, lock)
+                call = entry.first_call if entry.first_id == build_id else entry.bind(build_id, fn, site, False, lock)
                 return call(*args, **kwargs)
             finally:
                 release(entry)
