@@ -636,3 +636,82 @@ def test_under_thread_switches_a_call_always_runs_on_the_live_policy_of_its_key(
     assert seen_wrong == []
     assert len(keyed) <= 4
     assert all(e.alive and len(e) == 2 for e in keyed._table.entries())
+
+
+# -- the engine against a model ----------------------------------------------
+
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule  # noqa: E402
+
+# Direct (int, str) and hashed (tuple) keys; (-1,) and (-2,) share a hash, as do -1 and -2.
+MODEL_KEYS = st.sampled_from([0, 1, 2, -1, -2, "a", (-1,), (-2,), (0, "x")])
+
+
+class KeyedMachine(RuleBasedStateMachine):
+    """Calls start and finish in any order, time passes; the table keeps its promises."""
+
+    @initialize(max_keys=st.integers(1, 4), ttl=st.sampled_from([None, 5.0]))
+    def start(self, max_keys: int, ttl: float | None) -> None:
+        self.clock = FakeClock()
+        self.max_keys = max_keys
+        self.ttl = ttl
+        self.keyed = Keyed(lambda _k: Retry(2), key=lambda k: k, max_keys=max_keys, idle_ttl=ttl, clock=self.clock)
+        self.table = self.keyed._table
+        self.held: list[tuple[Hashable, Any]] = []
+        self.released_at: dict[int, float] = {}  # id(entry) -> when its last holder left
+        self.last_entry: dict[Hashable, Any] = {}
+
+    @rule(key=MODEL_KEYS)
+    def begin(self, key: Hashable) -> None:
+        before = self.last_entry.get(key)
+        entry = self.table.acquire((key,), {})
+        for other_key, other in self.held:
+            if other_key == key:
+                assert other is entry, "two entries for one key while a call holds it"
+        if before is not None and before is not entry:
+            assert not any(e is before for _, e in self.held)  # a held entry is never replaced
+        if (
+            self.ttl is not None
+            and before is not None
+            and not any(e is before for _, e in self.held)
+            and self.clock.now() - self.released_at.get(id(before), self.clock.now()) > self.ttl
+        ):
+            assert entry is not before, "an entry idle past idle_ttl was served again"
+        self.held.append((key, entry))
+        self.last_entry[key] = entry
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def finish(self, data: st.DataObject) -> None:
+        i = data.draw(st.integers(0, len(self.held) - 1))
+        key, entry = self.held.pop(i)
+        assert entry.alive
+        assert self.table.get(key) is entry
+        self.table.release(entry)
+        if not any(e is entry for _, e in self.held):
+            self.released_at[id(entry)] = self.clock.now()
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 6.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @invariant()
+    def bounded_and_consistent(self) -> None:
+        if not hasattr(self, "table"):
+            return
+        table = self.table
+        entries = table.entries()
+        busy = sum(1 for e in entries if len(e) > 2)
+        assert len(entries) <= max(self.max_keys, busy)
+        assert all(e.alive for e in entries)
+        filed = len(table.direct) + sum(len(v) if isinstance(v, tuple) else 1 for v in table.hashed.values())
+        assert filed == len(entries)
+        for key, entry in self.held:
+            assert entry.alive
+            assert table.get(key) is entry
+        assert busy == len({id(e) for _, e in self.held})
+
+
+KeyedMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+TestKeyedModel = KeyedMachine.TestCase
