@@ -41,13 +41,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 from resilient.breaker import CircuitBreaker, CircuitState
-from resilient.clock import Clock, SystemClock
+from resilient.clock import Clock
 from resilient.errors import ResilienceError
 from resilient.events import EventSite
 from resilient.policy import AsyncFn, AsyncWrapped, Pipeline, Policy, SyncFn
@@ -208,8 +207,7 @@ class _Table:
         self._key_error = key_error
         self._build = build
         self._bad_key = bad_key
-        # The system clock is read straight from time.monotonic: one call less per read.
-        self._now: Callable[[], float] = time.monotonic if type(clock) is SystemClock else clock.now
+        self._now = clock.now  # SystemClock.now is time.monotonic itself: no wrapper on the hot path
         self.acquire = self._make_acquire()
         self.release = self._make_release()
 
