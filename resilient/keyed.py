@@ -17,7 +17,8 @@ tenant, a partitioned consumer a whole pipeline per partition::
 
 ``key(*args, **kwargs)`` gives each call's key; ``factory(key)`` builds that
 key's policy the first time the key is seen. At most ``max_keys`` keys are
-kept, the least recently used going first, and a key idle for longer than
+kept, one not used for long going first (the CLOCK approximation of least
+recently used), and a key idle for longer than
 ``idle_ttl`` seconds is forgotten; a forgotten key's state goes with it (its
 breaker closes, its tokens refill), and it comes back with a fresh policy.
 
@@ -27,11 +28,13 @@ on. So the number of keys held is at most ``max_keys``, or the number of
 keys with a call in flight when that is larger (each such call holds its
 own memory anyway).
 
-How it works: :class:`_Table` is the engine. Keys live in a dict indexed by
-their hash (an ``int``, so the dict never runs user code); the key's own
-``__hash__`` runs once per call and its ``__eq__`` when comparing with the
-entry found, both outside any lock, so a key that is unhashable or raises
-fails with :class:`PolicyKeyError` and no lock is ever held by it. The
+How it works: :class:`_Table` is the engine. ``str``, ``int`` and ``bytes``
+keys index a dict directly (their hash and equality are the interpreter's);
+any other key is filed under its hash (an ``int``), so that no dict
+operation ever runs user code: the key's own ``__hash__`` runs once per call
+and its ``__eq__`` when comparing with the entry found, both outside any
+lock, so a key that is unhashable or raises fails with
+:class:`PolicyKeyError` and no lock is ever held by it. The
 success path takes no lock at all; adding and forgetting keys takes one,
 under which no user code (key, factory, policy, clock) runs.
 """
@@ -84,7 +87,7 @@ class PolicyKeyError(ResilienceError):
         self.reason = reason
 
 
-def describe_key(key: Any) -> str:
+def _describe_key(key: Any) -> str:
     """``repr(key)`` cut to a readable length, even when the key's ``__repr__`` raises."""
     try:
         text = repr(key)
@@ -482,9 +485,9 @@ class Keyed(Policy):
 
     def _bad_key(self, key: Any, exc: Exception) -> PolicyKeyError:
         if isinstance(exc, TypeError) and "unhashable" in str(exc):
-            what, reason = f"the key {describe_key(key)} is not hashable", "unhashable"
+            what, reason = f"the key {_describe_key(key)} is not hashable", "unhashable"
         else:
-            what = f"the key {describe_key(key)} raised {type(exc).__name__}: {exc} when hashed or compared"
+            what = f"the key {_describe_key(key)} raised {type(exc).__name__}: {exc} when hashed or compared"
             reason = "key_error"
         return PolicyKeyError(f"{self.label()}: {what}; the call was not made", policy=self.name, reason=reason)
 
@@ -500,13 +503,13 @@ class Keyed(Policy):
             policy = self.factory(key)
         except Exception as exc:
             exc.add_note(
-                f"resilient: {self.label()}: factory({describe_key(key)}) raised; "
+                f"resilient: {self.label()}: factory({_describe_key(key)}) raised; "
                 "nothing was kept for that key and the call was not made"
             )
             raise
         if not isinstance(policy, Policy):
             raise TypeError(
-                f"{self.label()}: factory must return a Policy, got {policy!r} for the key {describe_key(key)}"
+                f"{self.label()}: factory must return a Policy, got {policy!r} for the key {_describe_key(key)}"
             )
         return policy
 
@@ -555,7 +558,7 @@ class Keyed(Policy):
             "built": table.built,
             "evicted": table.evicted,
             "worst": [
-                {"key": describe_key(e.key), "in_use": _holders(e), "status": _status(e.policy)} for _, _, e in worst
+                {"key": _describe_key(e.key), "in_use": _holders(e), "status": _status(e.policy)} for _, _, e in worst
             ],
         }
 
