@@ -715,3 +715,17 @@ class KeyedMachine(RuleBasedStateMachine):
 
 KeyedMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
 TestKeyedModel = KeyedMachine.TestCase
+
+
+def test_the_registry_configuration_in_the_docs_loads() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "policies" / "keyed.md").read_text()
+    (toml,) = re.findall(r"```toml\n(.*?)```", page, re.S)
+    pipeline = Registry(tomllib.loads(toml)).pipeline("deliveries")
+    keyed = pipeline[1]
+    assert isinstance(keyed, Keyed)
+    assert keyed.name == "per-subscriber"
+    assert keyed.idle_ttl == 3600
