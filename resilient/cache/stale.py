@@ -358,10 +358,8 @@ class StaleCache(Policy):
         else:
             self._coalesced += 1
         kind, value, tb = await self._wait(k, flight)
-        if kind == _OK:
-            _last.set((MISS, 0.0))
-            return value
-        if kind != _RAISED:
+        newest = None
+        if kind in (_FAILED, _BAD_RESULT):
             # Read again: the entry may have been invalidated, replaced or aged meanwhile.
             try:
                 newest = self.store.get(k)
@@ -369,16 +367,7 @@ class StaleCache(Policy):
                     newest = await newest
             except Exception as exc:
                 newest = self._lookup_failed(site.operation, k, exc)
-            if newest is not None:
-                age = self._now() - newest.stored_at
-                if age < self.stale_ttl:
-                    return self._serve(site, newest, age, value if kind == _FAILED else None)
-        _last.set((MISS, 0.0))
-        if kind == _BAD_RESULT:
-            return value
-        if kind == _FAILED:
-            self._note_no_stale(value)
-        raise value.with_traceback(tb)
+        return self._conclude(site, kind, value, tb, newest)
 
     def _start(self, k: Hashable, fn: AsyncFn, site: EventSite, args: Any, kwargs: Any, *, background: bool) -> _Flight:
         flight = _Flight(background)
@@ -541,24 +530,13 @@ class StaleCache(Policy):
                         del self._sync_flights[k]
                 flight.done.set()
         kind, value, tb = outcome
-        if kind == _OK:
-            _last.set((MISS, 0.0))
-            return value
-        if kind != _RAISED:
+        newest = None
+        if kind in (_FAILED, _BAD_RESULT):
             try:
                 newest = self.store.get(k)
             except Exception as exc:
                 newest = self._lookup_failed(site.operation, k, exc)
-            if newest is not None:
-                age = self._now() - newest.stored_at
-                if age < self.stale_ttl:
-                    return self._serve(site, newest, age, value if kind == _FAILED else None)
-        _last.set((MISS, 0.0))
-        if kind == _BAD_RESULT:
-            return value
-        if kind == _FAILED:
-            self._note_no_stale(value)
-        raise value.with_traceback(tb)
+        return self._conclude(site, kind, value, tb, newest)
 
     def _call_sync(self, k: Hashable, fn: SyncFn, args: Any, kwargs: Any, flight: _SyncFlight) -> _Outcome:
         try:
@@ -574,6 +552,28 @@ class StaleCache(Policy):
         return (_OK, result, None)
 
     # -- shared --------------------------------------------------------------
+
+    def _conclude(
+        self, site: EventSite, kind: int, value: Any, tb: TracebackType | None, newest: CacheEntry | None
+    ) -> Any:
+        """What the caller of a finished call gets: its result, the newest stale entry, or its error.
+
+        ``newest`` is the key's entry read again after a failure (``None``
+        after a success or an exception that does not count).
+        """
+        if kind == _OK:
+            _last.set((MISS, 0.0))
+            return value
+        if newest is not None:
+            age = self._now() - newest.stored_at
+            if age < self.stale_ttl:
+                return self._serve(site, newest, age, value if kind == _FAILED else None)
+        _last.set((MISS, 0.0))
+        if kind == _BAD_RESULT:
+            return value
+        if kind == _FAILED:
+            self._note_no_stale(value)
+        raise value.with_traceback(tb)
 
     def _put(self, k: Hashable, entry: CacheEntry, current: Callable[[], bool]) -> None:
         """Store ``entry`` for the flight that ``current()`` says is still the key's (synchronous store).
