@@ -729,3 +729,32 @@ def test_the_registry_configuration_in_the_docs_loads() -> None:
     assert isinstance(keyed, Keyed)
     assert keyed.name == "per-subscriber"
     assert keyed.idle_ttl == 3600
+
+
+async def test_a_named_keyed_policy_shows_on_the_status_endpoint() -> None:
+    import httpx
+
+    from resilient.asgi import status_app
+
+    keyed = Keyed(
+        lambda _k: CircuitBreaker(consecutive_failures=1, break_duration=60), key=lambda k: k, name="keyed-status"
+    )
+
+    @keyed
+    async def call(key: str) -> str:
+        if key == "down":
+            raise ConnectionError(key)
+        return key
+
+    await call("up")
+    with pytest.raises(ConnectionError):
+        await call("down")
+    transport = httpx.ASGITransport(app=status_app([keyed]))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        body = (await client.get("/")).json()
+    (shown,) = body["policies"]
+    assert shown["name"] == "keyed-status"
+    assert shown["type"] == "keyed"
+    assert shown["status"]["keys"] == 2
+    assert shown["status"]["worst"][0]["key"] == "'down'"
+    assert shown["status"]["worst"][0]["status"]["state"] == "open"
