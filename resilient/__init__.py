@@ -29,6 +29,7 @@ from resilient.errors import (
 from resilient.events import ResilienceEvent, Severity, add_listener, remove_listener
 from resilient.fallback import Fallback
 from resilient.hedge import Hedge
+from resilient.keyed import Keyed, PolicyKeyError
 from resilient.policy import Outcome, Pipeline, Policy
 from resilient.ratelimit import KeyedRateLimiter, RateDecision, RateLimiter, RateLimitKeyError
 from resilient.registry import Registry
@@ -52,11 +53,13 @@ __all__ = [
     "Fault",
     "GiveUp",
     "Hedge",
+    "Keyed",
     "KeyedRateLimiter",
     "Latency",
     "Outcome",
     "Pipeline",
     "Policy",
+    "PolicyKeyError",
     "RateDecision",
     "RateLimitKeyError",
     "RateLimitedError",

@@ -11,7 +11,9 @@ or the environment, and code asks the registry for a pipeline by name::
     registry.configure(new_config)   # later: charge() now runs the new pipeline
 
 The configuration is a mapping of pipeline names to lists of policy specs;
-each spec is a mapping with a ``type`` and the policy's keyword arguments::
+each spec is a mapping with a ``type`` and the policy's keyword arguments
+(a ``keyed`` spec holds the ``policies`` to build per key, and its ``key``
+is ``{arg = N}``, ``{kwarg = "name"}`` or ``"package.module:function"``)::
 
     [pipelines]
     payments = [
@@ -59,6 +61,7 @@ _POLICY_TYPES: dict[str, str] = {
     "keyed_rate_limiter": "resilient.ratelimit:KeyedRateLimiter",
     "adaptive_throttle": "resilient.adaptive:AdaptiveThrottle",
     "stale_cache": "resilient.cache:StaleCache",
+    "keyed": "resilient.keyed:Keyed",
     "fault": "resilient.chaos:Fault",
     "latency": "resilient.chaos:Latency",
     "result_injection": "resilient.chaos:ResultInjection",
@@ -177,7 +180,9 @@ class Registry:
             self.generation += 1
 
     def _build(self, pipeline: str, position: int, spec: Any) -> Policy:
-        where = f"pipeline {pipeline!r}, policy #{position}"
+        return self._build_spec(f"pipeline {pipeline!r}, policy #{position}", spec)
+
+    def _build_spec(self, where: str, spec: Any) -> Policy:
         if not isinstance(spec, Mapping):
             raise TypeError(f"{where}: a policy spec must be a mapping with a 'type', got {spec!r}")
         options = dict(spec)
@@ -186,6 +191,8 @@ class Registry:
         if factory is None:
             raise ValueError(f"{where}: unknown policy type {kind!r}; known: {sorted(self._types)}")
         where = f"{where} ({kind})"
+        if kind == "keyed" and factory == _POLICY_TYPES["keyed"]:
+            options = self._keyed_options(options, where)
         for key in _EXCEPTION_OPTIONS:
             if key in options:
                 names = options[key]
@@ -201,6 +208,23 @@ class Registry:
             raise TypeError(f"{where}: {exc}") from exc
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
+
+    def _keyed_options(self, options: dict[str, Any], where: str) -> dict[str, Any]:
+        """A ``keyed`` spec: ``policies`` (specs built per key) and ``key`` become ``factory`` and ``key``."""
+        specs = options.pop("policies", None)
+        if not isinstance(specs, list) or not specs:
+            raise TypeError(f"{where}: 'policies' must be a non-empty list of policy specs, got {specs!r}")
+        # Build once now, so that a bad inner spec fails configure(), not a call.
+        for j, inner in enumerate(specs):
+            self._build_spec(f"{where}, policies #{j}", inner)
+
+        def factory(_key: Any) -> Policy:
+            built = [self._build_spec(f"{where}, policies #{j}", inner) for j, inner in enumerate(specs)]
+            return built[0] if len(built) == 1 else Pipeline(*built)
+
+        options["factory"] = factory
+        options["key"] = _key_function(options.get("key"), where)
+        return options
 
     # -- use -----------------------------------------------------------------
 
@@ -238,6 +262,29 @@ class Registry:
             name: [p.status() or {"type": p.policy_type} for p in pipeline]
             for name, pipeline in sorted(self._pipelines.items())
         }
+
+
+def _key_function(spec: Any, where: str) -> Callable[..., Any]:
+    """``key`` of a ``keyed`` spec: ``{arg = N}``, ``{kwarg = "name"}`` or ``"package.module:function"``."""
+    if isinstance(spec, str) and ":" in spec:
+        try:
+            fn = _load(spec)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"{where}, option 'key': cannot import {spec!r}") from exc
+        if not callable(fn):
+            raise TypeError(f"{where}, option 'key': {spec!r} is not callable")
+        return fn  # type: ignore[no-any-return]
+    if isinstance(spec, Mapping) and len(spec) == 1:
+        if isinstance(spec.get("arg"), int) and not isinstance(spec["arg"], bool) and spec["arg"] >= 0:
+            index = spec["arg"]
+            return lambda *args, **_: args[index]
+        if isinstance(spec.get("kwarg"), str):
+            name = spec["kwarg"]
+            return lambda *_, **kwargs: kwargs[name]
+    raise TypeError(
+        f"{where}, option 'key' must be {{arg = <index >= 0>}}, {{kwarg = \"<name>\"}} "
+        f'or "package.module:function", got {spec!r}'
+    )
 
 
 def _backoff(spec: Mapping[str, Any], where: str) -> Any:

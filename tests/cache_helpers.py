@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from resilient.cache import CacheEntry
+from resilient.cache import AsyncCacheStore, CacheEntry, CacheStore
 
 
 async def settle(rounds: int = 10) -> None:
@@ -54,7 +54,7 @@ def no_task_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     assert not bad, bad
 
 
-class DictStore:
+class DictStore(CacheStore):
     """A minimal synchronous CacheStore (a plain dict)."""
 
     def __init__(self) -> None:
@@ -73,7 +73,7 @@ class DictStore:
         self.data.clear()
 
 
-class AsyncDictStore:
+class AsyncDictStore(AsyncCacheStore):
     """A minimal AsyncCacheStore that yields to the loop on every operation."""
 
     def __init__(self) -> None:

@@ -24,8 +24,10 @@ def test_exported_members() -> None:
     assert set(resilient.__all__) >= {
         "Fallback",
         "GiveUp",
+        "Keyed",
         "Pipeline",
         "Policy",
+        "PolicyKeyError",
         "Retry",
         "RetryBudget",
         "Timeout",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from resilient.cache.lookup import FRESH, MISS, STALE, CacheLookup, last_lookup
 from resilient.cache.stale import CACHE_REFRESH_FAILED, StaleCache
-from resilient.cache.store import AsyncCacheStore, CacheEntry, CacheStore, MemoryStore
+from resilient.cache.store import AsyncCacheStore, CacheEntry, CacheStore, MemoryStore, store_kind
 
 __all__ = [
     "CACHE_REFRESH_FAILED",
@@ -31,4 +31,5 @@ __all__ = [
     "MemoryStore",
     "StaleCache",
     "last_lookup",
+    "store_kind",
 ]

@@ -25,9 +25,9 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal
 
 from resilient.cache.lookup import FRESH, MISS, STALE, _last
-from resilient.cache.store import CacheEntry, CacheStore, MemoryStore
+from resilient.cache.store import CacheEntry, MemoryStore, store_kind
 from resilient.clock import Clock, SystemClock
-from resilient.deadline import _current as _current_deadline
+from resilient.deadline import clear_deadline
 from resilient.errors import RejectedError, TimeoutError
 from resilient.events import CACHE_REFRESH_FAILED, CACHE_STALE_HIT, EventSite, Listener, Severity
 from resilient.policy import (
@@ -36,8 +36,8 @@ from resilient.policy import (
     OnArg,
     Policy,
     SyncFn,
-    _operation_name,
     exception_predicate,
+    operation_name,
     result_predicate,
 )
 
@@ -62,6 +62,10 @@ _Outcome = tuple[int, Any, TracebackType | None]
 # Shared, read-only: a stale hit must not allocate a dict per call.
 _REVALIDATE: Final = MappingProxyType({"reason": "revalidate"})
 _ON_ERROR: Final = MappingProxyType({"reason": "error"})
+_BACKING_OFF: Final = MappingProxyType({"reason": "backoff"})
+# The longest a rejection's retry_after holds back refreshes when stale_ttl
+# is infinite (a retry_after may come from another process: never trusted blindly).
+_MAX_BACKOFF: Final = 3600.0
 
 
 class _Flight:
@@ -183,18 +187,18 @@ class StaleCache(Policy):
         default_store = MemoryStore(max_entries)  # validates max_entries even when unused
         if store is None:
             store = default_store
-        elif not isinstance(store, CacheStore):
-            raise TypeError(f"store must implement get/set/delete/clear (CacheStore or AsyncCacheStore), got {store!r}")
-        kinds = {inspect.iscoroutinefunction(getattr(store, m)) for m in ("get", "set", "delete", "clear")}
-        if len(kinds) != 1:
-            raise TypeError(f"store methods must be all synchronous or all async, got {store!r}")
         #: The store holding the entries.
         self.store = store
-        self._store_async = kinds == {True}
+        # By type (CacheStore or AsyncCacheStore), once: the hit path only reads this bool.
+        self._store_async = store_kind(store) == "async"
         user_on = exception_predicate(on)
         self._failed: Callable[[Exception], bool] = lambda exc: isinstance(exc, _ALWAYS_FAILURES) or user_on(exc)
         self._on_result = result_predicate(on_result)
         self._flights: dict[Hashable, _Flight] = {}
+        # key -> clock time before which no refresh starts: the retry_after of
+        # the rejection (open breaker, rate limit) that the last one met.
+        self._backoff: dict[Hashable, float] = {}
+        self._max_backoffs = max_entries
         self._sync_flights: dict[Hashable, _SyncFlight] = {}
         self._lock = threading.Lock()
         # Strong references to running tasks: the loop keeps only weak ones.
@@ -209,6 +213,7 @@ class StaleCache(Policy):
         self._coalesced = 0
         self._refreshes = 0
         self._refresh_failures = 0
+        self._backed_off = 0
         self._last_refresh_error: str | None = None
 
     # -- public API ----------------------------------------------------------
@@ -217,7 +222,7 @@ class StaleCache(Policy):
         """The key this policy uses for ``fn(*args, **kwargs)`` (for :meth:`invalidate`)."""
         if self.key is not None:
             return self.key(*args, **kwargs)
-        prefix, prefix_kw = _key_prefixes(_operation_name(inspect.unwrap(fn)))
+        prefix, prefix_kw = _key_prefixes(operation_name(inspect.unwrap(fn)))
         if kwargs:
             return (prefix_kw, args, frozenset(kwargs.items()))
         return prefix + args
@@ -232,15 +237,17 @@ class StaleCache(Policy):
             raise TypeError(f"{self._label()} has an async store: use `await ainvalidate(key)`")
         with self._lock:
             self._detach(key)
-            self.store.delete(key)
+        # The store is user code: called with the lock released. A call that
+        # was in flight re-checks after its write and undoes it (see _put).
+        self.store.delete(key)
 
     async def ainvalidate(self, key: Hashable) -> None:
         """:meth:`invalidate` for any store (awaits an async store's ``delete``)."""
         with self._lock:
             self._detach(key)
-            if not self._store_async:
-                self.store.delete(key)
-                return
+        if not self._store_async:
+            self.store.delete(key)
+            return
         await self.store.delete(key)
 
     def clear(self) -> None:
@@ -250,16 +257,18 @@ class StaleCache(Policy):
         with self._lock:
             self._flights.clear()
             self._sync_flights.clear()
-            self.store.clear()
+            self._backoff.clear()
+        self.store.clear()
 
     async def aclear(self) -> None:
         """:meth:`clear` for any store."""
         with self._lock:
             self._flights.clear()
             self._sync_flights.clear()
-            if not self._store_async:
-                self.store.clear()
-                return
+            self._backoff.clear()
+        if not self._store_async:
+            self.store.clear()
+            return
         await self.store.clear()
 
     def status(self) -> dict[str, Any]:
@@ -281,6 +290,7 @@ class StaleCache(Policy):
             "coalesced": self._coalesced,
             "refreshes": self._refreshes,
             "refresh_failures": self._refresh_failures,
+            "backed_off": self._backed_off,
             "last_refresh_error": self._last_refresh_error,
         }
 
@@ -330,6 +340,8 @@ class StaleCache(Policy):
             age = self._now() - entry.stored_at
             if age < self.stale_ttl:
                 flight = self._flights.get(k)
+                if flight is None and self._backoff and self._backing_off(k):
+                    return self._serve(site, entry, age, None, backoff=True)
                 if flight is not None or self.refresh == "background":
                     if flight is None:
                         self._refreshes += 1
@@ -346,10 +358,8 @@ class StaleCache(Policy):
         else:
             self._coalesced += 1
         kind, value, tb = await self._wait(k, flight)
-        if kind == _OK:
-            _last.set((MISS, 0.0))
-            return value
-        if kind != _RAISED:
+        newest = None
+        if kind in (_FAILED, _BAD_RESULT):
             # Read again: the entry may have been invalidated, replaced or aged meanwhile.
             try:
                 newest = self.store.get(k)
@@ -357,16 +367,7 @@ class StaleCache(Policy):
                     newest = await newest
             except Exception as exc:
                 newest = self._lookup_failed(site.operation, k, exc)
-            if newest is not None:
-                age = self._now() - newest.stored_at
-                if age < self.stale_ttl:
-                    return self._serve(site, newest, age, value if kind == _FAILED else None)
-        _last.set((MISS, 0.0))
-        if kind == _BAD_RESULT:
-            return value
-        if kind == _FAILED:
-            self._note_no_stale(value)
-        raise value.with_traceback(tb)
+        return self._conclude(site, kind, value, tb, newest)
 
     def _start(self, k: Hashable, fn: AsyncFn, site: EventSite, args: Any, kwargs: Any, *, background: bool) -> _Flight:
         flight = _Flight(background)
@@ -375,7 +376,7 @@ class StaleCache(Policy):
         if background:
             # A refresh serves no particular request: the caller's deadline must not cut it short.
             ctx = contextvars.copy_context()
-            ctx.run(_current_deadline.set, None)
+            ctx.run(clear_deadline)
             task = loop.create_task(coro, name=f"resilient StaleCache refresh of {site.operation}", context=ctx)
         else:
             task = loop.create_task(coro, name=f"resilient StaleCache call of {site.operation}")
@@ -410,6 +411,7 @@ class StaleCache(Policy):
                 result = await fn(*args, **kwargs)
                 bad = self._on_result is not None and self._on_result(result)
             except Exception as exc:
+                self._note_rejection(k, exc)
                 if flight.background:
                     self._refresh_failed(site, exc)
                 return (_FAILED if self._is_failure(exc) else _RAISED, exc, exc.__traceback__)
@@ -418,15 +420,13 @@ class StaleCache(Policy):
                     self._refresh_failed(site, None)
                 return (_BAD_RESULT, result, None)
             entry = CacheEntry(result, self._now())
+            # Only the current flight of the key may store: an invalidate()
+            # or clear() meanwhile detached this one.
             if self._store_async:
                 if self._flights.get(k) is flight:
                     await self._aput(k, entry, flight)
             else:
-                with self._lock:
-                    # Only the current flight of the key may store: an
-                    # invalidate() or clear() meanwhile detached this one.
-                    if self._flights.get(k) is flight:
-                        self._put(k, entry)
+                self._put(k, entry, lambda: self._flights.get(k) is flight)
             return (_OK, result, None)
         finally:
             if self._flights.get(k) is flight:
@@ -439,6 +439,8 @@ class StaleCache(Policy):
             self._store_error("set", exc)
             return
         self._store_failing = False
+        with self._lock:
+            self._backoff.pop(k, None)
         if self._flights.get(k) is not flight:
             # Invalidated while the write was in flight: undo it (best effort on a remote store).
             await self._delete_quietly(k)
@@ -498,6 +500,8 @@ class StaleCache(Policy):
             if age >= self.stale_ttl:
                 self.store.delete(k)
                 entry = None
+            elif self._backoff and self._backing_off(k):
+                return self._serve(site, entry, age, None, backoff=True)
         with self._lock:
             flight = self._sync_flights.get(k)
             leader = flight is None
@@ -526,18 +530,44 @@ class StaleCache(Policy):
                         del self._sync_flights[k]
                 flight.done.set()
         kind, value, tb = outcome
-        if kind == _OK:
-            _last.set((MISS, 0.0))
-            return value
-        if kind != _RAISED:
+        newest = None
+        if kind in (_FAILED, _BAD_RESULT):
             try:
                 newest = self.store.get(k)
             except Exception as exc:
                 newest = self._lookup_failed(site.operation, k, exc)
-            if newest is not None:
-                age = self._now() - newest.stored_at
-                if age < self.stale_ttl:
-                    return self._serve(site, newest, age, value if kind == _FAILED else None)
+        return self._conclude(site, kind, value, tb, newest)
+
+    def _call_sync(self, k: Hashable, fn: SyncFn, args: Any, kwargs: Any, flight: _SyncFlight) -> _Outcome:
+        try:
+            result = fn(*args, **kwargs)
+            bad = self._on_result is not None and self._on_result(result)
+        except Exception as exc:
+            self._note_rejection(k, exc)
+            return (_FAILED if self._is_failure(exc) else _RAISED, exc, exc.__traceback__)
+        if bad:
+            return (_BAD_RESULT, result, None)
+        entry = CacheEntry(result, self._now())
+        self._put(k, entry, lambda: self._sync_flights.get(k) is flight)
+        return (_OK, result, None)
+
+    # -- shared --------------------------------------------------------------
+
+    def _conclude(
+        self, site: EventSite, kind: int, value: Any, tb: TracebackType | None, newest: CacheEntry | None
+    ) -> Any:
+        """What the caller of a finished call gets: its result, the newest stale entry, or its error.
+
+        ``newest`` is the key's entry read again after a failure (``None``
+        after a success or an exception that does not count).
+        """
+        if kind == _OK:
+            _last.set((MISS, 0.0))
+            return value
+        if newest is not None:
+            age = self._now() - newest.stored_at
+            if age < self.stale_ttl:
+                return self._serve(site, newest, age, value if kind == _FAILED else None)
         _last.set((MISS, 0.0))
         if kind == _BAD_RESULT:
             return value
@@ -545,42 +575,82 @@ class StaleCache(Policy):
             self._note_no_stale(value)
         raise value.with_traceback(tb)
 
-    def _call_sync(self, k: Hashable, fn: SyncFn, args: Any, kwargs: Any, flight: _SyncFlight) -> _Outcome:
-        try:
-            result = fn(*args, **kwargs)
-            bad = self._on_result is not None and self._on_result(result)
-        except Exception as exc:
-            return (_FAILED if self._is_failure(exc) else _RAISED, exc, exc.__traceback__)
-        if bad:
-            return (_BAD_RESULT, result, None)
-        entry = CacheEntry(result, self._now())
+    def _put(self, k: Hashable, entry: CacheEntry, current: Callable[[], bool]) -> None:
+        """Store ``entry`` for the flight that ``current()`` says is still the key's (synchronous store).
+
+        The store is user code, so it is not called under the lock; an
+        invalidation that lands between the check and the write is caught
+        by the second check, and the write undone.
+        """
         with self._lock:
-            if self._sync_flights.get(k) is flight:
-                self._put(k, entry)
-        return (_OK, result, None)
-
-    # -- shared --------------------------------------------------------------
-
-    def _put(self, k: Hashable, entry: CacheEntry) -> None:
+            if not current():
+                return
         try:
             self.store.set(k, entry)
         except Exception as exc:
             self._store_error("set", exc)
-        else:
-            self._store_failing = False
+            return
+        self._store_failing = False
+        with self._lock:
+            self._backoff.pop(k, None)
+            still = current()
+        if not still:
+            try:
+                self.store.delete(k)
+            except Exception as exc:
+                self._store_error("delete", exc)
 
     def _detach(self, key: Hashable) -> None:
         self._flights.pop(key, None)
         self._sync_flights.pop(key, None)
+        self._backoff.pop(key, None)
 
-    def _serve(self, site: EventSite, entry: CacheEntry, age: float, exc: Exception | None) -> Any:
+    def _note_rejection(self, k: Hashable, exc: Exception) -> None:
+        """Hold back the key's next refresh for the ``retry_after`` of a rejection (open breaker, rate limit).
+
+        During an outage every stale hit would otherwise start a refresh
+        that an open breaker rejects at once (and report it): the policy
+        that rejected says when trying again makes sense, so wait that long.
+        """
+        if not isinstance(exc, RejectedError):
+            return
+        wait = exc.retry_after
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait > 0:
+            return  # unknown (None), zero, negative or NaN: nothing to wait for
+        wait = min(float(wait), self.stale_ttl if math.isfinite(self.stale_ttl) else _MAX_BACKOFF)
+        until = self._now() + wait
+        with self._lock:
+            backoff = self._backoff
+            backoff.pop(k, None)
+            backoff[k] = until  # insertion order = age: the oldest goes first when full
+            if len(backoff) > self._max_backoffs:
+                del backoff[next(iter(backoff))]
+
+    def _backing_off(self, k: Hashable) -> bool:
+        """Whether the key's refresh is held back by a rejection's ``retry_after`` (forgets it once over)."""
+        now = self._now()
+        with self._lock:
+            until = self._backoff.get(k)
+            if until is None:
+                return False
+            if now < until:
+                return True
+            del self._backoff[k]
+            return False
+
+    def _serve(
+        self, site: EventSite, entry: CacheEntry, age: float, exc: Exception | None, *, backoff: bool = False
+    ) -> Any:
         if age < self.ttl:  # stored by another call meanwhile: it is fresh
             self._hits += 1
             _last.set((FRESH, age))
             return entry.value
         self._stale_hits += 1
         _last.set((STALE, age))
-        if exc is None:
+        if backoff:
+            self._backed_off += 1
+            self._emit(site, CACHE_STALE_HIT, Severity.INFO, duration=age, extras=_BACKING_OFF)
+        elif exc is None:
             self._emit(site, CACHE_STALE_HIT, Severity.INFO, duration=age, extras=_REVALIDATE)
         else:
             self._stale_on_error += 1

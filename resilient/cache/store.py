@@ -8,22 +8,25 @@ then deletes it). That is why the default store is a plain LRU map
 cache drops an item the moment it expires, exactly when a stale copy is most
 useful.
 
-Two protocols: :class:`CacheStore` (synchronous, for in-process maps: the
-hit path must not pay for an ``await``) and :class:`AsyncCacheStore` (the
-same four methods as coroutines, for a shared store such as Redis).
-:class:`~resilient.cache.StaleCache` accepts either and checks which one it
-got once, at construction.
+Two base classes: :class:`CacheStore` (synchronous, for in-process maps:
+the hit path must not pay for an ``await``) and :class:`AsyncCacheStore`
+(the same four methods as coroutines, for a shared store such as Redis).
+:class:`~resilient.cache.StaleCache` accepts either and tells which one it
+got by its type, once, at construction (:func:`store_kind`).
 """
 
 from __future__ import annotations
 
+import abc
+import inspect
 import threading
+import warnings
 from collections.abc import Hashable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import cachetools
 
-__all__ = ["AsyncCacheStore", "CacheEntry", "CacheStore", "MemoryStore"]
+__all__ = ["AsyncCacheStore", "CacheEntry", "CacheStore", "MemoryStore", "store_kind"]
 
 
 class CacheEntry:
@@ -47,59 +50,132 @@ class CacheEntry:
         return f"CacheEntry(value={self.value!r}, stored_at={self.stored_at!r})"
 
 
-@runtime_checkable
-class CacheStore(Protocol):
-    """A synchronous key -> :class:`CacheEntry` map with bounded memory.
+class CacheStore(abc.ABC):
+    """Base class of synchronous stores: a key -> :class:`CacheEntry` map with bounded memory.
 
-    Implementations must be safe to call from several threads if the policy
-    guards synchronous functions called from threads.
+    :class:`~resilient.cache.StaleCache` tells a synchronous store from an
+    asynchronous one by its type: subclass this class (or
+    :class:`AsyncCacheStore`), or register yours with
+    ``CacheStore.register(MyStore)``.
+
+    The call contract, what the policy promises and what it expects:
+
+    * The policy calls ``get`` on every call of the guarded function (the
+      hit path: keep it fast, no I/O), ``set`` after a successful call,
+      ``delete`` when an entry is too old, invalidated or the write raced an
+      invalidation, and ``clear`` from :meth:`StaleCache.clear`.
+    * It calls them from whatever thread runs the guarded function, so a
+      store behind synchronous functions called from threads must be safe
+      to call from several threads at once.
+    * It never holds a lock of its own while calling the store: a store may
+      block, take its own locks, or call back into the policy.
+    * Keys are whatever the policy's ``key`` function returns (hashable);
+      entries are immutable: store and return the object you were given.
+    * ``get`` may return ``None`` for a key it was given (an eviction), but
+      never an entry that was not the last one ``set`` for that key, nor one
+      removed by ``delete`` or ``clear``.
+    * A method that raises is treated as the store being unavailable: a
+      failing ``get`` is a miss, a failing ``set`` or ``delete`` is logged
+      (once until the store recovers) and ignored; the guarded call itself
+      never fails because of the store.
     """
 
+    __slots__ = ()
+
+    @abc.abstractmethod
     def get(self, key: Hashable) -> CacheEntry | None:
         """The entry under ``key``, or ``None``. May refresh its recency."""
-        ...
 
+    @abc.abstractmethod
     def set(self, key: Hashable, entry: CacheEntry) -> None:
         """Store ``entry`` under ``key``, evicting something if full."""
-        ...
 
+    @abc.abstractmethod
     def delete(self, key: Hashable) -> None:
         """Forget ``key`` (no error when it is absent)."""
-        ...
 
+    @abc.abstractmethod
     def clear(self) -> None:
         """Forget every key."""
-        ...
 
 
-@runtime_checkable
-class AsyncCacheStore(Protocol):
-    """:class:`CacheStore` with coroutine methods, for shared stores (Redis).
+class AsyncCacheStore(abc.ABC):
+    """Base class of asynchronous stores: :class:`CacheStore`'s methods as coroutines, for shared stores (Redis).
 
-    A policy using one can guard async functions only. Each method should
+    The same call contract as :class:`CacheStore`, with coroutines: the
+    policy awaits them on the event loop of the guarded call (so a policy
+    with an async store guards async functions only). Each method should
     fail fast (a short timeout) when the backend is unreachable: a failing
-    ``get`` is treated as a miss and a failing ``set`` is logged and ignored,
-    so the call itself is never failed by the store.
+    ``get`` is a miss, a failing ``set`` is logged and ignored. A write may
+    be undone by a ``delete`` when an invalidation raced it.
     """
 
+    __slots__ = ()
+
+    @abc.abstractmethod
     async def get(self, key: Hashable) -> CacheEntry | None:
         """The entry under ``key``, or ``None``."""
-        ...
 
+    @abc.abstractmethod
     async def set(self, key: Hashable, entry: CacheEntry) -> None:
         """Store ``entry`` under ``key``."""
-        ...
 
+    @abc.abstractmethod
     async def delete(self, key: Hashable) -> None:
         """Forget ``key`` (no error when it is absent)."""
-        ...
 
+    @abc.abstractmethod
     async def clear(self) -> None:
         """Forget every key this store owns."""
-        ...
 
 
-class MemoryStore:
+_METHODS = ("get", "set", "delete", "clear")
+
+
+def store_kind(store: object) -> Literal["sync", "async"]:
+    """Whether ``store`` is a :class:`CacheStore` (``"sync"``) or an :class:`AsyncCacheStore` (``"async"``).
+
+    Decided by type. A store that derives from neither but has the four
+    methods (written against the first release, when these were protocols)
+    is still accepted, its kind read from its methods, with a
+    :class:`DeprecationWarning`.
+
+    Raises:
+        TypeError: neither a store nor anything with the four methods, or
+            methods mixing synchronous and async.
+    """
+    is_sync = isinstance(store, CacheStore)
+    is_async = isinstance(store, AsyncCacheStore)
+    if is_sync and is_async:
+        raise TypeError(f"store must be a CacheStore or an AsyncCacheStore, not both, got {store!r}")
+    if is_sync or is_async:
+        # Decided by type; the methods are looked at only to catch a store
+        # that contradicts its own base class (every hit would then misbehave).
+        wrong = [m for m in _METHODS if inspect.iscoroutinefunction(getattr(store, m, None)) is not is_async]
+        if wrong:
+            base, other = ("AsyncCacheStore", "synchronous") if is_async else ("CacheStore", "async")
+            raise TypeError(
+                f"store methods must be all synchronous or all async: {store!r} is a {base} "
+                f"but {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} {other}"
+            )
+        return "async" if is_async else "sync"
+    if not all(callable(getattr(store, m, None)) for m in _METHODS):
+        raise TypeError(f"store must be a CacheStore or an AsyncCacheStore (get/set/delete/clear), got {store!r}")
+    kinds = {inspect.iscoroutinefunction(getattr(store, m)) for m in _METHODS}
+    if len(kinds) != 1:
+        raise TypeError(f"store methods must be all synchronous or all async, got {store!r}")
+    kind: Literal["sync", "async"] = "async" if kinds == {True} else "sync"
+    base = "AsyncCacheStore" if kind == "async" else "CacheStore"
+    warnings.warn(
+        f"{type(store).__qualname__} derives from neither CacheStore nor AsyncCacheStore, so its kind was guessed "
+        f"from its methods ({kind}); subclass resilient.cache.{base} (or call {base}.register) to keep it working",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return kind
+
+
+class MemoryStore(CacheStore):
     """The default store: an in-process LRU map of at most ``max_entries``.
 
     Built on :class:`cachetools.LRUCache`. Reads take no lock (an LRU read
