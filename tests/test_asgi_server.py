@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from resilient.asgi import ClientIP, Deadline, LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
+from resilient.asgi import ClientIP, DeadlinePropagation, LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
 from resilient.bulkhead import Bulkhead
 from resilient.testing import FakeClock
 from tests.asgi_helpers import AfterStart, Probe, make_app, serve
@@ -271,7 +271,7 @@ async def test_the_callers_deadline_bounds_the_body_but_not_background_tasks(cha
     probe = AfterStart()
     app = probe.app()
     if chain:
-        mw: object = Deadline(RequestTimeout(app, seconds=5, clock=clock), clock=clock)
+        mw: object = DeadlinePropagation(RequestTimeout(app, seconds=5, clock=clock), clock=clock)
     else:
         mw = ResilienceMiddleware(app, timeout=5, clock=clock)
     with serve(mw) as host:  # type: ignore[arg-type]

@@ -25,7 +25,6 @@ ALLOWED: set[tuple[str, str]] = {
     ("resilient/cache/stale.py", "resilient.deadline._current"),
     ("resilient/cache/stale.py", "resilient.policy._operation_name"),
     ("resilient/retry.py", "resilient.events._duration_listeners"),
-    ("resilient/asgi/timeouts.py", "resilient.deadline._current"),
 }
 
 

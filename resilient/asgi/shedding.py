@@ -14,15 +14,16 @@ from resilient.asgi._common import (
     DEFAULT_EXEMPT_PATHS,
     ASGIApp,
     Message,
+    PartEvents,
     Receive,
     Scope,
     ScopePredicate,
     Send,
+    Switch,
     check_app,
-    check_int,
-    check_number,
-    check_optional_number,
+    check_enforce,
     check_predicate,
+    enforcing,
     exempt_set,
     json_response,
     retry_after_seconds,
@@ -32,6 +33,8 @@ from resilient.bulkhead import Bulkhead
 from resilient.clock import Clock
 from resilient.deadline import remaining
 from resilient.errors import RejectedError
+from resilient.events import EXTRA_REASON, EXTRA_RETRY_AFTER, REJECTED, WOULD_REJECT
+from resilient.validate import check_int, check_seconds
 
 __all__ = ["ConcurrencyLimiter", "LoadShedding"]
 
@@ -121,7 +124,7 @@ class LoadShedding:
     out) the client gets ``503 Service Unavailable`` with ``Retry-After`` and a
     small JSON body ``{"error": "overloaded", "retry_after": 1}``, before the
     app sees the request. The wait is also cut to the request's deadline (see
-    :class:`~resilient.asgi.Deadline`); a request whose deadline passes while
+    :class:`~resilient.asgi.DeadlinePropagation`); a request whose deadline passes while
     it waits gets ``504`` and ``{"error": "deadline_exceeded"}`` instead, as
     an expired deadline does everywhere else. A client that disconnects while
     queued gives its queue position back at once.
@@ -140,8 +143,26 @@ class LoadShedding:
         limiter: any object with the :class:`ConcurrencyLimiter` protocol (a
             shared ``Bulkhead``, an ``AdaptiveConcurrency``), instead of
             ``max_concurrent``/``max_queued``/``queue_timeout``.
-        name: the name of the bulkhead created (shown by the status endpoint).
+        name: the name of the bulkhead created (shown by the status endpoint),
+            and of the events this middleware emits.
         clock: the clock of the bulkhead created (tests).
+        enforce: ``False`` (or a callable returning ``False``, read on every
+            request) for shadow mode: the request is never refused nor made
+            to wait; where it would have been refused, a ``would_reject``
+            event says what it would have got (status 503, or 504 for an
+            expired deadline) and the request goes through.
+
+    Every ``503`` (and ``504`` for a deadline that passed in the queue) emits
+    a ``rejected`` event (extras: ``reason`` ``"overloaded"`` or
+    ``"deadline_exceeded"``, ``http.response.status_code``, ``retry_after``);
+    the bulkhead's own ``rejected`` event (reason ``bulkhead_full``) fires too.
+
+    In shadow mode with the bulkhead created here (or a ``Bulkhead`` given as
+    ``limiter``), a request takes a slot if one is free; otherwise it runs
+    without one, and counts as queued while fewer than ``max_queued``
+    requests run over the limit, as refused (``would_reject``) beyond that;
+    queue timeouts are not simulated. Another ``limiter`` is entered as
+    usual (it may make the request wait); only its refusal is not answered.
 
     Only ``http`` scopes are limited; ``lifespan`` and ``websocket`` pass through.
     """
@@ -159,11 +180,12 @@ class LoadShedding:
         limiter: ConcurrencyLimiter | None = None,
         name: str | None = "asgi.load_shedding",
         clock: Clock | None = None,
+        enforce: Switch = True,
     ) -> None:
         self.app = check_app(app)
         max_queued = check_int(max_queued, "max_queued", minimum=0)
-        check_optional_number(queue_timeout, "queue_timeout")
-        ra = check_number(retry_after, "retry_after", strict=False)
+        check_seconds(queue_timeout, "queue_timeout", allow_none=True)
+        ra = check_seconds(retry_after, "retry_after", allow_zero=True)
         if limiter is None:
             if max_concurrent is None:
                 raise TypeError("LoadShedding needs max_concurrent (an int >= 1) or limiter")
@@ -188,14 +210,21 @@ class LoadShedding:
         self._can_queue = can_queue
         self._bulkhead = bulkhead
         self.retry_after = ra
+        #: ``enforce=``: ``False`` (or a callable returning it) for shadow mode.
+        self.enforce = check_enforce(enforce)
         self._exempt_paths = exempt_set(exempt_paths)
         self._exempt = check_predicate(exempt, "exempt")
         seconds = retry_after_seconds(ra)
+        self._retry_after_header = seconds
         self._reject_messages = json_response(
             503,
             {"error": "overloaded", "retry_after": seconds},
             [(b"retry-after", str(seconds).encode("ascii"))],
         )
+        self._events = PartEvents("asgi.load_shedding", name)
+        self._max_queued = bulkhead.max_queued if bulkhead is not None else 0
+        # Shadow mode: requests running over the limit (without a slot) now.
+        self._over = 0
 
     def _exempted(self, scope: Scope) -> bool:
         return scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope))
@@ -204,6 +233,10 @@ class LoadShedding:
         """Run the app for this connection, or shed it."""
         if scope["type"] != "http" or self._exempted(scope):
             await self.app(scope, receive, send)
+            return
+        enforce = self.enforce
+        if enforce is not True and not enforcing(enforce):
+            await self._shadow(scope, receive, send)
             return
         admitted = await self._admit(receive, send)
         if admitted is None:
@@ -257,15 +290,53 @@ class LoadShedding:
         await watch.stop()
         return cm, watch.replay()
 
-    async def _reject(self, send: Send) -> None:
+    async def _shadow(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Shadow mode: decide as usual, never refuse nor hold the request back, report what would have been."""
+        bulkhead = self._bulkhead
+        if bulkhead is None:
+            cm: AbstractAsyncContextManager[Any] | None = self.limiter.acquire()
+            assert cm is not None
+            try:
+                await cm.__aenter__()
+            except (RejectedError, TimeoutError):
+                self._report(WOULD_REJECT)
+                cm = None
+        elif bulkhead.available > 0 and not bulkhead.queued:
+            cm = bulkhead.acquire()
+            await cm.__aenter__()  # a free slot: entering cannot wait
+        else:
+            cm = None
+            if self._over >= self._max_queued:
+                self._report(WOULD_REJECT)
+        if cm is None:
+            self._over += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self._over -= 1
+            return
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as exc:
+            if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await cm.__aexit__(None, None, None)
+
+    def _report(self, event: str) -> tuple[Message, Message]:
+        """Emit the event of a refusal (or, in shadow mode, of a refusal not made); the answer it takes."""
         # A wait that ended because the caller's deadline passed (the limiter
         # cuts its queue wait to the deadline) is not overload: 504, as an
         # expired deadline gets everywhere else.
         left = remaining()
         if left is not None and left <= DEADLINE_SLACK:
-            await send_messages(send, DEADLINE_EXCEEDED)
-            return
-        await send_messages(send, self._reject_messages)
+            self._events.emit(event, 504, {EXTRA_REASON: "deadline_exceeded"})
+            return DEADLINE_EXCEEDED
+        self._events.emit(event, 503, {EXTRA_REASON: "overloaded", EXTRA_RETRY_AFTER: float(self._retry_after_header)})
+        return self._reject_messages
+
+    async def _reject(self, send: Send) -> None:
+        await send_messages(send, self._report(REJECTED))
 
     def __repr__(self) -> str:
         return f"LoadShedding(limiter={self.limiter!r})"
