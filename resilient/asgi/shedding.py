@@ -226,32 +226,19 @@ class LoadShedding:
         # Shadow mode: requests running over the limit (without a slot) now.
         self._over = 0
 
-    def _exempted(self, scope: Scope) -> bool:
-        return scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope))
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for this connection, or shed it."""
-        if scope["type"] != "http" or self._exempted(scope):
+        if (
+            scope["type"] != "http"
+            or scope["path"] in self._exempt_paths
+            or (self._exempt is not None and self._exempt(scope))
+        ):
             await self.app(scope, receive, send)
             return
         enforce = self.enforce
         if enforce is not True and not enforcing(enforce):
             await self._shadow(scope, receive, send)
             return
-        admitted = await self._admit(receive, send)
-        if admitted is None:
-            return
-        cm, receive = admitted
-        try:
-            await self.app(scope, receive, send)
-        except BaseException as exc:
-            if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
-                raise
-        else:
-            await cm.__aexit__(None, None, None)
-
-    async def _admit(self, receive: Receive, send: Send) -> tuple[AbstractAsyncContextManager[Any], Receive] | None:
-        """Take a slot: the entered context manager and the receive to use, or ``None`` when answered/gone."""
         cm = self.limiter.acquire()
         bulkhead = self._bulkhead
         if not self._can_queue or (bulkhead is not None and bulkhead.available > 0 and not bulkhead.queued):
@@ -260,8 +247,22 @@ class LoadShedding:
                 await cm.__aenter__()
             except (RejectedError, TimeoutError):
                 await self._reject(send)
-                return None
-            return cm, receive
+                return
+        else:
+            queued_receive = await self._queue(cm, receive, send)
+            if queued_receive is None:
+                return
+            receive = queued_receive
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as exc:
+            if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await cm.__aexit__(None, None, None)
+
+    async def _queue(self, cm: AbstractAsyncContextManager[Any], receive: Receive, send: Send) -> Receive | None:
+        """Wait for a slot, watching for a disconnect: the receive to use, or ``None`` when answered/gone."""
         task = asyncio.current_task()
         assert task is not None
         watch = _QueueWatch(receive, task)
@@ -286,9 +287,9 @@ class LoadShedding:
         handle.cancel()
         if watch.watcher is None:
             watch.done = True
-            return cm, receive
+            return receive
         await watch.stop()
-        return cm, watch.replay()
+        return watch.replay()
 
     async def _shadow(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Shadow mode: decide as usual, never refuse nor hold the request back, report what would have been."""

@@ -67,12 +67,6 @@ def parse_deadline(value: bytes | str) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _completes(message: Message) -> bool:
-    """Whether ``message`` is the last one of the response."""
-    kind = message["type"]
-    return kind == "http.response.pathsend" or (kind in _FINAL_BODY and not message.get("more_body", False))
-
-
 class DeadlinePropagation:
     """Propagate the caller's deadline: the incoming remaining-time header sets :func:`resilient.deadline`.
 
@@ -137,11 +131,20 @@ class DeadlinePropagation:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        seconds = self.incoming(scope)
+        name = self._header
+        for key, value in scope["headers"]:
+            if key == name:
+                # parse_deadline's common case (whole seconds), inlined.
+                seconds = float(value) if value.isdigit() and len(value) <= 12 else parse_deadline(value)
+                break
+        else:
+            seconds = None
         if seconds is None:
             await self.app(scope, receive, send)
             return
-        if seconds <= 0:
+        if seconds > self.max:
+            seconds = self.max
+        elif seconds <= 0:
             self._events.emit(REJECTED, 504, {EXTRA_REASON: "deadline_exceeded"})
             await send_messages(send, DEADLINE_EXCEEDED)
             return
@@ -160,7 +163,10 @@ class DeadlinePropagation:
                 try:
                     await send(message)
                 finally:
-                    if _completes(message):
+                    kind = message["type"]
+                    if kind == "http.response.pathsend" or (
+                        kind in _FINAL_BODY and not message.get("more_body", False)
+                    ):
                         mine.lift(outer)
 
             await self.app(scope, receive, send_lifting)
@@ -227,12 +233,10 @@ class RequestTimeout:
         self._last: TimerQueue | None = None
 
     def _queue(self, loop: asyncio.AbstractEventLoop) -> TimerQueue:
-        queue = self._last
-        if queue is None or queue.loop is not loop:
-            queue = self._queues.get(loop)
-            if queue is None:
-                queue = self._queues[loop] = TimerQueue(self.clock, loop)
-            self._last = queue
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = TimerQueue(self.clock, loop)
+        self._last = queue
         return queue
 
     def timers(self) -> TimerQueue | None:
@@ -260,9 +264,15 @@ class RequestTimeout:
             if left < seconds:
                 limit = left if left > 0.0 else 0.0
                 by_deadline = True
-        queue = self._queue(task.get_loop())
+        queue = self._last
+        loop = task.get_loop()
+        if queue is None or queue.loop is not loop:
+            queue = self._queue(loop)
         entry = [now + limit, task, False]
-        handle = arm(clock, entry) if by_deadline or not queue.push(entry) else None
+        # A limit cut by the caller's deadline still joins the queue when it
+        # keeps the queue's order (the callers' deadlines mostly do); the
+        # queue refuses it otherwise, and it gets a timer of its own.
+        handle = None if queue.push(entry) else arm(clock, entry)
         mine: _CoreDeadline | None = None
         token = None
         if self.set_deadline and not by_deadline:
@@ -305,7 +315,14 @@ class RequestTimeout:
                 await self._expired(send, limit, by_deadline)
                 return
             raise
-        self._finish(queue, entry, handle, token)
+        if token is not None:
+            reset_deadline(token)
+        if entry[TASK] is not None:  # not done at the response's start already (the usual case)
+            if handle is None:
+                queue.done(entry)
+            else:
+                handle.cancel()
+                entry[TASK] = None
         if entry[FIRED]:
             # The app swallowed our cancellation and returned: balance it, and
             # answer if it never did.
