@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from resilient.asgi._common import (
     DEFAULT_EXEMPT_PATHS,
@@ -124,7 +125,8 @@ class ResilienceMiddleware:
             raise ValueError(f"status_path must be a path starting with '/' or None, got {status_path!r}")
         #: The wrapped application.
         self.app = inner
-        exempt_paths = tuple(exempt_paths)
+        # What both limits share: which requests they leave alone, and shadow mode.
+        edge: dict[str, Any] = {"exempt_paths": tuple(exempt_paths), "exempt": exempt, "enforce": enforce}
         #: The parts in use, outermost first; each wraps the next (the last wraps :attr:`app`).
         self.parts: list[object] = []
         if timeout is not None:
@@ -137,12 +139,10 @@ class ResilienceMiddleware:
                 max_queued=max_queued,
                 queue_timeout=queue_timeout,
                 retry_after=retry_after,
-                exempt_paths=exempt_paths,
-                exempt=exempt,
                 limiter=limiter,
                 name=f"{name}.load_shedding",
                 clock=clock,
-                enforce=enforce,
+                **edge,
             )
             self.parts.insert(0, inner)
         if limiting:
@@ -155,12 +155,10 @@ class ResilienceMiddleware:
                 trusted_proxies=trusted_proxies,
                 max_keys=max_keys,
                 headers_on_success=headers_on_success,
-                exempt_paths=exempt_paths,
-                exempt=exempt,
                 name=f"{name}.rate_limit",
                 clock=clock if rate_limiter is None else None,
                 limiter=rate_limiter,
-                enforce=enforce,
+                **edge,
             )
             self.parts.insert(0, inner)
         if deadline_header is not None:

@@ -236,23 +236,31 @@ class LoadShedding:
             await self.app(scope, receive, send)
             return
         enforce = self.enforce
-        if enforce is not True and not enforcing(enforce):
-            await self._shadow(scope, receive, send)
-            return
-        cm = self.limiter.acquire()
-        bulkhead = self._bulkhead
-        if not self._can_queue or (bulkhead is not None and bulkhead.available > 0 and not bulkhead.queued):
-            # Entering cannot suspend: no queue to wait in, or a free slot now.
-            try:
-                await cm.__aenter__()
-            except (RejectedError, TimeoutError):
-                await self._reject(send)
-                return
+        if enforce is True or enforcing(enforce):
+            cm = self.limiter.acquire()
+            bulkhead = self._bulkhead
+            if not self._can_queue or (bulkhead is not None and bulkhead.available > 0 and not bulkhead.queued):
+                # Entering cannot suspend: no queue to wait in, or a free slot now.
+                try:
+                    await cm.__aenter__()
+                except (RejectedError, TimeoutError):
+                    await self._reject(send)
+                    return
+            else:
+                queued_receive = await self._queue(cm, receive, send)
+                if queued_receive is None:
+                    return
+                receive = queued_receive
         else:
-            queued_receive = await self._queue(cm, receive, send)
-            if queued_receive is None:
+            shadow_cm = await self._shadow_admit()
+            if shadow_cm is None:  # it runs over the limit, without a slot
+                self._over += 1
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    self._over -= 1
                 return
-            receive = queued_receive
+            cm = shadow_cm
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
@@ -291,38 +299,24 @@ class LoadShedding:
         await watch.stop()
         return watch.replay()
 
-    async def _shadow(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Shadow mode: decide as usual, never refuse nor hold the request back, report what would have been."""
+    async def _shadow_admit(self) -> AbstractAsyncContextManager[Any] | None:
+        """Shadow mode: decide as usual, but never refuse nor hold the request back; the slot taken, if any."""
         bulkhead = self._bulkhead
         if bulkhead is None:
-            cm: AbstractAsyncContextManager[Any] | None = self.limiter.acquire()
-            assert cm is not None
+            cm = self.limiter.acquire()
             try:
                 await cm.__aenter__()
             except (RejectedError, TimeoutError):
                 self._report(WOULD_REJECT)
-                cm = None
-        elif bulkhead.available > 0 and not bulkhead.queued:
+                return None
+            return cm
+        if bulkhead.available > 0 and not bulkhead.queued:
             cm = bulkhead.acquire()
             await cm.__aenter__()  # a free slot: entering cannot wait
-        else:
-            cm = None
-            if self._over >= self._max_queued:
-                self._report(WOULD_REJECT)
-        if cm is None:
-            self._over += 1
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                self._over -= 1
-            return
-        try:
-            await self.app(scope, receive, send)
-        except BaseException as exc:
-            if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
-                raise
-        else:
-            await cm.__aexit__(None, None, None)
+            return cm
+        if self._over >= self._max_queued:
+            self._report(WOULD_REJECT)
+        return None
 
     def _report(self, event: str) -> tuple[Message, Message]:
         """Emit the event of a refusal (or, in shadow mode, of a refusal not made); the answer it takes."""
