@@ -193,6 +193,9 @@ class RateLimit:
                 )
             r = check_number(getattr(limiter, "rate", None), "limiter.rate")
             p = check_number(getattr(limiter, "per", None), "limiter.per", unit="seconds")
+        # The default key with no proxy to trust: an IPv4 peer is its own key,
+        # read inline (ClientIP's own fast path, without the call).
+        self._peer_is_key = key is None and not tuple(trusted_proxies)
         if key is None:
             key = ClientIP(trusted_proxies)
         else:
@@ -257,7 +260,12 @@ class RateLimit:
         if scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope)):
             await self.app(scope, receive, send)
             return
-        client = self.key(scope)
+        if self._peer_is_key:
+            peer = scope.get("client")
+            host = peer[0] if peer else None
+            client = host if host.__class__ is str and host and ":" not in host else self.key(scope)
+        else:
+            client = self.key(scope)
         if client is None:
             await self.app(scope, receive, send)
             return
