@@ -384,3 +384,109 @@ async def test_a_message_sent_after_a_failing_send_still_lifts() -> None:
     with pytest.raises(OSError, match="gone"):
         await mw(http_scope(), receive, broken_send)
     assert seen == [None]
+
+
+# -- priority classes (issue 19, item 2) ------------------------------------------------
+
+
+def by_header(scope: Scope) -> str:
+    for k, v in scope["headers"]:
+        if k == b"x-priority":
+            return str(v.decode())
+    return "default"
+
+
+def with_priority(cls: str) -> Scope:
+    return http_scope(headers=[("x-priority", cls)])
+
+
+async def test_the_lowest_class_is_shed_first_and_critical_only_when_nothing_is_left() -> None:
+    gate = asyncio.Event()
+    mw = LoadShedding(gated(gate), max_concurrent=5, max_queued=1, priority=by_header)
+    bulkhead = mw.limiter
+    assert isinstance(bulkhead, Bulkhead)
+    held = [asyncio.create_task(call(mw, with_priority("sheddable"))) for _ in range(3)]
+    await settle()
+    assert bulkhead.running == 3  # sheddable may use 5 - ceil(0.4 * 5) = 3 slots
+    assert status_of(await call(mw, with_priority("sheddable"))) == 503
+    held.append(asyncio.create_task(call(mw, with_priority("default"))))
+    await settle()
+    assert bulkhead.running == 4  # default may use 5 - ceil(0.2 * 5) = 4
+    with recording() as rec:
+        assert status_of(await call(mw, with_priority("default"))) == 503
+    assert asgi_events(rec.events) == [(REJECTED, "asgi.load_shedding", 503, "overloaded")]
+    held.append(asyncio.create_task(call(mw, with_priority("critical"))))
+    await settle()
+    assert bulkhead.running == 5
+    held.append(asyncio.create_task(call(mw, with_priority("critical"))))  # waits for a slot
+    await settle()
+    assert bulkhead.queued == 1
+    assert status_of(await call(mw, with_priority("critical"))) == 503  # nothing left
+    gate.set()
+    assert [status_of(await t) for t in held] == [200] * 6
+
+
+async def test_a_failing_priority_function_puts_the_request_in_default_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = asyncio.Event()
+
+    def broken(scope: Scope) -> str:
+        if scope["path"] == "/odd":
+            return "vip"
+        raise RuntimeError("no tenant")
+
+    mw = LoadShedding(gated(gate), max_concurrent=5, priority=broken)
+    held = [asyncio.create_task(call(mw, http_scope())) for _ in range(5)]
+    await settle()
+    bulkhead = mw.limiter
+    assert isinstance(bulkhead, Bulkhead)
+    assert bulkhead.running == 4  # default's share: the fifth was shed
+    assert status_of(await call(mw, http_scope("/odd"))) == 503
+    gate.set()
+    codes = [status_of(await t) for t in held]
+    assert sorted(c or 0 for c in codes) == [200] * 4 + [503]
+    warnings_logged = [r for r in caplog.records if r.name == "resilient.asgi"]
+    assert len(warnings_logged) == 1
+    assert "no tenant" in warnings_logged[0].getMessage()
+
+
+async def test_shadow_mode_reports_a_class_over_its_share() -> None:
+    gate = asyncio.Event()
+    mw = LoadShedding(gated(gate), max_concurrent=2, priority=by_header, enforce=False)
+    with recording() as rec:
+        tasks = [asyncio.create_task(call(mw, with_priority("sheddable"))) for _ in range(2)]
+        await settle()
+        gate.set()
+        assert [status_of(await t) for t in tasks] == [200, 200]
+    # 2 - ceil(0.4 * 2) = 1 slot for sheddable: the second would have been shed.
+    assert asgi_events(rec.events) == [(WOULD_REJECT, "asgi.load_shedding", 503, "overloaded")]
+
+
+def test_priority_configuration_errors() -> None:
+    with pytest.raises(TypeError, match="reserved given without priority"):
+        LoadShedding(ok_app, max_concurrent=2, reserved={"critical": 0.5})
+    with pytest.raises(ValueError, match="sum to less than 1"):
+        LoadShedding(ok_app, max_concurrent=2, priority=by_header, reserved={"critical": 0.5, "default": 0.5})
+    with pytest.raises(ValueError, match=r"reserved\['critical'\]"):
+        LoadShedding(ok_app, max_concurrent=2, priority=by_header, reserved={"critical": 1.5})
+    with pytest.raises(ValueError, match="'vip'"):
+        LoadShedding(ok_app, max_concurrent=2, priority=by_header, reserved={"vip": 0.5})
+    with pytest.raises(TypeError, match="priority"):
+        LoadShedding(ok_app, max_concurrent=2, priority="header")  # type: ignore[arg-type]
+
+    class Foreign:
+        def acquire(self) -> Any:
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match="priority needs"):
+        LoadShedding(ok_app, limiter=Foreign(), priority=by_header)
+    with pytest.raises(TypeError, match="priority given without max_concurrent"):
+        ResilienceMiddleware(ok_app, priority=by_header)
+    mw = ResilienceMiddleware(ok_app, max_concurrent=4, priority=by_header, reserved={"critical": 0.5})
+    (shedding,) = [p for p in mw.parts if isinstance(p, LoadShedding)]
+    assert shedding.reserved == {"critical": 0.5}
+
+
+def test_the_asgi_namespace_is_sorted() -> None:
+    assert list(resilient.asgi.__all__) == sorted(resilient.asgi.__all__)

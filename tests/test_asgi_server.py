@@ -355,3 +355,37 @@ async def test_two_replicas_share_one_edge_quota_through_redis() -> None:
     assert [r.status_code for r in responses] == [200] * 4 + [429] * 4
     assert responses[0].headers["ratelimit-policy"] == '"default";q=4;w=60'
     assert responses[-1].headers["retry-after"] == "15"
+
+
+async def test_under_real_overload_critical_traffic_is_served_and_sheddable_traffic_takes_the_rejections() -> None:
+    # Issue 19, item 2: a capacity-limited handler (4 at a time, 50 ms each)
+    # under waves of mixed traffic four times its capacity.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def work(request: Request) -> PlainTextResponse:
+        await asyncio.sleep(0.05)
+        return PlainTextResponse("ok")
+
+    def priority(scope: dict[str, object]) -> str:
+        return "critical" if scope["path"] == "/checkout" else "sheddable"
+
+    app = Starlette(routes=[Route("/checkout", work), Route("/recommendations", work)])
+    mw = ResilienceMiddleware(app, max_concurrent=4, max_queued=16, priority=priority, name="prio")
+    codes: dict[str, list[int]] = {"/checkout": [], "/recommendations": []}
+    with serve(mw) as host:
+        async with httpx.AsyncClient(
+            base_url=f"http://{host}", timeout=10, limits=httpx.Limits(max_connections=100)
+        ) as client:
+            for _ in range(5):
+                paths = ["/checkout"] * 4 + ["/recommendations"] * 12
+                responses = await asyncio.gather(*(client.get(p) for p in paths))
+                for p, r in zip(paths, responses, strict=True):
+                    codes[p].append(r.status_code)
+    critical = codes["/checkout"]
+    sheddable = codes["/recommendations"]
+    assert critical.count(200) / len(critical) >= 0.99
+    assert set(sheddable) <= {200, 503}
+    assert sheddable.count(503) > len(sheddable) // 2  # the rejections fell on the sheddable class

@@ -28,7 +28,7 @@ from resilient.asgi._common import DEFAULT_EXEMPT_PATHS, ASGIApp, Message, Recei
 from resilient.asgi.client import ClientIP, parse_forwarded, parse_x_forwarded_for
 from resilient.asgi.combined import ResilienceMiddleware
 from resilient.asgi.ratelimit import KeyedLimiter, RateLimit
-from resilient.asgi.shedding import ConcurrencyLimiter, LoadShedding
+from resilient.asgi.shedding import PRIORITY_CLASSES, ConcurrencyLimiter, LoadShedding
 from resilient.asgi.status import policy_snapshot, status_app
 from resilient.asgi.timeouts import DEFAULT_DEADLINE_HEADER, DeadlinePropagation, RequestTimeout, parse_deadline
 
@@ -42,6 +42,7 @@ __all__ = [
     "KeyedLimiter",
     "LoadShedding",
     "Message",
+    "PRIORITY_CLASSES",
     "RateLimit",
     "Receive",
     "RequestTimeout",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from resilient.asgi._common import (
@@ -49,7 +49,9 @@ class ResilienceMiddleware:
     ``exempt_paths`` and ``exempt`` apply to rate limiting and load shedding,
     and so does ``enforce`` (``False``, or a callable returning it, for
     shadow mode: see :class:`RateLimit` and :class:`LoadShedding`).
-    ``rate_limiter`` is :class:`RateLimit`'s ``limiter`` (a keyed limiter,
+    ``priority`` and ``reserved`` are :class:`LoadShedding`'s (priority
+    classes: ``sheddable`` requests are shed first). ``rate_limiter`` is
+    :class:`RateLimit`'s ``limiter`` (a keyed limiter,
     e.g. one shared through Redis); ``limiter`` is :class:`LoadShedding`'s.
     An option of a part that is off (``max_queued`` without
     ``max_concurrent``, ``trusted_proxies`` without ``rate``...) is a
@@ -87,6 +89,8 @@ class ResilienceMiddleware:
         clock: Clock | None = None,
         rate_limiter: KeyedLimiter | None = None,
         enforce: Switch = True,
+        priority: Callable[[Scope], str] | None = None,
+        reserved: Mapping[str, float] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -103,6 +107,8 @@ class ResilienceMiddleware:
                 ("max_queued", max_queued != 0),
                 ("queue_timeout", queue_timeout is not None),
                 ("retry_after", retry_after != 1),
+                ("priority", priority is not None),
+                ("reserved", reserved is not None),
             ),
         )
         _refuse_orphans(
@@ -142,6 +148,8 @@ class ResilienceMiddleware:
                 limiter=limiter,
                 name=f"{name}.load_shedding",
                 clock=clock,
+                priority=priority,
+                reserved=reserved,
                 **edge,
             )
             self.parts.insert(0, inner)

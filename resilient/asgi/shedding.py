@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,9 +37,15 @@ from resilient.clock import Clock
 from resilient.deadline import remaining
 from resilient.errors import RejectedError
 from resilient.events import EXTRA_REASON, EXTRA_RETRY_AFTER, REJECTED, WOULD_REJECT
-from resilient.validate import check_int, check_seconds
+from resilient.validate import check_callable, check_int, check_number, check_seconds
 
-__all__ = ["ConcurrencyLimiter", "LoadShedding"]
+__all__ = ["PRIORITY_CLASSES", "ConcurrencyLimiter", "LoadShedding"]
+
+logger = logging.getLogger("resilient.asgi")
+
+#: The priority classes of :class:`LoadShedding` (``priority=``), highest first.
+PRIORITY_CLASSES: tuple[str, ...] = ("critical", "default", "sheddable")
+_DEFAULT_RESERVED: Mapping[str, float] = {"critical": 0.2, "default": 0.2}
 
 # While a request waits for a slot we read its body to notice a disconnect;
 # past this many bytes we stop reading (and stop watching) rather than buffer
@@ -151,6 +160,20 @@ class LoadShedding:
             to wait; where it would have been refused, a ``would_reject``
             event says what it would have got (status 503, or 504 for an
             expired deadline) and the request goes through.
+        priority: a function of the scope giving the request's class,
+            ``"critical"``, ``"default"`` or ``"sheddable"``
+            (:data:`PRIORITY_CLASSES`); one that raises or gives anything
+            else puts the request in ``"default"`` (logged once). Needs the
+            bulkhead created here or a ``Bulkhead`` as ``limiter``.
+        reserved: the share of the concurrency kept for each class above
+            ``"sheddable"`` (default: ``{"critical": 0.2, "default": 0.2}``):
+            a class may use the slots not reserved for the classes above it,
+            so under overload ``sheddable`` requests are shed first (at 60 %
+            of ``max_concurrent`` by default), then ``default`` ones (at
+            80 %), and a ``critical`` request only when every slot is taken
+            and the queue is full. Only a ``critical`` request waits in the
+            queue for a slot held by others; the lower classes are answered
+            at once when over their share.
 
     Every ``503`` (and ``504`` for a deadline that passed in the queue) emits
     a ``rejected`` event (extras: ``reason`` ``"overloaded"`` or
@@ -181,6 +204,8 @@ class LoadShedding:
         name: str | None = "asgi.load_shedding",
         clock: Clock | None = None,
         enforce: Switch = True,
+        priority: Callable[[Scope], str] | None = None,
+        reserved: Mapping[str, float] | None = None,
     ) -> None:
         self.app = check_app(app)
         max_queued = check_int(max_queued, "max_queued", minimum=0)
@@ -223,6 +248,24 @@ class LoadShedding:
         )
         self._events = PartEvents("asgi.load_shedding", name)
         self._max_queued = bulkhead.max_queued if bulkhead is not None else 0
+        #: ``priority=``: the function of the scope giving the request's class, if any.
+        self.priority: Callable[[Scope], str] | None = check_callable(
+            priority, "priority", "a callable taking the ASGI scope", allow_none=True
+        )
+        if reserved is not None and priority is None:
+            raise TypeError("reserved given without priority: the shares would be ignored")
+        if priority is not None and bulkhead is None:
+            raise TypeError("priority needs max_concurrent or a Bulkhead as limiter (it reads the slots in use)")
+        #: The share of the concurrency reserved for each class above ``"sheddable"``.
+        self.reserved: Mapping[str, float] = _check_reserved(_DEFAULT_RESERVED if reserved is None else reserved)
+        # For each class below "critical": the share reserved for the classes above it.
+        self._above = {
+            "default": self.reserved.get("critical", 0.0),
+            "sheddable": self.reserved.get("critical", 0.0) + self.reserved.get("default", 0.0),
+        }
+        self._bad_priority_logged = False
+        self._caps: dict[str, int] = {}
+        self._caps_limit = -1
         # Shadow mode: requests running over the limit (without a slot) now.
         self._over = 0
 
@@ -237,6 +280,9 @@ class LoadShedding:
             return
         enforce = self.enforce
         if enforce is True or enforcing(enforce):
+            if self.priority is not None and self._over_share(scope):
+                await self._reject(send)
+                return
             cm = self.limiter.acquire()
             bulkhead = self._bulkhead
             if not self._can_queue or (bulkhead is not None and bulkhead.available > 0 and not bulkhead.queued):
@@ -252,7 +298,7 @@ class LoadShedding:
                     return
                 receive = queued_receive
         else:
-            shadow_cm = await self._shadow_admit()
+            shadow_cm = await self._shadow_admit(scope)
             if shadow_cm is None:  # it runs over the limit, without a slot
                 self._over += 1
                 try:
@@ -299,8 +345,11 @@ class LoadShedding:
         await watch.stop()
         return watch.replay()
 
-    async def _shadow_admit(self) -> AbstractAsyncContextManager[Any] | None:
+    async def _shadow_admit(self, scope: Scope) -> AbstractAsyncContextManager[Any] | None:
         """Shadow mode: decide as usual, but never refuse nor hold the request back; the slot taken, if any."""
+        if self.priority is not None and self._over_share(scope):
+            self._report(WOULD_REJECT)
+            return None
         bulkhead = self._bulkhead
         if bulkhead is None:
             cm = self.limiter.acquire()
@@ -317,6 +366,51 @@ class LoadShedding:
         if self._over >= self._max_queued:
             self._report(WOULD_REJECT)
         return None
+
+    def _bad_priority(self, what: str) -> None:
+        if not self._bad_priority_logged:
+            self._bad_priority_logged = True
+            logger.warning(
+                "resilient: the priority function of %r %s; such requests are in the 'default' class (logged once)",
+                self,
+                what,
+            )
+
+    def _over_share(self, scope: Scope) -> bool:
+        """Whether this request's class has used all the slots it may (a critical request may use every one).
+
+        A function that raises or gives something else than a class puts
+        the request in ``"default"``.
+        """
+        assert self.priority is not None
+        bulkhead = self._bulkhead
+        assert bulkhead is not None
+        caps = self._caps
+        if self._caps_limit != bulkhead.max_concurrent:  # first use, or the limit moved (adaptive)
+            self._caps_limit = bulkhead.max_concurrent
+            caps = self._caps = self._caps_for(bulkhead.max_concurrent)
+        try:
+            cls = self.priority(scope)
+        except Exception as exc:
+            self._bad_priority(f"raised {type(exc).__name__}: {exc}")
+            cls = "default"
+        try:
+            cap = caps[cls]
+        except Exception:  # not a class (possibly not even hashable)
+            self._bad_priority(f"returned {cls!r}, not one of {PRIORITY_CLASSES}")
+            cap = caps["default"]
+        # In shadow mode the requests running over the limit hold no slot but count.
+        return bulkhead.running + self._over >= cap
+
+    def _caps_for(self, limit: int) -> dict[str, int]:
+        """The slots each class may use out of ``limit``: what the classes above it do not reserve."""
+        above = self._above
+        return {
+            # Never over its share: the bulkhead alone decides for it (a slot, the queue, or 503).
+            "critical": sys.maxsize,
+            "default": limit - math.ceil(above["default"] * limit - 1e-9),
+            "sheddable": limit - math.ceil(above["sheddable"] * limit - 1e-9),
+        }
 
     def _report(self, event: str) -> tuple[Message, Message]:
         """Emit the event of a refusal (or, in shadow mode, of a refusal not made); the answer it takes."""
@@ -335,3 +429,17 @@ class LoadShedding:
 
     def __repr__(self) -> str:
         return f"LoadShedding(limiter={self.limiter!r})"
+
+
+def _check_reserved(reserved: Mapping[str, float]) -> Mapping[str, float]:
+    """Validate ``reserved=``: shares in [0, 1) of the classes above ``"sheddable"``, summing below 1."""
+    if not isinstance(reserved, Mapping):
+        raise TypeError(f"reserved must be a mapping of priority class to share, got {reserved!r}")
+    out: dict[str, float] = {}
+    for cls, share in reserved.items():
+        if cls not in ("critical", "default"):
+            raise ValueError(f"reserved must map 'critical' and/or 'default' to a share, got the key {cls!r}")
+        out[cls] = check_number(share, f"reserved[{cls!r}]", minimum=0.0, strict=False, maximum=1.0)
+    if sum(out.values()) >= 1.0:
+        raise ValueError(f"reserved shares must sum to less than 1 (sheddable requests need a share), got {reserved!r}")
+    return out
