@@ -211,8 +211,12 @@ async def test_an_oversized_forwarded_header_cannot_choose_or_share_the_rate_lim
 
 
 def _no_limit(left: float | None) -> bool:
-    """What ``remaining()`` says where no deadline applies: ``None``, or far beyond any request."""
-    return left is None or left > 1e6
+    """What ``remaining()`` says where no deadline applies: ``None``.
+
+    It used to be "``None``, or far beyond any request" (a deadline lifted to
+    a far-off finite expiry); it is ``None`` wherever it is read now.
+    """
+    return left is None
 
 
 async def _stream_after(
