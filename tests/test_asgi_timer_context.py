@@ -88,6 +88,7 @@ async def test_the_rearmed_queue_timer_does_not_pin_the_first_request() -> None:
             await release.wait()
         await ok(scope, receive, send)
 
+    # The real clock: what is under test is what its timers keep alive.
     mw = RequestTimeout(app, seconds=0.2)
     assert await asyncio.create_task(_request(mw, refs)) == 200
     timers = mw.timers()
