@@ -171,6 +171,7 @@ async def test_shadow_rate_limit_decides_as_usual_and_lets_the_request_through()
     assert not [e for e in rec.events if e.name == REJECTED and e.policy_type == "asgi.rate_limit"]
     # The decisions were the enforcing ones: the bucket is as empty as if refusing.
     assert limiter.rejected == 2
+    assert mw.would_reject == 2
     enforce[0] = True  # switched on at run time
     assert status_of(await call(mw, http_scope())) == 429
     clock.advance(0.5)
@@ -192,6 +193,7 @@ async def test_shadow_load_shedding_never_refuses_nor_holds_a_request_back() -> 
         gate.set()
         assert [status_of(await t) for t in tasks] == [200] * 4
     assert asgi_events(rec.events) == [(WOULD_REJECT, "asgi.load_shedding", 503, "overloaded")] * 2
+    assert mw.would_reject == 2
     assert bulkhead.running == 0
     assert bulkhead.rejected == 0
     gate.clear()

@@ -223,6 +223,8 @@ class RateLimit:
         self._policy_id = _policy_id(policy_name)
         self._policy_cache: dict[int, bytes] = {}
         self._events = PartEvents("asgi.rate_limit", name)
+        #: Requests let through in shadow mode that would have been refused.
+        self.would_reject = 0
 
     def _policy_header(self, limit: int) -> bytes:
         value = self._policy_cache.get(limit)
@@ -277,6 +279,7 @@ class RateLimit:
             if enforce is True or enforcing(enforce):
                 await self._refuse(scope, receive, send, decision)
                 return
+            self.would_reject += 1
             self._report(WOULD_REJECT, decision)
         elif self.headers_on_success and kind == "http":
             send = self._send_with_headers(send, decision)

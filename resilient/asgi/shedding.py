@@ -268,6 +268,8 @@ class LoadShedding:
         self._caps_limit = -1
         # Shadow mode: requests running over the limit (without a slot) now.
         self._over = 0
+        #: Requests let through in shadow mode that would have been refused.
+        self.would_reject = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for this connection, or shed it."""
@@ -348,7 +350,7 @@ class LoadShedding:
     async def _shadow_admit(self, scope: Scope) -> AbstractAsyncContextManager[Any] | None:
         """Shadow mode: decide as usual, but never refuse nor hold the request back; the slot taken, if any."""
         if self.priority is not None and self._over_share(scope):
-            self._report(WOULD_REJECT)
+            self._would_reject()
             return None
         bulkhead = self._bulkhead
         if bulkhead is None:
@@ -356,7 +358,7 @@ class LoadShedding:
             try:
                 await cm.__aenter__()
             except (RejectedError, TimeoutError):
-                self._report(WOULD_REJECT)
+                self._would_reject()
                 return None
             return cm
         if bulkhead.available > 0 and not bulkhead.queued:
@@ -364,7 +366,7 @@ class LoadShedding:
             await cm.__aenter__()  # a free slot: entering cannot wait
             return cm
         if self._over >= self._max_queued:
-            self._report(WOULD_REJECT)
+            self._would_reject()
         return None
 
     def _bad_priority(self, what: str) -> None:
@@ -411,6 +413,10 @@ class LoadShedding:
             "default": limit - math.ceil(above["default"] * limit - 1e-9),
             "sheddable": limit - math.ceil(above["sheddable"] * limit - 1e-9),
         }
+
+    def _would_reject(self) -> None:
+        self.would_reject += 1
+        self._report(WOULD_REJECT)
 
     def _report(self, event: str) -> tuple[Message, Message]:
         """Emit the event of a refusal (or, in shadow mode, of a refusal not made); the answer it takes."""
