@@ -314,6 +314,15 @@ def test_options_of_a_part_that_is_off_are_refused(kwargs: dict[str, Any], messa
         ResilienceMiddleware(ok_app, **kwargs)
 
 
+def test_bulkhead_options_next_to_a_given_limiter_are_refused() -> None:
+    shared = Bulkhead(2)
+    with pytest.raises(TypeError, match="max_queued, queue_timeout given with limiter"):
+        LoadShedding(ok_app, limiter=shared, max_queued=3, queue_timeout=1)
+    with pytest.raises(TypeError, match="max_queued given with limiter"):
+        ResilienceMiddleware(ok_app, limiter=shared, max_queued=3)
+    ResilienceMiddleware(ok_app, limiter=shared, clock=FakeClock(), timeout=1)  # the clock goes to the timeout
+
+
 def test_an_invalid_trusted_proxy_network_is_named() -> None:
     with pytest.raises(ValueError, match=r"trusted_proxies .*'10\.0\.0\.0/33'"):
         ResilienceMiddleware(ok_app, rate=5, trusted_proxies=["10.0.0.0/33"])

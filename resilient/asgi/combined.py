@@ -147,7 +147,7 @@ class ResilienceMiddleware:
                 retry_after=retry_after,
                 limiter=limiter,
                 name=f"{name}.load_shedding",
-                clock=clock,
+                clock=clock if limiter is None else None,
                 priority=priority,
                 reserved=reserved,
                 **edge,

@@ -223,6 +223,20 @@ class LoadShedding:
         else:
             if max_concurrent is not None:
                 raise TypeError("pass either max_concurrent or limiter to LoadShedding, not both")
+            given = [
+                param
+                for param, set_ in (
+                    ("max_queued", max_queued != 0),
+                    ("queue_timeout", queue_timeout is not None),
+                    ("clock", clock is not None),
+                )
+                if set_
+            ]
+            if given:
+                raise TypeError(
+                    f"{', '.join(given)} given with limiter: they configure the bulkhead that "
+                    "max_concurrent creates; the limiter given has its own"
+                )
             if not callable(getattr(limiter, "acquire", None)):
                 raise TypeError(
                     f"limiter must have an acquire() method returning an async context manager, got {limiter!r}"
