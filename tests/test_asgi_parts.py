@@ -14,6 +14,8 @@ from collections.abc import Hashable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import resilient.asgi
 from resilient.asgi import (
@@ -501,3 +503,41 @@ def test_priority_configuration_errors() -> None:
 
 def test_the_asgi_namespace_is_sorted() -> None:
     assert list(resilient.asgi.__all__) == sorted(resilient.asgi.__all__)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("request"), st.sampled_from(["192.0.2.1", "192.0.2.2", "192.0.2.3"])),
+            st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=2.0)),
+        ),
+        max_size=40,
+    )
+)
+def test_shadow_mode_decides_exactly_as_enforcing_and_never_changes_the_answer(steps: list[tuple[str, Any]]) -> None:
+    # Two edges fed the same traffic: one enforcing, one in shadow mode. The
+    # shadow one answers 200 where the other answers 429, and says so with a
+    # would_reject event for exactly those requests.
+    async def run() -> None:
+        clocks = FakeClock(), FakeClock()
+        enforcing = RateLimit(ok_app, rate=2, per=1, burst=3, clock=clocks[0], name="on")
+        shadow = RateLimit(ok_app, rate=2, per=1, burst=3, clock=clocks[1], name="shadow", enforce=False)
+        with recording() as rec:
+            for i, (kind, arg) in enumerate(steps):
+                if kind == "wait":
+                    for clock in clocks:
+                        clock.advance(arg)
+                    continue
+                scope = http_scope(client=(arg, 1000 + i))
+                refused = status_of(await call(enforcing, scope)) == 429
+                before = shadow.would_reject
+                assert status_of(await call(shadow, dict(scope))) == 200
+                assert shadow.would_reject - before == refused
+                would = [e for e in rec.events if e.policy == "shadow" and e.name == WOULD_REJECT]
+                assert len(would) == shadow.would_reject
+        assert shadow.would_reject == sum(
+            1 for e in rec.events if e.policy == "on" and e.name == REJECTED and e.policy_type == "asgi.rate_limit"
+        )
+
+    asyncio.run(run())
