@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import weakref
 from typing import Any
 
 from resilient.asgi._common import (
@@ -29,7 +28,7 @@ from resilient.clock import Clock
 from resilient.deadline import Deadline as _CoreDeadline
 from resilient.deadline import current_deadline, narrow_deadline, reset_deadline
 from resilient.events import EXTRA_DEADLINE, EXTRA_REASON, REJECTED, TIMEOUT
-from resilient.timers import FIRED, TASK, TimerQueue, arm
+from resilient.timers import FIRED, TASK, LoopQueues, TimerQueue, arm
 from resilient.validate import check_bool, check_clock, check_number
 
 __all__ = ["DEFAULT_DEADLINE_HEADER", "DeadlinePropagation", "RequestTimeout", "parse_deadline"]
@@ -229,20 +228,12 @@ class RequestTimeout:
         self._events = PartEvents("asgi.request_timeout", name)
         # One timer queue per event loop (requests share one duration, so they
         # expire in the order they arrive: one clock timer for all of them).
-        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerQueue] = weakref.WeakKeyDictionary()
-        self._last: TimerQueue | None = None
-
-    def _queue(self, loop: asyncio.AbstractEventLoop) -> TimerQueue:
-        queue = self._queues.get(loop)
-        if queue is None:
-            queue = self._queues[loop] = TimerQueue(self.clock, loop)
-        self._last = queue
-        return queue
+        self._queues = LoopQueues(self.clock)
 
     def timers(self) -> TimerQueue | None:
         """The timer queue of the running loop's requests, if any request ran on it (tests, introspection)."""
         try:
-            return self._queues.get(asyncio.get_running_loop())
+            return self._queues.find(asyncio.get_running_loop())
         except RuntimeError:
             return None
 
@@ -264,10 +255,11 @@ class RequestTimeout:
             if left < seconds:
                 limit = left if left > 0.0 else 0.0
                 by_deadline = True
-        queue = self._last
+        queues = self._queues
+        queue = queues.last
         loop = task.get_loop()
         if queue is None or queue.loop is not loop:
-            queue = self._queue(loop)
+            queue = queues.get(loop)
         entry = [now + limit, task, False]
         # A limit cut by the caller's deadline still joins the queue when it
         # keeps the queue's order (the callers' deadlines mostly do); the
