@@ -284,6 +284,29 @@ async def test_an_async_keyed_limiter_is_awaited() -> None:
     assert limiter.keys == ["192.0.2.1"] * 3
 
 
+async def test_a_limiters_async_decision_is_preferred() -> None:
+    # A keyed limiter over a remote store decides synchronously by blocking;
+    # its atry_acquire does not block the event loop.
+    class Both:
+        rate = 1.0
+        per = 60.0
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def try_acquire(self, key: Hashable, tokens: int = 1) -> RateDecision:
+            self.calls.append("sync")
+            return RateDecision(True, 0.0, 1, 0, 60.0)
+
+        async def atry_acquire(self, key: Hashable, tokens: int = 1) -> RateDecision:
+            self.calls.append("async")
+            return RateDecision(False, 60.0, 1, 0, 60.0)
+
+    limiter = Both()
+    assert status_of(await call(RateLimit(ok_app, limiter=limiter), http_scope())) == 429
+    assert limiter.calls == ["async"]
+
+
 def test_rate_limit_needs_either_rate_or_a_limiter() -> None:
     shared = KeyedRateLimiter(3, 60)
     with pytest.raises(TypeError, match="rate"):

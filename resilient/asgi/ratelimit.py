@@ -47,8 +47,10 @@ class KeyedLimiter(Protocol):
     replica shares. ``try_acquire(key)`` takes one token from ``key``'s
     bucket if it is there now and never waits; it returns a
     :class:`~resilient.ratelimit.RateDecision`, or an awaitable of one when
-    it is an ``async def`` (it is then awaited). ``rate`` and ``per`` give
-    the quota advertised in ``RateLimit-Policy``.
+    it is an ``async def`` (it is then awaited). A limiter that also has an
+    ``async def atry_acquire(key)`` is asked through that one (a remote
+    store must not block the event loop). ``rate`` and ``per`` give the
+    quota advertised in ``RateLimit-Policy``.
     """
 
     @property
@@ -163,13 +165,16 @@ class RateLimit:
         enforce: Switch = True,
     ) -> None:
         self.app = check_app(app)
+        own: KeyedRateLimiter | None = None
         if limiter is None:
             if rate is None:
                 raise TypeError("RateLimit needs rate (a number > 0) or limiter (a keyed limiter)")
             r = check_number(rate, "rate")
             p = check_number(per, "per", unit="seconds")
             max_keys = check_int(max_keys, "max_keys", minimum=1)
-            limiter = KeyedRateLimiter(rate, per, burst=burst, mode="reject", max_keys=max_keys, name=name, clock=clock)
+            limiter = own = KeyedRateLimiter(
+                rate, per, burst=burst, mode="reject", max_keys=max_keys, name=name, clock=clock
+            )
         else:
             given = [
                 param
@@ -207,8 +212,14 @@ class RateLimit:
                 )
         #: The keyed limiter deciding (a :class:`~resilient.ratelimit.KeyedRateLimiter` unless given).
         self.limiter: KeyedLimiter = limiter
-        self._try_acquire = limiter.try_acquire
-        self._async = is_async_callable(self._try_acquire)
+        # A given limiter's async decision is preferred (a remote store must
+        # not block the event loop); the in-memory one created here decides
+        # synchronously, without a coroutine per request.
+        decide = getattr(limiter, "atry_acquire", None) if own is None else None
+        if decide is None or not is_async_callable(decide):
+            decide = limiter.try_acquire
+        self._try_acquire = decide
+        self._async = is_async_callable(decide)
         #: The function of the scope giving the client key.
         self.key = key
         #: The quota, as advertised in ``RateLimit-Policy``.
