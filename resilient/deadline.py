@@ -10,6 +10,12 @@ that header.
 
 Nested deadlines keep the earliest: an inner ``deadline(10)`` under an outer
 ``deadline(1)`` still ends after one second.
+
+A deadline that stops applying before its context ends (the ASGI request
+timeout, once the response has started) is lifted in place
+(:meth:`Deadline.lift`), so that tasks started under it see it lifted too; a
+deadline lifted to nothing never expires, and :func:`remaining` then says
+``None``, as where no deadline was ever set.
 """
 
 from __future__ import annotations
@@ -53,8 +59,31 @@ class Deadline:
         """Whether no time is left."""
         return self.remaining() <= 0.0
 
+    def lift(self, to: Deadline | None = None) -> None:
+        """From now on, limit no more than ``to`` does (nothing at all when ``None``), everywhere.
+
+        For the code that put this deadline in force (with
+        :func:`narrow_deadline`) when its limit ends before the work it
+        bounds: the ASGI request timeout stops applying once the response has
+        started, but the tasks the handler started (a framework's streaming
+        task) and the code that runs after the response (background tasks)
+        hold this very object in their copies of the context. It is changed
+        in place, so all of them see it lifted; call it again to follow
+        ``to`` after ``to`` itself changed. Never lift a deadline that you did
+        not create: :func:`narrow_deadline` may keep (and so hand you) an
+        earlier one that belongs to your caller.
+        """
+        if to is None:
+            self.expires_at = _INF
+        else:
+            self.expires_at = to.expires_at
+            self.clock = to.clock
+
     def __repr__(self) -> str:
         return f"Deadline(remaining={self.remaining():.3f})"
+
+
+_INF = math.inf
 
 
 _current: ContextVar[Deadline | None] = ContextVar("resilient_deadline", default=None)
@@ -126,9 +155,11 @@ def clear_deadline() -> DeadlineToken:
 def remaining() -> float | None:
     """Seconds left before the current deadline, ``None`` when there is none.
 
-    The value is negative once the deadline has passed.
+    The value is negative once the deadline has passed. A deadline lifted to
+    nothing (:meth:`Deadline.lift`) is none.
     """
     d = _current.get()
     if d is None:
         return None
-    return d.expires_at - d.clock.now()
+    left = d.expires_at - d.clock.now()
+    return None if left == _INF else left

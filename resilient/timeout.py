@@ -20,7 +20,6 @@ one raises :class:`TypeError` at wrap time.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,7 +28,7 @@ from resilient.deadline import current_deadline, narrow_deadline, reset_deadline
 from resilient.errors import TimeoutError
 from resilient.events import TIMEOUT, EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
-from resilient.timers import FIRED, TimerQueue, arm
+from resilient.timers import FIRED, LoopQueues, arm
 from resilient.validate import check_bool, check_clock, check_number
 
 __all__ = ["Timeout"]
@@ -71,17 +70,8 @@ class Timeout(Policy):
         self.seconds = check_number(seconds, "seconds")
         self.clock: Clock = check_clock(clock)
         # One queue per event loop, shared by every function this policy
-        # wraps and every run(): a policy, not a wrapped function, owns its
-        # timer, so one-off run() calls do not leave a timer each behind.
-        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerQueue] = weakref.WeakKeyDictionary()
-        self._last: TimerQueue | None = None
-
-    def _queue(self, loop: asyncio.AbstractEventLoop) -> TimerQueue:
-        queue = self._queues.get(loop)
-        if queue is None:
-            queue = self._queues[loop] = TimerQueue(self.clock, loop)
-        self._last = queue
-        return queue
+        # wraps and every run().
+        self._queues = LoopQueues(self.clock)
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         raise TypeError(
@@ -97,6 +87,7 @@ class Timeout(Policy):
         now = clock.now
         current = current_deadline
         current_task = asyncio.current_task
+        queues = self._queues
 
         async def clamped_call(limit: float, task: asyncio.Task[Any], args: Any, kwargs: Any) -> Any:
             # A deadline shortened this call's limit, so it cannot join the
@@ -130,9 +121,9 @@ class Timeout(Policy):
                         raise self._expired(site, 0.0, by_deadline=True)
                     return await clamped_call(left, task, args, kwargs)
             loop = task.get_loop()
-            queue = self._last
+            queue = queues.last
             if queue is None or queue.loop is not loop:
-                queue = self._queue(loop)
+                queue = queues.get(loop)
             cancelling = task.cancelling()
             # timers.expiry(), inlined: the one allocation of a timed call.
             entry = [now() + seconds, task, False]

@@ -27,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import weakref
 from collections import deque
 from typing import Any, Final
 
 from resilient.clock import Clock, TimerHandle
 
-__all__ = ["FIRED", "TASK", "WHEN", "Expiry", "TimerQueue", "arm", "expiry", "fire"]
+__all__ = ["FIRED", "TASK", "WHEN", "Expiry", "LoopQueues", "TimerQueue", "arm", "expiry", "fire"]
 
 # A timer may run up to one clock tick early (asyncio does); entries due
 # within that slack fire with it, rather than re-arming a timer for a moment
@@ -144,3 +145,37 @@ class TimerQueue:
 
     def __repr__(self) -> str:
         return f"TimerQueue(live={self.live}, entries={len(self.entries)}, armed={self.handle is not None})"
+
+
+class LoopQueues:
+    """The :class:`TimerQueue` of each event loop, for one policy (a queue serves one loop).
+
+    A policy owns one (not each function it wraps), so one-off calls do not
+    leave a timer each behind. The hot path reads :attr:`last` and checks
+    its ``loop``; :meth:`get` is the slow path (first call on a loop)::
+
+        queue = queues.last
+        if queue is None or queue.loop is not loop:
+            queue = queues.get(loop)
+    """
+
+    __slots__ = ("by_loop", "clock", "last")
+
+    def __init__(self, clock: Clock) -> None:
+        #: The clock every queue's expiries are on.
+        self.clock = clock
+        #: The queue used last (the running loop's, as a rule).
+        self.last: TimerQueue | None = None
+        self.by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerQueue] = weakref.WeakKeyDictionary()
+
+    def get(self, loop: asyncio.AbstractEventLoop) -> TimerQueue:
+        """The queue of ``loop`` (created on first use); it becomes :attr:`last`."""
+        queue = self.by_loop.get(loop)
+        if queue is None:
+            queue = self.by_loop[loop] = TimerQueue(self.clock, loop)
+        self.last = queue
+        return queue
+
+    def find(self, loop: asyncio.AbstractEventLoop) -> TimerQueue | None:
+        """The queue of ``loop`` if a call ever ran on it (introspection, tests)."""
+        return self.by_loop.get(loop)

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from resilient.asgi import ClientIP, Deadline, LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
+from resilient.asgi import ClientIP, DeadlinePropagation, LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
 from resilient.bulkhead import Bulkhead
 from resilient.testing import FakeClock
 from tests.asgi_helpers import AfterStart, Probe, make_app, serve
@@ -211,8 +211,12 @@ async def test_an_oversized_forwarded_header_cannot_choose_or_share_the_rate_lim
 
 
 def _no_limit(left: float | None) -> bool:
-    """What ``remaining()`` says where no deadline applies: ``None``, or far beyond any request."""
-    return left is None or left > 1e6
+    """What ``remaining()`` says where no deadline applies: ``None``.
+
+    It used to be "``None``, or far beyond any request" (a deadline lifted to
+    a far-off finite expiry); it is ``None`` wherever it is read now.
+    """
+    return left is None
 
 
 async def _stream_after(
@@ -271,7 +275,7 @@ async def test_the_callers_deadline_bounds_the_body_but_not_background_tasks(cha
     probe = AfterStart()
     app = probe.app()
     if chain:
-        mw: object = Deadline(RequestTimeout(app, seconds=5, clock=clock), clock=clock)
+        mw: object = DeadlinePropagation(RequestTimeout(app, seconds=5, clock=clock), clock=clock)
     else:
         mw = ResilienceMiddleware(app, timeout=5, clock=clock)
     with serve(mw) as host:  # type: ignore[arg-type]
@@ -287,3 +291,105 @@ async def test_the_callers_deadline_bounds_the_body_but_not_background_tasks(cha
             assert probe.seen["stream"] == "timeout"
             assert probe.seen["background"] == "ok"
             assert _no_limit(probe.seen["background.remaining"])
+
+
+# -- built from the core: events, shadow mode, a shared edge quota ---------------------
+
+
+async def test_every_refusal_over_http_reaches_a_real_listener() -> None:
+    from resilient.events import EXTRA_HTTP_STATUS, EXTRA_REASON, add_listener, remove_listener
+    from resilient.testing import RecordingListener
+
+    listener = RecordingListener()
+    add_listener(listener)
+    probe = Probe()
+    mw = ResilienceMiddleware(make_app(probe), max_concurrent=1, rate=100, timeout=0.3, name="edge-events")
+    try:
+        with serve(mw) as host:
+            async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+                expired = await client.get("/work", headers={"x-resilient-deadline": "0"})
+                holder = asyncio.create_task(client.get("/hold"))
+                while probe.in_flight < 1:
+                    await asyncio.sleep(0.01)
+                shed = await client.get("/work")
+                probe.release.set()
+                await holder
+                slow = await client.get("/slow")
+    finally:
+        remove_listener(listener)
+    assert (expired.status_code, shed.status_code, slow.status_code) == (504, 503, 504)
+    mine = [e for e in listener.events if e.policy_type.startswith("asgi.")]
+    assert [(e.name, e.policy, e.extras[EXTRA_HTTP_STATUS], e.extras[EXTRA_REASON]) for e in mine] == [
+        ("rejected", "edge-events.deadline", 504, "deadline_exceeded"),
+        ("rejected", "edge-events.load_shedding", 503, "overloaded"),
+        ("timeout", "edge-events.request_timeout", 504, "timeout"),
+    ]
+
+
+async def test_shadow_mode_over_http_serves_everything_and_reports_what_it_would_refuse() -> None:
+    from resilient.events import EXTRA_HTTP_STATUS
+    from resilient.testing import recording
+
+    probe = Probe()
+    mw = ResilienceMiddleware(make_app(probe), rate=2, per=60, enforce=False, name="edge-shadow")
+    with recording() as rec, serve(mw) as host:
+        async with httpx.AsyncClient(base_url=f"http://{host}", timeout=10) as client:
+            codes = [(await client.get("/work")).status_code for _ in range(5)]
+    assert codes == [200] * 5
+    assert probe.calls == 5
+    would = [e for e in rec.events if e.name == "would_reject" and e.policy_type == "asgi.rate_limit"]
+    assert [e.extras[EXTRA_HTTP_STATUS] for e in would] == [429] * 3
+
+
+async def test_two_replicas_share_one_edge_quota_through_redis() -> None:
+    # Issue 15, point 5: RateLimit(limiter=...) takes any keyed limiter; two
+    # servers (replicas), each with its own limiter on one redis-server, give
+    # a client one quota, not one per replica.
+    from resilient.redis import KeyedRedisRateLimiter
+    from tests.redis_helpers import running_redis
+
+    with running_redis() as redis:
+        limiters = [
+            KeyedRedisRateLimiter(redis.url, rate=4, per=60, name="edge", mode="reject", timeout=2.0) for _ in range(2)
+        ]
+        apps = [RateLimit(make_app(Probe()), limiter=limiter, headers_on_success=True) for limiter in limiters]
+        with serve(apps[0]) as first, serve(apps[1]) as second:
+            async with httpx.AsyncClient(timeout=10) as client:
+                responses = [await client.get(f"http://{host}/work") for host in (first, second) * 4]
+    assert [r.status_code for r in responses] == [200] * 4 + [429] * 4
+    assert responses[0].headers["ratelimit-policy"] == '"default";q=4;w=60'
+    assert responses[-1].headers["retry-after"] == "15"
+
+
+async def test_under_real_overload_critical_traffic_is_served_and_sheddable_traffic_takes_the_rejections() -> None:
+    # Issue 19, item 2: a capacity-limited handler (4 at a time, 50 ms each)
+    # under waves of mixed traffic four times its capacity.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def work(request: Request) -> PlainTextResponse:
+        await asyncio.sleep(0.05)
+        return PlainTextResponse("ok")
+
+    def priority(scope: dict[str, object]) -> str:
+        return "critical" if scope["path"] == "/checkout" else "sheddable"
+
+    app = Starlette(routes=[Route("/checkout", work), Route("/recommendations", work)])
+    mw = ResilienceMiddleware(app, max_concurrent=4, max_queued=16, priority=priority, name="prio")
+    codes: dict[str, list[int]] = {"/checkout": [], "/recommendations": []}
+    with serve(mw) as host:
+        async with httpx.AsyncClient(
+            base_url=f"http://{host}", timeout=10, limits=httpx.Limits(max_connections=100)
+        ) as client:
+            for _ in range(5):
+                paths = ["/checkout"] * 4 + ["/recommendations"] * 12
+                responses = await asyncio.gather(*(client.get(p) for p in paths))
+                for p, r in zip(paths, responses, strict=True):
+                    codes[p].append(r.status_code)
+    critical = codes["/checkout"]
+    sheddable = codes["/recommendations"]
+    assert critical.count(200) / len(critical) >= 0.99
+    assert set(sheddable) <= {200, 503}
+    assert sheddable.count(503) > len(sheddable) // 2  # the rejections fell on the sheddable class

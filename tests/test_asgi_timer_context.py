@@ -1,7 +1,8 @@
 """No ASGI timer keeps a request's objects alive (issue 14, item 2, the ASGI half).
 
 ``RequestTimeout`` (alone or inside ``ResilienceMiddleware``) arms its timers
-with ``loop.call_at``. Armed without ``context=``, a timer captures the
+on its clock (the core's ``resilient.timers.TimerQueue``; on the system clock,
+``loop.call_at``), and these tests run it on the real one. Armed without ``context=``, a timer captures the
 context of the request that armed it: the shared queue's timer stayed armed
 for ``seconds`` after that request finished, re-armed itself in that same
 context (so under steady load the first request stayed pinned for good), and
@@ -87,9 +88,10 @@ async def test_the_rearmed_queue_timer_does_not_pin_the_first_request() -> None:
             await release.wait()
         await ok(scope, receive, send)
 
+    # The real clock: what is under test is what its timers keep alive.
     mw = RequestTimeout(app, seconds=0.2)
     assert await asyncio.create_task(_request(mw, refs)) == 200
-    timers = mw._timers
+    timers = mw.timers()
     assert timers is not None
     first_handle = timers.handle
     await asyncio.sleep(0.1)

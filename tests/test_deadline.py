@@ -59,3 +59,44 @@ def test_bad_seconds(bad: float) -> None:
 def test_bad_type() -> None:
     with pytest.raises(TypeError, match="seconds must be a number"), deadline("3"):  # type: ignore[arg-type]
         pass
+
+
+async def test_a_lifted_deadline_is_lifted_in_every_context_that_holds_it(clock: FakeClock) -> None:
+    # The ASGI request timeout stops applying when the response starts, also
+    # for the tasks the handler started before (they hold copies of the
+    # context): it lifts its deadline in place.
+    release = asyncio.Event()
+
+    async def child() -> float | None:
+        await release.wait()
+        return remaining()
+
+    with deadline(5, clock=clock) as outer:
+        with deadline(10, clock=clock):
+            pass
+        d = current_deadline()
+        assert d is outer
+        task = asyncio.create_task(child())
+        await asyncio.sleep(0)
+        d.lift()
+        assert remaining() is None
+        assert d.remaining() == math.inf
+        assert not d.expired
+        release.set()
+        assert await task is None
+    with deadline(2, clock=clock) as caller, deadline(1, clock=clock) as mine:
+        mine.lift(caller)  # now it follows the caller's
+        assert remaining() == 2
+        clock.advance(1.5)
+        assert remaining() == 0.5
+        caller.lift()
+        mine.lift(caller)
+        assert remaining() is None
+
+
+def test_nothing_narrows_past_a_lifted_deadline(clock: FakeClock) -> None:
+    with deadline(5, clock=clock) as d:
+        d.lift()
+        with deadline(3, clock=clock) as inner:
+            assert inner is not d
+            assert remaining() == 3

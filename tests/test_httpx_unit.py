@@ -669,6 +669,28 @@ async def test_no_deadline_header_without_deadline_or_when_disabled() -> None:
     assert "x-resilient-deadline" not in upstream.requests[1].headers
 
 
+async def test_a_lifted_deadline_is_no_deadline() -> None:
+    # A deadline lifted in place (the ASGI request timeout's, once the response
+    # started) reads as infinitely far: no header saying "inf", no infinite
+    # timeouts (a socket refuses them).
+    upstream = Upstream(200)
+    async with await aclient(upstream, Retry(1)) as client:
+        with deadline(1.0) as d:
+            d.lift()
+            await client.get("/x", timeout=3.0)
+    assert "x-resilient-deadline" not in upstream.requests[0].headers
+    assert set(upstream.requests[0].extensions["timeout"].values()) == {3.0}
+
+
+def test_sync_a_lifted_deadline_is_no_deadline() -> None:
+    upstream = Upstream(200)
+    with sync_client(upstream, Retry(1)) as client, deadline(1.0) as d:
+        d.lift()
+        client.get("/x", timeout=3.0)
+    assert "x-resilient-deadline" not in upstream.requests[0].headers
+    assert set(upstream.requests[0].extensions["timeout"].values()) == {3.0}
+
+
 async def test_expired_deadline_sends_nothing() -> None:
     upstream = Upstream(200)
     clock = FakeClock()

@@ -723,3 +723,40 @@ async def test_a_real_bulkhead_rejection_exports_its_reason(tel: Telemetry) -> N
     (rejected,) = _exported(tel, "rejected")
     assert rejected["resilience.rejection.reason"] == "bulkhead_full"
     assert rejected["error.type"] == "resilient.errors.BulkheadFullError"
+
+
+# -- the ASGI middleware's answers ---------------------------------------------------
+
+
+async def test_the_asgi_middlewares_503_and_504_are_exported(tel: Telemetry) -> None:
+    # Real parts, real events: a shed request and a request timeout.
+    from resilient.asgi import ResilienceMiddleware
+    from tests.asgi_helpers import call, http_scope, status_of
+
+    clock = FakeClock()
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = ResilienceMiddleware(app, max_concurrent=1, timeout=5, clock=clock, name="edge")
+    first = asyncio.create_task(call(mw, http_scope()))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert status_of(await call(mw, http_scope())) == 503
+    clock.advance(5)
+    assert status_of(await first) == 504
+    points = {
+        (p.attributes["resilience.policy.type"], p.attributes["resilience.event.name"]): dict(p.attributes)
+        for p in tel.points("resilience.events")
+    }
+    shed = points[("asgi.load_shedding", "rejected")]
+    assert shed["resilience.policy.name"] == "edge.load_shedding"
+    assert shed["resilience.rejection.reason"] == "overloaded"
+    assert shed["http.response.status_code"] == 503
+    timed_out = points[("asgi.request_timeout", "timeout")]
+    assert timed_out["resilience.policy.name"] == "edge.request_timeout"
+    assert timed_out["http.response.status_code"] == 504
+    assert timed_out["resilience.timeout.deadline"] is False

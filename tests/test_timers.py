@@ -76,3 +76,24 @@ async def test_finished_entries_behind_a_long_head_are_compacted(clock: FakeCloc
     assert len(queue) == 1
     head_task.cancel()
     await asyncio.gather(head_task, return_exceptions=True)
+
+
+def test_loop_queues_keep_one_queue_per_loop(clock: FakeClock) -> None:
+    from resilient.timers import LoopQueues
+
+    queues = LoopQueues(clock)
+    loops = [asyncio.new_event_loop() for _ in range(2)]
+    try:
+        assert queues.find(loops[0]) is None
+        first = queues.get(loops[0])
+        assert queues.last is first
+        assert first.loop is loops[0]
+        assert first.clock is clock
+        second = queues.get(loops[1])
+        assert second is not first
+        assert queues.get(loops[0]) is first
+        assert queues.last is first
+        assert queues.find(loops[1]) is second
+    finally:
+        for loop in loops:
+            loop.close()

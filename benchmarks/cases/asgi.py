@@ -36,6 +36,10 @@ async def _send(message: Any) -> None:
     return None
 
 
+def _priority(scope: Any) -> str:
+    return "critical" if scope["path"].startswith("/checkout") else "default"
+
+
 def _request(app: Any) -> Callable[[], Any]:
     def call() -> Any:
         return app(_SCOPE, _receive, _send)
@@ -45,12 +49,15 @@ def _request(app: Any) -> Callable[[], Any]:
 
 def _wrapped(name: str) -> Callable[[], Callable[[], Any]]:
     def factory() -> Callable[[], Any]:
-        from resilient.asgi import Deadline, LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
+        from resilient.asgi import DeadlinePropagation, LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
 
         apps: dict[str, Any] = {
-            "Deadline": lambda: Deadline(_app),
+            "DeadlinePropagation": lambda: DeadlinePropagation(_app),
             "RateLimit": lambda: RateLimit(_app, rate=1e9, burst=10**9, name=None),
             "LoadShedding": lambda: LoadShedding(_app, max_concurrent=1024, max_queued=64, name=None),
+            "LoadShedding(priority=...)": lambda: LoadShedding(
+                _app, max_concurrent=1024, max_queued=64, name=None, priority=_priority
+            ),
             "RequestTimeout": lambda: RequestTimeout(_app, seconds=30),
             "ResilienceMiddleware(all)": lambda: ResilienceMiddleware(
                 _app,
@@ -72,6 +79,13 @@ CASES = [
     Case("ASGI app, bare", "asgi", lambda: _request(_app)),
     *(
         Case(f"asgi {name}", "asgi", _wrapped(name), ours=True)
-        for name in ("Deadline", "RateLimit", "LoadShedding", "RequestTimeout", "ResilienceMiddleware(all)")
+        for name in (
+            "DeadlinePropagation",
+            "RateLimit",
+            "LoadShedding",
+            "LoadShedding(priority=...)",
+            "RequestTimeout",
+            "ResilienceMiddleware(all)",
+        )
     ),
 ]

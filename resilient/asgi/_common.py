@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
+
+from resilient.events import EXTRA_HTTP_STATUS, EventSite, ExtraValue, Listener, Severity
+from resilient.validate import check_callable, check_switch
 
 __all__ = [
     "ASGIApp",
@@ -106,30 +109,6 @@ def retry_after_seconds(seconds: float, *, minimum: int = 0) -> int:
     return max(minimum, math.ceil(seconds))
 
 
-def check_number(value: Any, param: str, *, minimum: float = 0.0, strict: bool = True) -> float:
-    """Validate a finite number option; ``strict`` means ``> minimum`` rather than ``>=``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{param} must be a number, got {value!r}")
-    op = ">" if strict else ">="
-    if math.isnan(value) or math.isinf(value) or (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{param} must be a finite number {op} {minimum:g}, got {value!r}")
-    return float(value)
-
-
-def check_optional_number(value: Any, param: str) -> float | None:
-    """Validate an optional finite number option ``> 0``."""
-    return None if value is None else check_number(value, param)
-
-
-def check_int(value: Any, param: str, *, minimum: int) -> int:
-    """Validate an integer option ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{param} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{param} must be >= {minimum}, got {value!r}")
-    return value
-
-
 def exempt_set(paths: Iterable[str], param: str = "exempt_paths") -> frozenset[str]:
     """Validate exempt paths (exact matches on ``scope["path"]``)."""
     if isinstance(paths, str):
@@ -139,13 +118,6 @@ def exempt_set(paths: Iterable[str], param: str = "exempt_paths") -> frozenset[s
         if not isinstance(p, str) or not p.startswith("/"):
             raise ValueError(f"{param} must contain paths starting with '/', got {p!r}")
     return out
-
-
-def check_predicate(value: Any, param: str) -> ScopePredicate | None:
-    """Validate an optional predicate over the scope."""
-    if value is not None and not callable(value):
-        raise TypeError(f"{param} must be a callable taking the ASGI scope, got {value!r}")
-    return value  # type: ignore[no-any-return]
 
 
 def check_app(app: Any) -> ASGIApp:
@@ -161,3 +133,62 @@ def header_value(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value  # type: ignore[no-any-return]
     return None
+
+
+def check_predicate(value: Any, param: str) -> ScopePredicate | None:
+    """Validate an optional predicate over the scope."""
+    return check_callable(value, param, "a callable taking the ASGI scope", allow_none=True)  # type: ignore[no-any-return]
+
+
+#: ``enforce=``: a bool, or a callable read on every request (shadow mode when false).
+Switch = bool | Callable[[], bool]
+
+
+def check_enforce(value: Any) -> Switch:
+    """Validate ``enforce=`` (see :func:`enforcing`)."""
+    return check_switch(value, "enforce")
+
+
+def enforcing(switch: Switch) -> bool:
+    """Whether a refusal is answered (``True``) or only reported (shadow mode).
+
+    A callable that raises counts as ``True``: a broken switch must not turn
+    a limit off.
+    """
+    if switch is True:
+        return True
+    if switch is False:
+        return False
+    try:
+        return bool(switch())
+    except Exception:
+        return True
+
+
+class PartEvents:
+    """The events one ASGI part emits: for every response it produces instead of the app, and in shadow mode.
+
+    One delivery path (:class:`resilient.events.EventSite`): nothing is
+    built unless somebody listens, and only off the success path.
+    """
+
+    __slots__ = ("listeners", "name", "policy_type", "site")
+
+    def __init__(self, policy_type: str, name: str | None, listeners: Iterable[Listener] = ()) -> None:
+        self.policy_type = policy_type
+        self.name = name
+        self.listeners: tuple[Listener, ...] = tuple(listeners)
+        self.site = EventSite(operation=name or policy_type)
+
+    def emit(self, event: str, status: int, extras: Mapping[str, ExtraValue], *, duration: float | None = None) -> None:
+        """Report that the part answered (or, in shadow mode, would have answered) ``status``."""
+        if self.site.enabled(self.listeners):
+            self.site.emit(
+                self.listeners,
+                event,
+                Severity.WARNING,
+                self.policy_type,
+                self.name,
+                duration=duration,
+                extras={**extras, EXTRA_HTTP_STATUS: status},
+            )

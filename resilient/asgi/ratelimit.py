@@ -5,30 +5,68 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterable
 from fractions import Fraction
+from typing import Any, Protocol, runtime_checkable
 
 from resilient.asgi._common import (
     DEFAULT_EXEMPT_PATHS,
     ASGIApp,
     Message,
+    PartEvents,
     Receive,
     Scope,
     ScopePredicate,
     Send,
+    Switch,
     check_app,
-    check_int,
-    check_number,
+    check_enforce,
     check_predicate,
+    enforcing,
     exempt_set,
     json_response,
     retry_after_seconds,
 )
 from resilient.asgi.client import ClientIP, IPAddress, IPNetwork
 from resilient.clock import Clock
+from resilient.events import EXTRA_REASON, EXTRA_RETRY_AFTER, REJECTED, WOULD_REJECT
+from resilient.policy import is_async_callable
 from resilient.ratelimit import KeyedRateLimiter, RateDecision
+from resilient.validate import check_int, check_number
 
-__all__ = ["RateLimit"]
+__all__ = ["KeyedLimiter", "RateLimit"]
 
 KeyFunc = Callable[[Scope], Hashable | None]
+
+
+@runtime_checkable
+class KeyedLimiter(Protocol):
+    """What :class:`RateLimit` needs from ``limiter=``: a keyed limiter's public decision.
+
+    :class:`~resilient.ratelimit.KeyedRateLimiter` has it (whatever store
+    holds its buckets), and so does the Redis-backed
+    :class:`~resilient.redis.KeyedRedisRateLimiter`, whose buckets every
+    replica shares. ``try_acquire(key)`` takes one token from ``key``'s
+    bucket if it is there now and never waits; it returns a
+    :class:`~resilient.ratelimit.RateDecision`, or an awaitable of one when
+    it is an ``async def`` (it is then awaited). A limiter that also has an
+    ``async def atry_acquire(key)`` is asked through that one (a remote
+    store must not block the event loop). ``rate`` and ``per`` give the
+    quota advertised in ``RateLimit-Policy``.
+    """
+
+    @property
+    def rate(self) -> float:
+        """Tokens per ``per`` seconds."""
+        ...
+
+    @property
+    def per(self) -> float:
+        """The period of ``rate``, in seconds."""
+        ...
+
+    def try_acquire(self, key: Any, tokens: int = 1) -> Any:
+        """A :class:`~resilient.ratelimit.RateDecision` for one request of ``key`` (or an awaitable of it)."""
+        ...
+
 
 # The longest window RateLimit-Policy advertises when the rate has to be
 # written as a fraction (one day).
@@ -64,14 +102,20 @@ class RateLimit:
     Each client key has a token bucket of ``burst`` tokens refilled at
     ``rate / per`` per second (a :class:`~resilient.ratelimit.KeyedRateLimiter`,
     whose memory is bounded by ``max_keys``: the least recently seen keys are
-    forgotten first). A refused request gets ``429 Too Many Requests`` with
-    ``Retry-After``, the IETF ``RateLimit-Policy`` and ``RateLimit`` header
-    fields (draft-ietf-httpapi-ratelimit-headers), and the JSON body
+    forgotten first), or the buckets of the keyed limiter given as
+    ``limiter`` (a Redis-backed one shares them between the replicas of a
+    service, so that the edge quota is one quota, not one per replica). A
+    refused request gets ``429 Too Many Requests`` with ``Retry-After``, the
+    IETF ``RateLimit-Policy`` and ``RateLimit`` header fields
+    (draft-ietf-httpapi-ratelimit-headers), and the JSON body
     ``{"error": "rate_limited", "retry_after": 2}``; the app never sees it.
+    Each refusal emits a ``rejected`` event (extras ``reason``
+    ``"rate_limited"``, ``http.response.status_code`` 429, ``retry_after``),
+    besides the limiter's own.
 
     Args:
         app: the ASGI application.
-        rate: requests allowed per ``per`` seconds, > 0.
+        rate: requests allowed per ``per`` seconds, > 0 (not with ``limiter``).
         per: the period of ``rate`` in seconds.
         burst: the bucket size (requests a client may send at once); the
             limiter's default when ``None``.
@@ -88,15 +132,23 @@ class RateLimit:
         exempt_paths: exact paths never limited (health checks by default).
         exempt: a predicate on the scope; ``True`` means "never limit this one".
         policy_name: the quota policy's identifier in the headers.
-        name: the name of the limiter created (shown by the status endpoint).
+        name: the name of the limiter created (shown by the status endpoint),
+            and of the events this middleware emits.
         clock: the clock of the limiter (tests).
+        limiter: a keyed limiter (see :class:`KeyedLimiter`) deciding instead
+            of one created here from ``rate``/``per``/``burst``/``max_keys``
+            (give either).
+        enforce: ``False`` (or a callable returning ``False``, read on every
+            request) for shadow mode: a request over its quota is not
+            refused; a ``would_reject`` event (status 429) says it would have
+            been, and the app serves it.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        rate: float,
+        rate: float | None = None,
         per: float = 1.0,
         burst: int | None = None,
         key: KeyFunc | None = None,
@@ -109,11 +161,46 @@ class RateLimit:
         policy_name: str = "default",
         name: str | None = "asgi.rate_limit",
         clock: Clock | None = None,
+        limiter: KeyedLimiter | None = None,
+        enforce: Switch = True,
     ) -> None:
         self.app = check_app(app)
-        r = check_number(rate, "rate")
-        p = check_number(per, "per")
-        max_keys = check_int(max_keys, "max_keys", minimum=1)
+        own: KeyedRateLimiter | None = None
+        if limiter is None:
+            if rate is None:
+                raise TypeError("RateLimit needs rate (a number > 0) or limiter (a keyed limiter)")
+            r = check_number(rate, "rate")
+            p = check_number(per, "per", unit="seconds")
+            max_keys = check_int(max_keys, "max_keys", minimum=1)
+            limiter = own = KeyedRateLimiter(
+                rate, per, burst=burst, mode="reject", max_keys=max_keys, name=name, clock=clock
+            )
+        else:
+            given = [
+                param
+                for param, value, default in (
+                    ("rate", rate, None),
+                    ("per", per, 1.0),
+                    ("burst", burst, None),
+                    ("max_keys", max_keys, 10_000),
+                    ("clock", clock, None),
+                )
+                if value != default
+            ]
+            if given:
+                raise TypeError(
+                    f"pass either limiter or {', '.join(given)} to RateLimit, not both: "
+                    "the limiter given has its own rate, bucket and clock"
+                )
+            if not callable(getattr(limiter, "try_acquire", None)):
+                raise TypeError(
+                    f"limiter must be a keyed limiter with try_acquire(key) -> RateDecision, got {limiter!r}"
+                )
+            r = check_number(getattr(limiter, "rate", None), "limiter.rate")
+            p = check_number(getattr(limiter, "per", None), "limiter.per", unit="seconds")
+        # The default key with no proxy to trust: an IPv4 peer is its own key,
+        # read inline (ClientIP's own fast path, without the call).
+        self._peer_is_key = key is None and not tuple(trusted_proxies)
         if key is None:
             key = ClientIP(trusted_proxies)
         else:
@@ -123,19 +210,32 @@ class RateLimit:
                 raise TypeError(
                     "trusted_proxies applies to the default key only; pass ClientIP(trusted_proxies) as key"
                 )
-        #: The per-key limiter (a :class:`~resilient.ratelimit.KeyedRateLimiter`).
-        self.limiter = KeyedRateLimiter(
-            rate, per, burst=burst, mode="reject", max_keys=max_keys, name=name, clock=clock
-        )
+        #: The keyed limiter deciding (a :class:`~resilient.ratelimit.KeyedRateLimiter` unless given).
+        self.limiter: KeyedLimiter = limiter
+        # A given limiter's async decision is preferred (a remote store must
+        # not block the event loop); the in-memory one created here decides
+        # synchronously, without a coroutine per request.
+        decide = getattr(limiter, "atry_acquire", None) if own is None else None
+        if decide is None or not is_async_callable(decide):
+            decide = limiter.try_acquire
+        self._try_acquire = decide
+        self._async = is_async_callable(decide)
+        #: The function of the scope giving the client key.
         self.key = key
+        #: The quota, as advertised in ``RateLimit-Policy``.
         self.rate = r
         self.per = p
         self.headers_on_success = bool(headers_on_success)
         self.websockets = bool(websockets)
+        #: ``enforce=``: ``False`` (or a callable returning it) for shadow mode.
+        self.enforce = check_enforce(enforce)
         self._exempt_paths = exempt_set(exempt_paths)
         self._exempt = check_predicate(exempt, "exempt")
         self._policy_id = _policy_id(policy_name)
         self._policy_cache: dict[int, bytes] = {}
+        self._events = PartEvents("asgi.rate_limit", name)
+        #: Requests let through in shadow mode that would have been refused.
+        self.would_reject = 0
 
     def _policy_header(self, limit: int) -> bytes:
         value = self._policy_cache.get(limit)
@@ -154,15 +254,6 @@ class RateLimit:
             (b"ratelimit", f"{self._policy_id};r={remaining};t={reset}".encode("ascii")),
         ]
 
-    def _decide(self, scope: Scope) -> RateDecision | None:
-        """Take a token for this request's client; ``None`` when the request is not limited."""
-        if scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope)):
-            return None
-        client = self.key(scope)
-        if client is None:
-            return None
-        return self.limiter.try_acquire(client)
-
     def _send_with_headers(self, send: Send, decision: RateDecision) -> Send:
         extra = self._headers(decision)
 
@@ -179,19 +270,39 @@ class RateLimit:
         if kind != "http" and (kind != "websocket" or not self.websockets):
             await self.app(scope, receive, send)
             return
-        decision = self._decide(scope)
-        if decision is None:
+        if scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope)):
             await self.app(scope, receive, send)
             return
-        if not decision.allowed:
-            await self._refuse(scope, receive, send, decision)
+        if self._peer_is_key:
+            peer = scope.get("client")
+            host = peer[0] if peer else None
+            client = host if host.__class__ is str and host and ":" not in host else self.key(scope)
+        else:
+            client = self.key(scope)
+        if client is None:
+            await self.app(scope, receive, send)
             return
-        if self.headers_on_success and kind == "http":
+        decision: RateDecision = self._try_acquire(client)
+        if self._async:
+            decision = await decision  # type: ignore[misc]
+        if not decision.allowed:
+            enforce = self.enforce
+            if enforce is True or enforcing(enforce):
+                await self._refuse(scope, receive, send, decision)
+                return
+            self.would_reject += 1
+            self._report(WOULD_REJECT, decision)
+        elif self.headers_on_success and kind == "http":
             send = self._send_with_headers(send, decision)
         await self.app(scope, receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, decision: RateDecision) -> None:
+    def _report(self, event: str, decision: RateDecision) -> int:
         seconds = retry_after_seconds(decision.retry_after, minimum=1)
+        self._events.emit(event, 429, {EXTRA_REASON: "rate_limited", EXTRA_RETRY_AFTER: decision.retry_after})
+        return seconds
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, decision: RateDecision) -> None:
+        seconds = self._report(REJECTED, decision)
         start, body = json_response(
             429,
             {"error": "rate_limited", "retry_after": seconds},

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -14,15 +17,16 @@ from resilient.asgi._common import (
     DEFAULT_EXEMPT_PATHS,
     ASGIApp,
     Message,
+    PartEvents,
     Receive,
     Scope,
     ScopePredicate,
     Send,
+    Switch,
     check_app,
-    check_int,
-    check_number,
-    check_optional_number,
+    check_enforce,
     check_predicate,
+    enforcing,
     exempt_set,
     json_response,
     retry_after_seconds,
@@ -32,8 +36,16 @@ from resilient.bulkhead import Bulkhead
 from resilient.clock import Clock
 from resilient.deadline import remaining
 from resilient.errors import RejectedError
+from resilient.events import EXTRA_REASON, EXTRA_RETRY_AFTER, REJECTED, WOULD_REJECT
+from resilient.validate import check_callable, check_int, check_number, check_seconds
 
-__all__ = ["ConcurrencyLimiter", "LoadShedding"]
+__all__ = ["PRIORITY_CLASSES", "ConcurrencyLimiter", "LoadShedding"]
+
+logger = logging.getLogger("resilient.asgi")
+
+#: The priority classes of :class:`LoadShedding` (``priority=``), highest first.
+PRIORITY_CLASSES: tuple[str, ...] = ("critical", "default", "sheddable")
+_DEFAULT_RESERVED: Mapping[str, float] = {"critical": 0.2, "default": 0.2}
 
 # While a request waits for a slot we read its body to notice a disconnect;
 # past this many bytes we stop reading (and stop watching) rather than buffer
@@ -121,7 +133,7 @@ class LoadShedding:
     out) the client gets ``503 Service Unavailable`` with ``Retry-After`` and a
     small JSON body ``{"error": "overloaded", "retry_after": 1}``, before the
     app sees the request. The wait is also cut to the request's deadline (see
-    :class:`~resilient.asgi.Deadline`); a request whose deadline passes while
+    :class:`~resilient.asgi.DeadlinePropagation`); a request whose deadline passes while
     it waits gets ``504`` and ``{"error": "deadline_exceeded"}`` instead, as
     an expired deadline does everywhere else. A client that disconnects while
     queued gives its queue position back at once.
@@ -140,8 +152,40 @@ class LoadShedding:
         limiter: any object with the :class:`ConcurrencyLimiter` protocol (a
             shared ``Bulkhead``, an ``AdaptiveConcurrency``), instead of
             ``max_concurrent``/``max_queued``/``queue_timeout``.
-        name: the name of the bulkhead created (shown by the status endpoint).
+        name: the name of the bulkhead created (shown by the status endpoint),
+            and of the events this middleware emits.
         clock: the clock of the bulkhead created (tests).
+        enforce: ``False`` (or a callable returning ``False``, read on every
+            request) for shadow mode: the request is never refused nor made
+            to wait; where it would have been refused, a ``would_reject``
+            event says what it would have got (status 503, or 504 for an
+            expired deadline) and the request goes through.
+        priority: a function of the scope giving the request's class,
+            ``"critical"``, ``"default"`` or ``"sheddable"``
+            (:data:`PRIORITY_CLASSES`); one that raises or gives anything
+            else puts the request in ``"default"`` (logged once). Needs the
+            bulkhead created here or a ``Bulkhead`` as ``limiter``.
+        reserved: the share of the concurrency kept for each class above
+            ``"sheddable"`` (default: ``{"critical": 0.2, "default": 0.2}``):
+            a class may use the slots not reserved for the classes above it,
+            so under overload ``sheddable`` requests are shed first (at 60 %
+            of ``max_concurrent`` by default), then ``default`` ones (at
+            80 %), and a ``critical`` request only when every slot is taken
+            and the queue is full. Only a ``critical`` request waits in the
+            queue for a slot held by others; the lower classes are answered
+            at once when over their share.
+
+    Every ``503`` (and ``504`` for a deadline that passed in the queue) emits
+    a ``rejected`` event (extras: ``reason`` ``"overloaded"`` or
+    ``"deadline_exceeded"``, ``http.response.status_code``, ``retry_after``);
+    the bulkhead's own ``rejected`` event (reason ``bulkhead_full``) fires too.
+
+    In shadow mode with the bulkhead created here (or a ``Bulkhead`` given as
+    ``limiter``), a request takes a slot if one is free; otherwise it runs
+    without one, and counts as queued while fewer than ``max_queued``
+    requests run over the limit, as refused (``would_reject``) beyond that;
+    queue timeouts are not simulated. Another ``limiter`` is entered as
+    usual (it may make the request wait); only its refusal is not answered.
 
     Only ``http`` scopes are limited; ``lifespan`` and ``websocket`` pass through.
     """
@@ -159,11 +203,14 @@ class LoadShedding:
         limiter: ConcurrencyLimiter | None = None,
         name: str | None = "asgi.load_shedding",
         clock: Clock | None = None,
+        enforce: Switch = True,
+        priority: Callable[[Scope], str] | None = None,
+        reserved: Mapping[str, float] | None = None,
     ) -> None:
         self.app = check_app(app)
         max_queued = check_int(max_queued, "max_queued", minimum=0)
-        check_optional_number(queue_timeout, "queue_timeout")
-        ra = check_number(retry_after, "retry_after", strict=False)
+        check_seconds(queue_timeout, "queue_timeout", allow_none=True)
+        ra = check_seconds(retry_after, "retry_after", allow_zero=True)
         if limiter is None:
             if max_concurrent is None:
                 raise TypeError("LoadShedding needs max_concurrent (an int >= 1) or limiter")
@@ -176,6 +223,20 @@ class LoadShedding:
         else:
             if max_concurrent is not None:
                 raise TypeError("pass either max_concurrent or limiter to LoadShedding, not both")
+            given = [
+                param
+                for param, set_ in (
+                    ("max_queued", max_queued != 0),
+                    ("queue_timeout", queue_timeout is not None),
+                    ("clock", clock is not None),
+                )
+                if set_
+            ]
+            if given:
+                raise TypeError(
+                    f"{', '.join(given)} given with limiter: they configure the bulkhead that "
+                    "max_concurrent creates; the limiter given has its own"
+                )
             if not callable(getattr(limiter, "acquire", None)):
                 raise TypeError(
                     f"limiter must have an acquire() method returning an async context manager, got {limiter!r}"
@@ -188,27 +249,80 @@ class LoadShedding:
         self._can_queue = can_queue
         self._bulkhead = bulkhead
         self.retry_after = ra
+        #: ``enforce=``: ``False`` (or a callable returning it) for shadow mode.
+        self.enforce = check_enforce(enforce)
         self._exempt_paths = exempt_set(exempt_paths)
         self._exempt = check_predicate(exempt, "exempt")
         seconds = retry_after_seconds(ra)
+        self._retry_after_header = seconds
         self._reject_messages = json_response(
             503,
             {"error": "overloaded", "retry_after": seconds},
             [(b"retry-after", str(seconds).encode("ascii"))],
         )
-
-    def _exempted(self, scope: Scope) -> bool:
-        return scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope))
+        self._events = PartEvents("asgi.load_shedding", name)
+        self._max_queued = bulkhead.max_queued if bulkhead is not None else 0
+        #: ``priority=``: the function of the scope giving the request's class, if any.
+        self.priority: Callable[[Scope], str] | None = check_callable(
+            priority, "priority", "a callable taking the ASGI scope", allow_none=True
+        )
+        if reserved is not None and priority is None:
+            raise TypeError("reserved given without priority: the shares would be ignored")
+        if priority is not None and bulkhead is None:
+            raise TypeError("priority needs max_concurrent or a Bulkhead as limiter (it reads the slots in use)")
+        #: The share of the concurrency reserved for each class above ``"sheddable"``.
+        self.reserved: Mapping[str, float] = _check_reserved(_DEFAULT_RESERVED if reserved is None else reserved)
+        # For each class below "critical": the share reserved for the classes above it.
+        self._above = {
+            "default": self.reserved.get("critical", 0.0),
+            "sheddable": self.reserved.get("critical", 0.0) + self.reserved.get("default", 0.0),
+        }
+        self._bad_priority_logged = False
+        self._caps: dict[str, int] = {}
+        self._caps_limit = -1
+        # Shadow mode: requests running over the limit (without a slot) now.
+        self._over = 0
+        #: Requests let through in shadow mode that would have been refused.
+        self.would_reject = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for this connection, or shed it."""
-        if scope["type"] != "http" or self._exempted(scope):
+        if (
+            scope["type"] != "http"
+            or scope["path"] in self._exempt_paths
+            or (self._exempt is not None and self._exempt(scope))
+        ):
             await self.app(scope, receive, send)
             return
-        admitted = await self._admit(receive, send)
-        if admitted is None:
-            return
-        cm, receive = admitted
+        enforce = self.enforce
+        if enforce is True or enforcing(enforce):
+            if self.priority is not None and self._over_share(scope):
+                await self._reject(send)
+                return
+            cm = self.limiter.acquire()
+            bulkhead = self._bulkhead
+            if not self._can_queue or (bulkhead is not None and bulkhead.available > 0 and not bulkhead.queued):
+                # Entering cannot suspend: no queue to wait in, or a free slot now.
+                try:
+                    await cm.__aenter__()
+                except (RejectedError, TimeoutError):
+                    await self._reject(send)
+                    return
+            else:
+                queued_receive = await self._queue(cm, receive, send)
+                if queued_receive is None:
+                    return
+                receive = queued_receive
+        else:
+            shadow_cm = await self._shadow_admit(scope)
+            if shadow_cm is None:  # it runs over the limit, without a slot
+                self._over += 1
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    self._over -= 1
+                return
+            cm = shadow_cm
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
@@ -217,18 +331,8 @@ class LoadShedding:
         else:
             await cm.__aexit__(None, None, None)
 
-    async def _admit(self, receive: Receive, send: Send) -> tuple[AbstractAsyncContextManager[Any], Receive] | None:
-        """Take a slot: the entered context manager and the receive to use, or ``None`` when answered/gone."""
-        cm = self.limiter.acquire()
-        bulkhead = self._bulkhead
-        if not self._can_queue or (bulkhead is not None and bulkhead.available > 0 and not bulkhead.queued):
-            # Entering cannot suspend: no queue to wait in, or a free slot now.
-            try:
-                await cm.__aenter__()
-            except (RejectedError, TimeoutError):
-                await self._reject(send)
-                return None
-            return cm, receive
+    async def _queue(self, cm: AbstractAsyncContextManager[Any], receive: Receive, send: Send) -> Receive | None:
+        """Wait for a slot, watching for a disconnect: the receive to use, or ``None`` when answered/gone."""
         task = asyncio.current_task()
         assert task is not None
         watch = _QueueWatch(receive, task)
@@ -253,19 +357,109 @@ class LoadShedding:
         handle.cancel()
         if watch.watcher is None:
             watch.done = True
-            return cm, receive
+            return receive
         await watch.stop()
-        return cm, watch.replay()
+        return watch.replay()
 
-    async def _reject(self, send: Send) -> None:
+    async def _shadow_admit(self, scope: Scope) -> AbstractAsyncContextManager[Any] | None:
+        """Shadow mode: decide as usual, but never refuse nor hold the request back; the slot taken, if any."""
+        if self.priority is not None and self._over_share(scope):
+            self._would_reject()
+            return None
+        bulkhead = self._bulkhead
+        if bulkhead is None:
+            cm = self.limiter.acquire()
+            try:
+                await cm.__aenter__()
+            except (RejectedError, TimeoutError):
+                self._would_reject()
+                return None
+            return cm
+        if bulkhead.available > 0 and not bulkhead.queued:
+            cm = bulkhead.acquire()
+            await cm.__aenter__()  # a free slot: entering cannot wait
+            return cm
+        if self._over >= self._max_queued:
+            self._would_reject()
+        return None
+
+    def _bad_priority(self, what: str) -> None:
+        if not self._bad_priority_logged:
+            self._bad_priority_logged = True
+            logger.warning(
+                "resilient: the priority function of %r %s; such requests are in the 'default' class (logged once)",
+                self,
+                what,
+            )
+
+    def _over_share(self, scope: Scope) -> bool:
+        """Whether this request's class has used all the slots it may (a critical request may use every one).
+
+        A function that raises or gives something else than a class puts
+        the request in ``"default"``.
+        """
+        assert self.priority is not None
+        bulkhead = self._bulkhead
+        assert bulkhead is not None
+        caps = self._caps
+        if self._caps_limit != bulkhead.max_concurrent:  # first use, or the limit moved (adaptive)
+            self._caps_limit = bulkhead.max_concurrent
+            caps = self._caps = self._caps_for(bulkhead.max_concurrent)
+        try:
+            cls = self.priority(scope)
+        except Exception as exc:
+            self._bad_priority(f"raised {type(exc).__name__}: {exc}")
+            cls = "default"
+        try:
+            cap = caps[cls]
+        except Exception:  # not a class (possibly not even hashable)
+            self._bad_priority(f"returned {cls!r}, not one of {PRIORITY_CLASSES}")
+            cap = caps["default"]
+        # In shadow mode the requests running over the limit hold no slot but count.
+        return bulkhead.running + self._over >= cap
+
+    def _caps_for(self, limit: int) -> dict[str, int]:
+        """The slots each class may use out of ``limit``: what the classes above it do not reserve."""
+        above = self._above
+        return {
+            # Never over its share: the bulkhead alone decides for it (a slot, the queue, or 503).
+            "critical": sys.maxsize,
+            "default": limit - math.ceil(above["default"] * limit - 1e-9),
+            "sheddable": limit - math.ceil(above["sheddable"] * limit - 1e-9),
+        }
+
+    def _would_reject(self) -> None:
+        self.would_reject += 1
+        self._report(WOULD_REJECT)
+
+    def _report(self, event: str) -> tuple[Message, Message]:
+        """Emit the event of a refusal (or, in shadow mode, of a refusal not made); the answer it takes."""
         # A wait that ended because the caller's deadline passed (the limiter
         # cuts its queue wait to the deadline) is not overload: 504, as an
         # expired deadline gets everywhere else.
         left = remaining()
         if left is not None and left <= DEADLINE_SLACK:
-            await send_messages(send, DEADLINE_EXCEEDED)
-            return
-        await send_messages(send, self._reject_messages)
+            self._events.emit(event, 504, {EXTRA_REASON: "deadline_exceeded"})
+            return DEADLINE_EXCEEDED
+        self._events.emit(event, 503, {EXTRA_REASON: "overloaded", EXTRA_RETRY_AFTER: float(self._retry_after_header)})
+        return self._reject_messages
+
+    async def _reject(self, send: Send) -> None:
+        await send_messages(send, self._report(REJECTED))
 
     def __repr__(self) -> str:
         return f"LoadShedding(limiter={self.limiter!r})"
+
+
+def _check_reserved(reserved: Mapping[str, float]) -> Mapping[str, float]:
+    """Validate ``reserved=``: shares in [0, 1) of the classes above ``"sheddable"``, summing below 1."""
+    if not isinstance(reserved, Mapping):
+        raise TypeError(f"reserved must be a mapping of priority class to share, got {reserved!r}")
+    out: dict[str, float] = {}
+    for cls, share in reserved.items():
+        if cls not in ("critical", "default"):
+            raise ValueError(f"reserved must map 'critical' and/or 'default' to a share, got the key {cls!r}")
+        out[cls] = check_number(share, f"reserved[{cls!r}]", minimum=0.0, strict=False, maximum=1.0)
+    if sum(out.values()) >= 1.0:
+        raise ValueError(f"reserved shares must sum to less than 1 (sheddable requests need a share), got {reserved!r}")
+    return out

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any, cast
 
@@ -48,6 +49,8 @@ def attempt_request(call: _Call, header: str | None) -> httpx.Request:
     if d is None:
         return request
     left = d.expires_at - d.clock.now()
+    if left == math.inf:  # a lifted deadline (resilient.deadline.Deadline.lift): none
+        return request
     if left <= 0:
         raise TimeoutError("resilient: the deadline expired before the request was sent", timeout=0.0)
     timeouts = call.timeouts
@@ -209,6 +212,8 @@ def _cap(timeout: float | None, error: type[Exception]) -> float | None:
     if d is None:
         return timeout
     left = d.expires_at - d.clock.now()
+    if left == math.inf:  # a lifted deadline: none
+        return timeout
     if left <= 0:
         raise error("resilient: the deadline expired")
     return left if timeout is None or timeout > left else timeout
