@@ -145,7 +145,10 @@ class BreakerConfig:
     the sliding window of ``sampling_duration`` seconds, at least
     ``minimum_throughput`` calls were counted and ``failures / calls >=
     failure_ratio``. Consecutive mode: it opens after ``consecutive_failures``
-    failures in a row.
+    failures in a row. Both (``both_thresholds``): whichever is reached first
+    opens it, so a store must check the run of consecutive failures whenever
+    ``consecutive_failures`` is set and the window whenever
+    :attr:`ratio_mode` is true.
     """
 
     #: The breaker's name (a remote store may derive its key from it).
@@ -168,11 +171,13 @@ class BreakerConfig:
     half_open_successes: int
     #: The breaker's clock.
     clock: Clock
+    #: Both the ratio window and the run of consecutive failures open the circuit.
+    both_thresholds: bool = False
 
     @property
     def ratio_mode(self) -> bool:
-        """Whether the failure-ratio window decides (not consecutive failures)."""
-        return self.consecutive_failures is None
+        """Whether the failure-ratio window counts (alone, or next to consecutive failures)."""
+        return self.consecutive_failures is None or self.both_thresholds
 
     def break_duration_for(self, failed_probes: int, last: float) -> float:
         """The break duration of an opening after ``failed_probes`` failed probes.
