@@ -228,7 +228,12 @@ def fast_pipeline(**overrides: Any) -> Any:
     """A standard pipeline for tests: tiny backoffs, a breaker that never opens."""
     from resilient.httpx import standard_pipeline
 
-    options: dict[str, Any] = {"base_delay": 0.001, "max_delay": 0.05, "minimum_throughput": 10_000}
+    options: dict[str, Any] = {
+        "base_delay": 0.001,
+        "max_delay": 0.05,
+        "minimum_throughput": 10_000,
+        "consecutive_failures": None,
+    }
     options.update(overrides)
     return standard_pipeline(**options)
 

@@ -34,6 +34,7 @@ SLOW = 2.0
 @dataclass
 class Model:
     consecutive: int | None
+    both: bool  # consecutive set and the ratio window counts too: whichever trips first
     ratio: float
     throughput: int
     max_calls: int
@@ -58,7 +59,7 @@ class Model:
         return math.floor((t - self.origin) / (SAMPLING / BUCKETS))
 
     def window(self) -> tuple[int, int]:
-        if self.consecutive is not None:
+        if self.consecutive is not None and not self.both:
             counted = self.outcomes
         else:
             current = self._bucket(self.now)
@@ -131,10 +132,9 @@ class Model:
         elif self.state is CLOSED:
             self.outcomes.append((self.now, True))
             self.run += 1
-            if self.consecutive is not None:
-                if self.run >= self.consecutive:
-                    self.open(0)
-            else:
+            if self.consecutive is not None and self.run >= self.consecutive:
+                self.open(0)
+            elif self.consecutive is None or self.both:
                 calls, failures = self.window()
                 if calls >= self.throughput and failures / calls >= self.ratio:
                     self.open(0)
@@ -152,6 +152,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @initialize(
         consecutive=st.one_of(st.none(), st.integers(1, 4)),
+        both=st.booleans(),
         ratio=st.sampled_from([0.25, 0.5, 1.0]),
         throughput=st.integers(1, 6),
         max_calls=st.integers(1, 3),
@@ -161,16 +162,18 @@ class BreakerMachine(RuleBasedStateMachine):
     def setup(
         self,
         consecutive: int | None,
+        both: bool,
         ratio: float,
         throughput: int,
         max_calls: int,
         successes_needed: int,
         growing: bool,
     ) -> None:
-        self.model = Model(consecutive, ratio, throughput, max_calls, successes_needed, growing)
+        both = both and consecutive is not None
+        self.model = Model(consecutive, both, ratio, throughput, max_calls, successes_needed, growing)
         self.breaker = CircuitBreaker(
             consecutive_failures=consecutive,
-            failure_ratio=ratio,
+            failure_ratio=ratio if consecutive is None or both else None,
             minimum_throughput=throughput,
             sampling_duration=SAMPLING,
             slow_call_duration=SLOW,

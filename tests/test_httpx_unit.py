@@ -191,7 +191,11 @@ def test_sync_transport_rejects_async_inner() -> None:
         ({"base_delay": -1}, ValueError, "base"),
         ({"breaker_statuses": [503, 42]}, ValueError, "breaker_statuses"),
         ({"throttle_retry_ratio": -0.1}, ValueError, "throttle_retry_ratio"),
-        ({"throttle_retry_ratio": "0.1"}, ValueError, "throttle_retry_ratio"),
+        # One error type per kind of mistake (resilient.validate): a str is the wrong type.
+        ({"throttle_retry_ratio": "0.1"}, TypeError, "throttle_retry_ratio"),
+        ({"overload_retry_ratio": -1}, ValueError, "overload_retry_ratio"),
+        ({"consecutive_failures": 0}, ValueError, "consecutive_failures"),
+        ({"attempt_timeout": 10, "total_timeout": 2}, ValueError, "attempt_timeout.*total_timeout"),
     ],
 )
 def test_standard_pipeline_rejects_bad_values(kwargs: dict[str, Any], error: type[Exception], param: str) -> None:
@@ -204,14 +208,33 @@ def test_presets() -> None:
     assert standard_pipeline("microsoft").failure_ratio == 0.1
     assert standard_pipeline("microsoft", failure_ratio=0.3).failure_ratio == 0.3
     std = standard_pipeline()
-    assert (std.total_timeout, std.attempt_timeout, std.max_retries, std.base_delay) == (30.0, 10.0, 3, 2.0)
+    assert (std.total_timeout, std.attempt_timeout, std.max_retries, std.base_delay) == (30.0, 10.0, 3, 0.025)
     assert (std.max_concurrent, std.max_queued) == (1000, 0)
-    assert (std.sampling_duration, std.minimum_throughput, std.break_duration) == (30.0, 100, 5.0)
+    assert (std.sampling_duration, std.minimum_throughput, std.consecutive_failures) == (30.0, 100, 20)
+    assert [std.break_duration(n, 0.0) for n in range(4)] == [0.5, 1.0, 2.0, 2.0]  # type: ignore[operator]
     assert 429 not in std.breaker_statuses
-    assert std.throttle_retry_ratio == 0.1
+    assert (std.throttle_retry_ratio, std.overload_retry_ratio) == (0.04, 0.1)
+    # Microsoft's exact values, for every option left out...
     ms = standard_pipeline("microsoft")
+    assert (ms.base_delay, ms.failure_ratio, ms.consecutive_failures, ms.break_duration) == (2.0, 0.1, None, 5.0)
     assert 429 in ms.breaker_statuses
-    assert ms.throttle_retry_ratio is None
+    assert (ms.throttle_retry_ratio, ms.overload_retry_ratio) == (None, None)
+    # ...and what the caller gives wins, even when it equals the resilient default.
+    given = StandardPipeline("microsoft", base_delay=0.025, consecutive_failures=20, failure_ratio=0.5)
+    assert (given.base_delay, given.consecutive_failures, given.failure_ratio) == (0.025, 20, 0.5)
+
+
+def test_a_lower_total_timeout_drops_the_default_attempt_timeout() -> None:
+    assert standard_pipeline(total_timeout=2).attempt_timeout is None
+    assert standard_pipeline(total_timeout=2, attempt_timeout=1).attempt_timeout == 1
+
+
+def test_signature_shows_values_not_sentinels() -> None:
+    import inspect
+
+    for name, param in inspect.signature(StandardPipeline).parameters.items():
+        assert param.default is not Ellipsis, name
+        assert not isinstance(param.default, frozenset), name
 
 
 def test_standard_pipeline_parts_order() -> None:
@@ -233,7 +256,12 @@ def test_standard_pipeline_parts_order() -> None:
 
 def test_parts_can_be_left_out() -> None:
     pipeline = standard_pipeline(
-        max_concurrent=None, total_timeout=None, max_retries=0, failure_ratio=None, attempt_timeout=None
+        max_concurrent=None,
+        total_timeout=None,
+        max_retries=0,
+        failure_ratio=None,
+        consecutive_failures=None,  # the breaker has two triggers: both off leaves it out
+        attempt_timeout=None,
     )("http://h:80")
     assert len(pipeline) == 0
 
@@ -436,15 +464,27 @@ async def test_retry_after_can_be_ignored() -> None:
     assert clock.sleeps == [0.01]
 
 
-async def test_default_backoff_is_exponential_from_two_seconds() -> None:
+async def test_microsoft_backoff_is_exponential_from_two_seconds() -> None:
     clock = FakeClock(auto_advance=True)
     upstream = Upstream(503)
-    pipeline = standard_pipeline(clock=clock, total_timeout=None, minimum_throughput=10_000)
+    pipeline = standard_pipeline("microsoft", clock=clock, total_timeout=None, minimum_throughput=10_000)
     async with await aclient(upstream, pipeline) as client:
         await client.get("/x")
     assert len(clock.sleeps) == 3
     assert all(0 <= s <= 30 for s in clock.sleeps)
     assert sum(clock.sleeps) > 1.0  # decorrelated jitter around 2, 4, 8 s
+
+
+async def test_default_backoff_is_tens_of_milliseconds() -> None:
+    # A user is waiting: the resilient preset's retries start at 25 ms, not 2 s.
+    clock = FakeClock(auto_advance=True)
+    upstream = Upstream(503)
+    pipeline = standard_pipeline(clock=clock, total_timeout=None)
+    async with await aclient(upstream, pipeline) as client:
+        await client.get("/x")
+    assert len(clock.sleeps) == 3
+    assert all(0 < s <= 0.5 for s in clock.sleeps)
+    assert sum(clock.sleeps) < 1.0
 
 
 # -- responses: buffering, closing, streaming ------------------------------------------

@@ -17,6 +17,7 @@ from resilient.breaker.state import (
     BreakerMetrics,
     BreakerSnapshot,
     CircuitState,
+    GrowingBreak,
     StateChange,
 )
 from resilient.breaker.store import AsyncBreakerStore, BreakerStore, InMemoryBreakerStore
@@ -34,6 +35,7 @@ __all__ = [
     "BreakerStore",
     "CircuitBreaker",
     "CircuitState",
+    "GrowingBreak",
     "InMemoryBreakerStore",
     "StateChange",
     "from_pybreaker",

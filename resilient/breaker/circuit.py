@@ -91,11 +91,16 @@ class CircuitBreaker(Policy):
         failure_ratio: ratio mode (the default, as Polly v8): open when, over
             the last ``sampling_duration`` seconds, at least
             ``minimum_throughput`` calls were made and this fraction of them
-            failed. In (0, 1].
+            failed. In (0, 1]; ``None`` (the default) means 0.5, unless
+            ``consecutive_failures`` alone is given.
         sampling_duration: the sliding window, seconds (> 0), kept in 10 time buckets.
         minimum_throughput: calls the window must hold before the circuit may open (>= 1).
-        consecutive_failures: set it to switch to consecutive mode: open after
-            this many failures in a row (pybreaker's ``fail_max``).
+        consecutive_failures: set it alone to switch to consecutive mode: open
+            after this many failures in a row (pybreaker's ``fail_max``). Set
+            it together with ``failure_ratio`` and whichever is reached first
+            opens the circuit: a long run of failures (a dead dependency)
+            opens it at once, without waiting for ``minimum_throughput``
+            calls, while the ratio still judges scattered failures.
         slow_call_duration: calls lasting at least this many seconds count as
             failures, even when they succeed (Resilience4j's slow calls).
         break_duration: how long the circuit stays open before a probe, in
@@ -134,7 +139,7 @@ class CircuitBreaker(Policy):
         self,
         name: str | None = None,
         *,
-        failure_ratio: float = 0.5,
+        failure_ratio: float | None = None,
         sampling_duration: float = 30.0,
         minimum_throughput: int = 100,
         consecutive_failures: int | None = None,
@@ -153,7 +158,7 @@ class CircuitBreaker(Policy):
         listeners: Iterable[Listener] = (),
     ) -> None:
         super().__init__(name=name, listeners=listeners)
-        ratio = _number(failure_ratio, "failure_ratio")
+        ratio = 0.5 if failure_ratio is None else _number(failure_ratio, "failure_ratio")
         if not 0 < ratio <= 1:
             raise ValueError(f"failure_ratio must be in (0, 1], got {failure_ratio!r}")
         sampling = _positive_seconds(sampling_duration, "sampling_duration")
@@ -187,6 +192,7 @@ class CircuitBreaker(Policy):
             half_open_max_calls=_count(half_open_max_calls, "half_open_max_calls"),
             half_open_successes=_count(half_open_successes, "half_open_successes"),
             clock=self.clock,
+            both_thresholds=consecutive is not None and failure_ratio is not None,
         )
         if store is None:
             store = InMemoryBreakerStore()
@@ -236,21 +242,21 @@ class CircuitBreaker(Policy):
         out: dict[str, Any] = {
             "type": self.policy_type,
             "name": self.name,
-            "mode": "ratio" if cfg.ratio_mode else "consecutive",
+            "mode": "ratio or consecutive" if cfg.both_thresholds else "ratio" if cfg.ratio_mode else "consecutive",
             "state_for": max(0.0, self._now() - snap.since),
             "break_duration": snap.break_duration,
             "failed_probes": snap.failed_probes,
             "store": type(self.store).__name__,
         }
         out.update(self.metrics.as_dict())
+        threshold: dict[str, Any] = {}
         if cfg.ratio_mode:
-            out["threshold"] = {
-                "failure_ratio": cfg.failure_ratio,
-                "sampling_duration": cfg.sampling_duration,
-                "minimum_throughput": cfg.minimum_throughput,
-            }
-        else:
-            out["threshold"] = {"consecutive_failures": cfg.consecutive_failures}
+            threshold["failure_ratio"] = cfg.failure_ratio
+            threshold["sampling_duration"] = cfg.sampling_duration
+            threshold["minimum_throughput"] = cfg.minimum_throughput
+        if cfg.consecutive_failures is not None:
+            threshold["consecutive_failures"] = cfg.consecutive_failures
+        out["threshold"] = threshold
         return out
 
     # -- low-level API (integrations) ----------------------------------------

@@ -18,8 +18,17 @@ from enum import StrEnum
 from typing import Any
 
 from resilient.clock import Clock
+from resilient.validate import check_number, check_seconds
 
-__all__ = ["BreakDuration", "BreakerConfig", "BreakerMetrics", "BreakerSnapshot", "CircuitState", "StateChange"]
+__all__ = [
+    "BreakDuration",
+    "BreakerConfig",
+    "BreakerMetrics",
+    "BreakerSnapshot",
+    "CircuitState",
+    "GrowingBreak",
+    "StateChange",
+]
 
 logger = logging.getLogger("resilient.breaker")
 
@@ -39,6 +48,45 @@ class CircuitState(StrEnum):
 
 #: ``(failed_probes, last_break_duration) -> seconds``: see :class:`BreakerConfig`.
 BreakDuration = Callable[[int, float], float]
+
+
+class GrowingBreak:
+    """A break duration that starts short and grows only while probes keep failing.
+
+    The first opening breaks for ``first`` seconds; each failed probe
+    multiplies the break by ``factor``, up to ``maximum``; a successful
+    probe closes the circuit and the next opening starts from ``first``
+    again. A short outage then costs a short break (a fixed 5 s break
+    outlives a 2 s outage), and a long one costs a probe every ``maximum``
+    seconds. Pass it as ``CircuitBreaker(break_duration=GrowingBreak(...))``.
+
+    Args:
+        first: the first break, seconds (> 0).
+        factor: growth per failed probe (>= 1).
+        maximum: the longest break, seconds (>= ``first``).
+
+    Raises:
+        ValueError, TypeError: an option out of range, naming it.
+    """
+
+    __slots__ = ("factor", "first", "maximum")
+
+    def __init__(self, first: float = 0.5, *, factor: float = 2.0, maximum: float = 30.0) -> None:
+        self.first = check_seconds(first, "first")
+        self.factor = check_number(factor, "factor", minimum=1.0, strict=False)
+        self.maximum = check_seconds(maximum, "maximum")
+        if self.maximum < self.first:
+            raise ValueError(f"maximum must be >= first ({self.first:g} s), got {maximum!r}")
+
+    def __call__(self, failed_probes: int, last: float) -> float:
+        """The break after ``failed_probes`` failed probes (``last`` is unused)."""
+        if failed_probes <= 0:
+            return self.first
+        # Past ~64 doublings any factor > 1 is beyond every sane maximum: avoid float overflow.
+        return min(self.maximum, self.first * self.factor ** min(failed_probes, 64))
+
+    def __repr__(self) -> str:
+        return f"GrowingBreak({self.first:g}, factor={self.factor:g}, maximum={self.maximum:g})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +193,10 @@ class BreakerConfig:
     the sliding window of ``sampling_duration`` seconds, at least
     ``minimum_throughput`` calls were counted and ``failures / calls >=
     failure_ratio``. Consecutive mode: it opens after ``consecutive_failures``
-    failures in a row.
+    failures in a row. Both (``both_thresholds``): whichever is reached first
+    opens it, so a store must check the run of consecutive failures whenever
+    ``consecutive_failures`` is set and the window whenever
+    :attr:`ratio_mode` is true.
     """
 
     #: The breaker's name (a remote store may derive its key from it).
@@ -168,11 +219,13 @@ class BreakerConfig:
     half_open_successes: int
     #: The breaker's clock.
     clock: Clock
+    #: Both the ratio window and the run of consecutive failures open the circuit.
+    both_thresholds: bool = False
 
     @property
     def ratio_mode(self) -> bool:
-        """Whether the failure-ratio window decides (not consecutive failures)."""
-        return self.consecutive_failures is None
+        """Whether the failure-ratio window counts (alone, or next to consecutive failures)."""
+        return self.consecutive_failures is None or self.both_thresholds
 
     def break_duration_for(self, failed_probes: int, last: float) -> float:
         """The break duration of an opening after ``failed_probes`` failed probes.

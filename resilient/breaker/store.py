@@ -78,6 +78,7 @@ class BreakerStore(Protocol):
       ``sampling_duration``; after a failure, if ``calls >=
       minimum_throughput`` and ``failures / calls >= failure_ratio``, OPEN.
       Consecutive mode: after ``consecutive_failures`` failures in a row, OPEN.
+      Both (``config.both_thresholds``): whichever of the two is reached first.
       Opening sets ``until = now + config.break_duration_for(failed_probes,
       last_break)``.
     * OPEN past ``until``: :meth:`acquire` moves to HALF_OPEN (new epoch,
@@ -381,14 +382,15 @@ class InMemoryBreakerStore:
                 self._cur_failures += 1
                 self._consecutive += 1
                 cfg = self._config
-                if self._ratio:
+                limit = cfg.consecutive_failures
+                if limit is None or self._consecutive < limit:
+                    if not self._ratio:
+                        return None
                     calls = self._past_calls + self._cur_calls
                     if calls < cfg.minimum_throughput or (self._past_failures + self._cur_failures) / calls < (
                         cfg.failure_ratio
                     ):
                         return None
-                elif self._consecutive < cfg.consecutive_failures:  # type: ignore[operator]
-                    return None
                 failed = 0
         # This failure opens the circuit. The break duration may be a user's callable, which may read
         # this breaker (``breaker.metrics``): it runs outside the (non-reentrant) lock, and the

@@ -48,6 +48,7 @@ class _Call:
         "response",
         "retryable",
         "sent",
+        "slow_failure",
         "status",
         "timeouts",
     )
@@ -62,6 +63,8 @@ class _Call:
         self.host = host
         self.port = port
         self.sent = 0
+        #: Whether the last failed attempt took much longer than the host's usual answer.
+        self.slow_failure = False
         self.status: int | None = None
         self.response: httpx.Response | None = None
         self.error: Exception | None = None

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from types import EllipsisType
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from resilient.backoff import Backoff, exponential
-from resilient.breaker import CircuitBreaker
+from resilient.breaker import BreakDuration, CircuitBreaker, GrowingBreak
 from resilient.budget import RetryBudget
 from resilient.bulkhead import Bulkhead
 from resilient.clock import SYSTEM_CLOCK, Clock
@@ -21,10 +20,11 @@ from resilient.httpx._rules import (
     http_retry,
     is_transient_error,
 )
-from resilient.policy import Pipeline, Policy, SyncFn
+from resilient.policy import AsyncFn, AsyncWrapped, Pipeline, Policy, SyncFn
 from resilient.ratelimit import RateLimiter
 from resilient.retry import RetryBudgetLike
 from resilient.timeout import Timeout
+from resilient.validate import check_number
 
 # -- deadline scope ---------------------------------------------------------------
 
@@ -76,109 +76,250 @@ def deadline_timeout(seconds: float, *, name: str | None = None) -> Timeout:
 
 # -- the standard pipeline --------------------------------------------------------
 
-_PRESETS: dict[str, dict[str, Any]] = {
-    # 429 means "over your quota", not "broken": the resilient preset keeps it
-    # out of the breaker and pays for its retries from a small budget.
-    "resilient": {"failure_ratio": 0.5, "breaker_statuses": TRANSIENT_STATUSES - {429}, "throttle_retry_ratio": 0.1},
-    "microsoft": {"failure_ratio": 0.1, "breaker_statuses": TRANSIENT_STATUSES, "throttle_retry_ratio": None},
+#: What ``preset="microsoft"`` changes: Microsoft.Extensions.Http.Resilience's
+#: standard handler values, applied to every option the caller leaves out.
+_MICROSOFT: dict[str, Any] = {
+    "base_delay": 2.0,
+    "failure_ratio": 0.1,
+    "consecutive_failures": None,
+    "break_duration": 5.0,
+    "breaker_statuses": TRANSIENT_STATUSES,
+    "throttle_retry_ratio": None,
+    "overload_retry_ratio": None,
 }
+_PRESETS = ("resilient", "microsoft")
+
+#: A failed attempt slower than this many times the host's usual answer (and
+#: than SLOW_FAILURE_FLOOR) is taken as a sign that the host is queueing.
+SLOW_FAILURE_FACTOR = 4.0
+#: Seconds: below this, a failure is never called slow (event-loop noise).
+SLOW_FAILURE_FLOOR = 0.05
+# The usual answer time is an EWMA that follows a faster answer quickly and a
+# slower one slowly, so that a minute of queueing does not become "usual".
+_FASTER, _SLOWER = 0.05, 0.002
 
 
-class _ThrottleAwareBudget:
-    """Retries of 429 answers spend from their own budget; other retries only from the user's.
+class _HostSignals(Policy):
+    """One host's retry budgets, and the signal that tells an overloaded host from random errors.
 
-    A 429 says the client is over its quota: retrying every one of them
-    (even after ``Retry-After``) keeps the client over the quota and
-    multiplies the load on the limiter, a retry storm. Transient failures
-    (5xx, transport errors) keep the full retries that absorb a brownout.
+    As a policy it sits inside the retry, around each attempt, and times it
+    (with the pipeline's clock). As the retry's budget it decides whether a
+    retry may go:
+
+    * a 429 says "over quota": its retries spend from ``throttled`` (a small
+      share of recent calls), or a retry storm keeps the client over quota;
+    * a failure that took much longer than the host's usual answer
+      (``SLOW_FAILURE_FACTOR`` times, at least ``SLOW_FAILURE_FLOOR``) says
+      the host is queueing: its retries spend from ``overloaded``, so that
+      retries do not add load where it hurts (a metastable overload);
+    * a quick failure (a brownout's random 503, a reset connection) retries
+      freely: that is what absorbs a brownout;
+    * the user's ``retry_budget``, if any, is asked as well.
     """
 
-    __slots__ = ("inner", "throttled")
+    policy_type = "host_signals"
 
-    def __init__(self, inner: RetryBudgetLike | None, throttled: RetryBudget) -> None:
+    def __init__(
+        self,
+        inner: RetryBudgetLike | None,
+        throttled: RetryBudget | None,
+        overloaded: RetryBudget | None,
+        failure_statuses: frozenset[int],
+        clock: Clock | None,
+    ) -> None:
+        super().__init__()
         self.inner = inner
         self.throttled = throttled
+        self.overloaded = overloaded
+        self.failure_statuses = failure_statuses
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        #: The host's usual answer time, seconds (None until the first good answer).
+        self.usual: float | None = None
+        # Outside a transport (no call in flight to note it on): the last judgement.
+        self._last_slow = False
+
+    # -- the meter --------------------------------------------------------------
+
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        now = self.clock.now
+        failures = self.failure_statuses
+        judge, learn = self._judge, self._learn
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start = now()
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception:
+                judge(now() - start)
+                raise
+            if getattr(result, "status_code", None) in failures:
+                judge(now() - start)
+            else:
+                learn(now() - start)
+            return result
+
+        return timed
+
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        now = self.clock.now
+        failures = self.failure_statuses
+        judge, learn = self._judge, self._learn
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = now()
+            try:
+                result = fn(*args, **kwargs)
+            except Exception:
+                judge(now() - start)
+                raise
+            if getattr(result, "status_code", None) in failures:
+                judge(now() - start)
+            else:
+                learn(now() - start)
+            return result
+
+        return timed
+
+    def _learn(self, took: float) -> None:
+        usual = self.usual
+        if usual is None:
+            self.usual = took
+        else:
+            self.usual = usual + (_FASTER if took < usual else _SLOWER) * (took - usual)
+
+    def slow_limit(self) -> float:
+        """Seconds: a failure that took longer says the host is queueing.
+
+        Infinite until the host has answered well once: with nothing to
+        compare with, no failure is called slow.
+        """
+        usual = self.usual
+        return math.inf if usual is None else max(SLOW_FAILURE_FLOOR, SLOW_FAILURE_FACTOR * usual)
+
+    def _judge(self, took: float) -> None:
+        slow = took > self.slow_limit()
+        call = _current_call.get()
+        if call is not None:
+            call.slow_failure = slow
+        else:
+            self._last_slow = slow
+
+    # -- the budget -------------------------------------------------------------
 
     def record_request(self) -> None:
-        self.throttled.record_request()
+        """Count one call in every budget."""
+        if self.throttled is not None:
+            self.throttled.record_request()
+        if self.overloaded is not None:
+            self.overloaded.record_request()
         if self.inner is not None:
             self.inner.record_request()
 
     def try_spend(self) -> bool:
+        """Whether the retry about to start may go (see the class docstring)."""
         call = _current_call.get()
-        if call is not None and call.status == 429 and not self.throttled.try_spend():
+        if call is not None:
+            throttled, slow = call.status == 429, call.slow_failure
+        else:
+            throttled, slow = False, self._last_slow
+        if throttled:
+            if self.throttled is not None and not self.throttled.try_spend():
+                return False
+        elif slow and self.overloaded is not None and not self.overloaded.try_spend():
             return False
         return self.inner is None or self.inner.try_spend()
 
-
-def _positive(value: Any, param: str, *, allow_none: bool = True) -> float | None:
-    if value is None:
-        if allow_none:
-            return None
-        raise TypeError(f"{param} must be a number > 0, got None")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{param} must be a number > 0{' or None' if allow_none else ''}, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{param} must be a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
-    return float(value)
+    def __repr__(self) -> str:
+        return f"_HostSignals(usual={self.usual!r})"
 
 
 class StandardPipeline:
-    """A factory of per-host pipelines with Microsoft's standard handler defaults.
+    """A factory of per-host pipelines: the defaults of the zero-configuration client.
 
     Pass it (or :func:`standard_pipeline`'s result) as ``pipeline=`` to a
     resilient transport: the transport calls it once per host key (see
     :func:`authority`) and keeps at most ``max_hosts`` pipelines, least
     recently used first out. Each host gets, outermost first:
 
-    | part | default | keyword(s) |
+    | part | default (`preset="resilient"`) | keyword(s) |
     |---|---|---|
     | concurrency limit | 1000 running, 0 queued | `max_concurrent`, `max_queued` |
     | total timeout | 30 s | `total_timeout` |
     | rate limit (token bucket) | off | `rate`, `per`, `burst`, `rate_mode` |
-    | retry | 3 retries (4 attempts), exponential from 2 s, jitter, Retry-After | `max_retries`, `base_delay`... |
-    | retries of 429 | at most 10 % of recent calls (+1/s) per host | `throttle_retry_ratio` |
-    | circuit breaker | ratio 0.5 over 30 s, min 100 calls, break 5 s; no 429 | `failure_ratio`, `breaker_statuses` |
+    | retry | 3 retries, exponential from 25 ms with jitter, Retry-After | `max_retries`, `base_delay`... |
+    | retries of 429 | at most 4 % of recent calls (+1/s) per host | `throttle_retry_ratio` |
+    | retries of slow failures | at most 10 % of recent calls (+1/s) per host | `overload_retry_ratio` |
+    | circuit breaker | 20 failures in a row, or ratio 0.5 (30 s, 100 calls) | `consecutive_failures`, `failure_ratio` |
+    | breaks | 0.5 s, x2 per failed probe up to 2 s; 429 not counted | `break_duration`, `breaker_statuses` |
     | attempt timeout | 10 s | `attempt_timeout` |
 
     The retry also takes `backoff`, `max_delay` (30 s, caps `Retry-After`
     too), `statuses`, `honour_retry_after` and `retry_budget`; the breaker
-    `sampling_duration` and `minimum_throughput`.
+    `sampling_duration`, `minimum_throughput` and `breaker_statuses`.
 
-    Deliberate deviations from Microsoft (``preset="microsoft"`` restores
-    its exact values):
+    Why these values (the httpx page's "Defaults and why" has the
+    measurements): Microsoft's standard handler values are right for
+    Microsoft's preset, and wrong for a Python service answering users.
 
-    * ``failure_ratio`` is 0.5, not 0.1. The breaker sits inside the retry,
-      so it sees every attempt: during a 30 % brownout a 0.1 ratio opens the
-      circuit (and fails every call) although three retries would have
-      absorbed it; 0.5 opens only when most attempts fail.
-    * A 429 is not a breaker failure (``breaker_statuses`` leaves it out),
-      and retries of 429 answers spend from a per-host budget of 10 % of
-      recent calls (``throttle_retry_ratio``). A 429 says "over quota", not
-      "broken": opening the circuit on it fails calls the quota would have
-      admitted, and retrying every 429 keeps the client over its quota (a
-      retry storm). Other retries are not budgeted, unless you pass
-      ``retry_budget``.
+    * **Fail fast on an outage, recover at once.** A run of 20 failed
+      attempts opens the circuit (at 30 % random errors a run of 20 has a
+      probability of 3e-11, so a brownout never trips it), without waiting
+      for 100 calls in a window that a healthy period filled with
+      successes. The first break is 0.5 s and grows (x2, up to 2 s) only
+      while probes keep failing (:class:`~resilient.breaker.GrowingBreak`):
+      a fixed 5 s break outlives a short outage.
+    * **Ride out a brownout.** The failure ratio is 0.5, not 0.1: the
+      breaker sits inside the retry and sees every attempt, so at 30 %
+      errors a 0.1 ratio fails calls that three retries would have saved.
+      Retries wait tens of milliseconds (25 ms, decorrelated jitter), not
+      seconds: a user is waiting.
+    * **Do not feed an overload.** A failure that took much longer than the
+      host's usual answer means the host is queueing; retrying it adds load
+      where it hurts. Such retries spend from a budget of 10 % of recent
+      calls (``overload_retry_ratio``); quick failures retry freely.
+    * **Respect a quota.** A 429 is not a breaker failure, and its retries
+      spend from a budget of 4 % of recent calls (``throttle_retry_ratio``),
+      after the ``Retry-After`` the server asked for.
+
+    ``preset="microsoft"`` gives Microsoft's exact values instead, for every
+    option you leave out: base delay 2 s, failure ratio 0.1 and no
+    consecutive-failure trip, a fixed 5 s break, 429 counted by the breaker,
+    no throttle or overload budgets.
 
     The concurrency limit rejects with :class:`~resilient.BulkheadFullError`
     when full (Microsoft's ``ConcurrencyLimiter`` with no queue); the rate
     limit, when set, waits for a token (``rate_mode="reject"``: raises
     :class:`~resilient.RateLimitedError`), bounded by the total timeout.
 
-    Set a part's keyword to ``None`` (``max_retries=0`` for the retry) to
-    leave that part out. Synchronous clients get the same pipeline without
-    the two timeout policies (a blocking call cannot be interrupted): the
+    Set a part's keyword to ``None`` (``max_retries=0`` for the retry; both
+    ``failure_ratio`` and ``consecutive_failures`` for the breaker) to leave
+    that part out. Synchronous clients get the same pipeline without the
+    two timeout policies (a blocking call cannot be interrupted): the
     timeouts become deadlines that stop retries that would outlive them and
     cap every socket operation of an ``httpx.HTTPTransport`` to what is left
     (see :class:`ResilientTransport` for the exact bound).
 
     Args:
-        preset: ``"resilient"`` (default) or ``"microsoft"`` (failure ratio 0.1,
-            429 counted by the breaker, 429 retries not budgeted).
+        preset: ``"resilient"`` (default) or ``"microsoft"``.
+        statuses: statuses to retry; ``None``: 408, 429 and 5xx.
+        breaker_statuses: statuses the breaker counts as failures; ``None``:
+            the retried statuses but 429 (``"microsoft"``: 429 too).
         name: prefix of the policies' names (``"httpx http://host:80 breaker"``).
         clock: time source of every part (tests: ``FakeClock``).
         listeners: event listeners attached to every host's pipeline.
+
+    Raises:
+        ValueError, TypeError: an option out of range, or options that
+            contradict each other, naming them.
     """
+
+    _given: frozenset[str] = frozenset()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> StandardPipeline:
+        self = super().__new__(cls)
+        # The options the caller gave: a preset changes only the others.
+        self._given = frozenset(kwargs)
+        return self
 
     def __init__(
         self,
@@ -193,62 +334,81 @@ class StandardPipeline:
         total_timeout: float | None = 30.0,
         max_retries: int = 3,
         backoff: Backoff | Callable[[int], float] | Any | None = None,
-        base_delay: float = 2.0,
+        base_delay: float = 0.025,
         max_delay: float | None = 30.0,
-        statuses: Iterable[int] = TRANSIENT_STATUSES,
+        statuses: Iterable[int] | None = None,
         honour_retry_after: bool = True,
         retry_budget: RetryBudgetLike | None = None,
-        throttle_retry_ratio: float | EllipsisType | None = ...,
-        failure_ratio: float | EllipsisType | None = ...,
-        breaker_statuses: Iterable[int] | EllipsisType = ...,
+        throttle_retry_ratio: float | None = 0.04,
+        overload_retry_ratio: float | None = 0.1,
+        failure_ratio: float | None = 0.5,
+        consecutive_failures: int | None = 20,
+        breaker_statuses: Iterable[int] | None = None,
         sampling_duration: float = 30.0,
         minimum_throughput: int = 100,
-        break_duration: float = 5.0,
+        break_duration: float | BreakDuration = GrowingBreak(0.5, maximum=2.0),  # noqa: B008 - immutable
         attempt_timeout: float | None = 10.0,
         name: str = "httpx",
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
     ) -> None:
         if preset not in _PRESETS:
-            raise ValueError(f"preset must be one of {tuple(_PRESETS)}, got {preset!r}")
+            raise ValueError(f"preset must be one of {_PRESETS}, got {preset!r}")
         self.preset = preset
-        defaults = _PRESETS[preset]
-        if isinstance(failure_ratio, EllipsisType):
-            failure_ratio = cast(float, defaults["failure_ratio"])
-        if isinstance(breaker_statuses, EllipsisType):
-            breaker_statuses = cast(frozenset[int], defaults["breaker_statuses"])
-        if isinstance(throttle_retry_ratio, EllipsisType):
-            throttle_retry_ratio = cast("float | None", defaults["throttle_retry_ratio"])
-        if throttle_retry_ratio is not None and (
-            isinstance(throttle_retry_ratio, bool)
-            or not isinstance(throttle_retry_ratio, int | float)
-            or not 0 <= throttle_retry_ratio < math.inf
-        ):
-            raise ValueError(f"throttle_retry_ratio must be a number >= 0 or None, got {throttle_retry_ratio!r}")
-        self.throttle_retry_ratio = throttle_retry_ratio
+        if preset == "microsoft":
+            values = {k: v for k, v in _MICROSOFT.items() if k not in self._given}
+            base_delay = values.get("base_delay", base_delay)
+            failure_ratio = values.get("failure_ratio", failure_ratio)
+            consecutive_failures = values.get("consecutive_failures", consecutive_failures)
+            break_duration = values.get("break_duration", break_duration)
+            breaker_statuses = values.get("breaker_statuses", breaker_statuses)
+            throttle_retry_ratio = values.get("throttle_retry_ratio", throttle_retry_ratio)
+            overload_retry_ratio = values.get("overload_retry_ratio", overload_retry_ratio)
+        self.throttle_retry_ratio = check_number(
+            throttle_retry_ratio, "throttle_retry_ratio", strict=False, allow_none=True
+        )
+        self.overload_retry_ratio = check_number(
+            overload_retry_ratio, "overload_retry_ratio", strict=False, allow_none=True
+        )
         if max_concurrent is not None and (isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)):
             raise TypeError(f"max_concurrent must be an int >= 1 or None, got {max_concurrent!r}")
         if max_concurrent is not None and max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1 or None, got {max_concurrent!r}")
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
-        self.rate = _positive(rate, "rate")
-        self.per = cast(float, _positive(per, "per", allow_none=False))
+        self.rate = check_number(rate, "rate", allow_none=True)
+        self.per = check_number(per, "per")
         self.burst = burst
         if rate_mode not in ("wait", "reject"):
             raise ValueError(f"rate_mode must be 'wait' or 'reject', got {rate_mode!r}")
         self.rate_mode = rate_mode
-        self.total_timeout = _positive(total_timeout, "total_timeout")
-        self.attempt_timeout = _positive(attempt_timeout, "attempt_timeout")
+        self.total_timeout = check_number(total_timeout, "total_timeout", allow_none=True)
+        self.attempt_timeout = check_number(attempt_timeout, "attempt_timeout", allow_none=True)
+        if (
+            self.total_timeout is not None
+            and self.attempt_timeout is not None
+            and self.attempt_timeout > self.total_timeout
+        ):
+            if "attempt_timeout" not in self._given:
+                # Only total_timeout was lowered: the default attempt timeout could never fire.
+                self.attempt_timeout = None
+            else:
+                raise ValueError(
+                    f"attempt_timeout ({attempt_timeout!r} s) must not exceed total_timeout ({total_timeout!r} s): "
+                    "no attempt could ever use it; lower attempt_timeout or raise total_timeout"
+                )
         self.max_retries = max_retries
         self.backoff = backoff
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self.statuses = _check_statuses(statuses)
+        self.statuses = TRANSIENT_STATUSES if statuses is None else _check_statuses(statuses)
+        if breaker_statuses is None:
+            breaker_statuses = self.statuses - {429}
         self.breaker_statuses = _check_statuses(breaker_statuses, "breaker_statuses")
         self.honour_retry_after = honour_retry_after
         self.retry_budget = retry_budget
         self.failure_ratio = failure_ratio
+        self.consecutive_failures = consecutive_failures
         self.sampling_duration = sampling_duration
         self.minimum_throughput = minimum_throughput
         self.break_duration = break_duration
@@ -285,16 +445,22 @@ class StandardPipeline:
             policies.append(
                 RateLimiter(self.rate, self.per, burst=self.burst, mode=self.rate_mode, name=nm("rate"), clock=clock)
             )
+        signals: _HostSignals | None = None
         if self.max_retries:
             backoff = self.backoff
             if backoff is None:
                 cap = self.max_delay if self.max_delay is not None else 30.0
                 backoff = exponential(self.base_delay, max_delay=cap, jitter="decorrelated")
             budget = self.retry_budget
+            # One set of budgets per host: a quota, and a queue, are per host too.
+            throttled = overloaded = None
             if self.throttle_retry_ratio is not None and 429 in self.statuses:
-                # One throttle budget per host: a quota is per host too.
                 throttled = RetryBudget(self.throttle_retry_ratio, min_per_second=1.0, window=10.0, clock=clock)
-                budget = _ThrottleAwareBudget(budget, throttled)
+            if self.overload_retry_ratio is not None:
+                overloaded = RetryBudget(self.overload_retry_ratio, min_per_second=1.0, window=10.0, clock=clock)
+            if throttled is not None or overloaded is not None:
+                signals = _HostSignals(budget, throttled, overloaded, self.statuses, clock)
+                budget = signals
             policies.append(
                 http_retry(
                     self.max_retries,
@@ -309,12 +475,15 @@ class StandardPipeline:
             )
         elif isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
-        if self.failure_ratio is not None:
+        if signals is not None:
+            policies.append(signals)
+        if self.failure_ratio is not None or self.consecutive_failures is not None:
             statuses = self.breaker_statuses
             policies.append(
                 CircuitBreaker(
                     nm("breaker"),
                     failure_ratio=self.failure_ratio,
+                    consecutive_failures=self.consecutive_failures,
                     sampling_duration=self.sampling_duration,
                     minimum_throughput=self.minimum_throughput,
                     break_duration=self.break_duration,
@@ -334,16 +503,17 @@ class StandardPipeline:
         return (
             f"StandardPipeline(preset={self.preset!r}, max_concurrent={self.max_concurrent}, "
             f"total_timeout={self.total_timeout}, max_retries={self.max_retries}, "
-            f"failure_ratio={self.failure_ratio}, attempt_timeout={self.attempt_timeout})"
+            f"failure_ratio={self.failure_ratio}, consecutive_failures={self.consecutive_failures}, "
+            f"attempt_timeout={self.attempt_timeout})"
         )
 
 
 def standard_pipeline(preset: Literal["resilient", "microsoft"] = "resilient", **overrides: Any) -> StandardPipeline:
-    """The standard pipeline: Microsoft's standard handler's defaults, per host.
+    """The standard pipeline: the zero-configuration client's defaults, per host.
 
     ``standard_pipeline()`` is what a transport uses when given no pipeline;
     ``standard_pipeline("microsoft")`` uses Microsoft's exact values
-    (failure ratio 0.1); any part can be changed by keyword, e.g.
+    (failure ratio 0.1, 2 s backoff, 5 s breaks); any part can be changed by keyword, e.g.
     ``standard_pipeline(attempt_timeout=2.0, max_retries=2)``. See
     :class:`StandardPipeline` for the table of defaults.
     """

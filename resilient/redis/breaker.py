@@ -163,12 +163,13 @@ elseif op == 'failure' then
       open_(fp + 1, brk, 0)
     elseif st == 'closed' then
       wadd(1, 1); cons = cons + 1; touched = true
-      if ratio_mode then
+      -- cons_max 0: ratio only; ratio_mode false: consecutive only; else whichever trips first.
+      local trip = cons_max > 0 and cons >= cons_max
+      if not trip and ratio_mode then
         local c, fl = wsum()
-        if c >= min_tp and fl / c >= fratio then open_(0, brk, 0) end
-      elseif cons >= cons_max then
-        open_(0, brk, 0)
+        trip = c >= min_tp and fl / c >= fratio
       end
+      if trip then open_(0, brk, 0) end
     end
   end
 elseif op == 'success' then
