@@ -37,7 +37,7 @@ async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  
 
 async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> None:  # noqa: F811
     lim = RedisRateLimiter(redis_server.url, rate=10, burst=3, name="api", timeout=T)
-    got = [await lim.try_acquire() for _ in range(4)]
+    got = [await lim.atry_acquire() for _ in range(4)]
     assert [d.allowed for d in got] == [True, True, True, False]
     assert [d.remaining for d in got[:3]] == [2, 1, 0]
     assert all(d.limit == 3 for d in got)
@@ -47,17 +47,17 @@ async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> No
     assert 0.05 < denied.retry_after <= 0.1
     assert 0.2 < denied.reset <= 0.3
     await asyncio.sleep(denied.retry_after + 0.01)
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     assert lim.using_redis
     await lim.aclose()
 
 
 async def test_cost_and_validation(redis_server: RedisServer) -> None:  # noqa: F811
     lim = RedisRateLimiter(redis_server.url, rate=5, burst=5, name="cost", timeout=T)
-    assert (await lim.try_acquire(tokens=4)).remaining == 1
-    assert not (await lim.try_acquire(tokens=2)).allowed
+    assert (await lim.atry_acquire(tokens=4)).remaining == 1
+    assert not (await lim.atry_acquire(tokens=2)).allowed
     with pytest.raises(ValueError, match="tokens"):
-        await lim.try_acquire(tokens=6)
+        await lim.atry_acquire(tokens=6)
     with pytest.raises(ValueError, match="rate"):
         RedisRateLimiter(redis_server.url, rate=0, name="x", timeout=T)
     with pytest.raises(ValueError, match="burst"):
@@ -75,11 +75,11 @@ async def test_cost_and_validation(redis_server: RedisServer) -> None:  # noqa: 
 
 async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
     lim = KeyedRedisRateLimiter(redis_server.url, rate=20, burst=2, name="per-user", timeout=T, prefix="svc:")
-    assert (await lim.try_acquire("alice")).allowed
-    assert (await lim.try_acquire("alice")).allowed
-    assert not (await lim.try_acquire("alice")).allowed
+    assert (await lim.atry_acquire("alice")).allowed
+    assert (await lim.atry_acquire("alice")).allowed
+    assert not (await lim.atry_acquire("alice")).allowed
     # Another key has its own bucket.
-    assert (await lim.try_acquire("bob")).allowed
+    assert (await lim.atry_acquire("bob")).allowed
     keys = sorted(await rclient.keys("*"))
     assert keys == ["svc:rl:per-user:alice", "svc:rl:per-user:bob"]
     # The key lives as long as the bucket needs to refill, no longer.
@@ -97,15 +97,15 @@ async def test_names_and_keys_never_collide(redis_server: RedisServer, rclient: 
     by_key = KeyedRedisRateLimiter(redis_server.url, name="login", **opts)  # type: ignore[arg-type]
     by_name = KeyedRedisRateLimiter(redis_server.url, name="login:ip", **opts)  # type: ignore[arg-type]
     plain = RedisRateLimiter(redis_server.url, name="login:ip:192.0.2.10", **opts)  # type: ignore[arg-type]
-    assert (await by_key.try_acquire("ip:192.0.2.10")).allowed
-    assert (await by_name.try_acquire("192.0.2.10")).allowed
-    assert (await plain.try_acquire()).allowed
+    assert (await by_key.atry_acquire("ip:192.0.2.10")).allowed
+    assert (await by_name.atry_acquire("192.0.2.10")).allowed
+    assert (await plain.atry_acquire()).allowed
     # The same pairs again: each has its own bucket, now empty.
-    assert not (await by_key.try_acquire("ip:192.0.2.10")).allowed
-    assert not (await by_name.try_acquire("192.0.2.10")).allowed
+    assert not (await by_key.atry_acquire("ip:192.0.2.10")).allowed
+    assert not (await by_name.atry_acquire("192.0.2.10")).allowed
     # Escapes are escaped too, and braces never make a cluster hash tag.
     odd = KeyedRedisRateLimiter(redis_server.url, name="a%3Ab", **opts)  # type: ignore[arg-type]
-    assert (await odd.try_acquire("{x}")).allowed
+    assert (await odd.atry_acquire("{x}")).allowed
     keys = set(await rclient.keys("*"))
     assert len(keys) == 4
     assert "resilient:rl:login:ip%3A192.0.2.10" in keys
@@ -119,11 +119,11 @@ async def test_two_limiters_with_one_name_share_the_limit(redis_server: RedisSer
     a = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="shared", timeout=T)
     b = RedisRateLimiter(aioredis.Redis.from_url(redis_server.url), rate=1, burst=2, name="shared", timeout=T)
     c = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="other", timeout=T)
-    assert (await a.try_acquire()).allowed
-    assert (await b.try_acquire()).allowed
-    assert not (await a.try_acquire()).allowed
-    assert not (await b.try_acquire()).allowed
-    assert (await c.try_acquire()).allowed
+    assert (await a.atry_acquire()).allowed
+    assert (await b.atry_acquire()).allowed
+    assert not (await a.atry_acquire()).allowed
+    assert not (await b.atry_acquire()).allowed
+    assert (await c.atry_acquire()).allowed
     for lim in (a, c):
         await lim.aclose()
 
@@ -217,12 +217,12 @@ async def test_sigkill_fails_open_with_one_warning_and_recovers_after_restart(
 ) -> None:
     clock = FakeClock()
     lim = RedisRateLimiter(redis_server.url, rate=1000, burst=1000, name="down", timeout=T, clock=clock)
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     redis_server.kill()
     caplog.set_level(logging.INFO, logger="resilient.redis")
     with recording() as rec:
         for _ in range(50):
-            assert (await lim.try_acquire()).allowed  # the call flows on local state
+            assert (await lim.atry_acquire()).allowed  # the call flows on local state
         assert not lim.using_redis
         assert len(redis_warnings(caplog)) == 1
         assert "failing open" in redis_warnings(caplog)[0].getMessage()
@@ -231,15 +231,15 @@ async def test_sigkill_fails_open_with_one_warning_and_recovers_after_restart(
 
         redis_server.restart()
         # No probe before recovery_interval has passed...
-        await lim.try_acquire()
+        await lim.atry_acquire()
         await asyncio.sleep(0.05)
         assert not lim.using_redis
         # ...then one, in the background, and the limiter switches back.
         clock.advance(1.0)
-        await lim.try_acquire()
+        await lim.atry_acquire()
         await eventually(lambda: lim.using_redis)
         assert [e.name for e in rec.events] == [events.STORE_FAILED_OPEN, events.STORE_RECOVERED]
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     assert len(redis_warnings(caplog)) == 1
     assert lim.status()["outages"] == 1
     await lim.aclose()
@@ -251,30 +251,30 @@ async def test_sigstop_slow_redis_times_out_and_recovers_after_sigcont(
 ) -> None:
     clock = FakeClock()
     lim = RedisRateLimiter(redis_server.url, rate=1000, burst=1000, name="slow", clock=clock, timeout=0.05)
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     redis_server.pause()
     caplog.set_level(logging.WARNING, logger="resilient.redis")
     try:
         start = time.monotonic()
-        first = await lim.try_acquire()
+        first = await lim.atry_acquire()
         first_took = time.monotonic() - start
         assert first.allowed
         assert first_took < 0.5  # bounded by the 50 ms timeout, plus a loaded machine's slack
         start = time.monotonic()
         for _ in range(100):
-            assert (await lim.try_acquire()).allowed
+            assert (await lim.atry_acquire()).allowed
         # Failed open: no call waits for Redis any more.
         assert time.monotonic() - start < 0.5
         assert len(redis_warnings(caplog)) == 1
         # A probe while still paused fails and changes nothing.
         clock.advance(1.0)
-        await lim.try_acquire()
+        await lim.atry_acquire()
         await asyncio.sleep(0.15)
         assert not lim.using_redis
     finally:
         redis_server.resume()
     clock.advance(1.0)
-    await lim.try_acquire()
+    await lim.atry_acquire()
     await eventually(lambda: lim.using_redis)
     assert len(redis_warnings(caplog)) == 1
     await lim.aclose()
@@ -299,7 +299,7 @@ async def test_redis_error_fails_open(redis_server: RedisServer, rclient: aiored
     await rclient.rpush("resilient:rl:wrongtype", "x")  # the script's GET fails with WRONGTYPE
     lim = RedisRateLimiter(redis_server.url, rate=1, burst=1, name="wrongtype", timeout=T)
     with recording() as rec:
-        assert (await lim.try_acquire()).allowed
+        assert (await lim.atry_acquire()).allowed
     assert not lim.using_redis
     assert rec.events[0].exception is not None
     assert "ResponseError" in rec.events[0].exception
@@ -311,7 +311,7 @@ async def test_credentials_never_logged(redis_server: RedisServer, caplog: pytes
     lim = RedisRateLimiter(url, rate=1, name="auth", timeout=T)
     caplog.set_level(logging.DEBUG, logger="resilient.redis")
     with recording() as rec:
-        assert (await lim.try_acquire()).allowed  # AUTH fails: the server has no such user
+        assert (await lim.atry_acquire()).allowed  # AUTH fails: the server has no such user
     assert not lim.using_redis
     text = " ".join(r.getMessage() for r in caplog.records) + json.dumps([dict(e.extras) for e in rec.events])
     assert "s3cr3t" not in text
@@ -328,12 +328,12 @@ WORKER = """
 
     async def main(url, duration):
         lim = RedisRateLimiter(url, rate=200, burst=5, name="fleet", timeout=0.5)
-        await lim._conn.aclient().ping()  # connect before the clock starts
+        await lim.store._conn.aclient().ping()  # connect before the clock starts
         ready()
         admitted = 0
         end = time.monotonic() + duration
         while time.monotonic() < end:
-            d = await lim.try_acquire()
+            d = await lim.atry_acquire()
             if d.allowed:
                 admitted += 1
             else:

@@ -11,6 +11,7 @@ from typing import Any, Literal, NamedTuple
 
 from resilient.clock import Clock
 from resilient.errors import ResilienceError
+from resilient.events import Listener
 from resilient.validate import check_int, check_number
 
 __all__ = ["EPS", "Mode", "RateConfig", "RateDecision", "RateLimitKeyError"]
@@ -56,9 +57,18 @@ class RateConfig:
     bucket's virtual timeline and the bucket is ``tau`` seconds deep.
     """
 
-    __slots__ = ("burst", "clock", "interval", "name", "per", "rate", "tau")
+    __slots__ = ("burst", "clock", "interval", "listeners", "name", "per", "rate", "tau")
 
-    def __init__(self, rate: Any, per: Any, burst: Any, *, name: str | None, clock: Clock) -> None:
+    def __init__(
+        self,
+        rate: Any,
+        per: Any,
+        burst: Any,
+        *,
+        name: str | None,
+        clock: Clock,
+        listeners: tuple[Listener, ...] = (),
+    ) -> None:
         #: Tokens added per ``per`` seconds.
         self.rate: float = check_number(rate, "rate")
         #: The period of ``rate``, in seconds.
@@ -71,6 +81,8 @@ class RateConfig:
         self.name = name
         #: The limiter's clock.
         self.clock = clock
+        #: The limiter's own listeners (a remote store reports its outages to them too).
+        self.listeners = listeners
         #: Seconds per token.
         self.interval: float = self.per / self.rate
         #: The bucket's depth in seconds.

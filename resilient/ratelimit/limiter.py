@@ -57,7 +57,7 @@ class _LimiterBase(Policy):
     ) -> None:
         #: The limiter's clock.
         self.clock: Clock = check_clock(clock)
-        self._cfg = RateConfig(rate, per, burst, name=self.name, clock=self.clock)
+        self._cfg = RateConfig(rate, per, burst, name=self.name, clock=self.clock, listeners=self.listeners)
         if mode not in ("wait", "reject"):
             raise ValueError(f"mode must be 'wait' or 'reject', got {mode!r}")
         self._mode: Mode = mode

@@ -305,10 +305,12 @@ def _give_back(state: list[float], start: float, end: float) -> None:
     """Free the reservation ``(start, end)`` of a waiter that will not run."""
     if end >= state[0] - EPS:
         # The last reservation: the bucket simply moves back, over a freed turn just before it too.
-        state[0] = start
-        if len(state) > 1 and state[-1] >= start - EPS:
-            state[0] = state[-2]
-            del state[-2:]
+        # Never forward: a bucket that is already behind has no such reservation left to give.
+        if start < state[0]:
+            state[0] = start
+            if len(state) > 1 and state[-1] >= start - EPS:
+                state[0] = state[-2]
+                del state[-2:]
         return
     holes = [(state[i], state[i + 1]) for i in range(1, len(state), 2)]
     holes.append((start, end))

@@ -3,7 +3,7 @@
 Optional integration (the ``redis`` extra, redis-py's ``redis.asyncio``);
 ``resilient/__init__.py`` never imports it. Import from here::
 
-    from resilient.redis import RedisBreakerStore, RedisRateLimiter, KeyedRedisRateLimiter
+    from resilient.redis import RedisBreakerStore, RedisRateStore, RedisRateLimiter, KeyedRedisRateLimiter
 
 Every store updates its state atomically with one Lua script per decision
 (one round trip), reads time from Redis ``TIME`` (replicas' clocks differ),
@@ -20,7 +20,13 @@ from __future__ import annotations
 
 from resilient.redis._common import logger
 from resilient.redis.breaker import BREAKER_SCRIPT, RedisBreakerStore
-from resilient.redis.ratelimit import GCRA_SCRIPT, KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
+from resilient.redis.ratelimit import (
+    GCRA_SCRIPT,
+    KeyedRedisRateLimiter,
+    RateDecision,
+    RedisRateLimiter,
+    RedisRateStore,
+)
 
 __all__ = [
     "BREAKER_SCRIPT",
@@ -29,5 +35,6 @@ __all__ = [
     "RateDecision",
     "RedisBreakerStore",
     "RedisRateLimiter",
+    "RedisRateStore",
     "logger",
 ]
