@@ -32,7 +32,7 @@ __all__ = ["GCRA_SCRIPT", "KeyedRedisRateLimiter", "RateDecision", "RedisRateLim
 #: cost (negative: give that much back, for a cancelled waiter), the bucket's
 #: depth, the longest wait the call may reserve, and ``now`` (empty: Redis
 #: ``TIME``, so that the replicas' clocks never matter). Replies
-#: ``"wait|full_in"`` (one string: redis-py's pure-Python parser pays per
+#: ``"wait|full_in"`` (microseconds) (one string: redis-py's pure-Python parser pays per
 #: array element): ``wait`` 0 (went now), ``<= max_wait`` (reserved) or more
 #: (refused, nothing written). The key expires when the bucket is full again,
 #: so idle keys vanish.
@@ -50,9 +50,9 @@ local new = tat + cost
 if cost < 0 then
   if new > now then
     redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.ceil((new - now) / 1000) + 1)
-  else
-    redis.call('DEL', KEYS[1])
+    return string.format('0|%.17g', new - now)
   end
+  redis.call('DEL', KEYS[1])
   return '0|0'
 end
 local wait = new - now - tonumber(ARGV[2])
@@ -312,13 +312,19 @@ class RedisRateStore:
 
     def refund(self, key: Hashable, cost: float, now: float, wait: float) -> None:
         """Give ``cost`` back to ``key``'s bucket."""
-        if self._run(self._key(key), self._args(-cost, now, 0.0)) is None:
+        reply = self._run(self._key(key), self._args(-cost, now, 0.0))
+        if reply is None:
             self._local.refund(key, cost, now, wait)
+        else:
+            self._parse(reply, key, now)
 
     async def arefund(self, key: Hashable, cost: float, now: float, wait: float) -> None:
         """Async :meth:`refund`."""
-        if await self._arun(self._key(key), self._args(-cost, now, 0.0)) is None:
+        reply = await self._arun(self._key(key), self._args(-cost, now, 0.0))
+        if reply is None:
             self._local.refund(key, cost, now, wait)
+        else:
+            self._parse(reply, key, now)
 
     def tokens(self, key: Hashable, now: float) -> float:
         """Tokens now: the plain bucket's as of its last decision; a key's is not known without a round trip."""
