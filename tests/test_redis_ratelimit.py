@@ -1,4 +1,4 @@
-"""RedisRateLimiter / KeyedRedisRateLimiter against a real, private redis-server."""
+"""RedisRateStore, RedisRateLimiter, KeyedRedisRateLimiter against a real, private redis-server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from resilient import RateLimitedError, events
 from resilient.deadline import deadline
-from resilient.redis import KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
+from resilient.ratelimit import AsyncRateStore, KeyedRateLimiter, RateLimiter
+from resilient.redis import KeyedRedisRateLimiter, RateDecision, RedisRateLimiter, RedisRateStore
 from resilient.testing import FakeClock, recording
 from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings, run_together  # noqa: F401 - fixture
 
@@ -360,3 +361,139 @@ def test_shared_limit_across_four_processes(redis_server: RedisServer) -> None: 
     assert abs(total - expected) <= 0.05 * expected, (total, results)
     # Every process got a share, not one process everything.
     assert min(results) > 0
+
+
+# -- RedisRateStore: the one RateLimiter / KeyedRateLimiter on Redis ---------------------
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_rate_limiter_over_a_redis_store_sync_and_async_share_one_bucket(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    store = RedisRateStore(redis_server.url, timeout=T)
+    rl = RateLimiter(10, burst=3, mode="reject", name="one-api", store=store)
+    assert rl.store is store
+    assert isinstance(store, AsyncRateStore)
+    assert (await rl.atry_acquire()).allowed  # async round trip
+    assert rl.try_acquire().allowed  # blocking round trip, the same bucket
+    assert (await rl.atry_acquire()).remaining == 0
+    with recording() as rec:
+        denied = await rl.atry_acquire()
+        with pytest.raises(RateLimitedError):
+            await rl.run(_ok)
+        with pytest.raises(RateLimitedError):
+            rl.run_sync(lambda: "never")
+    assert not denied.allowed
+    assert 0.05 < denied.retry_after <= 0.1
+    assert rec.names() == [events.REJECTED] * 3
+    assert {e.extras["backend"] for e in rec.events} == {"redis"}
+    assert rl.rejected == 3
+    assert rl.status()["redis_healthy"] is True
+    await store.aclose()
+
+
+async def _ok() -> str:
+    return "ok"
+
+
+async def test_keyed_rate_limiter_over_a_redis_store(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
+    store = RedisRateStore(redis_server.url, timeout=T, prefix="edge:")
+    kl = KeyedRateLimiter(1, burst=1, name="per-client", store=store, mode="reject")
+    assert (await kl.atry_acquire("10.0.0.1")).allowed
+    assert not (await kl.atry_acquire("10.0.0.1")).allowed
+    assert kl.try_acquire("10.0.0.2").allowed
+    assert sorted(await rclient.keys("edge:*")) == ["edge:rl:per-client:10.0.0.1", "edge:rl:per-client:10.0.0.2"]
+    await store.aclose()
+
+
+def test_a_redis_store_needs_a_name_and_one_limiter(redis_server: RedisServer) -> None:  # noqa: F811
+    with pytest.raises(ValueError, match="name"):
+        RateLimiter(1, store=RedisRateStore(redis_server.url))
+    store = RedisRateStore(redis_server.url, name="shared")
+    RateLimiter(1, store=store)
+    with pytest.raises(RuntimeError, match="already bound"):
+        RateLimiter(1, store=store)
+    with pytest.raises(TypeError, match="name"):
+        RedisRateStore(redis_server.url, name="")
+    with pytest.raises(ValueError, match="timeout"):
+        RedisRateStore(redis_server.url, timeout=0)
+    with pytest.raises(TypeError, match="redis_time"):
+        RedisRateStore(redis_server.url, redis_time="no")  # type: ignore[arg-type]
+
+
+async def test_redis_waiters_reserve_their_turns_in_order_and_a_cancelled_one_gives_it_back(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    clock = FakeClock(start=100.0)
+    store = RedisRateStore(redis_server.url, timeout=T, redis_time=False)
+    rl = RateLimiter(1, burst=1, clock=clock, name="queue", store=store)
+    await rl.acquire()
+    first = asyncio.create_task(rl.acquire())
+    second = asyncio.create_task(rl.acquire())
+    for _ in range(20):
+        await _settle()
+        if len(clock.sleeps) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(clock.sleeps) == pytest.approx([1.0, 2.0])  # reserved in Redis, no polling
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    # The last turn went back: a newcomer waits for it, not for the one after.
+    third = asyncio.create_task(rl.acquire())
+    for _ in range(20):
+        await _settle()
+        if len(clock.sleeps) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert clock.sleeps[-1] == pytest.approx(2.0)
+    clock.advance(2)
+    await asyncio.gather(first, third)
+    await store.aclose()
+
+
+async def test_redis_shadow_mode_lets_the_call_through(redis_server: RedisServer) -> None:  # noqa: F811
+    lim = RedisRateLimiter(redis_server.url, rate=1, burst=1, name="shadow", timeout=T, mode="reject", enforce=False)
+    with recording() as rec:
+        assert await lim.run(_ok) == "ok"
+        assert await lim.run(_ok) == "ok"
+        assert (await lim.atry_acquire()).allowed
+    assert rec.names() == [events.WOULD_REJECT] * 2
+    assert rec.events[0].extras["backend"] == "redis"
+    assert (lim.rejected, lim.would_reject) == (0, 2)
+    await lim.aclose()
+
+
+async def test_redis_limiters_old_async_try_acquire_is_deprecated(redis_server: RedisServer) -> None:  # noqa: F811
+    lim = RedisRateLimiter(redis_server.url, rate=1, burst=1, name="old", timeout=T)
+    keyed = KeyedRedisRateLimiter(redis_server.url, rate=1, burst=1, name="old-keyed", timeout=T)
+    with pytest.warns(DeprecationWarning, match="atry_acquire"):
+        assert (await lim.try_acquire()).allowed
+    with pytest.warns(DeprecationWarning, match="atry_acquire"):
+        assert (await keyed.try_acquire("k")).allowed
+    assert not (await keyed.atry_acquire("k")).allowed
+    assert not keyed.try_acquire_sync("k").allowed
+    assert isinstance(lim, RateLimiter)
+    assert isinstance(keyed, KeyedRateLimiter)
+    await lim.aclose()
+    await keyed.aclose()
+
+
+async def test_a_failed_open_redis_store_decides_locally_with_the_same_api(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    clock = FakeClock()
+    store = RedisRateStore(redis_server.url, timeout=T, fallback_rate=2)
+    kl = KeyedRateLimiter(100, burst=2, name="down-keyed", clock=clock, store=store, mode="reject")
+    redis_server.kill()
+    with recording() as rec:
+        got = [(await kl.atry_acquire("k")).allowed for _ in range(3)]
+    assert got == [True, True, False]
+    assert store.backend == "local"
+    assert rec.names() == [events.STORE_FAILED_OPEN, events.REJECTED]
+    assert rec.events[1].extras["backend"] == "local"
+    assert kl.keys == 1

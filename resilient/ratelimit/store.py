@@ -235,7 +235,10 @@ class InMemoryRateStore:
         """Free the reservation ending at ``now + wait + tau``, in place."""
         end = now + wait + self._tau
         with self._lock:
-            _give_back(self._single if key is None else self._buckets[key], end - cost, end)
+            # A bucket evicted meanwhile took its reservation with it: nothing to give back.
+            state = self._single if key is None else self._buckets.get(key)
+            if state is not None:
+                _give_back(state, end - cost, end)
 
     def try_acquire(self, key: Hashable, cost: float, now: float) -> RateDecision:
         """Take ``cost`` now or refuse; never reserves."""

@@ -147,6 +147,7 @@ class RedisRateStore:
         # When the plain bucket was last seen full again, on the limiter's clock (for tokens()).
         self._full_at = float("-inf")
         self._local = InMemoryRateStore(max_keys=self._max_local_keys)
+        self._local_scale = 1.0
         self._failopen: FailOpen | None = None
 
     # -- binding ---------------------------------------------------------------
@@ -168,7 +169,10 @@ class RedisRateStore:
         self._probe_key = self._base_key
         self._tau_us = repr(config.tau * 1e6)
         rate = config.rate if self._fallback_rate is None else self._fallback_rate
-        self._local.bind(RateConfig(rate, config.per, config.burst, name=name, clock=config.clock))
+        local = RateConfig(rate, config.per, config.burst, name=name, clock=config.clock)
+        self._local.bind(local)
+        # A cost is seconds of the limiter's timeline; the local bucket's may run at another rate.
+        self._local_scale = local.interval / config.interval
         self._failopen = FailOpen(
             kind="rate_limiter",
             name=name,
@@ -282,28 +286,28 @@ class RedisRateStore:
         """The GCRA step in Redis (blocking), or locally while failed open."""
         reply = self._run(self._key(key), self._args(cost, now, max_wait))
         if reply is None:
-            return self._local.acquire(key, cost, now, max_wait)
+            return self._local.acquire(key, cost * self._local_scale, now, max_wait)
         return self._parse(reply, key, now)[0]
 
     async def aacquire(self, key: Hashable, cost: float, now: float, max_wait: float) -> float:
         """Async :meth:`acquire`."""
         reply = await self._arun(self._key(key), self._args(cost, now, max_wait))
         if reply is None:
-            return self._local.acquire(key, cost, now, max_wait)
+            return self._local.acquire(key, cost * self._local_scale, now, max_wait)
         return self._parse(reply, key, now)[0]
 
     def try_acquire(self, key: Hashable, cost: float, now: float) -> RateDecision:
         """Take ``cost`` now or refuse (blocking)."""
         reply = self._run(self._key(key), self._args(cost, now, 0.0))
         if reply is None:
-            return self._local.try_acquire(key, cost, now)
+            return self._local.try_acquire(key, cost * self._local_scale, now)
         return self.config.decision(*self._parse(reply, key, now))
 
     async def atry_acquire(self, key: Hashable, cost: float, now: float) -> RateDecision:
         """Async :meth:`try_acquire`."""
         reply = await self._arun(self._key(key), self._args(cost, now, 0.0))
         if reply is None:
-            return self._local.try_acquire(key, cost, now)
+            return self._local.try_acquire(key, cost * self._local_scale, now)
         return self.config.decision(*self._parse(reply, key, now))
 
     # A cancelled waiter's turn goes back at the end of the queue: the next
@@ -314,7 +318,7 @@ class RedisRateStore:
         """Give ``cost`` back to ``key``'s bucket."""
         reply = self._run(self._key(key), self._args(-cost, now, 0.0))
         if reply is None:
-            self._local.refund(key, cost, now, wait)
+            self._local.refund(key, cost * self._local_scale, now, wait)
         else:
             self._parse(reply, key, now)
 
@@ -322,7 +326,7 @@ class RedisRateStore:
         """Async :meth:`refund`."""
         reply = await self._arun(self._key(key), self._args(-cost, now, 0.0))
         if reply is None:
-            self._local.refund(key, cost, now, wait)
+            self._local.refund(key, cost * self._local_scale, now, wait)
         else:
             self._parse(reply, key, now)
 
