@@ -291,6 +291,105 @@ class _LimiterBase(Policy):
         if wait:
             self._wait_turn(key, cost, site, wait, now)
 
+    # -- the shells ----------------------------------------------------------------
+
+    def _shell_key(self) -> Callable[..., Hashable] | None:
+        """The key function of wrapped calls (``None``: one bucket); raises when one is needed and missing."""
+        return None
+
+    def _key_error(self, exc: Exception) -> RateLimitKeyError:
+        return RateLimitKeyError(
+            f"{self.label()}: the key function raised {type(exc).__name__}: {exc}; the call was rejected",
+            policy=self.name,
+        )
+
+    def _key_of(self, key_fn: Callable[..., Hashable] | None) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+        if key_fn is None:
+            return _no_key
+        key_error = self._key_error
+
+        def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            try:
+                return key_fn(*args, **kwargs)
+            except Exception as exc:
+                raise key_error(exc) from exc
+
+        return key_of
+
+    def _shell_parts(
+        self, check: Callable[[], None]
+    ) -> tuple[Callable[..., Hashable] | None, float, Callable[[], float]]:
+        # What every shell reads once, at wrap time: the key function, the cost of a call, the clock.
+        key_fn = self._shell_key()
+        check()
+        return key_fn, self._cfg.interval, _float_now(self.clock)
+
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The async shell: (the key,) one store step, then the call."""
+        key_fn, cost, now_fn = self._shell_parts(self._need_async)
+        slow = self._await_turn
+        if self._astore is not None:
+            key_of = self._key_of(key_fn)
+            atake = self._atake
+
+            async def remote_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
+                key = key_of(args, kwargs)
+                now = now_fn()
+                wait = await atake(key, cost, now, 0.0)
+                if wait:
+                    await slow(key, cost, site, wait, now)
+                return await fn(*args, **kwargs)
+
+            return remote_rate_limited_call
+        acquire = self.store.acquire
+        if key_fn is None:
+
+            async def rate_limited_call(*args: Any, **kwargs: Any) -> Any:
+                now = now_fn()
+                wait = acquire(None, cost, now, 0.0)
+                if wait:
+                    await slow(None, cost, site, wait, now)
+                return await fn(*args, **kwargs)
+
+            return rate_limited_call
+        # The keyed fast path inlines the key function's and the lookup's error handling (no extra calls).
+        key_error = self._key_error
+        bad_key = self._bad_key
+
+        async def keyed_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                key = key_fn(*args, **kwargs)
+            except Exception as exc:
+                raise key_error(exc) from exc
+            now = now_fn()
+            try:
+                wait = acquire(key, cost, now, 0.0)
+            except Exception as exc:  # the key's __hash__ or __eq__; the store's lock is released by now
+                raise bad_key(key, exc) from exc
+            if wait:
+                await slow(key, cost, site, wait, now)
+            return await fn(*args, **kwargs)
+
+        return keyed_rate_limited_call
+
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The sync shell: (the key,) one store step, then the call."""
+        key_fn, cost, now_fn = self._shell_parts(self._need_sync)
+        slow = self._wait_turn
+        key_of = self._key_of(key_fn)
+        # One bucket: no key can fail its lookup, so the store is called as it is.
+        take = self.store.acquire if key_fn is None else self._take
+
+        def rate_limited_call(*args: Any, **kwargs: Any) -> Any:
+            key = key_of(args, kwargs)
+            now = now_fn()
+            wait = take(key, cost, now, 0.0)
+            if wait:
+                slow(key, cost, site, wait, now)
+            return fn(*args, **kwargs)
+
+        return rate_limited_call
+
     def _base_status(self) -> dict[str, Any]:
         return {
             "rate": self._cfg.rate,
@@ -396,52 +495,6 @@ class RateLimiter(_LimiterBase):
         out["available"] = self.available
         return out
 
-    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        """The async shell: one store step, then the call."""
-        self._need_async()
-        cost = self._cfg.interval
-        now_fn = _float_now(self.clock)
-        slow = self._await_turn
-        astore = self._astore
-        if astore is not None:
-            aacquire = astore.aacquire
-
-            async def remote_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
-                now = now_fn()
-                wait = await aacquire(None, cost, now, 0.0)
-                if wait:
-                    await slow(None, cost, site, wait, now)
-                return await fn(*args, **kwargs)
-
-            return remote_rate_limited_call
-        acquire = self.store.acquire
-
-        async def rate_limited_call(*args: Any, **kwargs: Any) -> Any:
-            now = now_fn()
-            wait = acquire(None, cost, now, 0.0)
-            if wait:
-                await slow(None, cost, site, wait, now)
-            return await fn(*args, **kwargs)
-
-        return rate_limited_call
-
-    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        """The sync shell: one store step, then the call."""
-        self._need_sync()
-        cost = self._cfg.interval
-        now_fn = _float_now(self.clock)
-        acquire = self.store.acquire
-        slow = self._wait_turn
-
-        def rate_limited_call(*args: Any, **kwargs: Any) -> Any:
-            now = now_fn()
-            wait = acquire(None, cost, now, 0.0)
-            if wait:
-                slow(None, cost, site, wait, now)
-            return fn(*args, **kwargs)
-
-        return rate_limited_call
-
     def __repr__(self) -> str:
         cfg = self._cfg
         return (
@@ -546,81 +599,10 @@ class KeyedRateLimiter(_LimiterBase):
         out["max_keys"] = self.max_keys
         return out
 
-    def _key_fn(self) -> Callable[..., Hashable]:
+    def _shell_key(self) -> Callable[..., Hashable]:
         if self.key is None:
             raise TypeError(f"{self.label()} needs key= to wrap a function (the key of each call)")
         return self.key
-
-    def _key_error(self, exc: Exception) -> RateLimitKeyError:
-        return RateLimitKeyError(
-            f"{self.label()}: the key function raised {type(exc).__name__}: {exc}; the call was rejected",
-            policy=self.name,
-        )
-
-    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        """The async shell: the key, one store step, then the call."""
-        key_fn = self._key_fn()
-        self._need_async()
-        key_error = self._key_error
-        cost = self._cfg.interval
-        now_fn = _float_now(self.clock)
-        slow = self._await_turn
-        if self._astore is not None:
-            atake = self._atake
-
-            async def remote_keyed_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    key = key_fn(*args, **kwargs)
-                except Exception as exc:
-                    raise key_error(exc) from exc
-                now = now_fn()
-                wait = await atake(key, cost, now, 0.0)
-                if wait:
-                    await slow(key, cost, site, wait, now)
-                return await fn(*args, **kwargs)
-
-            return remote_keyed_rate_limited_call
-        acquire = self.store.acquire
-        bad_key = self._bad_key
-
-        async def keyed_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                key = key_fn(*args, **kwargs)
-            except Exception as exc:
-                raise key_error(exc) from exc
-            now = now_fn()
-            try:
-                wait = acquire(key, cost, now, 0.0)
-            except Exception as exc:  # the key's __hash__ or __eq__; the store's lock is released by now
-                raise bad_key(key, exc) from exc
-            if wait:
-                await slow(key, cost, site, wait, now)
-            return await fn(*args, **kwargs)
-
-        return keyed_rate_limited_call
-
-    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        """The sync shell: the key, one store step, then the call."""
-        key_fn = self._key_fn()
-        self._need_sync()
-        key_error = self._key_error
-        cost = self._cfg.interval
-        now_fn = _float_now(self.clock)
-        take = self._take
-        slow = self._wait_turn
-
-        def keyed_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                key = key_fn(*args, **kwargs)
-            except Exception as exc:
-                raise key_error(exc) from exc
-            now = now_fn()
-            wait = take(key, cost, now, 0.0)
-            if wait:
-                slow(key, cost, site, wait, now)
-            return fn(*args, **kwargs)
-
-        return keyed_rate_limited_call
 
     def __repr__(self) -> str:
         cfg = self._cfg
@@ -640,6 +622,10 @@ def _float_now(clock: Clock) -> Callable[[], float]:
         return time.monotonic
     now = clock.now
     return lambda: float(now())
+
+
+def _no_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    return None
 
 
 def _describe(key: Any) -> str:

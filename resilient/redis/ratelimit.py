@@ -377,6 +377,29 @@ class _OnRedis:
 
     _redis: RedisRateStore
 
+    def _connect(
+        self,
+        client_or_url: ClientArg,
+        name: object,
+        prefix: str,
+        timeout: float,
+        fallback_rate: float | None,
+        recovery_interval: float,
+        max_local_keys: int,
+        sync_client: _sync_redis.Redis | None,
+    ) -> RedisRateStore:
+        self._redis = RedisRateStore(
+            client_or_url,
+            name=_check_name(name),
+            prefix=prefix,
+            timeout=timeout,
+            fallback_rate=fallback_rate,
+            recovery_interval=recovery_interval,
+            max_local_keys=max_local_keys,
+            sync_client=sync_client,
+        )
+        return self._redis
+
     @property
     def using_redis(self) -> bool:
         """``False`` while the limiter has failed open to local state."""
@@ -448,16 +471,7 @@ class RedisRateLimiter(_OnRedis, RateLimiter):
         listeners: Iterable[Listener] = (),
         enforce: bool | Callable[[], bool] = True,
     ) -> None:
-        self._redis = store = RedisRateStore(
-            client_or_url,
-            name=_check_name(name),
-            prefix=prefix,
-            timeout=timeout,
-            fallback_rate=fallback_rate,
-            recovery_interval=recovery_interval,
-            max_local_keys=1,
-            sync_client=sync_client,
-        )
+        store = self._connect(client_or_url, name, prefix, timeout, fallback_rate, recovery_interval, 1, sync_client)
         super().__init__(
             rate,
             per,
@@ -512,15 +526,8 @@ class KeyedRedisRateLimiter(_OnRedis, KeyedRateLimiter):
         listeners: Iterable[Listener] = (),
         enforce: bool | Callable[[], bool] = True,
     ) -> None:
-        self._redis = store = RedisRateStore(
-            client_or_url,
-            name=_check_name(name),
-            prefix=prefix,
-            timeout=timeout,
-            fallback_rate=fallback_rate,
-            recovery_interval=recovery_interval,
-            max_local_keys=max_local_keys,
-            sync_client=sync_client,
+        store = self._connect(
+            client_or_url, name, prefix, timeout, fallback_rate, recovery_interval, max_local_keys, sync_client
         )
         super().__init__(
             rate,
