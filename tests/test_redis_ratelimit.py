@@ -479,6 +479,14 @@ async def test_redis_limiters_old_async_try_acquire_is_deprecated(redis_server: 
     assert not keyed.try_acquire_sync("k").allowed
     assert isinstance(lim, RateLimiter)
     assert isinstance(keyed, KeyedRateLimiter)
+    # The first wave's attributes and status() fields are still there.
+    assert (lim.prefix, lim.timeout, lim.rate, lim.burst, lim.mode) == ("resilient:", T, 1.0, 1, "wait")
+    status = keyed.status()
+    assert (status["type"], status["name"], status["key"]) == (
+        "KeyedRedisRateLimiter",
+        "old-keyed",
+        "resilient:rl:old-keyed",
+    )
     await lim.aclose()
     await keyed.aclose()
 

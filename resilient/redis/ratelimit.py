@@ -405,6 +405,20 @@ class _OnRedis:
         """``False`` while the limiter has failed open to local state."""
         return self._redis.using_redis
 
+    @property
+    def prefix(self) -> str:
+        """The namespace of every key."""
+        return self._redis.prefix
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one Redis operation may take before failing open."""
+        return self._redis.timeout
+
+    def _identity(self) -> dict[str, Any]:
+        # What the first wave's status() started with.
+        return {"type": type(self).__name__, "name": self._redis.name}
+
     async def aclose(self) -> None:
         """Close the connections this limiter opened from a URL."""
         await self._redis.aclose()
@@ -494,6 +508,10 @@ class RedisRateLimiter(_OnRedis, RateLimiter):
         """Take ``tokens`` if the shared limit allows it now (blocking)."""
         return RateLimiter.try_acquire(self, tokens)
 
+    def status(self) -> dict[str, Any]:
+        """Options, rejections and whether Redis is in use."""
+        return {**self._identity(), **RateLimiter.status(self)}
+
 
 class KeyedRedisRateLimiter(_OnRedis, KeyedRateLimiter):
     """A shared rate limit per key (per client, per tenant...): ``{prefix}rl:{name}:{key}``, both encoded.
@@ -552,3 +570,7 @@ class KeyedRedisRateLimiter(_OnRedis, KeyedRateLimiter):
     def try_acquire_sync(self, key: Hashable, tokens: int = 1) -> RateDecision:
         """Take ``tokens`` from ``key``'s shared bucket if they are there now (blocking)."""
         return KeyedRateLimiter.try_acquire(self, key, tokens)
+
+    def status(self) -> dict[str, Any]:
+        """Options, rejections and whether Redis is in use."""
+        return {**self._identity(), **KeyedRateLimiter.status(self)}
