@@ -148,6 +148,7 @@ class RedisRateStore:
         self._full_at = float("-inf")
         self._local = InMemoryRateStore(max_keys=self._max_local_keys)
         self._local_scale = 1.0
+        self._cost_args: dict[float, str] = {}
         self._failopen: FailOpen | None = None
 
     # -- binding ---------------------------------------------------------------
@@ -228,8 +229,15 @@ class RedisRateStore:
         return self._base_key if key is None else f"{self._base_key}:{key_part(str(key))}"
 
     def _args(self, cost: float, now: float, max_wait: float) -> tuple[str, str, str, str]:
-        bound = "1e300" if max_wait > 1e290 else repr(max_wait * 1e6)
-        return (repr(cost * 1e6), self._tau_us, bound, "" if self._redis_time else repr(now * 1e6))
+        # Formatting a float costs more than the rest of the Python side of a step: the costs a
+        # limiter uses (a few token counts) and the fast path's bound are formatted once.
+        arg = self._cost_args.get(cost)
+        if arg is None:
+            arg = repr(cost * 1e6)
+            if len(self._cost_args) < 64:
+                self._cost_args[cost] = arg
+        bound = "0" if max_wait == 0.0 else _us(max_wait)
+        return (arg, self._tau_us, bound, "" if self._redis_time else repr(now * 1e6))
 
     def _parse(self, reply: Any, key: Hashable, now: float) -> tuple[float, float]:
         wait, full_in = (reply.decode() if isinstance(reply, bytes) else reply).split("|")
@@ -354,6 +362,11 @@ class RedisRateStore:
 
     def __repr__(self) -> str:
         return f"RedisRateStore({self._conn.where!r}, name={self.name!r}, prefix={self.prefix!r})"
+
+
+def _us(seconds: float) -> str:
+    """Seconds as the script's microseconds (a bound too large for Lua's numbers is "no bound")."""
+    return "1e300" if seconds > 1e290 else repr(seconds * 1e6)
 
 
 def _check_name(name: object) -> str:
