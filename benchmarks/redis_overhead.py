@@ -4,7 +4,7 @@ Starts its own redis-server on a free port of 127.0.0.1 and measures, with
 one redis-py asyncio client:
 
 * ``PING``: the floor, one round trip;
-* ``RedisRateLimiter.try_acquire()``: one GCRA script run;
+* ``RedisRateLimiter.atry_acquire()``: one GCRA script run;
 * the limiter as a policy around a trivial coroutine;
 * ``CircuitBreaker(store=RedisBreakerStore(...))`` around a trivial
   coroutine: successes batched (the default ``sync_interval=0.1``) and
@@ -57,7 +57,7 @@ async def target() -> int:
 
 async def latency(url: str, number: int, rounds: int) -> list[tuple[str, float]]:
     limiter = RedisRateLimiter(url, rate=1e9, burst=10**9, name="bench", timeout=1.0)
-    client = limiter._conn.aclient()
+    client = limiter.store._conn.aclient()
     guarded_limit = limiter(target)
     batched = CircuitBreaker(name="bench-batched", store=RedisBreakerStore(url, timeout=1.0))(target)
     strict_store = RedisBreakerStore(url, timeout=1.0, sync_interval=0)
@@ -74,7 +74,7 @@ async def latency(url: str, number: int, rounds: int) -> list[tuple[str, float]]
     cases: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
         ("bare await (no Redis)", target),
         ("PING (floor: one round trip)", client.ping),
-        ("RedisRateLimiter.try_acquire()", limiter.try_acquire),
+        ("RedisRateLimiter.atry_acquire()", limiter.atry_acquire),
         ("RedisRateLimiter policy around a coroutine", guarded_limit),
         ("breaker, Redis store, success (batched)", batched),
         ("breaker, Redis store, success (sync_interval=0)", strict),
@@ -95,7 +95,7 @@ from resilient.redis import RedisBreakerStore, RedisRateLimiter
 async def main(kind, url, start_at, duration):
     if kind == "limiter":
         lim = RedisRateLimiter(url, rate=1e9, burst=10**9, name="fleet", timeout=1.0)
-        op = lim.try_acquire
+        op = lim.atry_acquire
     else:
         async def target():
             return 1
@@ -154,7 +154,7 @@ def main() -> None:
         print()
         print(f"Throughput across 4 processes, {duration:g} s, one shared key:")
         for kind in ("limiter", "breaker"):
-            label = "RedisRateLimiter.try_acquire" if kind == "limiter" else "breaker success, sync_interval=0"
+            label = "RedisRateLimiter.atry_acquire" if kind == "limiter" else "breaker success, sync_interval=0"
             print(f"  {label:40} {throughput(server.url, kind, 4, duration):10.0f} decisions/s")
 
 

@@ -50,7 +50,7 @@ def test_thirty_event_loops_leave_no_connection_and_no_warning(
         return "ok"
 
     async def use() -> None:
-        assert (await lim.try_acquire()).allowed
+        assert (await lim.atry_acquire()).allowed
         assert await cb(ok)() == "ok"
 
     with warnings.catch_warnings(record=True) as caught:
@@ -76,7 +76,7 @@ def test_a_loop_closed_without_shutdown_asyncgens_leaves_its_client_to_the_colle
         warnings.simplefilter("ignore", ResourceWarning)
         for _ in range(5):
             loop = asyncio.new_event_loop()
-            assert loop.run_until_complete(lim.try_acquire()).allowed
+            assert loop.run_until_complete(lim.atry_acquire()).allowed
             loop.close()
         gc.collect()
         assert connected_clients(admin) <= 1
@@ -88,12 +88,12 @@ def test_a_loop_closed_without_shutdown_asyncgens_leaves_its_client_to_the_colle
 
 async def test_aclose_closes_this_loops_client(redis_server: RedisServer, admin: sync_redis.Redis) -> None:  # noqa: F811
     lim = RedisRateLimiter(redis_server.url, rate=1000, burst=1000, name="aclose", timeout=T)
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     assert connected_clients(admin) == 1
     await lim.aclose()
     assert connected_clients(admin) == 0
     # Usable again afterwards: a new client on demand.
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     assert lim.using_redis
     await lim.aclose()
 

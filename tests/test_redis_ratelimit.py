@@ -1,4 +1,4 @@
-"""RedisRateLimiter / KeyedRedisRateLimiter against a real, private redis-server."""
+"""RedisRateStore, RedisRateLimiter, KeyedRedisRateLimiter against a real, private redis-server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from resilient import RateLimitedError, events
 from resilient.deadline import deadline
-from resilient.redis import KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
+from resilient.ratelimit import AsyncRateStore, KeyedRateLimiter, RateLimiter
+from resilient.redis import KeyedRedisRateLimiter, RateDecision, RedisRateLimiter, RedisRateStore
 from resilient.testing import FakeClock, recording
 from tests.redis_helpers import RedisServer, eventually, redis_server, redis_warnings, run_together  # noqa: F401 - fixture
 
@@ -37,7 +38,7 @@ async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  
 
 async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> None:  # noqa: F811
     lim = RedisRateLimiter(redis_server.url, rate=10, burst=3, name="api", timeout=T)
-    got = [await lim.try_acquire() for _ in range(4)]
+    got = [await lim.atry_acquire() for _ in range(4)]
     assert [d.allowed for d in got] == [True, True, True, False]
     assert [d.remaining for d in got[:3]] == [2, 1, 0]
     assert all(d.limit == 3 for d in got)
@@ -47,17 +48,17 @@ async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> No
     assert 0.05 < denied.retry_after <= 0.1
     assert 0.2 < denied.reset <= 0.3
     await asyncio.sleep(denied.retry_after + 0.01)
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     assert lim.using_redis
     await lim.aclose()
 
 
 async def test_cost_and_validation(redis_server: RedisServer) -> None:  # noqa: F811
     lim = RedisRateLimiter(redis_server.url, rate=5, burst=5, name="cost", timeout=T)
-    assert (await lim.try_acquire(tokens=4)).remaining == 1
-    assert not (await lim.try_acquire(tokens=2)).allowed
+    assert (await lim.atry_acquire(tokens=4)).remaining == 1
+    assert not (await lim.atry_acquire(tokens=2)).allowed
     with pytest.raises(ValueError, match="tokens"):
-        await lim.try_acquire(tokens=6)
+        await lim.atry_acquire(tokens=6)
     with pytest.raises(ValueError, match="rate"):
         RedisRateLimiter(redis_server.url, rate=0, name="x", timeout=T)
     with pytest.raises(ValueError, match="burst"):
@@ -75,11 +76,11 @@ async def test_cost_and_validation(redis_server: RedisServer) -> None:  # noqa: 
 
 async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
     lim = KeyedRedisRateLimiter(redis_server.url, rate=20, burst=2, name="per-user", timeout=T, prefix="svc:")
-    assert (await lim.try_acquire("alice")).allowed
-    assert (await lim.try_acquire("alice")).allowed
-    assert not (await lim.try_acquire("alice")).allowed
+    assert (await lim.atry_acquire("alice")).allowed
+    assert (await lim.atry_acquire("alice")).allowed
+    assert not (await lim.atry_acquire("alice")).allowed
     # Another key has its own bucket.
-    assert (await lim.try_acquire("bob")).allowed
+    assert (await lim.atry_acquire("bob")).allowed
     keys = sorted(await rclient.keys("*"))
     assert keys == ["svc:rl:per-user:alice", "svc:rl:per-user:bob"]
     # The key lives as long as the bucket needs to refill, no longer.
@@ -97,15 +98,15 @@ async def test_names_and_keys_never_collide(redis_server: RedisServer, rclient: 
     by_key = KeyedRedisRateLimiter(redis_server.url, name="login", **opts)  # type: ignore[arg-type]
     by_name = KeyedRedisRateLimiter(redis_server.url, name="login:ip", **opts)  # type: ignore[arg-type]
     plain = RedisRateLimiter(redis_server.url, name="login:ip:192.0.2.10", **opts)  # type: ignore[arg-type]
-    assert (await by_key.try_acquire("ip:192.0.2.10")).allowed
-    assert (await by_name.try_acquire("192.0.2.10")).allowed
-    assert (await plain.try_acquire()).allowed
+    assert (await by_key.atry_acquire("ip:192.0.2.10")).allowed
+    assert (await by_name.atry_acquire("192.0.2.10")).allowed
+    assert (await plain.atry_acquire()).allowed
     # The same pairs again: each has its own bucket, now empty.
-    assert not (await by_key.try_acquire("ip:192.0.2.10")).allowed
-    assert not (await by_name.try_acquire("192.0.2.10")).allowed
+    assert not (await by_key.atry_acquire("ip:192.0.2.10")).allowed
+    assert not (await by_name.atry_acquire("192.0.2.10")).allowed
     # Escapes are escaped too, and braces never make a cluster hash tag.
     odd = KeyedRedisRateLimiter(redis_server.url, name="a%3Ab", **opts)  # type: ignore[arg-type]
-    assert (await odd.try_acquire("{x}")).allowed
+    assert (await odd.atry_acquire("{x}")).allowed
     keys = set(await rclient.keys("*"))
     assert len(keys) == 4
     assert "resilient:rl:login:ip%3A192.0.2.10" in keys
@@ -119,11 +120,11 @@ async def test_two_limiters_with_one_name_share_the_limit(redis_server: RedisSer
     a = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="shared", timeout=T)
     b = RedisRateLimiter(aioredis.Redis.from_url(redis_server.url), rate=1, burst=2, name="shared", timeout=T)
     c = RedisRateLimiter(redis_server.url, rate=1, burst=2, name="other", timeout=T)
-    assert (await a.try_acquire()).allowed
-    assert (await b.try_acquire()).allowed
-    assert not (await a.try_acquire()).allowed
-    assert not (await b.try_acquire()).allowed
-    assert (await c.try_acquire()).allowed
+    assert (await a.atry_acquire()).allowed
+    assert (await b.atry_acquire()).allowed
+    assert not (await a.atry_acquire()).allowed
+    assert not (await b.atry_acquire()).allowed
+    assert (await c.atry_acquire()).allowed
     for lim in (a, c):
         await lim.aclose()
 
@@ -217,12 +218,12 @@ async def test_sigkill_fails_open_with_one_warning_and_recovers_after_restart(
 ) -> None:
     clock = FakeClock()
     lim = RedisRateLimiter(redis_server.url, rate=1000, burst=1000, name="down", timeout=T, clock=clock)
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     redis_server.kill()
     caplog.set_level(logging.INFO, logger="resilient.redis")
     with recording() as rec:
         for _ in range(50):
-            assert (await lim.try_acquire()).allowed  # the call flows on local state
+            assert (await lim.atry_acquire()).allowed  # the call flows on local state
         assert not lim.using_redis
         assert len(redis_warnings(caplog)) == 1
         assert "failing open" in redis_warnings(caplog)[0].getMessage()
@@ -231,15 +232,15 @@ async def test_sigkill_fails_open_with_one_warning_and_recovers_after_restart(
 
         redis_server.restart()
         # No probe before recovery_interval has passed...
-        await lim.try_acquire()
+        await lim.atry_acquire()
         await asyncio.sleep(0.05)
         assert not lim.using_redis
         # ...then one, in the background, and the limiter switches back.
         clock.advance(1.0)
-        await lim.try_acquire()
+        await lim.atry_acquire()
         await eventually(lambda: lim.using_redis)
         assert [e.name for e in rec.events] == [events.STORE_FAILED_OPEN, events.STORE_RECOVERED]
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     assert len(redis_warnings(caplog)) == 1
     assert lim.status()["outages"] == 1
     await lim.aclose()
@@ -251,30 +252,30 @@ async def test_sigstop_slow_redis_times_out_and_recovers_after_sigcont(
 ) -> None:
     clock = FakeClock()
     lim = RedisRateLimiter(redis_server.url, rate=1000, burst=1000, name="slow", clock=clock, timeout=0.05)
-    assert (await lim.try_acquire()).allowed
+    assert (await lim.atry_acquire()).allowed
     redis_server.pause()
     caplog.set_level(logging.WARNING, logger="resilient.redis")
     try:
         start = time.monotonic()
-        first = await lim.try_acquire()
+        first = await lim.atry_acquire()
         first_took = time.monotonic() - start
         assert first.allowed
         assert first_took < 0.5  # bounded by the 50 ms timeout, plus a loaded machine's slack
         start = time.monotonic()
         for _ in range(100):
-            assert (await lim.try_acquire()).allowed
+            assert (await lim.atry_acquire()).allowed
         # Failed open: no call waits for Redis any more.
         assert time.monotonic() - start < 0.5
         assert len(redis_warnings(caplog)) == 1
         # A probe while still paused fails and changes nothing.
         clock.advance(1.0)
-        await lim.try_acquire()
+        await lim.atry_acquire()
         await asyncio.sleep(0.15)
         assert not lim.using_redis
     finally:
         redis_server.resume()
     clock.advance(1.0)
-    await lim.try_acquire()
+    await lim.atry_acquire()
     await eventually(lambda: lim.using_redis)
     assert len(redis_warnings(caplog)) == 1
     await lim.aclose()
@@ -299,7 +300,7 @@ async def test_redis_error_fails_open(redis_server: RedisServer, rclient: aiored
     await rclient.rpush("resilient:rl:wrongtype", "x")  # the script's GET fails with WRONGTYPE
     lim = RedisRateLimiter(redis_server.url, rate=1, burst=1, name="wrongtype", timeout=T)
     with recording() as rec:
-        assert (await lim.try_acquire()).allowed
+        assert (await lim.atry_acquire()).allowed
     assert not lim.using_redis
     assert rec.events[0].exception is not None
     assert "ResponseError" in rec.events[0].exception
@@ -311,7 +312,7 @@ async def test_credentials_never_logged(redis_server: RedisServer, caplog: pytes
     lim = RedisRateLimiter(url, rate=1, name="auth", timeout=T)
     caplog.set_level(logging.DEBUG, logger="resilient.redis")
     with recording() as rec:
-        assert (await lim.try_acquire()).allowed  # AUTH fails: the server has no such user
+        assert (await lim.atry_acquire()).allowed  # AUTH fails: the server has no such user
     assert not lim.using_redis
     text = " ".join(r.getMessage() for r in caplog.records) + json.dumps([dict(e.extras) for e in rec.events])
     assert "s3cr3t" not in text
@@ -328,12 +329,12 @@ WORKER = """
 
     async def main(url, duration):
         lim = RedisRateLimiter(url, rate=200, burst=5, name="fleet", timeout=0.5)
-        await lim._conn.aclient().ping()  # connect before the clock starts
+        await lim.store._conn.aclient().ping()  # connect before the clock starts
         ready()
         admitted = 0
         end = time.monotonic() + duration
         while time.monotonic() < end:
-            d = await lim.try_acquire()
+            d = await lim.atry_acquire()
             if d.allowed:
                 admitted += 1
             else:
@@ -360,3 +361,147 @@ def test_shared_limit_across_four_processes(redis_server: RedisServer) -> None: 
     assert abs(total - expected) <= 0.05 * expected, (total, results)
     # Every process got a share, not one process everything.
     assert min(results) > 0
+
+
+# -- RedisRateStore: the one RateLimiter / KeyedRateLimiter on Redis ---------------------
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_rate_limiter_over_a_redis_store_sync_and_async_share_one_bucket(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    store = RedisRateStore(redis_server.url, timeout=T)
+    rl = RateLimiter(10, burst=3, mode="reject", name="one-api", store=store)
+    assert rl.store is store
+    assert isinstance(store, AsyncRateStore)
+    assert (await rl.atry_acquire()).allowed  # async round trip
+    assert rl.try_acquire().allowed  # blocking round trip, the same bucket
+    assert (await rl.atry_acquire()).remaining == 0
+    with recording() as rec:
+        denied = await rl.atry_acquire()
+        with pytest.raises(RateLimitedError):
+            await rl.run(_ok)
+        with pytest.raises(RateLimitedError):
+            rl.run_sync(lambda: "never")
+    assert not denied.allowed
+    assert 0.05 < denied.retry_after <= 0.1
+    assert rec.names() == [events.REJECTED] * 3
+    assert {e.extras["backend"] for e in rec.events} == {"redis"}
+    assert rl.rejected == 3
+    assert rl.status()["redis_healthy"] is True
+    await store.aclose()
+
+
+async def _ok() -> str:
+    return "ok"
+
+
+async def test_keyed_rate_limiter_over_a_redis_store(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
+    store = RedisRateStore(redis_server.url, timeout=T, prefix="edge:")
+    kl = KeyedRateLimiter(1, burst=1, name="per-client", store=store, mode="reject")
+    assert (await kl.atry_acquire("10.0.0.1")).allowed
+    assert not (await kl.atry_acquire("10.0.0.1")).allowed
+    assert kl.try_acquire("10.0.0.2").allowed
+    assert sorted(await rclient.keys("edge:*")) == ["edge:rl:per-client:10.0.0.1", "edge:rl:per-client:10.0.0.2"]
+    await store.aclose()
+
+
+def test_a_redis_store_needs_a_name_and_one_limiter(redis_server: RedisServer) -> None:  # noqa: F811
+    with pytest.raises(ValueError, match="name"):
+        RateLimiter(1, store=RedisRateStore(redis_server.url))
+    store = RedisRateStore(redis_server.url, name="shared")
+    RateLimiter(1, store=store)
+    with pytest.raises(RuntimeError, match="already bound"):
+        RateLimiter(1, store=store)
+    with pytest.raises(TypeError, match="name"):
+        RedisRateStore(redis_server.url, name="")
+    with pytest.raises(ValueError, match="timeout"):
+        RedisRateStore(redis_server.url, timeout=0)
+    with pytest.raises(TypeError, match="redis_time"):
+        RedisRateStore(redis_server.url, redis_time="no")  # type: ignore[arg-type]
+
+
+async def test_redis_waiters_reserve_their_turns_in_order_and_a_cancelled_one_gives_it_back(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    clock = FakeClock(start=100.0)
+    store = RedisRateStore(redis_server.url, timeout=T, redis_time=False)
+    rl = RateLimiter(1, burst=1, clock=clock, name="queue", store=store)
+    await rl.acquire()
+    first = asyncio.create_task(rl.acquire())
+    second = asyncio.create_task(rl.acquire())
+    for _ in range(20):
+        await _settle()
+        if len(clock.sleeps) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(clock.sleeps) == pytest.approx([1.0, 2.0])  # reserved in Redis, no polling
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    # The last turn went back: a newcomer waits for it, not for the one after.
+    third = asyncio.create_task(rl.acquire())
+    for _ in range(20):
+        await _settle()
+        if len(clock.sleeps) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert clock.sleeps[-1] == pytest.approx(2.0)
+    clock.advance(2)
+    await asyncio.gather(first, third)
+    await store.aclose()
+
+
+async def test_redis_shadow_mode_lets_the_call_through(redis_server: RedisServer) -> None:  # noqa: F811
+    lim = RedisRateLimiter(redis_server.url, rate=1, burst=1, name="shadow", timeout=T, mode="reject", enforce=False)
+    with recording() as rec:
+        assert await lim.run(_ok) == "ok"
+        assert await lim.run(_ok) == "ok"
+        assert (await lim.atry_acquire()).allowed
+    assert rec.names() == [events.WOULD_REJECT] * 2
+    assert rec.events[0].extras["backend"] == "redis"
+    assert (lim.rejected, lim.would_reject) == (0, 2)
+    await lim.aclose()
+
+
+async def test_redis_limiters_old_async_try_acquire_is_deprecated(redis_server: RedisServer) -> None:  # noqa: F811
+    lim = RedisRateLimiter(redis_server.url, rate=1, burst=1, name="old", timeout=T)
+    keyed = KeyedRedisRateLimiter(redis_server.url, rate=1, burst=1, name="old-keyed", timeout=T)
+    with pytest.warns(DeprecationWarning, match="atry_acquire"):
+        assert (await lim.try_acquire()).allowed
+    with pytest.warns(DeprecationWarning, match="atry_acquire"):
+        assert (await keyed.try_acquire("k")).allowed
+    assert not (await keyed.atry_acquire("k")).allowed
+    assert not keyed.try_acquire_sync("k").allowed
+    assert isinstance(lim, RateLimiter)
+    assert isinstance(keyed, KeyedRateLimiter)
+    # The first wave's attributes and status() fields are still there.
+    assert (lim.prefix, lim.timeout, lim.rate, lim.burst, lim.mode) == ("resilient:", T, 1.0, 1, "wait")
+    status = keyed.status()
+    assert (status["type"], status["name"], status["key"]) == (
+        "KeyedRedisRateLimiter",
+        "old-keyed",
+        "resilient:rl:old-keyed",
+    )
+    await lim.aclose()
+    await keyed.aclose()
+
+
+async def test_a_failed_open_redis_store_decides_locally_with_the_same_api(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    clock = FakeClock()
+    store = RedisRateStore(redis_server.url, timeout=T, fallback_rate=2)
+    kl = KeyedRateLimiter(100, burst=2, name="down-keyed", clock=clock, store=store, mode="reject")
+    redis_server.kill()
+    with recording() as rec:
+        got = [(await kl.atry_acquire("k")).allowed for _ in range(3)]
+    assert got == [True, True, False]
+    assert store.backend == "local"
+    assert rec.names() == [events.STORE_FAILED_OPEN, events.REJECTED]
+    assert rec.events[1].extras["backend"] == "local"
+    assert kl.keys == 1

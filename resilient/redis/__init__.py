@@ -3,7 +3,7 @@
 Optional integration (the ``redis`` extra, redis-py's ``redis.asyncio``);
 ``resilient/__init__.py`` never imports it. Import from here::
 
-    from resilient.redis import RedisBreakerStore, RedisRateLimiter, KeyedRedisRateLimiter
+    from resilient.redis import RedisBreakerStore, RedisRateStore, RedisRateLimiter, KeyedRedisRateLimiter
 
 Every store updates its state atomically with one Lua script per decision
 (one round trip), reads time from Redis ``TIME`` (replicas' clocks differ),
@@ -28,7 +28,13 @@ except ModuleNotFoundError as exc:
 
 from resilient.redis._common import logger
 from resilient.redis.breaker import BREAKER_SCRIPT, RedisBreakerStore
-from resilient.redis.ratelimit import GCRA_SCRIPT, KeyedRedisRateLimiter, RateDecision, RedisRateLimiter
+from resilient.redis.ratelimit import (
+    GCRA_SCRIPT,
+    KeyedRedisRateLimiter,
+    RateDecision,
+    RedisRateLimiter,
+    RedisRateStore,
+)
 
 __all__ = [
     "BREAKER_SCRIPT",
@@ -37,5 +43,6 @@ __all__ = [
     "RateDecision",
     "RedisBreakerStore",
     "RedisRateLimiter",
+    "RedisRateStore",
     "logger",
 ]

@@ -1,347 +1,457 @@
-"""Rate limits shared by every replica: GCRA in one Lua script, failing open."""
+"""Rate limits shared by every replica: a :class:`~resilient.ratelimit.RateStore` on Redis, failing open.
+
+:class:`RedisRateStore` keeps the buckets of one
+:class:`~resilient.ratelimit.RateLimiter` or
+:class:`~resilient.ratelimit.KeyedRateLimiter` in Redis and runs the GCRA
+step (:data:`GCRA_SCRIPT`, the Lua twin of
+:class:`~resilient.ratelimit.InMemoryRateStore`'s) in one round trip.
+:class:`RedisRateLimiter` and :class:`KeyedRedisRateLimiter` are the same
+limiters built over such a store, with the first wave's parameters.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import redis as _sync_redis
 
-from resilient import events
-from resilient.clock import SYSTEM_CLOCK, Clock
-from resilient.deadline import remaining as _deadline_remaining
-from resilient.errors import RateLimitedError
-from resilient.events import EventSite, Listener, Severity
-from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
-from resilient.ratelimit import KeyedRateLimiter, Mode, RateDecision
+from resilient.clock import Clock
+from resilient.events import Listener
+from resilient.ratelimit import InMemoryRateStore, KeyedRateLimiter, Mode, RateConfig, RateDecision, RateLimiter
 from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, key_part, validate_common
+from resilient.validate import check_int, check_number
 
-__all__ = ["GCRA_SCRIPT", "KeyedRedisRateLimiter", "RateDecision", "RedisRateLimiter"]
+__all__ = ["GCRA_SCRIPT", "KeyedRedisRateLimiter", "RateDecision", "RedisRateLimiter", "RedisRateStore"]
 
 
-#: GCRA (the generic cell rate algorithm) over one key holding the
-#: theoretical arrival time (TAT) in microseconds of Redis ``TIME``, so the
-#: replicas' clocks never matter. The key expires when the bucket is full
-#: again, so idle keys vanish.
+#: The GCRA step over one key holding the bucket's theoretical arrival time
+#: (TAT) in microseconds, the same step as the in-memory store's. ARGV: the
+#: cost (negative: give that much back, for a cancelled waiter), the bucket's
+#: depth, the longest wait the call may reserve, and ``now`` (empty: Redis
+#: ``TIME``, so that the replicas' clocks never matter). Replies
+#: ``"wait|full_in"`` (microseconds) (one string: redis-py's pure-Python parser pays per
+#: array element): ``wait`` 0 (went now), ``<= max_wait`` (reserved) or more
+#: (refused, nothing written). The key expires when the bucket is full again,
+#: so idle keys vanish.
 GCRA_SCRIPT = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local tolerance = interval * burst
-local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
-if tat < now then tat = now end
-local new_tat = tat + interval * cost
-local allow_at = new_tat - tolerance
-if now < allow_at then
-  local left = math.floor((now - (tat - tolerance)) / interval)
-  if left < 0 then left = 0 end
-  return string.format('0|%d|%d|%d', math.ceil(allow_at - now), left, math.ceil(tat - now))
+local now = tonumber(ARGV[4])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return string.format('1|0|%d|%d', math.floor((now - allow_at) / interval), math.ceil(new_tat - now))
+local cost = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+local new = tat + cost
+if cost < 0 then
+  if new > now then
+    redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.ceil((new - now) / 1000) + 1)
+    return string.format('0|%.17g', new - now)
+  end
+  redis.call('DEL', KEYS[1])
+  return '0|0'
+end
+local wait = new - now - tonumber(ARGV[2])
+if wait <= 0.001 then
+  wait = 0
+elseif wait > tonumber(ARGV[3]) then
+  return string.format('%.17g|%.17g', wait, tat - now)
+end
+if cost > 0 then
+  redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.ceil((new - now) / 1000) + 1)
+end
+return string.format('%.17g|%.17g', wait, new - now)
 """
 
 _GCRA = LuaScript(GCRA_SCRIPT)
 
 
-class _LocalFallback(KeyedRateLimiter):
-    """The local limiter used while Redis is away (the same GCRA, in memory).
+class RedisRateStore:
+    """A limiter's buckets in Redis: one round trip per decision, shared by every replica.
 
-    Quiet: the Redis limiter reports its rejections, so they are not
-    reported twice.
+    Give it to a limiter: ``RateLimiter(100, store=RedisRateStore(url), name="api")``
+    or ``KeyedRateLimiter(10, store=RedisRateStore(url), name="per-user")``.
+    The limiter's API (wrapping, ``acquire``, ``try_acquire`` /
+    ``atry_acquire``, wait and reject modes, ``enforce=``) is the same as on
+    the in-memory store; a waiting call reserves its turn in Redis and a
+    cancelled waiter gives the capacity back at the end of the queue.
+
+    Keys: ``{prefix}rl:{name}`` for a plain limiter,
+    ``{prefix}rl:{name}:{key}`` per key (``str(key)``), both parts encoded
+    so that no (name, key) pair can pass for another; each expires once its
+    bucket is full again.
+
+    When Redis is unreachable, slow (more than ``timeout`` seconds) or
+    errors, the store fails open: decisions come from an
+    :class:`~resilient.ratelimit.InMemoryRateStore` at ``fallback_rate``
+    (default: the limiter's rate, i.e. each replica admits the full rate on
+    its own during an outage), with one warning logged on
+    ``resilient.redis`` and a ``store_failed_open`` event; a probe at most
+    every ``recovery_interval`` seconds switches back when Redis answers.
+
+    Args:
+        url_or_client: ``redis://`` URL, or a ``redis.asyncio.Redis`` or
+            ``redis.Redis`` client.
+        name: the shared limit's name (default: the limiter's ``name``, which
+            is then required); every replica that shares it uses the same.
+        prefix: the namespace of every key.
+        timeout: seconds one Redis operation may take before failing open.
+        fallback_rate: the local rate while Redis is away.
+        recovery_interval: seconds between two probes of a failed Redis.
+        max_local_keys: bound on the per-key local state.
+        sync_client: a ``redis.Redis`` for sync calls when ``url_or_client``
+            is an async client.
+        redis_time: ``True`` (default): the time is Redis ``TIME``.
+            ``False``: the limiter's clock, passed with each step (tests
+            drive it with a ``FakeClock``; only where every replica shares
+            one clock).
     """
-
-    def _emit(self, site: EventSite, name: str, severity: Any, **fields: Any) -> None:
-        return None
-
-
-def _positive(name: str, value: object, *, maximum: float = 1e9) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= maximum:
-        raise ValueError(f"{name} must be a number in (0, {maximum:g}], got {value!r}")
-    return float(value)
-
-
-class _RedisRateLimiterBase(Policy):
-    policy_type = "rate_limiter"
 
     def __init__(
         self,
-        client_or_url: ClientArg,
+        url_or_client: ClientArg,
         *,
-        rate: float,
-        per: float,
-        burst: int | None,
-        name: str,
+        name: str | None = None,
+        prefix: str = "resilient:",
+        timeout: float = 0.05,
+        fallback_rate: float | None = None,
+        recovery_interval: float = 1.0,
+        max_local_keys: int = 10_000,
+        sync_client: _sync_redis.Redis | None = None,
+        redis_time: bool = True,
+    ) -> None:
+        validate_common(prefix, timeout, recovery_interval)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str (it is part of the Redis key) or None, got {name!r}")
+        #: The shared limit's name (the limiter's, once bound).
+        self.name = name
+        #: The namespace of every key.
+        self.prefix = prefix
+        #: Seconds one Redis operation may take.
+        self.timeout = float(timeout)
+        self._fallback_rate = check_number(fallback_rate, "fallback_rate", allow_none=True)
+        self._max_local_keys = check_int(max_local_keys, "max_local_keys")
+        self._recovery_interval = float(recovery_interval)
+        if not isinstance(redis_time, bool):
+            raise TypeError(f"redis_time must be a bool, got {redis_time!r}")
+        self._redis_time = redis_time
+        self._conn = Connector(url_or_client, sync_client, self.timeout)
+        self._config: RateConfig | None = None
+        self._base_key = ""
+        self._tau_us = ""
+        self._probe_key = ""
+        # When the plain bucket was last seen full again, on the limiter's clock (for tokens()).
+        self._full_at = float("-inf")
+        self._local = InMemoryRateStore(max_keys=self._max_local_keys)
+        self._local_scale = 1.0
+        self._cost_args: dict[float, str] = {}
+        self._failopen: FailOpen | None = None
+
+    # -- binding ---------------------------------------------------------------
+
+    def bind(self, config: RateConfig) -> None:
+        """Take the limiter's options (once) and derive the key from the name."""
+        if self._config is not None:
+            raise RuntimeError("this RedisRateStore is already bound to a limiter; give each limiter its own")
+        name = self.name if self.name is not None else config.name
+        if not name:
+            raise ValueError(
+                "RedisRateStore needs a name, which every replica shares: give the limiter a name or the store name="
+            )
+        if config.burst > 10**9:
+            raise ValueError(f"burst must be an int in [1, 1e9] for a Redis store, got {config.burst!r}")
+        self.name = name
+        self._config = config
+        self._base_key = f"{self.prefix}rl:{key_part(name)}"
+        self._probe_key = self._base_key
+        self._tau_us = repr(config.tau * 1e6)
+        rate = config.rate if self._fallback_rate is None else self._fallback_rate
+        local = RateConfig(rate, config.per, config.burst, name=name, clock=config.clock)
+        self._local.bind(local)
+        # A cost is seconds of the limiter's timeline; the local bucket's may run at another rate.
+        self._local_scale = local.interval / config.interval
+        self._failopen = FailOpen(
+            kind="rate_limiter",
+            name=name,
+            where=self._conn.where,
+            interval=self._recovery_interval,
+            clock=config.clock,
+            listeners=config.listeners,
+        )
+
+    @property
+    def config(self) -> RateConfig:
+        """The options given to :meth:`bind`."""
+        if self._config is None:
+            raise RuntimeError("this RedisRateStore is not bound to a limiter yet")
+        return self._config
+
+    @property
+    def failopen(self) -> FailOpen:
+        """The switch between Redis and the local state."""
+        if self._failopen is None:
+            raise RuntimeError("this RedisRateStore is not bound to a limiter yet")
+        return self._failopen
+
+    @property
+    def backend(self) -> str:
+        """``"redis"``, or ``"local"`` while failed open."""
+        failopen = self._failopen
+        return "local" if failopen is not None and not failopen.healthy else "redis"
+
+    @property
+    def using_redis(self) -> bool:
+        """``False`` while the store has failed open to local state."""
+        return self.failopen.healthy
+
+    @property
+    def has_sync(self) -> bool:
+        """Whether sync calls can reach Redis."""
+        return self._conn.has_sync
+
+    @property
+    def has_async(self) -> bool:
+        """Whether async calls can reach Redis."""
+        return self._conn.has_async
+
+    @property
+    def keys(self) -> int:
+        """Keys held by the local fallback state."""
+        return self._local.keys
+
+    # -- one step, either side ------------------------------------------------------
+
+    def _key(self, key: Hashable) -> str:
+        return self._base_key if key is None else f"{self._base_key}:{key_part(str(key))}"
+
+    def _args(self, cost: float, now: float, max_wait: float) -> tuple[str, str, str, str]:
+        # Formatting a float costs more than the rest of the Python side of a step: the costs a
+        # limiter uses (a few token counts) and the fast path's bound are formatted once.
+        arg = self._cost_args.get(cost)
+        if arg is None:
+            arg = repr(cost * 1e6)
+            if len(self._cost_args) < 64:
+                self._cost_args[cost] = arg
+        bound = "0" if max_wait == 0.0 else _us(max_wait)
+        return (arg, self._tau_us, bound, "" if self._redis_time else repr(now * 1e6))
+
+    def _parse(self, reply: Any, key: Hashable, now: float) -> tuple[float, float]:
+        wait, full_in = (reply.decode() if isinstance(reply, bytes) else reply).split("|")
+        full = float(full_in) / 1e6
+        if key is None:
+            self._full_at = now + full
+        return float(wait) / 1e6, full
+
+    async def _arun(self, rkey: str, args: tuple[str, ...]) -> Any:
+        """The script's reply, or ``None`` when the local state must answer (failed open)."""
+        failopen = self.failopen
+        if failopen.healthy:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await _GCRA.arun(self._conn.aclient(), (rkey,), args)
+            except Exception as exc:  # any Redis trouble fails open, never the call
+                failopen.failed(exc)
+        else:
+            self._probe_key = rkey
+            failopen.aprobe(self._aprobe)
+        return None
+
+    def _run(self, rkey: str, args: tuple[str, ...]) -> Any:
+        """Sync :meth:`_arun` (a due probe runs inline)."""
+        failopen = self.failopen
+        if not failopen.healthy:
+            self._probe_key = rkey
+            if not failopen.probe_sync(self._probe):
+                return None
+        try:
+            return _GCRA.run(self._conn.sclient(), (rkey,), args)
+        except Exception as exc:  # any Redis trouble fails open, never the call
+            failopen.failed(exc)
+            return None
+
+    # The probe runs what a call runs, at no cost (a step of 0 tokens changes
+    # no bucket), on a key a call used: a PING would pass where an ACL refuses
+    # the script or the key, and the store would flap between "recovered" and
+    # "failed open" every recovery_interval.
+
+    def _probe_args(self) -> tuple[str, ...]:
+        return self._args(0.0, float(self.config.clock.now()), 0.0)
+
+    async def _aprobe(self) -> None:
+        async with asyncio.timeout(self.timeout):
+            await _GCRA.arun(self._conn.aclient(), (self._probe_key,), self._probe_args())
+
+    def _probe(self) -> None:
+        _GCRA.run(self._conn.sclient(), (self._probe_key,), self._probe_args())
+
+    # -- the RateStore methods --------------------------------------------------------
+
+    def acquire(self, key: Hashable, cost: float, now: float, max_wait: float) -> float:
+        """The GCRA step in Redis (blocking), or locally while failed open."""
+        reply = self._run(self._key(key), self._args(cost, now, max_wait))
+        if reply is None:
+            return self._local.acquire(key, cost * self._local_scale, now, max_wait)
+        return self._parse(reply, key, now)[0]
+
+    async def aacquire(self, key: Hashable, cost: float, now: float, max_wait: float) -> float:
+        """Async :meth:`acquire`."""
+        reply = await self._arun(self._key(key), self._args(cost, now, max_wait))
+        if reply is None:
+            return self._local.acquire(key, cost * self._local_scale, now, max_wait)
+        return self._parse(reply, key, now)[0]
+
+    def try_acquire(self, key: Hashable, cost: float, now: float) -> RateDecision:
+        """Take ``cost`` now or refuse (blocking)."""
+        reply = self._run(self._key(key), self._args(cost, now, 0.0))
+        if reply is None:
+            return self._local.try_acquire(key, cost * self._local_scale, now)
+        return self.config.decision(*self._parse(reply, key, now))
+
+    async def atry_acquire(self, key: Hashable, cost: float, now: float) -> RateDecision:
+        """Async :meth:`try_acquire`."""
+        reply = await self._arun(self._key(key), self._args(cost, now, 0.0))
+        if reply is None:
+            return self._local.try_acquire(key, cost * self._local_scale, now)
+        return self.config.decision(*self._parse(reply, key, now))
+
+    # A cancelled waiter's turn goes back at the end of the queue: the next
+    # caller gets the capacity, later than the freed turn would have come,
+    # which never breaks the rate. While failed open the local state takes it.
+
+    def refund(self, key: Hashable, cost: float, now: float, wait: float) -> None:
+        """Give ``cost`` back to ``key``'s bucket."""
+        reply = self._run(self._key(key), self._args(-cost, now, 0.0))
+        if reply is None:
+            self._local.refund(key, cost * self._local_scale, now, wait)
+        else:
+            self._parse(reply, key, now)
+
+    async def arefund(self, key: Hashable, cost: float, now: float, wait: float) -> None:
+        """Async :meth:`refund`."""
+        reply = await self._arun(self._key(key), self._args(-cost, now, 0.0))
+        if reply is None:
+            self._local.refund(key, cost * self._local_scale, now, wait)
+        else:
+            self._parse(reply, key, now)
+
+    def tokens(self, key: Hashable, now: float) -> float:
+        """Tokens now: the plain bucket's as of its last decision; a key's is not known without a round trip."""
+        if not self.failopen.healthy:
+            return self._local.tokens(key, now)
+        if key is None:
+            return self.config.tokens(self._full_at - now)
+        return float(self.config.burst)
+
+    def status(self) -> dict[str, Any]:
+        """The key and the backend's health."""
+        return {"key": self._base_key, **self.failopen.status()}
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connections this store opened from a URL."""
+        await self._conn.aclose()
+
+    def close(self) -> None:
+        """Close the sync connection this store opened from a URL."""
+        self._conn.close_sync()
+
+    def __repr__(self) -> str:
+        return f"RedisRateStore({self._conn.where!r}, name={self.name!r}, prefix={self.prefix!r})"
+
+
+def _us(seconds: float) -> str:
+    """Seconds as the script's microseconds (a bound too large for Lua's numbers is "no bound")."""
+    return "1e300" if seconds > 1e290 else repr(seconds * 1e6)
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str (it is part of the Redis key), got {name!r}")
+    return name
+
+
+def _deprecated_try() -> None:
+    warnings.warn(
+        "the Redis limiters' try_acquire() is a coroutine only for compatibility and will become "
+        "synchronous, as RateLimiter.try_acquire(); use `await limiter.atry_acquire(...)` in async code "
+        "(or limiter.try_acquire_sync(...))",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+class _OnRedis:
+    """What both Redis limiters add to their local class: the store's health and connections."""
+
+    _redis: RedisRateStore
+
+    def _connect(
+        self,
+        client_or_url: ClientArg,
+        name: object,
         prefix: str,
         timeout: float,
-        mode: Mode,
-        max_wait: float | None,
         fallback_rate: float | None,
         recovery_interval: float,
         max_local_keys: int,
         sync_client: _sync_redis.Redis | None,
-        clock: Clock | None,
-        listeners: Iterable[Listener],
-    ) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str (it is part of the Redis key), got {name!r}")
-        rate = _positive("rate", rate)
-        per = _positive("per", per, maximum=86400 * 365)
-        if burst is None:
-            burst = max(1, int(rate))
-        if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 10**9:
-            raise ValueError(f"burst must be an int in [1, 1e9], got {burst!r}")
-        if mode not in ("wait", "reject"):
-            raise ValueError(f"mode must be 'wait' or 'reject', got {mode!r}")
-        if max_wait is not None and (
-            isinstance(max_wait, bool) or not isinstance(max_wait, int | float) or not 0 <= max_wait <= 86400
-        ):
-            raise ValueError(f"max_wait must be a number of seconds in [0, 86400] or None, got {max_wait!r}")
-        fallback = rate if fallback_rate is None else _positive("fallback_rate", fallback_rate)
-        if isinstance(max_local_keys, bool) or not isinstance(max_local_keys, int) or max_local_keys < 1:
-            raise ValueError(f"max_local_keys must be an int >= 1, got {max_local_keys!r}")
-        validate_common(prefix, timeout, recovery_interval)
-        super().__init__(name=name, listeners=listeners)
-        self.name: str = name
-        #: Admitted calls per ``per`` seconds, shared by every replica.
-        self.rate = rate
-        #: The period of ``rate``, in seconds.
-        self.per = per
-        #: Calls that may be admitted at once after a quiet period.
-        self.burst = burst
-        #: ``"wait"`` (sleep until admitted, within ``max_wait`` and the deadline) or ``"reject"``.
-        self.mode: Mode = mode
-        #: The longest a call may wait, in seconds (``None``: only the deadline bounds it).
-        self.max_wait = None if max_wait is None else float(max_wait)
-        self.prefix = prefix
-        self.timeout = float(timeout)
-        self._clock = clock if clock is not None else SYSTEM_CLOCK
-        self._conn = Connector(client_or_url, sync_client, self.timeout)
-        self._interval_us = str(per / rate * 1e6)
-        self._burst_arg = str(burst)
-        self._base_key = f"{prefix}rl:{key_part(name)}"
-        self._probe_key: str | None = None
-        self._local = _LocalFallback(
-            fallback, per, burst=burst, mode="reject", max_keys=max_local_keys, clock=self._clock
+    ) -> RedisRateStore:
+        self._redis = RedisRateStore(
+            client_or_url,
+            name=_check_name(name),
+            prefix=prefix,
+            timeout=timeout,
+            fallback_rate=fallback_rate,
+            recovery_interval=recovery_interval,
+            max_local_keys=max_local_keys,
+            sync_client=sync_client,
         )
-        self._failopen = FailOpen(
-            kind=self.policy_type,
-            name=name,
-            where=self._conn.where,
-            interval=float(recovery_interval),
-            clock=self._clock,
-            listeners=self.listeners,
-        )
-
-    # -- the decision ---------------------------------------------------------
-
-    def _decision(self, reply: Any) -> RateDecision:
-        # One string, not an array: redis-py's pure-Python parser pays per element.
-        allowed, wait, left, reset = (reply.decode() if isinstance(reply, bytes) else reply).split("|")
-        return RateDecision(allowed == "1", int(wait) / 1e6, self.burst, int(left), int(reset) / 1e6)
-
-    def _redis_key(self, key: str | None) -> str:
-        return self._base_key if key is None else f"{self._base_key}:{key_part(key)}"
-
-    def _check_tokens(self, tokens: int) -> None:
-        if isinstance(tokens, bool) or not isinstance(tokens, int):
-            raise TypeError(f"tokens must be an int between 1 and burst ({self.burst}), got {tokens!r}")
-        if not 1 <= tokens <= self.burst:
-            raise ValueError(f"tokens must be between 1 and burst ({self.burst}), got {tokens!r}")
-
-    async def _acquire(self, key: str | None, cost: int, site: EventSite | None) -> RateDecision:
-        failopen = self._failopen
-        if failopen.healthy:
-            try:
-                client = self._conn.aclient()
-                async with asyncio.timeout(self.timeout):
-                    res = await _GCRA.arun(client, (self._redis_key(key),), (self._interval_us, self._burst_arg, cost))
-                return self._decision(res)
-            except Exception as exc:  # any Redis trouble fails open, never the call
-                failopen.failed(exc, site)
-        else:
-            self._probe_key = key
-            failopen.aprobe(self._aprobe, site)
-        return self._local.try_acquire(key or "", cost)
-
-    # The probe runs what a call runs, at no cost (a GCRA step of 0 tokens
-    # changes no bucket), on a key a call used: a PING would pass where an ACL
-    # refuses the script or the key, and the limiter would flap between
-    # "recovered" and "failed open" every recovery_interval.
-
-    async def _aprobe(self) -> None:
-        client = self._conn.aclient()
-        async with asyncio.timeout(self.timeout):
-            await _GCRA.arun(client, (self._redis_key(self._probe_key),), (self._interval_us, self._burst_arg, 0))
-
-    def _probe(self) -> None:
-        _GCRA.run(self._conn.sclient(), (self._redis_key(self._probe_key),), (self._interval_us, self._burst_arg, 0))
-
-    def _acquire_sync(self, key: str | None, cost: int, site: EventSite | None) -> RateDecision:
-        failopen = self._failopen
-        if not failopen.healthy:
-            self._probe_key = key
-        if failopen.healthy or failopen.probe_sync(self._probe, site):
-            try:
-                res = _GCRA.run(
-                    self._conn.sclient(), (self._redis_key(key),), (self._interval_us, self._burst_arg, cost)
-                )
-                return self._decision(res)
-            except Exception as exc:  # any Redis trouble fails open, never the call
-                failopen.failed(exc, site)
-        return self._local.try_acquire(key or "", cost)
-
-    # -- as a policy ------------------------------------------------------------
-
-    def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-        return None
-
-    def _reject(self, site: EventSite, wait: float, why: str) -> RateLimitedError:
-        err = RateLimitedError(
-            f"{self._label()} is over its shared limit ({self.rate:g} per {self.per:g} s, burst {self.burst}): "
-            f"{why}; retry after {wait:.3g} s",
-            policy=self.name,
-            retry_after=wait,
-        )
-        self._emit(
-            site,
-            events.REJECTED,
-            Severity.WARNING,
-            exception=err,
-            extras={
-                "reason": "rate_limited",
-                "retry_after": wait,
-                "backend": "redis" if self._failopen.healthy else "local",
-            },
-        )
-        return err
-
-    def _why_not_wait(self, wait: float, waited: float) -> str | None:
-        if self.mode == "reject":
-            return "mode='reject'"
-        max_wait = self.max_wait
-        if max_wait is not None and waited + wait > max_wait:
-            return f"the wait ({wait:.3g} s) would exceed max_wait ({max_wait:.3g} s)"
-        left = _deadline_remaining()
-        if left is not None and wait > left:
-            return f"the wait ({wait:.3g} s) would outlive the deadline ({max(left, 0.0):.3g} s left)"
-        return None
-
-    # Waiting does not reserve a token in Redis: after sleeping retry_after
-    # the call asks again, so under contention it may wait more than once,
-    # always within max_wait and the deadline, and a cancelled waiter holds
-    # nothing that would need to be given back.
-
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        self._need_async()
-        acquire = self._acquire
-        key_of = self._key_of
-        clock = self._clock
-
-        async def rate_limited(*args: Any, **kwargs: Any) -> Any:
-            key = key_of(args, kwargs)
-            decision = await acquire(key, 1, site)
-            if not decision.allowed:
-                waited = 0.0
-                while not decision.allowed:
-                    wait = decision.retry_after
-                    why = self._why_not_wait(wait, waited)
-                    if why is not None:
-                        raise self._reject(site, wait, why)
-                    await clock.asleep(wait)
-                    waited += wait
-                    decision = await acquire(key, 1, site)
-            return await fn(*args, **kwargs)
-
-        return rate_limited
-
-    def _need_sync(self) -> None:
-        if not self._conn.has_sync:
-            raise TypeError(
-                f"{type(self).__name__} was given an async client only; synchronous use needs a URL, "
-                "a redis.Redis client or sync_client="
-            )
-
-    def _need_async(self) -> None:
-        if not self._conn.has_async:
-            raise TypeError(f"{type(self).__name__} was given a sync client only; async use needs a URL or a client")
-
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        self._need_sync()
-        acquire = self._acquire_sync
-        key_of = self._key_of
-        clock = self._clock
-
-        def rate_limited(*args: Any, **kwargs: Any) -> Any:
-            key = key_of(args, kwargs)
-            decision = acquire(key, 1, site)
-            if not decision.allowed:
-                waited = 0.0
-                while not decision.allowed:
-                    wait = decision.retry_after
-                    why = self._why_not_wait(wait, waited)
-                    if why is not None:
-                        raise self._reject(site, wait, why)
-                    clock.sleep(wait)
-                    waited += wait
-                    decision = acquire(key, 1, site)
-            return fn(*args, **kwargs)
-
-        return rate_limited
-
-    # -- housekeeping -------------------------------------------------------------
+        return self._redis
 
     @property
     def using_redis(self) -> bool:
         """``False`` while the limiter has failed open to local state."""
-        return self._failopen.healthy
+        return self._redis.using_redis
 
-    def status(self) -> dict[str, Any]:
-        """Configuration and whether Redis is in use."""
-        return {
-            "type": type(self).__name__,
-            "name": self.name,
-            "rate": self.rate,
-            "per": self.per,
-            "burst": self.burst,
-            "mode": self.mode,
-            "max_wait": self.max_wait,
-            "key": self._base_key,
-            **self._failopen.status(),
-        }
+    @property
+    def prefix(self) -> str:
+        """The namespace of every key."""
+        return self._redis.prefix
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one Redis operation may take before failing open."""
+        return self._redis.timeout
+
+    def _identity(self) -> dict[str, Any]:
+        # What the first wave's status() started with.
+        return {"type": type(self).__name__, "name": self._redis.name}
 
     async def aclose(self) -> None:
         """Close the connections this limiter opened from a URL."""
-        await self._conn.aclose()
+        await self._redis.aclose()
 
     def close(self) -> None:
         """Close the sync connection this limiter opened from a URL."""
-        self._conn.close_sync()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(rate={self.rate:g}, per={self.per:g}, burst={self.burst}, name={self.name!r})"
+        self._redis.close()
 
 
-class RedisRateLimiter(_RedisRateLimiterBase):
+class RedisRateLimiter(_OnRedis, RateLimiter):
     """One rate limit shared by every process that uses the same Redis and name.
 
-    GCRA (a token bucket without a refill timer) in one Lua script: one
-    round trip per decision, the time taken from Redis ``TIME``, the state
-    in one key ``{prefix}rl:{name}`` that expires once the bucket is full
-    again. As a policy it admits the call or raises
+    A :class:`~resilient.ratelimit.RateLimiter` over a
+    :class:`RedisRateStore`: ``RedisRateLimiter(url, rate=10, name="api")``
+    is ``RateLimiter(10, name="api", store=RedisRateStore(url))``, with the
+    same options, API and fail-open behaviour (see :class:`RedisRateStore`).
+    As a policy it admits the call or raises
     :class:`~resilient.RateLimitedError` with ``retry_after`` (after waiting
-    up to ``max_wait`` seconds, within the current deadline, in ``mode="wait"``).
-
-    When Redis is unreachable, slow (more than ``timeout`` seconds) or
-    errors, it fails open: decisions come from the same algorithm in local
-    memory at ``fallback_rate`` (default: ``rate``, i.e. each replica admits
-    the full rate on its own during an outage), with one warning logged on
-    ``resilient.redis`` and a ``store_failed_open`` event; a probe at most
-    every ``recovery_interval`` seconds switches back when Redis answers.
+    its reserved turn, up to ``max_wait`` seconds and within the current
+    deadline, in ``mode="wait"``).
 
     Args:
         client_or_url: ``redis://`` URL, or a ``redis.asyncio.Redis`` or
@@ -353,15 +463,20 @@ class RedisRateLimiter(_RedisRateLimiterBase):
         name: required; every replica that shares the limit uses the same.
         prefix: the namespace of every key.
         timeout: seconds one Redis operation may take before failing open.
-        mode: ``"wait"`` (sleep ``retry_after`` and ask again) or ``"reject"``
+        mode: ``"wait"`` (wait for the reserved turn) or ``"reject"``
             (raise :class:`~resilient.RateLimitedError` at once).
-        max_wait: in wait mode, the longest total wait in seconds (``None``:
+        max_wait: in wait mode, the longest wait in seconds (``None``:
             only the current deadline bounds it).
         fallback_rate: the local rate while Redis is away.
         recovery_interval: seconds between two probes of a failed Redis.
         sync_client: a ``redis.Redis`` for sync calls when ``client_or_url``
             is an async client.
         clock: for the local state and probes (tests pass a ``FakeClock``).
+        listeners: event listeners for this limiter only.
+        enforce: shadow mode when false, as :class:`~resilient.ratelimit.RateLimiter`.
+
+    ``try_acquire()`` is still a coroutine here (deprecated): use
+    ``await atry_acquire()`` or ``try_acquire_sync()``.
     """
 
     def __init__(
@@ -381,45 +496,44 @@ class RedisRateLimiter(_RedisRateLimiterBase):
         sync_client: _sync_redis.Redis | None = None,
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
+        enforce: bool | Callable[[], bool] = True,
     ) -> None:
+        store = self._connect(client_or_url, name, prefix, timeout, fallback_rate, recovery_interval, 1, sync_client)
         super().__init__(
-            client_or_url,
-            rate=rate,
-            per=per,
+            rate,
+            per,
             burst=burst,
-            name=name,
-            prefix=prefix,
-            timeout=timeout,
             mode=mode,
             max_wait=max_wait,
-            fallback_rate=fallback_rate,
-            recovery_interval=recovery_interval,
-            max_local_keys=1,
-            sync_client=sync_client,
+            name=name,
             clock=clock,
             listeners=listeners,
+            store=store,
+            enforce=enforce,
         )
 
-    async def try_acquire(self, tokens: int = 1) -> RateDecision:
-        """Take ``tokens`` if the shared limit allows it now; never waits, whatever the mode."""
-        self._check_tokens(tokens)
-        self._need_async()
-        return await self._acquire(None, tokens, None)
+    async def try_acquire(self, tokens: int = 1) -> RateDecision:  # type: ignore[override]
+        """Deprecated: ``await atry_acquire()`` (or ``try_acquire_sync()``)."""
+        _deprecated_try()
+        return await self.atry_acquire(tokens)
 
     def try_acquire_sync(self, tokens: int = 1) -> RateDecision:
-        """Synchronous :meth:`try_acquire`."""
-        self._check_tokens(tokens)
-        self._need_sync()
-        return self._acquire_sync(None, tokens, None)
+        """Take ``tokens`` if the shared limit allows it now (blocking)."""
+        return RateLimiter.try_acquire(self, tokens)
+
+    def status(self) -> dict[str, Any]:
+        """Options, rejections and whether Redis is in use."""
+        return {**self._identity(), **RateLimiter.status(self)}
 
 
-class KeyedRedisRateLimiter(_RedisRateLimiterBase):
+class KeyedRedisRateLimiter(_OnRedis, KeyedRateLimiter):
     """A shared rate limit per key (per client, per tenant...): ``{prefix}rl:{name}:{key}``, both encoded.
 
-    As a policy, ``key(*args, **kwargs)`` gives the key of each call; with
-    :meth:`try_acquire` the caller passes it. Everything else is as in
-    :class:`RedisRateLimiter`; the local fallback state keeps at most
-    ``max_local_keys`` keys.
+    A :class:`~resilient.ratelimit.KeyedRateLimiter` over a
+    :class:`RedisRateStore`. As a policy, ``key(*args, **kwargs)`` gives the
+    key of each call; with :meth:`atry_acquire` the caller passes it.
+    Everything else is as in :class:`RedisRateLimiter`; the local fallback
+    state keeps at most ``max_local_keys`` keys.
     """
 
     def __init__(
@@ -441,54 +555,35 @@ class KeyedRedisRateLimiter(_RedisRateLimiterBase):
         sync_client: _sync_redis.Redis | None = None,
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
+        enforce: bool | Callable[[], bool] = True,
     ) -> None:
-        if key is not None and not callable(key):
-            raise TypeError(f"key must be a callable returning the key of a call, got {key!r}")
+        store = self._connect(
+            client_or_url, name, prefix, timeout, fallback_rate, recovery_interval, max_local_keys, sync_client
+        )
         super().__init__(
-            client_or_url,
-            rate=rate,
-            per=per,
+            rate,
+            per,
+            key=key,
             burst=burst,
-            name=name,
-            prefix=prefix,
-            timeout=timeout,
             mode=mode,
             max_wait=max_wait,
-            fallback_rate=fallback_rate,
-            recovery_interval=recovery_interval,
-            max_local_keys=max_local_keys,
-            sync_client=sync_client,
+            max_keys=max_local_keys,
+            name=name,
             clock=clock,
             listeners=listeners,
+            store=store,
+            enforce=enforce,
         )
-        self._key_fn = key
 
-    def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-        key_fn = self._key_fn
-        if key_fn is None:  # checked at wrap time; here for the type checker
-            raise TypeError("KeyedRedisRateLimiter needs key=")
-        return str(key_fn(*args, **kwargs))
+    async def try_acquire(self, key: Hashable, tokens: int = 1) -> RateDecision:  # type: ignore[override]
+        """Deprecated: ``await atry_acquire(key)`` (or ``try_acquire_sync(key)``)."""
+        _deprecated_try()
+        return await self.atry_acquire(key, tokens)
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        self._need_key_fn()
-        return super()._wrap_async(fn, site)
+    def try_acquire_sync(self, key: Hashable, tokens: int = 1) -> RateDecision:
+        """Take ``tokens`` from ``key``'s shared bucket if they are there now (blocking)."""
+        return KeyedRateLimiter.try_acquire(self, key, tokens)
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        self._need_key_fn()
-        return super()._wrap_sync(fn, site)
-
-    def _need_key_fn(self) -> None:
-        if self._key_fn is None:
-            raise TypeError("KeyedRedisRateLimiter needs key= (a function of the call's arguments) to guard a function")
-
-    async def try_acquire(self, key: str, tokens: int = 1) -> RateDecision:
-        """Take ``tokens`` from ``key``'s shared bucket if they are there now; never waits."""
-        self._check_tokens(tokens)
-        self._need_async()
-        return await self._acquire(str(key), tokens, None)
-
-    def try_acquire_sync(self, key: str, tokens: int = 1) -> RateDecision:
-        """Synchronous :meth:`try_acquire`."""
-        self._check_tokens(tokens)
-        self._need_sync()
-        return self._acquire_sync(str(key), tokens, None)
+    def status(self) -> dict[str, Any]:
+        """Options, rejections and whether Redis is in use."""
+        return {**self._identity(), **KeyedRateLimiter.status(self)}
