@@ -211,9 +211,9 @@ def test_presets() -> None:
     assert (std.total_timeout, std.attempt_timeout, std.max_retries, std.base_delay) == (30.0, 10.0, 3, 0.025)
     assert (std.max_concurrent, std.max_queued) == (1000, 0)
     assert (std.sampling_duration, std.minimum_throughput, std.consecutive_failures) == (30.0, 100, 20)
-    assert [std.break_duration(n, 0.0) for n in range(4)] == [0.5, 1.0, 2.0, 2.0]  # type: ignore[operator]
+    assert [std.break_duration(n, 0.0) for n in range(4)] == [0.1, 0.2, 0.25, 0.25]  # type: ignore[operator]
     assert 429 not in std.breaker_statuses
-    assert (std.throttle_retry_ratio, std.overload_retry_ratio) == (0.04, 0.1)
+    assert (std.throttle_retry_ratio, std.overload_retry_ratio) == (0.04, 0.0)
     # Microsoft's exact values, for every option left out...
     ms = standard_pipeline("microsoft")
     assert (ms.base_delay, ms.failure_ratio, ms.consecutive_failures, ms.break_duration) == (2.0, 0.1, None, 5.0)

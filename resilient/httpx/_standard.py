@@ -248,9 +248,9 @@ class StandardPipeline:
     | rate limit (token bucket) | off | `rate`, `per`, `burst`, `rate_mode` |
     | retry | 3 retries, exponential from 25 ms with jitter, Retry-After | `max_retries`, `base_delay`... |
     | retries of 429 | at most 4 % of recent calls (+1/s) per host | `throttle_retry_ratio` |
-    | retries of slow failures | at most 10 % of recent calls (+1/s) per host | `overload_retry_ratio` |
+    | retries of slow failures | at most 1 per second per host | `overload_retry_ratio` |
     | circuit breaker | 20 failures in a row, or ratio 0.5 (30 s, 100 calls) | `consecutive_failures`, `failure_ratio` |
-    | breaks | 0.5 s, x2 per failed probe up to 2 s; 429 not counted | `break_duration`, `breaker_statuses` |
+    | breaks | 0.1 s, x2 per failed probe up to 0.25 s; 429 not counted | `break_duration`, `breaker_statuses` |
     | attempt timeout | 10 s | `attempt_timeout` |
 
     The retry also takes `backoff`, `max_delay` (30 s, caps `Retry-After`
@@ -265,7 +265,7 @@ class StandardPipeline:
       attempts opens the circuit (at 30 % random errors a run of 20 has a
       probability of 3e-11, so a brownout never trips it), without waiting
       for 100 calls in a window that a healthy period filled with
-      successes. The first break is 0.5 s and grows (x2, up to 2 s) only
+      successes. The first break is 0.1 s and grows (x2, up to 0.25 s) only
       while probes keep failing (:class:`~resilient.breaker.GrowingBreak`):
       a fixed 5 s break outlives a short outage.
     * **Ride out a brownout.** The failure ratio is 0.5, not 0.1: the
@@ -275,8 +275,10 @@ class StandardPipeline:
       seconds: a user is waiting.
     * **Do not feed an overload.** A failure that took much longer than the
       host's usual answer means the host is queueing; retrying it adds load
-      where it hurts. Such retries spend from a budget of 10 % of recent
-      calls (``overload_retry_ratio``); quick failures retry freely.
+      where it hurts, and its answer comes after another wait in the
+      queue. Such retries spend from a budget of one per second
+      (``overload_retry_ratio=0.0`` plus the floor); quick failures retry
+      freely.
     * **Respect a quota.** A 429 is not a breaker failure, and its retries
       spend from a budget of 4 % of recent calls (``throttle_retry_ratio``),
       after the ``Retry-After`` the server asked for.
@@ -340,13 +342,13 @@ class StandardPipeline:
         honour_retry_after: bool = True,
         retry_budget: RetryBudgetLike | None = None,
         throttle_retry_ratio: float | None = 0.04,
-        overload_retry_ratio: float | None = 0.1,
+        overload_retry_ratio: float | None = 0.0,
         failure_ratio: float | None = 0.5,
         consecutive_failures: int | None = 20,
         breaker_statuses: Iterable[int] | None = None,
         sampling_duration: float = 30.0,
         minimum_throughput: int = 100,
-        break_duration: float | BreakDuration = GrowingBreak(0.5, maximum=2.0),  # noqa: B008 - immutable
+        break_duration: float | BreakDuration = GrowingBreak(0.1, maximum=0.25),  # noqa: B008 - immutable
         attempt_timeout: float | None = 10.0,
         name: str = "httpx",
         clock: Clock | None = None,
