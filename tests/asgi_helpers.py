@@ -205,6 +205,9 @@ class ForwardingProxy:
         self.upstream_port = int(port)
         self.header = header.lower().encode("ascii")
         self.style = style
+        # Connections being served: cancelled when the proxy stops, so that no
+        # handler is left pending when its loop closes (an unraisable warning).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _rewrite(self, head: bytes, peer: str) -> bytes:
         request_line, *lines = head.split(b"\r\n")
@@ -229,6 +232,9 @@ class ForwardingProxy:
         return b"\r\n".join([request_line, *kept]) + b"\r\n\r\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             peer = writer.get_extra_info("peername")[0]
@@ -243,6 +249,8 @@ class ForwardingProxy:
             pass
         finally:
             writer.close()
+            if task is not None:
+                self._tasks.discard(task)
 
     @contextmanager
     def running(self) -> Iterator[str]:
@@ -272,6 +280,10 @@ class ForwardingProxy:
 
             async def stop() -> None:
                 server.close()
+                pending = list(self._tasks)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
                 await server.wait_closed()
 
             asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
