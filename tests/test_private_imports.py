@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "resilient"
 
 # Known violations left by the first wave, removed one by one; must only shrink.
-ALLOWED: set[tuple[str, str]] = {}
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -360,8 +360,8 @@ def scenario_summaries(run: ScenarioRun) -> dict[str, Summary]:
     return {c.config.key: summarize(c, window) for c in run.runs if not c.skipped}
 
 
-def check_targets(runs: Sequence[ScenarioRun], goals: Sequence[Goal] = GOALS) -> list[Target]:
-    """The targets of ``goals`` for the scenarios and configurations that ran.
+def check_targets(runs: Sequence[ScenarioRun], goals: Sequence[Goal] | None = None) -> list[Target]:
+    """The targets of ``goals`` (default :data:`GOALS`) for the scenarios and configurations that ran.
 
     A scenario whose load generator lagged (:func:`inconclusive`) gets its
     targets marked inconclusive rather than met or missed.
@@ -371,7 +371,7 @@ def check_targets(runs: Sequence[ScenarioRun], goals: Sequence[Goal] = GOALS) ->
         name = scenario_run.scenario.name
         rows = scenario_summaries(scenario_run)
         lagging = inconclusive(scenario_run)
-        for goal in goals:
+        for goal in GOALS if goals is None else goals:
             if goal.scenario == name and (target := goal.check(rows, lagging=lagging)) is not None:
                 out.append(target)
     return out
