@@ -158,7 +158,7 @@ def test_goals_are_issue_16s_targets() -> None:
     table = {(g.scenario, g.measure): (g.limit, g.against, g.scale, g.offset, g.config) for g in GOALS}
     nan = math.nan
     expected = {
-        ("outage", "success"): (nan, ("plain", "naive"), 1.0, -0.02, "standard"),
+        ("outage", "success"): (nan, ("plain", "tenacity-aiobreaker", "pyresilience"), 1.0, -0.02, "standard"),
         ("outage", "fault_load"): (0.75, (), 1.0, 0.0, "standard"),
         ("outage", "p99"): (0.100, (), 1.0, 0.0, "standard"),
         ("brownout", "success"): (0.985, (), 1.0, 0.0, "standard"),

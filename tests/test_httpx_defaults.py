@@ -121,3 +121,48 @@ async def test_a_429_retry_waits_for_retry_after(preset: str) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://upstream.test") as c:
         assert (await c.get("/")).status_code == 200
     assert sent[1] - sent[0] >= 1.0
+
+
+@pytest.mark.parametrize(("status", "opens"), [(503, False), (504, True)])
+async def test_a_queue_shedding_503_does_not_open_the_circuit_but_a_slow_504_does(status: int, opens: bool) -> None:
+    # A 503 after 50x the usual answer time is an alive host shedding its queue:
+    # opening the circuit would leave it idle while its queue drains. A slow 504
+    # is a gateway waiting for a dead upstream.
+    clock = FakeClock(auto_advance=True)
+    host = Host(clock)
+    async with client(host, clock) as c:
+        for _ in range(20):
+            await c.get("/")
+        host.status, host.took = status, 0.5
+        opened = False
+        for _ in range(30):
+            try:
+                await c.get("/")
+            except resilient.CircuitOpenError:
+                opened = True
+    assert opened is opens
+
+
+async def test_the_usual_answer_time_creeps_up_slowly_under_queueing() -> None:
+    clock = FakeClock(auto_advance=True)
+    pipeline = standard_pipeline(clock=clock, total_timeout=None, attempt_timeout=None).build("http://h:80")
+    signals = next(p for p in pipeline if p.policy_type == "host_signals")
+    took = 0.01
+
+    async def answer() -> httpx.Response:
+        clock.advance(took)
+        return httpx.Response(200)
+
+    call = pipeline(answer)
+    for _ in range(20):
+        await call()
+    assert signals.usual == pytest.approx(0.01)  # type: ignore[attr-defined]
+    took = 0.4  # queueing: every answer now takes 40x longer
+    for _ in range(100):
+        await call()
+    # 100 answers over 40 s of queueing: the usual time grew at most 2 % a second, far below 0.4 s.
+    assert signals.usual <= 0.01 * (1 + 0.02) ** 41  # type: ignore[attr-defined]
+    took = 0.001
+    for _ in range(100):
+        await call()
+    assert signals.usual < 0.01  # type: ignore[attr-defined]  # and follows faster answers quickly

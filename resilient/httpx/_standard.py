@@ -92,11 +92,15 @@ _PRESETS = ("resilient", "microsoft")
 #: A failed attempt slower than this many times the host's usual answer (and
 #: than SLOW_FAILURE_FLOOR) is taken as a sign that the host is queueing.
 SLOW_FAILURE_FACTOR = 4.0
+#: Retries of slow failures always allowed per second and host (the overload budget's floor).
+OVERLOAD_RETRY_FLOOR = 0.2
 #: Seconds: below this, a failure is never called slow (event-loop noise).
 SLOW_FAILURE_FLOOR = 0.05
 # The usual answer time is an EWMA that follows a faster answer quickly and a
-# slower one slowly, so that a minute of queueing does not become "usual".
-_FASTER, _SLOWER = 0.05, 0.002
+# slower one slowly, and never grows faster than _CREEP per second whatever
+# the traffic: a minute of queueing at 150 answers a second must not become
+# "usual" (it grows 3x in a minute, 2 % in a second).
+_FASTER, _SLOWER, _CREEP = 0.05, 0.01, 0.02
 
 
 class _HostSignals(Policy):
@@ -135,6 +139,7 @@ class _HostSignals(Policy):
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         #: The host's usual answer time, seconds (None until the first good answer).
         self.usual: float | None = None
+        self._learned_at = 0.0
         # Outside a transport (no call in flight to note it on): the last judgement.
         self._last_slow = False
 
@@ -155,7 +160,8 @@ class _HostSignals(Policy):
             if getattr(result, "status_code", None) in failures:
                 judge(now() - start)
             else:
-                learn(now() - start)
+                end = now()
+                learn(end - start, end)
             return result
 
         return timed
@@ -175,17 +181,21 @@ class _HostSignals(Policy):
             if getattr(result, "status_code", None) in failures:
                 judge(now() - start)
             else:
-                learn(now() - start)
+                end = now()
+                learn(end - start, end)
             return result
 
         return timed
 
-    def _learn(self, took: float) -> None:
+    def _learn(self, took: float, at: float) -> None:
         usual = self.usual
         if usual is None:
             self.usual = took
+        elif took < usual:
+            self.usual = usual + _FASTER * (took - usual)
         else:
-            self.usual = usual + (_FASTER if took < usual else _SLOWER) * (took - usual)
+            self.usual = usual + min(_SLOWER * (took - usual), _CREEP * usual * max(0.0, at - self._learned_at))
+        self._learned_at = at
 
     def slow_limit(self) -> float:
         """Seconds: a failure that took longer says the host is queueing.
@@ -233,6 +243,35 @@ class _HostSignals(Policy):
         return f"_HostSignals(usual={self.usual!r})"
 
 
+def _status_in(statuses: frozenset[int]) -> Callable[[Any], bool]:
+    def failed(response: Any) -> bool:
+        return getattr(response, "status_code", None) in statuses
+
+    return failed
+
+
+def _breaker_failure(statuses: frozenset[int]) -> Callable[[Any], bool]:
+    """The breaker's ``on_result``: a failure status, but not a 503 that a queueing host shed.
+
+    A 503 that came after much longer than the host's usual answer is an
+    overloaded host shedding its queue: it is alive, and opening the circuit
+    would leave it idle while its queue drains (fewer calls served, not
+    more). Any other failure counts, a slow 504 included (a gateway waiting
+    for a dead upstream).
+    """
+
+    def failed(response: Any) -> bool:
+        status = getattr(response, "status_code", None)
+        if status not in statuses:
+            return False
+        if status == 503:
+            call = _current_call.get()
+            return call is None or not call.slow_failure
+        return True
+
+    return failed
+
+
 class StandardPipeline:
     """A factory of per-host pipelines: the defaults of the zero-configuration client.
 
@@ -248,7 +287,7 @@ class StandardPipeline:
     | rate limit (token bucket) | off | `rate`, `per`, `burst`, `rate_mode` |
     | retry | 3 retries, exponential from 25 ms with jitter, Retry-After | `max_retries`, `base_delay`... |
     | retries of 429 | at most 4 % of recent calls (+1/s) per host | `throttle_retry_ratio` |
-    | retries of slow failures | at most 1 per second per host | `overload_retry_ratio` |
+    | retries of slow failures | at most 1 per 5 s per host | `overload_retry_ratio` |
     | circuit breaker | 20 failures in a row, or ratio 0.5 (30 s, 100 calls) | `consecutive_failures`, `failure_ratio` |
     | breaks | 0.1 s, x2 per failed probe up to 0.25 s; 429 not counted | `break_duration`, `breaker_statuses` |
     | attempt timeout | 10 s | `attempt_timeout` |
@@ -276,7 +315,7 @@ class StandardPipeline:
     * **Do not feed an overload.** A failure that took much longer than the
       host's usual answer means the host is queueing; retrying it adds load
       where it hurts, and its answer comes after another wait in the
-      queue. Such retries spend from a budget of one per second
+      queue. Such retries spend from a budget of one per 5 seconds
       (``overload_retry_ratio=0.0`` plus the floor); quick failures retry
       freely.
     * **Respect a quota.** A 429 is not a breaker failure, and its retries
@@ -459,7 +498,11 @@ class StandardPipeline:
             if self.throttle_retry_ratio is not None and 429 in self.statuses:
                 throttled = RetryBudget(self.throttle_retry_ratio, min_per_second=1.0, window=10.0, clock=clock)
             if self.overload_retry_ratio is not None:
-                overloaded = RetryBudget(self.overload_retry_ratio, min_per_second=1.0, window=10.0, clock=clock)
+                # A floor of one retry per 5 s: enough for a quiet client's rare timeout, while at
+                # 200 calls/s the retried calls (each a second in the queue) stay below the p99.
+                overloaded = RetryBudget(
+                    self.overload_retry_ratio, min_per_second=OVERLOAD_RETRY_FLOOR, window=10.0, clock=clock
+                )
             if throttled is not None or overloaded is not None:
                 signals = _HostSignals(budget, throttled, overloaded, self.statuses, clock)
                 budget = signals
@@ -477,10 +520,9 @@ class StandardPipeline:
             )
         elif isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
-        if signals is not None:
-            policies.append(signals)
         if self.failure_ratio is not None or self.consecutive_failures is not None:
             statuses = self.breaker_statuses
+            on_result = _breaker_failure(statuses) if signals is not None else _status_in(statuses)
             policies.append(
                 CircuitBreaker(
                     nm("breaker"),
@@ -490,10 +532,13 @@ class StandardPipeline:
                     minimum_throughput=self.minimum_throughput,
                     break_duration=self.break_duration,
                     on=is_transient_error,
-                    on_result=lambda r: getattr(r, "status_code", None) in statuses,
+                    on_result=on_result,
                     clock=clock,
                 )
             )
+        if signals is not None:
+            # Inside the breaker: the attempt is judged before the breaker reads its outcome.
+            policies.append(signals)
         if self.attempt_timeout is not None:
             if sync:
                 policies.append(_DeadlineScope(self.attempt_timeout, clock=clock))
