@@ -17,7 +17,8 @@ through the resilience library each configuration names:
 Every peer sees an HTTP 429/5xx as an exception (``raise_for_status``), as
 most of them only judge exceptions. A peer that is not installed is skipped.
 
-Run: ``python -m benchmarks.scenarios`` (about 100 s), ``--quick`` for a smoke
+Run: ``python -m benchmarks.scenarios`` (about 100 s), ``--sync`` for the synchronous
+clients (a thread per call), ``--quick`` for a smoke
 run, ``--scenario outage`` for one scenario, ``--out report.html`` for the
 demo's HTML report with these configurations.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import importlib.util
 import sys
 import time
@@ -155,6 +157,39 @@ def _plain(base_url: str) -> Built:
     return demo_configs._plain(base_url)
 
 
+def _sync_client(base_url: str, resilient: bool) -> Built:
+    """A synchronous httpx.Client, one thread per in-flight call (as a threaded server would)."""
+    import concurrent.futures
+
+    import httpx
+
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=100)
+    inner = httpx.HTTPTransport(limits=limits)
+    if resilient:
+        from resilient.httpx import ResilientTransport
+
+        transport: Any = ResilientTransport(inner=inner)
+    else:
+        transport = inner
+    client = httpx.Client(base_url=base_url, timeout=TIMEOUT, transport=transport)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=400)
+
+    def get(key: int) -> str:
+        status: int = client.get(f"/item/{key}").status_code
+        return "ok" if status < 400 else f"http_{status}"
+
+    async def call(key: int) -> str:
+        # The caller's context goes with the call, so that the runner sees the policies' events.
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(pool, ctx.run, get, key)
+
+    async def aclose() -> None:
+        pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(client.close)
+
+    return Built(call, aclose)
+
+
 PEERS: list[Config] = [
     Config("plain", "plain httpx", "a bare httpx.AsyncClient", _plain),
     Config("naive", "tenacity naive", "tenacity: 3 attempts, no wait", _tenacity_naive),
@@ -182,6 +217,19 @@ PEERS: list[Config] = [
     ),
 ]
 
+#: ``--sync``: the synchronous clients, one thread per in-flight call.
+SYNC_PEERS: list[Config] = [
+    Config("plain", "plain httpx.Client", "a bare httpx.Client in a thread per call", lambda u: _sync_client(u, False)),
+    Config(
+        "standard",
+        "resilient sync",
+        "httpx.Client(transport=ResilientTransport()) in a thread per call",
+        lambda u: _sync_client(u, True),
+        breaker=True,
+        requires=("resilient.httpx",),
+    ),
+]
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the scenarios with every peer and print the comparison table."""
@@ -193,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grace", type=float, default=None, help="seconds to let running calls finish (default 6)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 s per scenario at 100 calls/s")
     p.add_argument("--out", help="also write the demo's HTML report here")
+    p.add_argument("--sync", action="store_true", help="the synchronous clients, a thread per in-flight call")
     args = p.parse_args(argv)
     duration = args.duration if args.duration is not None else (2.0 if args.quick else 15.0)
     rate = args.rate if args.rate is not None else (100.0 if args.quick else 200.0)
@@ -206,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     from resilient.demo.report import render_html, terminal_table
 
     logging.getLogger("resilient").setLevel(logging.ERROR)
-    for peer in PEERS:
+    peers = SYNC_PEERS if args.sync else PEERS
+    for peer in peers:
         why = peer.unavailable()
         if why:
             print(f"note: {peer.label} is skipped: {why}")
@@ -217,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for name in names:
             run = await run_scenario(
-                SCENARIOS[name], PEERS, url, duration=duration, rate=rate, seed=args.seed, grace=grace
+                SCENARIOS[name], peers, url, duration=duration, rate=rate, seed=args.seed, grace=grace
             )
             print(f"  {name}: {run.wall:.1f} s", flush=True)
             runs.append(run)
