@@ -30,6 +30,7 @@ __all__ = [
     "check_number",
     "check_seconds",
     "check_switch",
+    "read_switch",
 ]
 
 
@@ -178,6 +179,20 @@ def check_switch(value: Any, param: str) -> bool | Callable[[], bool]:
     if callable(value) and not isinstance(value, type):
         return value  # type: ignore[no-any-return]
     raise TypeError(f"{param} must be a bool or a callable returning a bool, got {value!r}")
+
+
+def read_switch(switch: bool | Callable[[], bool]) -> bool:
+    """Read a switch that :func:`check_switch` accepted: the bool, or what the callable returns now.
+
+    A callable that raises reads ``True``: a broken ``enforce=`` switch must
+    not turn a limit off.
+    """
+    if switch is True or switch is False:
+        return switch
+    try:
+        return bool(switch())
+    except Exception:
+        return True
 
 
 def check_callable(

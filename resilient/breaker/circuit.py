@@ -32,13 +32,16 @@ from resilient.events import (
     CIRCUIT_HALF_OPENED,
     CIRCUIT_OPENED,
     EXTRA_REASON,
+    EXTRA_RETRY_AFTER,
     EXTRA_STATE,
     REJECTED,
+    WOULD_REJECT,
     EventSite,
     Listener,
     Severity,
 )
 from resilient.policy import AsyncFn, AsyncWrapped, OnArg, Policy, SyncFn, exception_predicate, result_predicate
+from resilient.validate import check_switch, read_switch
 
 __all__ = ["BreakerGuard", "CircuitBreaker"]
 
@@ -52,6 +55,11 @@ _ISOLATED = CircuitState.ISOLATED
 StateListener = Callable[[StateChange], Any]
 
 _OPEN_REJECTION: Final = MappingProxyType({EXTRA_REASON: "circuit_open", EXTRA_STATE: "open"})
+
+# Shadow mode: the permit of a call the breaker would have rejected and lets through. Its epoch is
+# never current, and the breaker drops its outcome before any store sees it: the enforcing breaker
+# would not have run the call, so its outcome must not move the circuit.
+_SHADOW: Final = BreakerSnapshot(_OPEN, -1, -math.inf)
 
 
 def _number(value: Any, param: str) -> float:
@@ -123,6 +131,13 @@ class CircuitBreaker(Policy):
         store: where the state lives (default: a new :class:`InMemoryBreakerStore`).
         clock: time source (tests: :class:`~resilient.testing.FakeClock`).
         listeners: event listeners for this policy only.
+        enforce: ``False`` (or a callable returning it, read only when a call
+            would be rejected) is shadow mode: the breaker decides exactly as
+            usual, counts (:attr:`would_reject`) and emits ``would_reject``
+            with the :class:`~resilient.CircuitOpenError` it would have
+            raised, and lets the call through. Such a call's outcome is not
+            counted (the enforcing breaker would not have made it), so the
+            circuit moves exactly as an enforcing one would.
 
     While open, calls raise :class:`~resilient.CircuitOpenError` (with
     ``retry_after``) without calling the function. A half-open probe that
@@ -156,8 +171,11 @@ class CircuitBreaker(Policy):
         store: BreakerStore | None = None,
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
+        enforce: bool | Callable[[], bool] = True,
     ) -> None:
         super().__init__(name=name, listeners=listeners)
+        self._enforce = check_switch(enforce, "enforce")
+        self._would_reject = 0
         ratio = 0.5 if failure_ratio is None else _number(failure_ratio, "failure_ratio")
         if not 0 < ratio <= 1:
             raise ValueError(f"failure_ratio must be in (0, 1], got {failure_ratio!r}")
@@ -212,8 +230,30 @@ class CircuitBreaker(Policy):
 
     @property
     def state(self) -> CircuitState:
-        """The current state (OPEN past its break still reads OPEN until a call probes)."""
+        """The stored state (OPEN past its break still reads OPEN until a call probes); see :attr:`effective_state`."""
         return self.store.snapshot.state
+
+    @property
+    def effective_state(self) -> CircuitState:
+        """The state the next call meets: OPEN past its break reads HALF_OPEN (a call would probe).
+
+        What the status endpoint and gauges show; :attr:`state` is the
+        stored state, which moves only when a call probes.
+        """
+        snap = self.store.snapshot
+        if snap.state is _OPEN and self._now() >= snap.until:
+            return _HALF_OPEN
+        return snap.state
+
+    @property
+    def enforcing(self) -> bool:
+        """Whether rejections are enforced now (``enforce``, read at this moment)."""
+        return read_switch(self._enforce)
+
+    @property
+    def would_reject(self) -> int:
+        """Calls that shadow mode (``enforce`` false) let through but would have rejected."""
+        return self._would_reject
 
     @property
     def metrics(self) -> BreakerMetrics:
@@ -249,6 +289,9 @@ class CircuitBreaker(Policy):
             "store": type(self.store).__name__,
         }
         out.update(self.metrics.as_dict())
+        out["state"] = self.effective_state.value
+        out["enforcing"] = self.enforcing
+        out["would_reject"] = self._would_reject
         threshold: dict[str, Any] = {}
         if cfg.ratio_mode:
             threshold["failure_ratio"] = cfg.failure_ratio
@@ -267,6 +310,8 @@ class CircuitBreaker(Policy):
         Returns the permit to hand back to exactly one of
         :meth:`record_success`, :meth:`record_failure`,
         :meth:`record_exception`, :meth:`record_result` or :meth:`release`.
+        In shadow mode a call that would be rejected gets a permit whose
+        outcome is not counted.
         """
         permit = self.store.snapshot
         if permit.state is not _CLOSED:
@@ -282,6 +327,8 @@ class CircuitBreaker(Policy):
 
     def record_success(self, permit: BreakerSnapshot, duration: float | None = None) -> None:
         """The call admitted with ``permit`` succeeded (slow if ``duration >= slow_call_duration``)."""
+        if permit is _SHADOW:
+            return
         slow = self.config.slow_call_duration
         if slow is not None and duration is not None and duration >= slow:
             self.record_failure(permit, duration)
@@ -292,12 +339,16 @@ class CircuitBreaker(Policy):
 
     def record_failure(self, permit: BreakerSnapshot, duration: float | None = None) -> None:
         """The call admitted with ``permit`` failed."""
+        if permit is _SHADOW:
+            return
         snap = self.store.record_failure(permit)
         if snap is not None:
             self._transitioned(snap, self._site, None)
 
     def record_exception(self, permit: BreakerSnapshot, exc: BaseException, duration: float | None = None) -> None:
         """Judge ``exc`` with ``on``/``ignore`` and record it (a non-``Exception`` releases the permit)."""
+        if permit is _SHADOW:
+            return
         if not isinstance(exc, Exception):
             self.store.release(permit)
             return
@@ -312,7 +363,8 @@ class CircuitBreaker(Policy):
 
     def release(self, permit: BreakerSnapshot) -> None:
         """The call ended with nothing to count (cancelled, ignored): free its probe slot."""
-        self.store.release(permit)
+        if permit is not _SHADOW:
+            self.store.release(permit)
 
     def guard(self) -> BreakerGuard:
         """A context manager (``with`` or ``async with``) around one call.
@@ -326,7 +378,8 @@ class CircuitBreaker(Policy):
 
     # -- the slow paths ------------------------------------------------------
 
-    def _reject(self, snap: BreakerSnapshot, now: float, site: EventSite) -> CircuitOpenError:
+    def _reject(self, snap: BreakerSnapshot, now: float, site: EventSite) -> BreakerSnapshot:
+        """Refuse the call: raise :class:`~resilient.CircuitOpenError`, or, in shadow mode, report it."""
         retry_after = snap.retry_after(now)
         if snap.state is _ISOLATED:
             msg = f"{self._label()} is isolated (held open until reset())"
@@ -334,6 +387,9 @@ class CircuitBreaker(Policy):
             msg = f"{self._label()} is half-open and its probe slots are taken"
         else:
             msg = f"{self._label()} is open; retry after {retry_after:.3g} s"
+        err = CircuitOpenError(msg, policy=self.name, retry_after=retry_after)
+        if not (self._enforce is True or read_switch(self._enforce)):
+            return self._shadowed(err, snap.state, retry_after, site)
         if site.enabled(self.listeners):
             self._emit(
                 site,
@@ -343,17 +399,33 @@ class CircuitBreaker(Policy):
                 exception=CircuitOpenError,
                 extras={EXTRA_REASON: "circuit_open", EXTRA_STATE: snap.state.value},
             )
-        return CircuitOpenError(msg, policy=self.name, retry_after=retry_after)
+        raise err
 
-    def _reject_open(self, retry_after: float, site: EventSite) -> CircuitOpenError:
+    def _reject_open(self, retry_after: float, site: EventSite) -> BreakerSnapshot:
         # The common rejection, kept lean: it runs for every call while the circuit is open.
+        err = CircuitOpenError(
+            f"{self._label_text} is open; retry after {retry_after:.3g} s", policy=self.name, retry_after=retry_after
+        )
+        enforce = self._enforce
+        if not (enforce is True or read_switch(enforce)):
+            return self._shadowed(err, _OPEN, retry_after, site)
         if site.enabled(self.listeners):
             self._emit(
                 site, REJECTED, Severity.INFO, duration=retry_after, exception=CircuitOpenError, extras=_OPEN_REJECTION
             )
-        return CircuitOpenError(
-            f"{self._label_text} is open; retry after {retry_after:.3g} s", policy=self.name, retry_after=retry_after
-        )
+        raise err
+
+    def _shadowed(
+        self, err: CircuitOpenError, state: CircuitState, retry_after: float | None, site: EventSite
+    ) -> BreakerSnapshot:
+        """Shadow mode: count and report the rejection, and hand out the permit whose outcome is dropped."""
+        self._would_reject += 1
+        if site.enabled(self.listeners):
+            extras: dict[str, str | float] = {EXTRA_REASON: "circuit_open", EXTRA_STATE: state.value}
+            if retry_after is not None:
+                extras[EXTRA_RETRY_AFTER] = retry_after
+            self._emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
+        return _SHADOW
 
     def _admit(self, site: EventSite) -> BreakerSnapshot:
         snap = self.store.snapshot
@@ -362,14 +434,14 @@ class CircuitBreaker(Policy):
             return snap
         now = self._now()
         if state is _OPEN and now < snap.until:
-            raise self._reject_open(snap.until - now, site)
+            return self._reject_open(snap.until - now, site)
         if state is _ISOLATED:
-            raise self._reject(snap, now, site)
+            return self._reject(snap, now, site)
         permit, moved = self.store.acquire(now)
         if moved is not None:
             self._transitioned(moved, site, None)
         if permit is None:
-            raise self._reject(self.store.snapshot, now, site)
+            return self._reject(self.store.snapshot, now, site)
         return permit
 
     async def _aadmit(self, site: EventSite) -> BreakerSnapshot:
@@ -381,14 +453,14 @@ class CircuitBreaker(Policy):
             return snap
         now = self._now()
         if state is _OPEN and now < snap.until:
-            raise self._reject_open(snap.until - now, site)
+            return self._reject_open(snap.until - now, site)
         if state is _ISOLATED:
-            raise self._reject(snap, now, site)
+            return self._reject(snap, now, site)
         permit, moved = await store.aacquire(now)
         if moved is not None:
             self._transitioned(moved, site, None)
         if permit is None:
-            raise self._reject(store.snapshot, now, site)
+            return self._reject(store.snapshot, now, site)
         return permit
 
     def _classify(self, exc: Exception, duration: float | None) -> bool | None:
@@ -525,6 +597,8 @@ class CircuitBreaker(Policy):
                 permit = store.snapshot
                 if permit.state is not _CLOSED:
                     permit = admit(site)
+                    if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
+                        return await fn(*args, **kwargs)
                 try:
                     result = await fn(*args, **kwargs)
                     failed = on_result is not None and on_result(result)
@@ -545,6 +619,8 @@ class CircuitBreaker(Policy):
             permit = store.snapshot
             if permit.state is not _CLOSED:
                 permit = admit(site)
+                if permit is _SHADOW:
+                    return await fn(*args, **kwargs)
             start = now()
             try:
                 result = await fn(*args, **kwargs)
@@ -578,6 +654,8 @@ class CircuitBreaker(Policy):
             permit = store.snapshot
             if permit.state is not _CLOSED:
                 permit = await admit(site)
+                if permit is _SHADOW:
+                    return await fn(*args, **kwargs)
             start = now() if slow is not None else 0.0
             try:
                 result = await fn(*args, **kwargs)
@@ -618,6 +696,8 @@ class CircuitBreaker(Policy):
                 permit = store.snapshot
                 if permit.state is not _CLOSED:
                     permit = admit(site)
+                    if permit is _SHADOW:
+                        return fn(*args, **kwargs)
                 try:
                     result = fn(*args, **kwargs)
                     failed = on_result is not None and on_result(result)
@@ -638,6 +718,8 @@ class CircuitBreaker(Policy):
             permit = store.snapshot
             if permit.state is not _CLOSED:
                 permit = admit(site)
+                if permit is _SHADOW:
+                    return fn(*args, **kwargs)
             start = now()
             try:
                 result = fn(*args, **kwargs)
@@ -722,6 +804,8 @@ class BreakerGuard:
         if permit is None:
             return
         self._permit = None
+        if permit is _SHADOW:
+            return
         end = breaker._now()
         duration = end - self._start
         if exc is not None:
