@@ -281,6 +281,10 @@ class AdaptiveConcurrency(Bulkhead):
         name: as :class:`Bulkhead`.
         clock: as :class:`Bulkhead`.
         listeners: as :class:`Bulkhead`.
+        enforce: as :class:`Bulkhead` (shadow mode). A call run without a
+            slot that would have queued adapts the limit as a call at full
+            use (it would have run once a slot freed); one that would have
+            been rejected does not adapt it.
 
     ``acquire_sync()`` holds a slot without adapting the limit (no outcome is
     reported); wrapped sync functions do adapt it.
@@ -303,6 +307,7 @@ class AdaptiveConcurrency(Bulkhead):
         name: str | None = None,
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
+        enforce: bool | Callable[[], bool] = True,
     ) -> None:
         for value, param in ((initial_limit, "initial_limit"), (min_limit, "min_limit"), (max_limit, "max_limit")):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -331,6 +336,7 @@ class AdaptiveConcurrency(Bulkhead):
             name=name,
             clock=clock,
             listeners=listeners,
+            enforce=enforce,
         )
         self.min_limit = min_limit
         self.max_limit = max_limit
@@ -379,24 +385,35 @@ class AdaptiveConcurrency(Bulkhead):
         on_result = self._on_result
         enter = self._enter_async
         release = self._release
+        left = self._left_unslotted
         finish = self._finish
         now_fn = self.clock.now
 
         async def adaptive_call(*args: Any, **kwargs: Any) -> Any:
-            await enter(site)
+            how = await enter(site)
             start = now_fn()
-            running = self._running
+            # Shadow mode, no slot: a call that would have queued would have run at full use.
+            running = self.max_concurrent if how else self._running
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
-                release()
-                finish(start, running, on(exc))
+                if not how:
+                    release()
+                    finish(start, running, on(exc))
+                elif left(how):
+                    finish(start, running, on(exc))
                 raise
             except BaseException:
-                release()
+                if not how:
+                    release()
+                else:
+                    left(how)
                 raise
-            release()
-            finish(start, running, on_result is not None and on_result(result))
+            if not how:
+                release()
+                finish(start, running, on_result is not None and on_result(result))
+            elif left(how):
+                finish(start, running, on_result is not None and on_result(result))
             return result
 
         return adaptive_call
@@ -406,24 +423,35 @@ class AdaptiveConcurrency(Bulkhead):
         on_result = self._on_result
         enter = self._enter_sync
         release = self._release
+        left = self._left_unslotted
         finish = self._finish
         now_fn = self.clock.now
 
         def adaptive_call(*args: Any, **kwargs: Any) -> Any:
-            enter(site)
+            how = enter(site)
             start = now_fn()
-            running = self._running
+            # Shadow mode, no slot: a call that would have queued would have run at full use.
+            running = self.max_concurrent if how else self._running
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                release()
-                finish(start, running, on(exc))
+                if not how:
+                    release()
+                    finish(start, running, on(exc))
+                elif left(how):
+                    finish(start, running, on(exc))
                 raise
             except BaseException:
-                release()
+                if not how:
+                    release()
+                else:
+                    left(how)
                 raise
-            release()
-            finish(start, running, on_result is not None and on_result(result))
+            if not how:
+                release()
+                finish(start, running, on_result is not None and on_result(result))
+            elif left(how):
+                finish(start, running, on_result is not None and on_result(result))
             return result
 
         return adaptive_call
@@ -438,24 +466,29 @@ class AdaptiveConcurrency(Bulkhead):
 class _AdaptiveSlot:
     """``async with limiter.acquire():`` for :class:`AdaptiveConcurrency` (one per block)."""
 
-    __slots__ = ("_limiter", "_running", "_start")
+    __slots__ = ("_how", "_limiter", "_running", "_start")
 
     def __init__(self, limiter: AdaptiveConcurrency) -> None:
         self._limiter = limiter
         self._start = 0.0
         self._running = 0
+        self._how = 0
 
     async def __aenter__(self) -> None:
         lim = self._limiter
-        await lim._enter_async(lim._site)
+        self._how = how = await lim._enter_async(lim._site)
         self._start = lim.clock.now()
-        self._running = lim._running
+        self._running = lim.max_concurrent if how else lim._running
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         lim = self._limiter
-        lim._release()
+        how = self._how
+        if not how:
+            lim._release()
+        elif not lim._left_unslotted(how):
+            return  # shadow mode: an enforcing limiter would have rejected it, so it says nothing
         if exc is None:
             lim._finish(self._start, self._running, False)
         elif isinstance(exc, Exception):

@@ -22,6 +22,11 @@ The success path is a counter under an uncontended lock (cheaper than
 :class:`asyncio.Semaphore`); waiters are handed a slot directly when one frees
 up, in arrival order. A waiter or runner that is cancelled, times out or
 raises always gives its slot back.
+
+Shadow mode (``enforce=False``) decides as usual but never refuses nor holds
+a call back: a call that finds no free slot runs at once *without* one (so it
+never blocks a later call), as if queued while there is room in the queue
+(counted in :attr:`Bulkhead.shadow_queued`), as a ``would_reject`` beyond.
 """
 
 from __future__ import annotations
@@ -32,15 +37,25 @@ import functools
 import math
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.deadline import remaining as _remaining
 from resilient.errors import BulkheadFullError
-from resilient.events import REJECTED, EventSite, Listener, Severity
+from resilient.events import (
+    EXTRA_QUEUED,
+    EXTRA_REASON,
+    EXTRA_RUNNING,
+    REJECTED,
+    WOULD_REJECT,
+    EventSite,
+    Listener,
+    Severity,
+)
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
+from resilient.validate import check_switch, read_switch
 
 __all__ = ["Bulkhead"]
 
@@ -48,6 +63,13 @@ __all__ = ["Bulkhead"]
 _WAITING = 0
 _GRANTED = 1  # a slot was handed to it: it owns one `running` slot
 _ABANDONED = 2  # timed out or cancelled while queued: it owns nothing
+
+# How an admitted call runs. _SLOT is 0 so that "has no slot" is one truth test.
+_SLOT = 0  # it holds one `running` slot
+_SHADOW_QUEUED = 1  # shadow mode: no slot; an enforcing bulkhead would have queued it
+_SHADOW_REJECTED = 2  # shadow mode: no slot; an enforcing bulkhead would have rejected it
+_QUEUE = 3  # (internal) enforcing: wait in the queue
+_REJECT = 4  # (internal) enforcing: rejected
 
 
 class _Waiter:
@@ -110,6 +132,12 @@ class Bulkhead(Policy):
         clock: the clock the queue timeout runs on, for async callers and
             threads alike (tests pass a ``FakeClock``).
         listeners: event listeners for this policy only.
+        enforce: ``False`` (or a callable returning it, read only when a call
+            finds no free slot) is shadow mode: a call that would queue or be
+            rejected runs at once without taking a slot; one that would be
+            rejected is counted (:attr:`would_reject`) and emits
+            ``would_reject`` with the :class:`~resilient.BulkheadFullError`
+            it would have raised.
 
     A call that finds no slot and no room in the queue, or whose wait
     times out, raises :class:`~resilient.BulkheadFullError` (with
@@ -127,8 +155,12 @@ class Bulkhead(Policy):
         name: str | None = None,
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
+        enforce: bool | Callable[[], bool] = True,
     ) -> None:
         super().__init__(name=name, listeners=listeners)
+        self._enforce = check_switch(enforce, "enforce")
+        self._shadow_queued = 0
+        self._would_reject = 0
         self.max_concurrent = _check_count(max_concurrent, "max_concurrent", 1)
         self.max_queued = _check_count(max_queued, "max_queued", 0)
         if queue_timeout is not None:
@@ -170,9 +202,24 @@ class Bulkhead(Policy):
         """Free slots now."""
         return self.max_concurrent - self._running
 
+    @property
+    def would_reject(self) -> int:
+        """Calls that shadow mode (``enforce`` false) let through but would have rejected."""
+        return self._would_reject
+
+    @property
+    def shadow_queued(self) -> int:
+        """Calls running now without a slot (shadow mode) that an enforcing bulkhead would have queued."""
+        return self._shadow_queued
+
+    @property
+    def enforcing(self) -> bool:
+        """Whether rejections are enforced now (``enforce``, read at this moment)."""
+        return read_switch(self._enforce)
+
     def status(self) -> dict[str, Any]:
-        """A JSON-able snapshot: limits and current counts."""
-        return {
+        """A JSON-able snapshot: limits and current counts (and shadow mode's, when ``enforce`` is not ``True``)."""
+        out: dict[str, Any] = {
             "max_concurrent": self.max_concurrent,
             "max_queued": self.max_queued,
             "queue_timeout": self.queue_timeout,
@@ -180,6 +227,9 @@ class Bulkhead(Policy):
             "queued": len(self._waiters),
             "rejected": self._rejected,
         }
+        if self._enforce is not True:
+            out.update(would_reject=self._would_reject, shadow_queued=self._shadow_queued, enforcing=self.enforcing)
+        return out
 
     # -- slots, for direct use -----------------------------------------------
 
@@ -189,35 +239,90 @@ class Bulkhead(Policy):
         ``async with bulkhead.acquire(): ...`` waits (if queueing is allowed)
         or raises :class:`~resilient.BulkheadFullError`; the slot is released
         when the block exits, however it exits. The object returned is
-        reusable and shared: it holds no per-call state.
+        reusable and shared: it holds no per-call state (in shadow mode, a
+        new one per call, which remembers whether the block holds a slot).
         """
-        return self._async_slot
+        return self._async_slot if self._enforce is True else _AsyncSlot(self, self._site)
 
     def acquire_sync(self) -> _SyncSlot:
         """A context manager holding one slot for the block, for threads."""
-        return self._sync_slot
+        return self._sync_slot if self._enforce is True else _SyncSlot(self, self._site)
 
     # -- the slot machinery --------------------------------------------------
 
     def _reject(self, site: EventSite, reason: str) -> BulkheadFullError:
         # Called with the lock held; the event is emitted after it is released.
         self._rejected += 1
+        return self._full(reason)
+
+    def _full(self, reason: str) -> BulkheadFullError:
         running = self._running
-        queued = len(self._waiters)
+        queued = len(self._waiters) + self._shadow_queued
         msg = (
             f"{self._label()} is full ({running}/{self.max_concurrent} running, "
             f"{queued}/{self.max_queued} queued): {reason}"
         )
         return BulkheadFullError(msg, policy=self.name, running=running, queued=queued)
 
-    def _emit_rejected(self, site: EventSite, err: BulkheadFullError) -> None:
+    def _emit_rejected(self, site: EventSite, err: BulkheadFullError, event: str = REJECTED) -> None:
         self._emit(
             site,
-            REJECTED,
-            Severity.WARNING,
+            event,
+            Severity.WARNING if event is REJECTED else Severity.INFO,
             exception=err,
-            extras={"reason": "bulkhead_full", "running": err.running, "queued": err.queued},
+            extras={EXTRA_REASON: "bulkhead_full", EXTRA_RUNNING: err.running, EXTRA_QUEUED: err.queued},
         )
+
+    def _shadow(self) -> bool:
+        """Whether this call is in shadow mode (read off the success path only)."""
+        enforce = self._enforce
+        return enforce is not True and not read_switch(enforce)
+
+    def _no_slot_locked(self, shadow: bool) -> tuple[int, BulkheadFullError | None]:
+        """Under the lock, for a call that saw no free slot: how it goes (and the error, if refused)."""
+        if self._running < self.max_concurrent and not self._waiters:
+            self._running += 1
+            return _SLOT, None
+        reason = "no slot and no room in the queue"
+        if not shadow:
+            if len(self._waiters) < self.max_queued:
+                return _QUEUE, None
+            return _REJECT, self._reject(self._site, reason)
+        # Shadow mode: the calls it runs without a slot in place of queueing them hold their place in
+        # the queue while they run, so the queue fills up as an enforcing one would.
+        if len(self._waiters) + self._shadow_queued < self.max_queued:
+            self._shadow_queued += 1
+            return _SHADOW_QUEUED, None
+        self._would_reject += 1
+        return _SHADOW_REJECTED, self._full(reason)
+
+    def _left_unslotted(self, how: int) -> bool:
+        """A call that ran without a slot (shadow mode) ended; whether an enforcing bulkhead would have run it."""
+        if how == _SHADOW_QUEUED:
+            with self._lock:
+                self._shadow_queued -= 1
+            return True
+        return False
+
+    def _timed_out(self, site: EventSite, timeout: float | None) -> int:
+        """A queued call's wait ran out: raise, or, if the switch now says shadow mode, let it through."""
+        reason = f"waited {timeout:.3g} s in the queue"
+        if self._shadow():
+            with self._lock:
+                self._would_reject += 1
+                err = self._full(reason)
+            self._emit_rejected(site, err, WOULD_REJECT)
+            return _SHADOW_REJECTED
+        with self._lock:
+            err = self._reject(site, reason)
+        self._emit_rejected(site, err)
+        raise err
+
+    async def _run_unslotted_async(self, how: int, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        finally:
+            self._left_unslotted(how)
 
     def _release(self) -> None:
         """Give one slot back: hand it to the first live waiter, or free it."""
@@ -265,24 +370,28 @@ class Bulkhead(Policy):
             w.state = _ABANDONED
             self._release_locked()
 
-    async def _enter_async(self, site: EventSite) -> None:
-        """Take a slot, waiting in the queue if allowed (slow path)."""
+    async def _enter_async(self, site: EventSite) -> int:
+        """Take a slot, waiting in the queue if allowed; how the call runs (``_SLOT``: with one)."""
         with self._lock:
             if self._running < self.max_concurrent and not self._waiters:
                 self._running += 1
-                return
-            if len(self._waiters) >= self.max_queued:
-                err = self._reject(site, "no slot and no room in the queue")
-                w = None
-            else:
-                err = None
+                return _SLOT
+        shadow = self._shadow()
+        w = None
+        with self._lock:
+            how, err = self._no_slot_locked(shadow)
+            if how == _QUEUE:
                 loop = asyncio.get_running_loop()
                 w = _Waiter(loop.create_future(), loop, None)
                 self._waiters.append(w)
-        if err is not None:
+        if w is None:
+            if err is None:
+                return how
+            if how == _SHADOW_REJECTED:
+                self._emit_rejected(site, err, WOULD_REJECT)
+                return how
             self._emit_rejected(site, err)
             raise err
-        assert w is not None
         timeout = self.queue_timeout
         rem = _remaining()
         if rem is not None and (timeout is None or rem < timeout):
@@ -294,12 +403,9 @@ class Bulkhead(Policy):
                 self._abandon_locked(w)
             raise
         if w.state == _GRANTED:
-            return
+            return _SLOT
         # The timer fired first (under the lock, so the state is final).
-        with self._lock:
-            err = self._reject(site, f"waited {timeout:.3g} s in the queue")
-        self._emit_rejected(site, err)
-        raise err
+        return self._timed_out(site, timeout)
 
     async def _wait(self, w: _Waiter, limit: float | None) -> None:
         fut = w.fut
@@ -323,22 +429,26 @@ class Bulkhead(Policy):
                 self._waiters.remove(w)
             w.wake()
 
-    def _enter_sync(self, site: EventSite) -> None:
+    def _enter_sync(self, site: EventSite) -> int:
         with self._lock:
             if self._running < self.max_concurrent and not self._waiters:
                 self._running += 1
-                return
-            if len(self._waiters) >= self.max_queued:
-                err = self._reject(site, "no slot and no room in the queue")
-                w = None
-            else:
-                err = None
+                return _SLOT
+        shadow = self._shadow()
+        w = None
+        with self._lock:
+            how, err = self._no_slot_locked(shadow)
+            if how == _QUEUE:
                 w = _Waiter(None, None, threading.Event())
                 self._waiters.append(w)
-        if err is not None:
+        if w is None:
+            if err is None:
+                return how
+            if how == _SHADOW_REJECTED:
+                self._emit_rejected(site, err, WOULD_REJECT)
+                return how
             self._emit_rejected(site, err)
             raise err
-        assert w is not None
         assert w.event is not None
         timeout = self.queue_timeout
         rem = _remaining()
@@ -363,11 +473,9 @@ class Bulkhead(Policy):
                 handle.cancel()
         with self._lock:
             if w.state == _GRANTED:
-                return
+                return _SLOT
             self._abandon_locked(w)
-            err = self._reject(site, f"waited {timeout:.3g} s in the queue")
-        self._emit_rejected(site, err)
-        raise err
+        return self._timed_out(site, timeout)
 
     # -- wrappers ------------------------------------------------------------
 
@@ -376,6 +484,7 @@ class Bulkhead(Policy):
         limit = self.max_concurrent
         enter = self._enter_async
         release = self._release
+        unslotted = self._run_unslotted_async
 
         async def bulkhead_call(*args: Any, **kwargs: Any) -> Any:
             lock.acquire()
@@ -384,7 +493,8 @@ class Bulkhead(Policy):
                 lock.release()
             else:
                 lock.release()
-                await enter(site)
+                if how := await enter(site):  # shadow mode: runs without a slot
+                    return await unslotted(how, fn(*args, **kwargs))
             try:
                 return await fn(*args, **kwargs)
             finally:
@@ -395,9 +505,14 @@ class Bulkhead(Policy):
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         enter = self._enter_sync
         release = self._release
+        left = self._left_unslotted
 
         def bulkhead_call(*args: Any, **kwargs: Any) -> Any:
-            enter(site)
+            if how := enter(site):  # shadow mode: runs without a slot
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    left(how)
             try:
                 return fn(*args, **kwargs)
             finally:
@@ -413,13 +528,14 @@ class Bulkhead(Policy):
 
 
 class _AsyncSlot:
-    """``async with bulkhead.acquire():`` - shared, stateless."""
+    """``async with bulkhead.acquire():`` - shared and stateless when enforcing; one per block in shadow mode."""
 
-    __slots__ = ("_bulkhead", "_site")
+    __slots__ = ("_bulkhead", "_how", "_site")
 
     def __init__(self, bulkhead: Bulkhead, site: EventSite) -> None:
         self._bulkhead = bulkhead
         self._site = site
+        self._how = _SLOT  # only ever changed on an instance made for one block (shadow mode)
 
     async def __aenter__(self) -> None:
         bh = self._bulkhead
@@ -430,27 +546,42 @@ class _AsyncSlot:
             lock.release()
             return
         lock.release()
-        await bh._enter_async(self._site)
+        how = await bh._enter_async(self._site)
+        if how:
+            self._how = how
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._bulkhead._release()
+        how = self._how
+        if how:
+            self._how = _SLOT
+            self._bulkhead._left_unslotted(how)
+        else:
+            self._bulkhead._release()
 
 
 class _SyncSlot:
-    """``with bulkhead.acquire_sync():`` - shared, stateless."""
+    """``with bulkhead.acquire_sync():`` - shared and stateless when enforcing; one per block in shadow mode."""
 
-    __slots__ = ("_bulkhead", "_site")
+    __slots__ = ("_bulkhead", "_how", "_site")
 
     def __init__(self, bulkhead: Bulkhead, site: EventSite) -> None:
         self._bulkhead = bulkhead
         self._site = site
+        self._how = _SLOT
 
     def __enter__(self) -> None:
-        self._bulkhead._enter_sync(self._site)
+        how = self._bulkhead._enter_sync(self._site)
+        if how:
+            self._how = how
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._bulkhead._release()
+        how = self._how
+        if how:
+            self._how = _SLOT
+            self._bulkhead._left_unslotted(how)
+        else:
+            self._bulkhead._release()
