@@ -36,8 +36,19 @@ from typing import Any
 from resilient.bulkhead import Bulkhead
 from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.errors import RateLimitedError
-from resilient.events import REJECTED, EventSite, Listener, Severity
+from resilient.events import (
+    EXTRA_ACCEPTS,
+    EXTRA_PROBABILITY,
+    EXTRA_REASON,
+    EXTRA_REQUESTS,
+    REJECTED,
+    WOULD_REJECT,
+    EventSite,
+    Listener,
+    Severity,
+)
 from resilient.policy import AsyncFn, AsyncWrapped, OnArg, Policy, SyncFn, exception_predicate, result_predicate
+from resilient.validate import check_switch, read_switch
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveThrottle"]
 
@@ -60,6 +71,13 @@ class AdaptiveThrottle(Policy):
         random: ``() -> float`` in [0, 1), for deterministic tests;
             default :func:`random.random`.
         listeners: event listeners for this policy only.
+        enforce: ``False`` (or a callable returning it, read only when the
+            dice say reject) is shadow mode: the throttle decides exactly as
+            usual, counts (:attr:`would_reject`) and emits ``would_reject``
+            with the :class:`~resilient.RateLimitedError` it would have
+            raised, and lets the call through. The window counts that call
+            as the enforcing throttle would (a request, not an accept) and
+            ignores its outcome, so every later decision is the same.
 
     A call throttled locally raises :class:`~resilient.RateLimitedError`
     (the function is not called) and emits a ``rejected`` event.
@@ -78,8 +96,11 @@ class AdaptiveThrottle(Policy):
         clock: Clock | None = None,
         random: Callable[[], float] | None = None,
         listeners: Iterable[Listener] = (),
+        enforce: bool | Callable[[], bool] = True,
     ) -> None:
         super().__init__(name=name, listeners=listeners)
+        self._enforce = check_switch(enforce, "enforce")
+        self._would_reject = 0
         if isinstance(k, bool) or not isinstance(k, int | float):
             raise TypeError(f"k must be a number >= 1, got {k!r}")
         if math.isnan(k) or math.isinf(k) or k < 1:
@@ -151,6 +172,16 @@ class AdaptiveThrottle(Policy):
         return self._rejected
 
     @property
+    def would_reject(self) -> int:
+        """Calls that shadow mode (``enforce`` false) let through but would have rejected."""
+        return self._would_reject
+
+    @property
+    def enforcing(self) -> bool:
+        """Whether rejections are enforced now (``enforce``, read at this moment)."""
+        return read_switch(self._enforce)
+
+    @property
     def rejection_probability(self) -> float:
         """The probability that the next call is rejected locally."""
         self._maybe_rotate()
@@ -172,30 +203,42 @@ class AdaptiveThrottle(Policy):
             "accepts": self._total_accepts,
             "rejection_probability": p,
             "rejected": self._rejected,
+            "would_reject": self._would_reject,
+            "enforcing": self.enforcing,
         }
 
     # -- the decision --------------------------------------------------------
 
-    def _maybe_reject(self, site: EventSite, requests: int, accepts: int) -> None:
-        """Slow path: the backend has refused calls lately; roll the dice."""
+    def _maybe_reject(self, site: EventSite, requests: int, accepts: int) -> bool:
+        """Slow path: the backend has refused calls lately; roll the dice.
+
+        Raises the rejection; in shadow mode reports it and returns ``True``:
+        the call runs, and its outcome must not be recorded (the enforcing
+        throttle would not have made it; it was counted as refused).
+        """
         p = (requests - self.k * accepts) / (requests + 1)
         if self._random() >= p:
-            return
+            return False
         self._record(False)
-        self._rejected += 1
         err = RateLimitedError(
             f"{self._label()} throttled the call locally: the backend accepted {accepts} of {requests} "
             f"calls in the last {self.window:g} s (rejection probability {p:.2f})",
             policy=self.name,
         )
-        self._emit(
-            site,
-            REJECTED,
-            Severity.WARNING,
-            exception=err,
-            extras={"reason": "adaptive_throttle", "probability": p, "requests": requests, "accepts": accepts},
-        )
-        raise err
+        extras = {
+            EXTRA_REASON: "adaptive_throttle",
+            EXTRA_PROBABILITY: p,
+            EXTRA_REQUESTS: requests,
+            EXTRA_ACCEPTS: accepts,
+        }
+        enforce = self._enforce
+        if enforce is True or read_switch(enforce):
+            self._rejected += 1
+            self._emit(site, REJECTED, Severity.WARNING, exception=err, extras=extras)
+            raise err
+        self._would_reject += 1
+        self._emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
+        return True
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         on = self._on
@@ -212,8 +255,8 @@ class AdaptiveThrottle(Policy):
                 rotate(now)
             requests = self._total_requests
             accepts = self._total_accepts
-            if requests > k * accepts:
-                maybe_reject(site, requests, accepts)
+            if requests > k * accepts and maybe_reject(site, requests, accepts):
+                return await fn(*args, **kwargs)  # shadow mode: would be rejected; runs uncounted
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
@@ -239,8 +282,8 @@ class AdaptiveThrottle(Policy):
                 rotate(now)
             requests = self._total_requests
             accepts = self._total_accepts
-            if requests > k * accepts:
-                maybe_reject(site, requests, accepts)
+            if requests > k * accepts and maybe_reject(site, requests, accepts):
+                return fn(*args, **kwargs)  # shadow mode: would be rejected; runs uncounted
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
