@@ -47,15 +47,23 @@ from resilient.events import (
     Listener,
     Severity,
 )
-from resilient.policy import AsyncFn, AsyncWrapped, OnArg, Policy, SyncFn, exception_predicate, result_predicate
-from resilient.validate import check_switch, read_switch
+from resilient.policy import (
+    AsyncFn,
+    AsyncWrapped,
+    OnArg,
+    Policy,
+    ShadowMode,
+    SyncFn,
+    exception_predicate,
+    result_predicate,
+)
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveThrottle"]
 
 _BUCKETS = 10
 
 
-class AdaptiveThrottle(Policy):
+class AdaptiveThrottle(ShadowMode, Policy):
     """Client-side adaptive throttling (Google SRE book): shed load the backend refuses.
 
     Args:
@@ -99,8 +107,7 @@ class AdaptiveThrottle(Policy):
         enforce: bool | Callable[[], bool] = True,
     ) -> None:
         super().__init__(name=name, listeners=listeners)
-        self._enforce = check_switch(enforce, "enforce")
-        self._would_reject = 0
+        self.set_enforce(enforce)
         if isinstance(k, bool) or not isinstance(k, int | float):
             raise TypeError(f"k must be a number >= 1, got {k!r}")
         if math.isnan(k) or math.isinf(k) or k < 1:
@@ -172,16 +179,6 @@ class AdaptiveThrottle(Policy):
         return self._rejected
 
     @property
-    def would_reject(self) -> int:
-        """Calls that shadow mode (``enforce`` false) let through but would have rejected."""
-        return self._would_reject
-
-    @property
-    def enforcing(self) -> bool:
-        """Whether rejections are enforced now (``enforce``, read at this moment)."""
-        return read_switch(self._enforce)
-
-    @property
     def rejection_probability(self) -> float:
         """The probability that the next call is rejected locally."""
         self._maybe_rotate()
@@ -231,8 +228,7 @@ class AdaptiveThrottle(Policy):
             EXTRA_REQUESTS: requests,
             EXTRA_ACCEPTS: accepts,
         }
-        enforce = self._enforce
-        if enforce is True or read_switch(enforce):
+        if not self.shadowed():
             self._rejected += 1
             self._emit(site, REJECTED, Severity.WARNING, exception=err, extras=extras)
             raise err

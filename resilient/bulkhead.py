@@ -54,8 +54,7 @@ from resilient.events import (
     Listener,
     Severity,
 )
-from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
-from resilient.validate import check_switch, read_switch
+from resilient.policy import AsyncFn, AsyncWrapped, Policy, ShadowMode, SyncFn
 
 __all__ = ["Bulkhead"]
 
@@ -118,7 +117,7 @@ def _check_count(value: Any, param: str, minimum: int) -> int:
     return value
 
 
-class Bulkhead(Policy):
+class Bulkhead(ShadowMode, Policy):
     """At most ``max_concurrent`` calls at once; ``max_queued`` more may wait.
 
     Args:
@@ -158,9 +157,8 @@ class Bulkhead(Policy):
         enforce: bool | Callable[[], bool] = True,
     ) -> None:
         super().__init__(name=name, listeners=listeners)
-        self._enforce = check_switch(enforce, "enforce")
+        self.set_enforce(enforce)
         self._shadow_queued = 0
-        self._would_reject = 0
         self.max_concurrent = _check_count(max_concurrent, "max_concurrent", 1)
         self.max_queued = _check_count(max_queued, "max_queued", 0)
         if queue_timeout is not None:
@@ -203,19 +201,9 @@ class Bulkhead(Policy):
         return self.max_concurrent - self._running
 
     @property
-    def would_reject(self) -> int:
-        """Calls that shadow mode (``enforce`` false) let through but would have rejected."""
-        return self._would_reject
-
-    @property
     def shadow_queued(self) -> int:
         """Calls running now without a slot (shadow mode) that an enforcing bulkhead would have queued."""
         return self._shadow_queued
-
-    @property
-    def enforcing(self) -> bool:
-        """Whether rejections are enforced now (``enforce``, read at this moment)."""
-        return read_switch(self._enforce)
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot: limits and current counts (and shadow mode's, when ``enforce`` is not ``True``)."""
@@ -273,11 +261,6 @@ class Bulkhead(Policy):
             extras={EXTRA_REASON: "bulkhead_full", EXTRA_RUNNING: err.running, EXTRA_QUEUED: err.queued},
         )
 
-    def _shadow(self) -> bool:
-        """Whether this call is in shadow mode (read off the success path only)."""
-        enforce = self._enforce
-        return enforce is not True and not read_switch(enforce)
-
     def _no_slot_locked(self, shadow: bool) -> tuple[int, BulkheadFullError | None]:
         """Under the lock, for a call that saw no free slot: how it goes (and the error, if refused)."""
         if self._running < self.max_concurrent and not self._waiters:
@@ -307,7 +290,7 @@ class Bulkhead(Policy):
     def _timed_out(self, site: EventSite, timeout: float | None) -> int:
         """A queued call's wait ran out: raise, or, if the switch now says shadow mode, let it through."""
         reason = f"waited {timeout:.3g} s in the queue"
-        if self._shadow():
+        if self.shadowed():
             with self._lock:
                 self._would_reject += 1
                 err = self._full(reason)
@@ -376,7 +359,7 @@ class Bulkhead(Policy):
             if self._running < self.max_concurrent and not self._waiters:
                 self._running += 1
                 return _SLOT
-        shadow = self._shadow()
+        shadow = self.shadowed()
         w = None
         with self._lock:
             how, err = self._no_slot_locked(shadow)
@@ -434,7 +417,7 @@ class Bulkhead(Policy):
             if self._running < self.max_concurrent and not self._waiters:
                 self._running += 1
                 return _SLOT
-        shadow = self._shadow()
+        shadow = self.shadowed()
         w = None
         with self._lock:
             how, err = self._no_slot_locked(shadow)

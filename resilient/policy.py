@@ -20,6 +20,7 @@ from time import perf_counter
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from resilient.events import EventSite, Listener, duration_listeners
+from resilient.validate import check_switch, read_switch
 
 __all__ = [
     "AsyncFn",
@@ -29,6 +30,7 @@ __all__ = [
     "Pipeline",
     "Policy",
     "ResultPredicate",
+    "ShadowMode",
     "SyncFn",
     "exception_predicate",
     "is_async_callable",
@@ -294,6 +296,42 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+class ShadowMode:
+    """Shadow mode for a policy that rejects calls: the ``enforce=`` switch and its counter.
+
+    Mix it into a :class:`Policy` subclass, call :meth:`set_enforce` in the
+    constructor, and, where the policy would reject, ask :meth:`shadowed`:
+    ``True`` means shadow mode; the policy then counts (``self._would_reject
+    += 1``), emits :data:`~resilient.events.WOULD_REJECT` with the error it
+    would have raised, and lets the call through, having decided (and moved
+    its state) exactly as when enforcing. ``enforce`` is read only there,
+    never on the success path.
+    """
+
+    _enforce: bool | Callable[[], bool] = True
+    _would_reject: int = 0
+
+    def set_enforce(self, enforce: bool | Callable[[], bool]) -> None:
+        """Validate and keep ``enforce=`` (a bool, or a callable returning one)."""
+        self._enforce = check_switch(enforce, "enforce")
+        self._would_reject = 0
+
+    def shadowed(self) -> bool:
+        """Whether a rejection now is only reported (shadow mode); a switch that raises reads enforcing."""
+        enforce = self._enforce
+        return enforce is not True and not read_switch(enforce)
+
+    @property
+    def enforcing(self) -> bool:
+        """Whether rejections are enforced now (``enforce``, read at this moment)."""
+        return read_switch(self._enforce)
+
+    @property
+    def would_reject(self) -> int:
+        """Calls that shadow mode (``enforce`` false) let through but would have rejected."""
+        return self._would_reject
 
 
 class Pipeline(Policy):

@@ -40,8 +40,16 @@ from resilient.events import (
     Listener,
     Severity,
 )
-from resilient.policy import AsyncFn, AsyncWrapped, OnArg, Policy, SyncFn, exception_predicate, result_predicate
-from resilient.validate import check_switch, read_switch
+from resilient.policy import (
+    AsyncFn,
+    AsyncWrapped,
+    OnArg,
+    Policy,
+    ShadowMode,
+    SyncFn,
+    exception_predicate,
+    result_predicate,
+)
 
 __all__ = ["BreakerGuard", "CircuitBreaker"]
 
@@ -91,7 +99,7 @@ def _listener(value: Any, param: str) -> StateListener | None:
     return value  # type: ignore[no-any-return]
 
 
-class CircuitBreaker(Policy):
+class CircuitBreaker(ShadowMode, Policy):
     """Fail fast while a dependency is failing; probe it; recover by itself.
 
     Args:
@@ -174,8 +182,7 @@ class CircuitBreaker(Policy):
         enforce: bool | Callable[[], bool] = True,
     ) -> None:
         super().__init__(name=name, listeners=listeners)
-        self._enforce = check_switch(enforce, "enforce")
-        self._would_reject = 0
+        self.set_enforce(enforce)
         ratio = 0.5 if failure_ratio is None else _number(failure_ratio, "failure_ratio")
         if not 0 < ratio <= 1:
             raise ValueError(f"failure_ratio must be in (0, 1], got {failure_ratio!r}")
@@ -244,16 +251,6 @@ class CircuitBreaker(Policy):
         if snap.state is _OPEN and self._now() >= snap.until:
             return _HALF_OPEN
         return snap.state
-
-    @property
-    def enforcing(self) -> bool:
-        """Whether rejections are enforced now (``enforce``, read at this moment)."""
-        return read_switch(self._enforce)
-
-    @property
-    def would_reject(self) -> int:
-        """Calls that shadow mode (``enforce`` false) let through but would have rejected."""
-        return self._would_reject
 
     @property
     def metrics(self) -> BreakerMetrics:
@@ -388,7 +385,7 @@ class CircuitBreaker(Policy):
         else:
             msg = f"{self._label()} is open; retry after {retry_after:.3g} s"
         err = CircuitOpenError(msg, policy=self.name, retry_after=retry_after)
-        if not (self._enforce is True or read_switch(self._enforce)):
+        if self._enforce is not True and self.shadowed():
             return self._shadowed(err, snap.state, retry_after, site)
         if site.enabled(self.listeners):
             self._emit(
@@ -406,8 +403,7 @@ class CircuitBreaker(Policy):
         err = CircuitOpenError(
             f"{self._label_text} is open; retry after {retry_after:.3g} s", policy=self.name, retry_after=retry_after
         )
-        enforce = self._enforce
-        if not (enforce is True or read_switch(enforce)):
+        if self._enforce is not True and self.shadowed():
             return self._shadowed(err, _OPEN, retry_after, site)
         if site.enabled(self.listeners):
             self._emit(
