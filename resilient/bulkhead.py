@@ -104,6 +104,15 @@ class _Waiter:
                 self.loop.call_soon_threadsafe(_set_if_pending, fut)
 
 
+def _async_waiter() -> _Waiter:
+    loop = asyncio.get_running_loop()
+    return _Waiter(loop.create_future(), loop, None)
+
+
+def _thread_waiter() -> _Waiter:
+    return _Waiter(None, None, threading.Event())
+
+
 def _set_if_pending(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -279,6 +288,29 @@ class Bulkhead(ShadowMode, Policy):
         self._would_reject += 1
         return _SHADOW_REJECTED, self._full(reason)
 
+    def _no_slot(self, site: EventSite, waiter: Callable[[], _Waiter]) -> tuple[int, _Waiter | None, float | None]:
+        """A call saw no free slot: ``(how, None, _)`` it runs now, or ``(_, waiter, timeout)`` to wait; or raise."""
+        shadow = self.shadowed()  # user code: before the lock
+        w = None
+        with self._lock:
+            how, err = self._no_slot_locked(shadow)
+            if how == _QUEUE:
+                w = waiter()
+                self._waiters.append(w)
+        if w is None:
+            if how == _SHADOW_REJECTED:
+                assert err is not None
+                self._emit_rejected(site, err, WOULD_REJECT)
+            elif err is not None:
+                self._emit_rejected(site, err)
+                raise err
+            return how, None, None
+        timeout = self.queue_timeout
+        rem = _remaining()
+        if rem is not None and (timeout is None or rem < timeout):
+            timeout = max(rem, 0.0)
+        return how, w, timeout
+
     def _left_unslotted(self, how: int) -> bool:
         """A call that ran without a slot (shadow mode) ended; whether an enforcing bulkhead would have run it."""
         if how == _SHADOW_QUEUED:
@@ -359,26 +391,9 @@ class Bulkhead(ShadowMode, Policy):
             if self._running < self.max_concurrent and not self._waiters:
                 self._running += 1
                 return _SLOT
-        shadow = self.shadowed()
-        w = None
-        with self._lock:
-            how, err = self._no_slot_locked(shadow)
-            if how == _QUEUE:
-                loop = asyncio.get_running_loop()
-                w = _Waiter(loop.create_future(), loop, None)
-                self._waiters.append(w)
+        how, w, timeout = self._no_slot(site, _async_waiter)
         if w is None:
-            if err is None:
-                return how
-            if how == _SHADOW_REJECTED:
-                self._emit_rejected(site, err, WOULD_REJECT)
-                return how
-            self._emit_rejected(site, err)
-            raise err
-        timeout = self.queue_timeout
-        rem = _remaining()
-        if rem is not None and (timeout is None or rem < timeout):
-            timeout = max(rem, 0.0)
+            return how
         try:
             await self._wait(w, timeout)
         except BaseException:
@@ -417,26 +432,10 @@ class Bulkhead(ShadowMode, Policy):
             if self._running < self.max_concurrent and not self._waiters:
                 self._running += 1
                 return _SLOT
-        shadow = self.shadowed()
-        w = None
-        with self._lock:
-            how, err = self._no_slot_locked(shadow)
-            if how == _QUEUE:
-                w = _Waiter(None, None, threading.Event())
-                self._waiters.append(w)
+        how, w, timeout = self._no_slot(site, _thread_waiter)
         if w is None:
-            if err is None:
-                return how
-            if how == _SHADOW_REJECTED:
-                self._emit_rejected(site, err, WOULD_REJECT)
-                return how
-            self._emit_rejected(site, err)
-            raise err
+            return how
         assert w.event is not None
-        timeout = self.queue_timeout
-        rem = _remaining()
-        if rem is not None and (timeout is None or rem < timeout):
-            timeout = max(rem, 0.0)
         # The queue timeout is a timer on the policy's clock (on a timer
         # thread: this thread blocks), which wakes the event as a grant does.
         clock = self.clock
