@@ -509,8 +509,8 @@ class Bulkhead(ShadowMode, Policy):
         )
 
 
-class _AsyncSlot:
-    """``async with bulkhead.acquire():`` - shared and stateless when enforcing; one per block in shadow mode."""
+class _Slot:
+    """What the two context managers share: shared and stateless when enforcing; one per block in shadow mode."""
 
     __slots__ = ("_bulkhead", "_how", "_site")
 
@@ -518,6 +518,17 @@ class _AsyncSlot:
         self._bulkhead = bulkhead
         self._site = site
         self._how = _SLOT  # only ever changed on an instance made for one block (shadow mode)
+
+    def _leave_unslotted(self) -> None:
+        how = self._how
+        self._how = _SLOT
+        self._bulkhead._left_unslotted(how)
+
+
+class _AsyncSlot(_Slot):
+    """``async with bulkhead.acquire():``."""
+
+    __slots__ = ()
 
     async def __aenter__(self) -> None:
         bh = self._bulkhead
@@ -535,23 +546,16 @@ class _AsyncSlot:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        how = self._how
-        if how:
-            self._how = _SLOT
-            self._bulkhead._left_unslotted(how)
+        if self._how:
+            self._leave_unslotted()
         else:
             self._bulkhead._release()
 
 
-class _SyncSlot:
-    """``with bulkhead.acquire_sync():`` - shared and stateless when enforcing; one per block in shadow mode."""
+class _SyncSlot(_Slot):
+    """``with bulkhead.acquire_sync():``."""
 
-    __slots__ = ("_bulkhead", "_how", "_site")
-
-    def __init__(self, bulkhead: Bulkhead, site: EventSite) -> None:
-        self._bulkhead = bulkhead
-        self._site = site
-        self._how = _SLOT
+    __slots__ = ()
 
     def __enter__(self) -> None:
         how = self._bulkhead._enter_sync(self._site)
@@ -561,9 +565,7 @@ class _SyncSlot:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        how = self._how
-        if how:
-            self._how = _SLOT
-            self._bulkhead._left_unslotted(how)
+        if self._how:
+            self._leave_unslotted()
         else:
             self._bulkhead._release()
