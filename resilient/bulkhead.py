@@ -485,16 +485,24 @@ class Bulkhead(ShadowMode, Policy):
         return bulkhead_call
 
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        lock = self._lock
+        limit = self.max_concurrent
         enter = self._enter_sync
         release = self._release
         left = self._left_unslotted
 
         def bulkhead_call(*args: Any, **kwargs: Any) -> Any:
-            if how := enter(site):  # shadow mode: runs without a slot
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    left(how)
+            lock.acquire()
+            if self._running < limit and not self._waiters:
+                self._running += 1
+                lock.release()
+            else:
+                lock.release()
+                if how := enter(site):  # shadow mode: runs without a slot
+                    try:
+                        return fn(*args, **kwargs)
+                    finally:
+                        left(how)
             try:
                 return fn(*args, **kwargs)
             finally:
