@@ -334,7 +334,7 @@ def test_the_state_numbers_are_resilience4js() -> None:
         CircuitState.HALF_OPEN: 2,
         CircuitState.ISOLATED: 3,
     }
-    assert gauges_module.effective_state is otel.gauges.effective_state
+    assert gauges_module.effective_state is otel.effective_state
 
 
 def test_keyed_worst_ranks_open_breakers_first_and_never_builds(clock: FakeClock) -> None:
