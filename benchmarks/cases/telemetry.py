@@ -143,7 +143,7 @@ def _stateful() -> Pipeline:
 
 
 def _stateful_plain() -> Callable[[], Any]:
-    return _stateful()(target)  # type: ignore[no-any-return]
+    return _stateful()(target)
 
 
 def _stateful_gauges() -> Callable[[], Any]:
@@ -158,7 +158,7 @@ def _stateful_gauges() -> Callable[[], Any]:
     data = reader.get_metrics_data()  # collected once: the gauges see these very policies
     assert data is not None, "the gauges observed nothing"
     assert data.resource_metrics, "the gauges observed nothing"
-    return pipeline(target)  # type: ignore[no-any-return]
+    return pipeline(target)
 
 
 CASES: list[Case] = [
