@@ -161,7 +161,7 @@ class PolicyGauges:
         self.active = True
         self._lock = threading.Lock()
         self._snapshot: dict[str, tuple[float, list[Observation]]] = {}
-        self._failed: set[int] = set()
+        self._failed: weakref.WeakSet[Policy] = weakref.WeakSet()  # logged once each, never kept alive
 
     def close(self) -> None:
         """Stop reporting: the instruments stay (the SDK cannot drop them) but observe nothing."""
@@ -236,9 +236,8 @@ class PolicyGauges:
         try:
             return read(policy)
         except Exception:
-            if id(policy) not in self._failed:
-                if len(self._failed) < 10_000:
-                    self._failed.add(id(policy))
+            if policy not in self._failed:
+                self._failed.add(policy)
                 logger.warning(
                     "resilient: cannot read %s of %s for the OpenTelemetry gauges; skipped",
                     what,
