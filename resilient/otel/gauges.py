@@ -162,6 +162,7 @@ class PolicyGauges:
         self._lock = threading.Lock()
         self._snapshot: dict[str, tuple[float, list[Observation]]] = {}
         self._failed: weakref.WeakSet[Policy] = weakref.WeakSet()  # logged once each, never kept alive
+        self._broken = False  # the last snapshot failed as a whole (logged when it starts failing)
 
     def close(self) -> None:
         """Stop reporting: the instruments stay (the SDK cannot drop them) but observe nothing."""
@@ -272,13 +273,16 @@ class PolicyGauges:
                 part = self._snapshot.pop(name, None)
             if part is None or now - part[0] > _SNAPSHOT_FRESH_FOR:
                 fresh = self.snapshot()
+                self._broken = False
                 mine = fresh.pop(name, [])
                 with self._lock:
                     self._snapshot = {n: (now, obs) for n, obs in fresh.items()}
                 return mine
             return part[1]
         except Exception:  # never into the SDK's collection
-            logger.warning("resilient: the OpenTelemetry gauge %s failed; skipped", name, exc_info=True)
+            if not self._broken:
+                self._broken = True
+                logger.warning("resilient: the OpenTelemetry gauges failed; skipped until they work", exc_info=True)
             return []
 
     def __repr__(self) -> str:
