@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +35,8 @@ from resilient import (
 from resilient import events as ev
 from resilient.otel import gauges as gauges_module
 from resilient.testing import FakeClock
+
+ROOT = Path(__file__).resolve().parents[1]
 
 Points = dict[frozenset[tuple[str, Any]], float]
 
@@ -358,3 +365,56 @@ def test_keyed_worst_ranks_open_breakers_first_and_never_builds(clock: FakeClock
     assert built == ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match="limit"):
         keyed.worst(-1)
+
+
+def test_keyed_pipelines_report_each_member_per_key(clock: FakeClock) -> None:
+    keyed = Keyed(
+        lambda tenant: Pipeline(CircuitBreaker(clock=clock), Bulkhead(2)),
+        key=lambda tenant: tenant,
+        name="tenants",
+    )
+    g = Gauges(policies=[Pipeline(Retry(), keyed, name="api")], keys_per_policy=5)
+    call = keyed(lambda tenant: None)
+    for tenant in ("acme", "initech"):
+        call(tenant)
+    found = g.collect()
+    for metric, kind in ((otel.CIRCUIT_STATE, "circuit_breaker"), (otel.BULKHEAD_RUNNING, "bulkhead")):
+        assert sorted(dict(k)["resilience.key"] for k in found[metric]) == ["'acme'", "'initech'"]
+        for key in found[metric]:
+            assert dict(key)["resilience.policy.type"] == kind
+            assert dict(key)["resilience.policy.name"] == "tenants"
+            assert dict(key)["resilience.pipeline.name"] == "api"
+    g0 = Gauges(policies=[keyed], keys_per_policy=0)
+    assert not g0.collect().get(otel.CIRCUIT_STATE)
+
+
+def test_the_global_provider_set_later_is_picked_up() -> None:
+    code = textwrap.dedent(
+        """
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        import resilient.otel
+        from resilient import CircuitBreaker
+
+        breaker = CircuitBreaker("late")
+        resilient.otel.instrument_gauges()  # the API's proxy provider for now
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        breaker.trip()
+        data = reader.get_metrics_data()
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == "resilience.circuit.state":
+                        for p in m.data.data_points:
+                            if p.attributes.get("resilience.policy.name") == "late":
+                                print(p.value)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("OTEL_PYTHON_METER_PROVIDER", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
