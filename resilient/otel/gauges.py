@@ -415,20 +415,20 @@ def instrument_gauges(
     collects.
     """
     gauges = PolicyGauges(policies, keys_per_policy=keys_per_policy)
-    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
-    instruments = _instruments_of(provider)
-    with _instruments_lock:
-        previous, instruments.current = instruments.current, gauges
-    if previous is not None:
-        previous.close()
+    _swap(meter_provider, gauges)
     return gauges
 
 
 def uninstrument_gauges(meter_provider: MeterProvider | None = None) -> None:
     """Stop the gauges of ``meter_provider`` (default: the global one) from reporting."""
+    _swap(meter_provider, None)
+
+
+def _swap(meter_provider: MeterProvider | None, gauges: PolicyGauges | None) -> None:
+    """Make ``gauges`` what the provider's instruments observe; close the previous one."""
     provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     instruments = _instruments_of(provider)
     with _instruments_lock:
-        previous, instruments.current = instruments.current, None
+        previous, instruments.current = instruments.current, gauges
     if previous is not None:
         previous.close()
