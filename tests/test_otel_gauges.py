@@ -403,18 +403,22 @@ def test_the_global_provider_set_later_is_picked_up() -> None:
         reader = InMemoryMetricReader()
         metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
         breaker.trip()
+        resilient.otel.instrument_gauges(policies=[breaker])  # replaces the first, on the same instruments
         data = reader.get_metrics_data()
         for rm in data.resource_metrics:
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
                     if m.name == "resilience.circuit.state":
                         for p in m.data.data_points:
-                            if p.attributes.get("resilience.policy.name") == "late":
-                                print(p.value)
+                            print(p.attributes.get("resilience.policy.name"), p.value)
+        resilient.otel.uninstrument_gauges()
+        data = reader.get_metrics_data()
+        scopes = [] if data is None else [sm for rm in data.resource_metrics for sm in rm.scope_metrics]
+        print(sum(len(m.data.data_points) for sm in scopes for m in sm.metrics))
         """
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OTEL_PYTHON_METER_PROVIDER", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["1"]
+    assert out.stdout.splitlines() == ["late 1", "0"]

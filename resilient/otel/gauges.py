@@ -374,21 +374,33 @@ _strong: dict[int, tuple[object, _Instruments]] = {}  # providers that cannot be
 _instruments_lock = threading.Lock()
 
 
-def _instruments_of(provider: MeterProvider) -> _Instruments:
+class _Global:
+    """The key of the global provider's instruments."""
+
+
+# Created on whatever the global provider is at the first call (the API's
+# proxy until an SDK is set, which it then forwards to); later calls with no
+# provider reuse them, as the SDK would drop the callbacks of a second set.
+_GLOBAL: Final = _Global()
+
+
+def _instruments_of(meter_provider: MeterProvider | None) -> _Instruments:
     from resilient import __version__
 
+    key: object = _GLOBAL if meter_provider is None else meter_provider
     with _instruments_lock:
         try:
-            found = _instruments.get(provider)
+            found = _instruments.get(key)
         except TypeError:
-            held = _strong.get(id(provider))
+            held = _strong.get(id(key))
             found = held[1] if held is not None else None
         if found is None:
+            provider = metrics.get_meter_provider() if meter_provider is None else meter_provider
             found = _Instruments(provider.get_meter(SCOPE, __version__))
             try:
-                _instruments[provider] = found
+                _instruments[key] = found
             except TypeError:
-                _strong[id(provider)] = (provider, found)
+                _strong[id(key)] = (key, found)
         return found
 
 
@@ -426,8 +438,7 @@ def uninstrument_gauges(meter_provider: MeterProvider | None = None) -> None:
 
 def _swap(meter_provider: MeterProvider | None, gauges: PolicyGauges | None) -> None:
     """Make ``gauges`` what the provider's instruments observe; close the previous one."""
-    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
-    instruments = _instruments_of(provider)
+    instruments = _instruments_of(meter_provider)
     with _instruments_lock:
         previous, instruments.current = instruments.current, gauges
     if previous is not None:
