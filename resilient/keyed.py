@@ -562,6 +562,20 @@ class Keyed(Policy):
             ],
         }
 
+    def worst(self, limit: int | None = 10) -> list[tuple[str, Policy]]:
+        """The ``limit`` worst keys (``None``: all), worst first, as ``(key text, policy)`` pairs.
+
+        The ranking of :meth:`status`; the key text is its ``repr``, cut to
+        a readable length. Never builds a policy nor refreshes a key's use,
+        so telemetry reading it does not keep idle keys alive. Costs
+        O(keys held).
+        """
+        entries = self._table.entries()
+        limit = len(entries) if limit is None else check_int(limit, "limit", minimum=0)
+        ranked = [(_rank(e.policy), -i, e) for i, e in enumerate(reversed(entries))]
+        worst = heapq.nlargest(limit, ranked, key=lambda r: (r[0], r[1]))
+        return [(_describe_key(e.key), e.policy) for _, _, e in worst]
+
     # -- the adapters --------------------------------------------------------
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:

@@ -416,7 +416,7 @@ def test_safe_extras_mapping(extras: dict[str, Any], expected: dict[str, Any]) -
 async def test_attribute_sets_beyond_the_limit_are_counted_as_overflow(
     tel: Telemetry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(otel, "_MAX_ATTRIBUTE_SETS", 2)
+    monkeypatch.setattr(otel.listener, "_MAX_ATTRIBUTE_SETS", 2)
     with tel.tracer.start_as_current_span("request"):
         for i in range(5):
             EventSite(f"op{i}", "p").emit((), ev.RETRY, Severity.INFO, "retry", None)

@@ -16,7 +16,10 @@ subtract from the others:
   that fails once and succeeds on the retry: one event (counter + span
   check), three histogram records. Polly reports 272 ns per event;
 * ``retried call SDK durations=False`` - ``retried call harness`` = the cost
-  of that one event alone (built, delivered, counted, span checked).
+  of that one event alone (built, delivered, counted, span checked);
+* ``stateful pipeline instrument_gauges()`` - ``stateful pipeline`` = what
+  the state gauges add to a success through a breaker, a bulkhead and a
+  limiter they observe (they are read at collection time only: ~0).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.cases import Case, target
-from resilient import Pipeline, Retry, constant
+from resilient import Bulkhead, CircuitBreaker, Pipeline, RateLimiter, Retry, constant
 from resilient import events as _events
 
 
@@ -130,7 +133,36 @@ def _retried_events_only() -> Callable[[], Any]:
     return _harnessed(_pipeline(_flaky_once()), _otel_sdk(durations=False))
 
 
+def _stateful() -> Pipeline:
+    return Pipeline(
+        CircuitBreaker("bench-breaker"),
+        Bulkhead(1000, name="bench-bulkhead"),
+        RateLimiter(1e9, burst=1_000_000_000, mode="reject", name="bench-limiter"),
+        name="bench-stateful",
+    )
+
+
+def _stateful_plain() -> Callable[[], Any]:
+    return _stateful()(target)
+
+
+def _stateful_gauges() -> Callable[[], Any]:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from resilient.otel import instrument_gauges
+
+    pipeline = _stateful()
+    reader = InMemoryMetricReader()
+    instrument_gauges(MeterProvider(metric_readers=[reader]), policies=[pipeline])
+    data = reader.get_metrics_data()  # collected once: the gauges see these very policies
+    assert data is not None, "the gauges observed nothing"
+    assert data.resource_metrics, "the gauges observed nothing"
+    return pipeline(target)
+
+
 CASES: list[Case] = [
+    Case("stateful pipeline", "telemetry", _stateful_plain, ours=True),
     Case("Retry(3) harness only", "telemetry", _retry_harness, ours=True),
     Case("Pipeline(Retry) harness only", "telemetry", _success_harness, ours=True),
     Case("Pipeline(Retry) retried call harness", "telemetry", _retried_harness, ours=True),
@@ -142,4 +174,5 @@ if _have_otel():
         Case("Pipeline(Retry) SDK success", "telemetry", _success_sdk, ours=True),
         Case("Pipeline(Retry) retried call SDK", "telemetry", _retried_sdk, ours=True),
         Case("Pipeline(Retry) retried call SDK durations=False", "telemetry", _retried_events_only, ours=True),
+        Case("stateful pipeline instrument_gauges()", "telemetry", _stateful_gauges, ours=True),
     ]

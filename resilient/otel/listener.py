@@ -1,43 +1,4 @@
-"""OpenTelemetry: resilient's events as metrics and span events.
-
-Install the ``otel`` extra (it needs only ``opentelemetry-api`` at run time;
-the application brings the SDK and exporters), then::
-
-    import resilient.otel
-
-    resilient.otel.instrument()          # the global providers
-    # or: instrument(meter_provider=provider, tracer_provider=tracer_provider)
-
-What is recorded (instrumentation scope ``resilient``):
-
-* ``resilience.events`` (counter, unit ``{event}``): one per event, with the
-  attributes ``resilience.event.name``, ``resilience.event.severity``,
-  ``resilience.pipeline.name``, ``resilience.policy.name``,
-  ``resilience.policy.type``, ``resilience.operation.name``, ``error.type``
-  and the allow-listed extras (:data:`SAFE_EXTRAS`);
-* ``resilience.attempt.duration`` (histogram, ``s``): each attempt a
-  :class:`~resilient.Retry` makes;
-* ``resilience.pipeline.duration`` (histogram, ``s``): each call through a
-  :class:`~resilient.Pipeline`; both with ``resilience.pipeline.name``,
-  ``resilience.operation.name`` and ``resilience.outcome``
-  (``success``/``failure``);
-* a span event ``resilience.<event name>`` (``resilience.retry``,
-  ``resilience.circuit_opened``, ``resilience.rejected``...) on the current
-  span, when it is recording, with the counter's attributes plus
-  ``resilience.attempt.number`` and ``resilience.event.duration``.
-
-Attribute values are low-cardinality: event extras are copied only when
-their key is in :data:`SAFE_EXTRAS` and their value passes its check (a
-status code, a bare host name, a standard method...), so URLs, query
-strings, credentials, header values and user ids never reach a backend.
-
-Cost: with no SDK configured (the API's no-op or proxy providers),
-:func:`instrument` registers no duration listener, so the success path
-does not even read the clock. Events (failures) go through the API's no-op
-instruments. When the global SDK provider is set *after* ``instrument()``,
-durations start being recorded at the first event seen after that;
-configure the SDK first to record them from the first call.
-"""
+"""The OpenTelemetry event and duration listener; see :mod:`resilient.otel`."""
 
 from __future__ import annotations
 
