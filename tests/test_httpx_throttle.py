@@ -450,3 +450,19 @@ async def test_the_same_real_server_does_say_429_without_pacing() -> None:
         async with httpx.AsyncClient(transport=AsyncResilientTransport(Pipeline(http_retry(0)))) as client:
             statuses = [(await client.get(server.url("/"))).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
+
+
+async def test_at_most_max_hosts_windows_are_kept(auto_clock: FakeClock) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"RateLimit": "limit=10, remaining=0, reset=5"})
+
+    pacing = HeaderPacing(clock=auto_clock, max_hosts=2)
+    transport = AsyncResilientTransport(Pipeline(pacing), inner=httpx.MockTransport(answer))
+    async with httpx.AsyncClient(transport=transport) as client:
+        for host in ("a", "b", "c"):
+            await client.get(f"http://{host}/")
+        assert pacing.status()["hosts"] == 2
+        await client.get("http://a/")  # forgotten, oldest first: not held back
+        assert auto_clock.sleeps == []
+        await client.get("http://c/")
+    assert auto_clock.sleeps == [5.0]

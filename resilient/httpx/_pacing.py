@@ -9,7 +9,6 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal, NamedTuple
 
 import httpx
-from cachetools import LRUCache
 
 from resilient.clock import Clock
 from resilient.deadline import remaining as deadline_remaining
@@ -69,17 +68,6 @@ def _seconds(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _members(value: str) -> Iterable[tuple[str, dict[str, str]]]:
-    """The members of a structured-field list or dictionary: ``(item, {param: value})``."""
-    for member in value.split(","):
-        item, *params = member.split(";")
-        found: dict[str, str] = {}
-        for param in params:
-            key, _, val = param.partition("=")
-            found[key.strip().lower()] = val.strip()
-        yield item.strip(), found
-
-
 def _ietf(ratelimit: str, policy: str | None) -> tuple[int | None, float | None, int | None]:
     """``RateLimit`` (and ``RateLimit-Policy``) of any draft of draft-ietf-httpapi-ratelimit-headers.
 
@@ -90,23 +78,38 @@ def _ietf(ratelimit: str, policy: str | None) -> tuple[int | None, float | None,
     left: int | None = None
     reset: float | None = None
     limit: int | None = None
-    for item, params in _members(ratelimit):
-        key, eq, val = item.partition("=")
-        if eq:
+    # Plain splits, not a structured-field parser: this runs on every answer of a paced host.
+    for member in ratelimit.split(","):
+        if ";" not in member:
+            key, eq, val = member.partition("=")
+            if eq:
+                key = key.strip().lower()
+                if key == "limit":
+                    limit = _count(val)
+                elif key == "remaining":
+                    left = _count(val)
+                elif key == "reset":
+                    reset = _seconds(val)
+            continue
+        r: int | None = None
+        t: float | None = None
+        for param in member.split(";")[1:]:
+            key, _, val = param.partition("=")
             key = key.strip().lower()
-            if key == "limit":
-                limit = _count(val)
-            elif key == "remaining":
-                left = _count(val)
-            elif key == "reset":
-                reset = _seconds(val)
-        elif "r" in params:
-            r, t = _count(params["r"]), _seconds(params.get("t", ""))
-            if r is not None and t is not None and (left is None or r < left):
-                left, reset = r, t
+            if key == "r":
+                r = _count(val)
+            elif key == "t":
+                t = _seconds(val)
+        if r is not None and t is not None and (left is None or r < left):
+            left, reset = r, t
     if policy is not None and limit is None:
-        for item, params in _members(policy):
-            q = _count(params["q"]) if "q" in params else _count(item)
+        for member in policy.split(","):
+            item, *params = member.split(";")
+            q: int | None = _count(item)
+            for param in params:
+                key, _, val = param.partition("=")
+                if key.strip().lower() == "q":
+                    q = _count(val)
             if q is not None and (limit is None or q < limit):
                 limit = q
     return left, reset, limit
@@ -215,7 +218,7 @@ class HeaderPacing(Policy):
             spaced; ``0``: only wait when nothing is left.
         mode: ``"wait"`` (default) or ``"reject"``.
         max_wait: the longest a request may wait, seconds (``None``: only the deadline bounds it).
-        max_hosts: how many hosts' windows to remember (least recently used out).
+        max_hosts: how many hosts' windows to remember (the oldest one out first).
         enforce: ``False`` (or a callable returning it): shadow mode.
         clock: time source (tests: ``FakeClock``).
         name: shown in errors, events and status.
@@ -245,7 +248,8 @@ class HeaderPacing(Policy):
         self.max_hosts = check_int(max_hosts, "max_hosts")
         self._enforce = check_switch(enforce, "enforce")
         self.clock = check_clock(clock)
-        self._hosts: LRUCache[Hashable, _Window] = LRUCache(maxsize=self.max_hosts)
+        # A plain dict, oldest host out first: an LRU's bookkeeping would cost more than the pacing.
+        self._hosts: dict[Hashable, _Window] = {}
         # Held for a few dict operations only: never while waiting, never around user code.
         self._lock = threading.Lock()
         self._delayed = 0
@@ -314,9 +318,12 @@ class HeaderPacing(Policy):
                 return
             info = RateLimitHeaders(0, min(delay, MAX_RESET), None)
         with self._lock:
-            window = self._hosts.get(key)
+            hosts = self._hosts
+            window = hosts.get(key)
             if window is None:
-                window = self._hosts[key] = _Window()
+                if len(hosts) >= self.max_hosts:
+                    del hosts[next(iter(hosts))]
+                window = hosts[key] = _Window()
             elif now >= window.reset_at:
                 window.next_at = -math.inf
             window.limit = info.limit if info.limit is not None else max(window.limit, info.remaining)
