@@ -50,8 +50,10 @@ try:
 except ModuleNotFoundError as exc:
     raise MissingExtraError("resilient.httpx", "httpx", exc.name) from exc
 
+from resilient.httpx._pacing import MAX_RESET, HeaderPacing, RateLimitHeaders, parse_rate_limit_headers
 from resilient.httpx._rules import (
     IDEMPOTENT_METHODS,
+    RETRY_AFTER_HEADERS,
     TRANSIENT_STATUSES,
     authority,
     http_retry,
@@ -66,14 +68,19 @@ from resilient.httpx._transport import AsyncResilientTransport, ResilientTranspo
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "MAX_RESET",
+    "RETRY_AFTER_HEADERS",
     "TRANSIENT_STATUSES",
     "AsyncResilientTransport",
+    "HeaderPacing",
+    "RateLimitHeaders",
     "ResilientTransport",
     "StandardPipeline",
     "authority",
     "deadline_timeout",
     "http_retry",
     "is_transient_error",
+    "parse_rate_limit_headers",
     "parse_retry_after",
     "retry_after_hint",
     "should_retry_error",

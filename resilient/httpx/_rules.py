@@ -206,15 +206,59 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, delta)
 
 
+def _parse_milliseconds(value: str) -> float | None:
+    """Seconds from a ``retry-after-ms`` style value: a non-negative number of milliseconds."""
+    if len(value) > 64:
+        return None
+    m = _DELAY_SECONDS.fullmatch(value)
+    return None if m is None else float(m.group(1)) / 1000.0
+
+
+#: The throttle headers :func:`retry_after_hint` reads, first sane one wins:
+#: the standard one, then the millisecond ones (Azure OpenAI's and Cosmos
+#: DB's ``retry-after-ms``, Azure Resource Manager's ``x-ms-retry-after-ms``),
+#: then gRPC's pushback (milliseconds; seen on gRPC-over-HTTP gateways).
+RETRY_AFTER_HEADERS: tuple[str, ...] = (
+    "retry-after",
+    "retry-after-ms",
+    "x-ms-retry-after-ms",
+    "grpc-retry-pushback-ms",
+)
+
+
+def _throttle_delay(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds the first sane throttle header asks for, in :data:`RETRY_AFTER_HEADERS` order.
+
+    A header sent more than once is not trusted (two values: which one?) and
+    is skipped like a malformed one; the next header is read instead.
+    """
+    for name in RETRY_AFTER_HEADERS:
+        values = headers.get_list(name)
+        if len(values) != 1:
+            continue
+        value = values[0]
+        seconds = parse_retry_after(value, now=now) if name == "retry-after" else _parse_milliseconds(value)
+        if seconds is not None:
+            return seconds
+    return None
+
+
 def retry_after_hint(outcome: Any) -> float | None:
-    """``delay_hint=`` for :class:`~resilient.Retry`: the response's ``Retry-After``, if sane.
+    """``delay_hint=`` for :class:`~resilient.Retry`: the response's throttle header, if sane.
+
+    Reads ``Retry-After``, then ``retry-after-ms``, ``x-ms-retry-after-ms``
+    and ``grpc-retry-pushback-ms`` (milliseconds), and takes the first one
+    that is present, sent once and well formed; a negative, non-numeric or
+    repeated value is skipped (the backoff applies when none is left). A
+    huge value is returned as it is: :class:`~resilient.Retry` clamps it to
+    its ``max_delay`` (or gives up past its ``max_hint``).
 
     For a rejection (:class:`~resilient.RejectedError`: an open circuit, a
     rate limit), its ``retry_after``, so that a retry that retries rejections
     waits until the policy may admit the call again.
     """
     if isinstance(outcome, httpx.Response):
-        return parse_retry_after(outcome.headers.get("retry-after"))
+        return _throttle_delay(outcome.headers)
     if isinstance(outcome, RejectedError):
         return outcome.retry_after
     return None

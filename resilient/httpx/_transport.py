@@ -74,6 +74,7 @@ _SEND_ONCE = frozenset(
         "circuit_breaker",
         "deadline",
         "fallback",
+        "header_pacing",
         "host_signals",
         "rate_limiter",
         "stale_cache",
