@@ -166,3 +166,26 @@ async def test_the_usual_answer_time_creeps_up_slowly_under_queueing() -> None:
     for _ in range(100):
         await call()
     assert signals.usual < 0.01  # type: ignore[attr-defined]  # and follows faster answers quickly
+
+
+async def test_pace_adds_header_pacing_inside_the_retry() -> None:
+    kinds = [p.policy_type for p in standard_pipeline(pace=True)("http://h:80")]
+    assert kinds.index("header_pacing") > kinds.index("retry")
+    assert kinds.index("header_pacing") > kinds.index("circuit_breaker")
+    assert "header_pacing" not in [p.policy_type for p in standard_pipeline()("http://h:80")]
+    with pytest.raises(TypeError, match="pace"):
+        standard_pipeline(pace="yes")  # type: ignore[arg-type]
+    clock = FakeClock(auto_advance=True)
+    sent: list[float] = []
+
+    def quota(request: httpx.Request) -> httpx.Response:
+        sent.append(clock.now())
+        left = max(0, 2 - len(sent))
+        return httpx.Response(200, headers={"RateLimit": f"limit=10, remaining={left}, reset=10"})
+
+    pipeline = standard_pipeline(clock=clock, total_timeout=None, attempt_timeout=None, pace=True)
+    transport = AsyncResilientTransport(pipeline, inner=httpx.MockTransport(quota))
+    async with httpx.AsyncClient(transport=transport, base_url="http://upstream.test") as c:
+        for _ in range(3):
+            await c.get("/")
+    assert sent[2] - sent[1] >= 5.0  # nothing left: the third request waited for the window's reset

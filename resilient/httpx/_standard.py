@@ -13,6 +13,7 @@ from resilient.bulkhead import Bulkhead
 from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.deadline import narrow_deadline, reset_deadline
 from resilient.events import EventSite, Listener
+from resilient.httpx._pacing import HeaderPacing
 from resilient.httpx._rules import (
     TRANSIENT_STATUSES,
     _check_statuses,
@@ -24,7 +25,7 @@ from resilient.policy import AsyncFn, AsyncWrapped, Pipeline, Policy, SyncFn
 from resilient.ratelimit import RateLimiter
 from resilient.retry import RetryBudgetLike
 from resilient.timeout import Timeout
-from resilient.validate import check_number
+from resilient.validate import check_bool, check_number
 
 # -- deadline scope ---------------------------------------------------------------
 
@@ -295,6 +296,8 @@ class StandardPipeline:
     The retry also takes `backoff`, `max_delay` (30 s, caps `Retry-After`
     too), `statuses`, `honour_retry_after` and `retry_budget`; the breaker
     `sampling_duration`, `minimum_throughput` and `breaker_statuses`.
+    ``pace=True`` adds :class:`HeaderPacing` (off by default): each host's
+    requests are spaced to what its rate-limit headers say is left.
 
     Why these values (the httpx page's "Defaults and why" has the
     measurements): Microsoft's standard handler values are right for
@@ -389,6 +392,7 @@ class StandardPipeline:
         minimum_throughput: int = 100,
         break_duration: float | BreakDuration = GrowingBreak(0.1, maximum=0.25),  # noqa: B008 - immutable
         attempt_timeout: float | None = 10.0,
+        pace: bool = False,
         name: str = "httpx",
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
@@ -453,6 +457,7 @@ class StandardPipeline:
         self.sampling_duration = sampling_duration
         self.minimum_throughput = minimum_throughput
         self.break_duration = break_duration
+        self.pace = check_bool(pace, "pace")
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
         self.name = name
@@ -539,6 +544,10 @@ class StandardPipeline:
         if signals is not None:
             # Inside the breaker: the attempt is judged before the breaker reads its outcome.
             policies.append(signals)
+        if self.pace:
+            # Innermost but the attempt timeout: a request paced out (RateLimitedError) is not
+            # retried and never reaches the breaker's counts as a failure of the host.
+            policies.append(HeaderPacing(clock=clock, name=nm("pacing")))
         if self.attempt_timeout is not None:
             if sync:
                 policies.append(_DeadlineScope(self.attempt_timeout, clock=clock))
