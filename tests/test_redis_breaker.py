@@ -635,3 +635,26 @@ async def test_state_without_running_totals_is_recounted(
     await fail_n(cb, 1)
     m = cb.metrics
     assert (m.calls, m.failures) == (4, 3)
+
+
+async def test_shadow_mode_on_a_shared_circuit(redis_server: RedisServer) -> None:  # noqa: F811
+    # A replica rolling the breaker out in shadow mode reads the fleet's open circuit, lets its calls
+    # through, and its outcomes (of calls an enforcing breaker would not have made) reach nobody.
+    enforcing = breaker(redis_server.url, consecutive_failures=2, break_duration=30, sync_interval=0)
+    shadow = breaker(redis_server.url, consecutive_failures=2, break_duration=30, sync_interval=0, enforce=False)
+    assert await shadow(ok)() == "ok"  # closed: learns the shared state with this outcome
+    await fail_n(enforcing, 2)
+    assert enforcing.state is CircuitState.OPEN
+    assert await shadow(ok)() == "ok"  # admitted before it heard; its outcome brings the news
+    assert shadow.state is CircuitState.OPEN
+    with recording() as rec:
+        for _ in range(3):
+            assert await shadow(ok)() == "ok"
+        with pytest.raises(ConnectionError):
+            await shadow(fail)()
+    assert shadow.would_reject == 4
+    assert [e.name for e in rec.events] == [events.WOULD_REJECT] * 4
+    # Nothing the shadow let through moved the shared circuit.
+    with pytest.raises(CircuitOpenError):
+        await enforcing(ok)()
+    assert enforcing.store.snapshot.epoch == shadow.store.snapshot.epoch
