@@ -28,7 +28,7 @@ from resilient.errors import (
 )
 from resilient.events import ResilienceEvent, Severity, add_listener, remove_listener
 from resilient.fallback import Fallback
-from resilient.hedge import Hedge
+from resilient.hedge import Hedge, LatencyQuantile
 from resilient.keyed import Keyed, PolicyKeyError
 from resilient.policy import Outcome, Pipeline, Policy
 from resilient.ratelimit import KeyedRateLimiter, RateDecision, RateLimiter, RateLimitKeyError
@@ -56,6 +56,7 @@ __all__ = [
     "Keyed",
     "KeyedRateLimiter",
     "Latency",
+    "LatencyQuantile",
     "Outcome",
     "Pipeline",
     "Policy",

@@ -25,6 +25,7 @@ def test_exported_members() -> None:
         "Fallback",
         "GiveUp",
         "Keyed",
+        "LatencyQuantile",
         "Pipeline",
         "Policy",
         "PolicyKeyError",
