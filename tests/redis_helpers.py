@@ -1,9 +1,10 @@
-"""A private redis-server for tests: start, kill, pause, resume, restart.
+"""A private redis-server (or a private Redis Cluster) for tests: start, kill, pause, resume, restart.
 
 Tests never touch a system Redis (6379): each :class:`RedisServer` runs its
 own ``redis-server`` on a free port of 127.0.0.1 with persistence off, and
-the fixtures stop it at the end. When the binary is missing, the tests that
-need it are skipped with a reason that says so.
+the fixtures stop it at the end; :class:`LocalCluster` runs three of them in
+cluster mode. When the binary is missing, the tests that need it are skipped
+with a reason that says so.
 """
 
 from __future__ import annotations
@@ -23,17 +24,25 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    import redis as sync_redis
+
 __all__ = [
     "READY",
+    "REDIS_CLI",
     "REDIS_SERVER",
+    "LocalCluster",
     "RedisServer",
     "free_port",
+    "redis_cluster",
     "redis_server",
     "require_redis_server",
     "run_together",
+    "running_cluster",
     "running_redis",
 ]
 
@@ -41,6 +50,9 @@ __all__ = [
 REDIS_SERVER: str | None = (
     "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else shutil.which("redis-server")
 )
+
+#: redis-cli, which makes the cluster when present (without it, the cluster is made with CLUSTER commands).
+REDIS_CLI: str | None = "/usr/bin/redis-cli" if os.access("/usr/bin/redis-cli", os.X_OK) else shutil.which("redis-cli")
 
 
 def require_redis_server() -> str:
@@ -55,6 +67,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher, as every Redis version takes it) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 <= 65535 and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair (P, P + 10000) found for a cluster node")
 
 
 def ping(port: int, timeout: float = 0.2, auth: tuple[str, str] | None = None) -> bool:
@@ -238,6 +268,162 @@ def redis_server() -> Iterator[RedisServer]:
     """A private redis-server for one test (skipped when the binary is missing)."""
     with running_redis() as server:
         yield server
+
+
+#: Slots in a Redis Cluster.
+SLOTS = 16384
+
+
+class LocalCluster:
+    """``masters`` redis-servers in cluster mode on free ports, no replicas, every slot assigned.
+
+    Each node keeps its cluster configuration (``nodes.conf``) in its own
+    directory, so :meth:`restart` of a killed master brings back the same
+    node with the same slots. ``cluster-require-full-coverage no``: the
+    masters that live keep serving their slots while one is down, so a test
+    knows which keys an outage takes away (with ``yes``, every node starts
+    answering CLUSTERDOWN one node timeout after the kill: a race).
+    """
+
+    def __init__(self, binary: str, masters: int = 3) -> None:
+        self.servers = [
+            RedisServer(
+                binary,
+                port=free_cluster_port(),
+                extra=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                ),
+            )
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...``, every node a startup node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    @property
+    def node_urls(self) -> list[str]:
+        """Each node's own ``redis://`` URL (a plain client on one node)."""
+        return [s.url for s in self.servers]
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the nodes, assign the slots and wait until every node says ``cluster_state:ok``."""
+        for server in self.servers:
+            server.start()
+        addresses = [f"127.0.0.1:{s.port}" for s in self.servers]
+        if REDIS_CLI is not None:
+            subprocess.run(
+                [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=timeout,
+            )
+        else:
+            self._create_by_hand()
+        self.wait_ok(timeout)
+
+    def _create_by_hand(self) -> None:
+        # What redis-cli --cluster create does for masters only: even slot ranges, then MEET.
+        n = len(self.servers)
+        for i, server in enumerate(self.servers):
+            with self._client(server) as c:
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * SLOTS // n, (i + 1) * SLOTS // n - 1)
+        with self._client(self.servers[0]) as c:
+            for server in self.servers[1:]:
+                c.execute_command("CLUSTER", "MEET", "127.0.0.1", server.port)
+
+    @staticmethod
+    def _client(server: RedisServer) -> contextlib.closing[sync_redis.Redis]:
+        import redis as sync_redis  # the redis extra: imported by the cluster tests only
+
+        return contextlib.closing(sync_redis.Redis(port=server.port, socket_timeout=5, decode_responses=True))
+
+    def _ok(self, server: RedisServer) -> bool:
+        import redis as sync_redis
+
+        try:
+            with self._client(server) as c:
+                info = c.execute_command("CLUSTER", "INFO")
+                slots = c.execute_command("CLUSTER", "SLOTS")
+        except sync_redis.RedisError:
+            return False
+        text = info if isinstance(info, str) else str(info)
+        owners = {int(r[2][1]) for r in slots}
+        live = {s.port for s in self.servers if s.proc is not None}
+        return "cluster_state:ok" in text and sum(r[1] - r[0] + 1 for r in slots) == SLOTS and live <= owners
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every running node serves and knows every slot (a restarted master waits 2 s)."""
+        end = time.monotonic() + timeout
+        while not all(self._ok(s) for s in self.servers if s.proc is not None):
+            if time.monotonic() > end:
+                raise RuntimeError(f"the cluster did not become ok within {timeout} s: {self.servers}")
+            time.sleep(0.05)
+
+    def owner(self, key: str) -> RedisServer:
+        """The master that serves ``key``'s slot."""
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        for server in self.servers:
+            if server.proc is None:
+                continue
+            with self._client(server) as c:
+                for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        port = int(master[1])
+                        return next(s for s in self.servers if s.port == port)
+        raise RuntimeError(f"no live node knows who serves slot {slot}")
+
+    def restart(self, server: RedisServer, timeout: float = 30.0) -> None:
+        """Start a killed master again (same port, same nodes.conf) and wait until it serves its slots."""
+        server.restart()
+        self.wait_ok(timeout)
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for server in self.servers:
+            server.stop()
+
+    def __repr__(self) -> str:
+        return f"LocalCluster({self.servers})"
+
+
+@contextlib.contextmanager
+def running_cluster(masters: int = 3) -> Iterator[LocalCluster]:
+    """Start a private Redis Cluster of ``masters`` masters on free ports; stop it on exit."""
+    binary = require_redis_server()
+    last: Exception | None = None
+    for _ in range(3):
+        cluster = LocalCluster(binary, masters)
+        try:
+            cluster.start()
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            # A free port taken between the check and the start; try new ones.
+            cluster.stop()
+            last = exc
+            continue
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+        return
+    raise RuntimeError(f"could not start a Redis Cluster: {last}")
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A private three-master Redis Cluster for one test (skipped when redis-server is missing)."""
+    with running_cluster() as cluster:
+        yield cluster
 
 
 async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None:

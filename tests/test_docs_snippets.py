@@ -15,7 +15,8 @@ The rules (also in docs/extending.md, "Snippets in the docs"):
   page's Python can read it.
 - Requests to hosts under ``example.com`` are answered by a local server
   (200, ``{"items": [], "count": 3}``); ``REDIS_URL`` points at a private
-  redis-server when the page uses it (skipped without the binary).
+  redis-server when the page uses it (skipped without the binary), and
+  ``REDIS_CLUSTER_URL`` at a private three-master Redis Cluster.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_helpers import RedisServer, running_redis
+from tests.redis_helpers import LocalCluster, RedisServer, running_cluster, running_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -232,9 +233,12 @@ def test_snippets_of_the_page_run(page: Path, tmp_path: Path, request: pytest.Fi
     snippets = RUNNABLE[page]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("REDIS_URL", None)
+    env.pop("REDIS_CLUSTER_URL", None)
     if any("REDIS_URL" in s.code for s in snippets):
         server = request.getfixturevalue("snippet_redis")
         env["REDIS_URL"] = f"redis://127.0.0.1:{server.port}/0"
+    if any("REDIS_CLUSTER_URL" in s.code for s in snippets):
+        env["REDIS_CLUSTER_URL"] = request.getfixturevalue("snippet_cluster").url
     for snippet in snippets:
         for name, text in snippet.files.items():
             (tmp_path / name).write_text(text, encoding="utf-8")
@@ -266,3 +270,10 @@ def snippet_redis() -> Iterator[RedisServer]:
     """A private redis-server for a page that reads REDIS_URL (skipped without the binary)."""
     with running_redis() as server:
         yield server
+
+
+@pytest.fixture
+def snippet_cluster() -> Iterator[LocalCluster]:
+    """A private Redis Cluster for a page that reads REDIS_CLUSTER_URL (skipped without the binary)."""
+    with running_cluster() as cluster:
+        yield cluster

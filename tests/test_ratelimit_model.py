@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from resilient.ratelimit import InMemoryRateStore, RateConfig, RateDecision, RateStore
 from resilient.testing import FakeClock
-from tests.redis_helpers import running_redis
+from tests.redis_helpers import running_cluster, running_redis
 
 EPS = 1e-9
 KEYS = (None, "a", "b:{c}")
@@ -68,6 +68,12 @@ class Model:
 def redis_url() -> Iterator[str]:
     with running_redis() as server:
         yield server.url
+
+
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    with running_cluster() as cluster:
+        yield cluster.url
 
 
 _names = itertools.count()
@@ -164,3 +170,15 @@ def test_the_model_admits_the_textbook_sequence() -> None:
     assert [m.step(None, 0.5, 0.0, 0.0) for _ in range(3)] == [0.0, 0.0, 0.5]
     assert m.step(None, 0.5, 0.0, 1.0) == 0.5  # reserved
     assert m.step(None, 0.5, 0.0, 0.0) == 1.0  # behind the reservation
+
+
+@pytest.mark.redis
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rate=st.sampled_from(_RATES), burst=st.integers(1, 4), ops=_OPS)
+def test_redis_store_on_a_cluster_matches_the_model(
+    cluster_url: str,
+    rate: tuple[float, float],
+    burst: int,
+    ops: list[tuple[Any, ...]],
+) -> None:
+    _check(_redis_factory(cluster_url), rate, burst, ops)

@@ -14,6 +14,10 @@ back by itself (``store_recovered``) when a probe, sent at most once per
 ``recovery_interval``, gets an answer. When Redis answers but refuses (a
 password, an ACL, a read-only replica: a configuration error) the warning is
 repeated once a minute while it lasts, and ``status()`` shows the error.
+
+Redis Cluster: pass a ``redis+cluster://host:port[,host:port...]`` URL or a
+``redis.cluster.RedisCluster`` / ``redis.asyncio.cluster.RedisCluster``;
+every script's keys share one hash slot.
 """
 
 from __future__ import annotations

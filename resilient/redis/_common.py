@@ -9,17 +9,26 @@ import logging
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import redis as _sync_redis
 import redis.asyncio as _aio_redis
+from redis.asyncio.cluster import ClusterNode as _AioNode
+from redis.asyncio.cluster import RedisCluster as _AioCluster
+from redis.asyncio.connection import SSLConnection as _AioSSLConnection
+from redis.asyncio.connection import parse_url as _aio_parse_url
 from redis.asyncio.retry import Retry as _AsyncRetry
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode as _SyncNode
+from redis.cluster import RedisCluster as _SyncCluster
+from redis.connection import SSLConnection as _SyncSSLConnection
+from redis.connection import parse_url as _sync_parse_url
 from redis.exceptions import (
     AskError,
     AuthenticationError,
     AuthorizationError,
     ClusterError,
+    MovedError,
     NoScriptError,
     ResponseError,
     TryAgainError,
@@ -31,11 +40,14 @@ from resilient.clock import Clock
 from resilient.events import EventSite, Listener, Severity
 
 __all__ = [
+    "CLUSTER_LAYOUT_TIMEOUT",
     "REFUSED_WARNING_INTERVAL",
+    "AsyncClient",
     "ClientArg",
     "Connector",
     "FailOpen",
     "LuaScript",
+    "SyncClient",
     "key_part",
     "logger",
     "refused",
@@ -45,7 +57,15 @@ __all__ = [
 #: Every warning and info line of the Redis stores goes to this logger.
 logger = logging.getLogger("resilient.redis")
 
-ClientArg = str | _aio_redis.Redis | _sync_redis.Redis
+#: Seconds a Redis Cluster client may take to read the cluster's layout (see :meth:`Connector.alayout`).
+CLUSTER_LAYOUT_TIMEOUT = 1.0
+
+#: An async client: a single Redis or a Redis Cluster.
+AsyncClient = _aio_redis.Redis | _AioCluster
+#: A sync client: a single Redis or a Redis Cluster.
+SyncClient = _sync_redis.Redis | _SyncCluster
+#: What a store connects with: a URL or a client.
+ClientArg = str | AsyncClient | SyncClient
 
 
 def validate_common(prefix: str, timeout: float, recovery_interval: float) -> None:
@@ -92,7 +112,65 @@ def _redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{path}"
 
 
+# "redis+cluster://[user[:password]@]host:port[,host:port...][/0][?options]", as the
+# Python `limits` library spells it: the first host carries the options, every host is a startup node.
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def _parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A one-node URL that carries the options, and every (host, port); ``ValueError`` naming the parameter."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        try:
+            node = urlsplit(f"//{item.strip()}")
+            host, port = node.hostname, node.port or 6379
+        except ValueError:
+            host = None
+        if not host:
+            raise ValueError(f"client_or_url: {item.strip()!r} is not a host[:port] of a cluster URL")
+        nodes.append((host, port))
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError("client_or_url: a Redis Cluster has database 0 only; leave the path out of the URL")
+    scheme = parts.scheme.removesuffix("+cluster")
+    first = hosts.split(",")[0].strip()
+    return urlunsplit((scheme, f"{userinfo}{at}{first}", "", parts.query, "")), nodes
+
+
+def _cluster_kwargs(kw: dict[str, Any], ssl_class: type, timeout: float) -> dict[str, Any]:
+    for one_node_only in ("host", "port", "db", "path"):
+        kw.pop(one_node_only, None)
+    if kw.pop("connection_class", None) is ssl_class:
+        kw["ssl"] = True
+    # As Redis.from_url: what the URL's query says wins over the store's defaults.
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, **kw}
+
+
+def _async_cluster(options: str, nodes: list[tuple[str, int]], timeout: float) -> _AioCluster:
+    kw = _cluster_kwargs(dict(_aio_parse_url(options)), _AioSSLConnection, timeout)
+    return _AioCluster(startup_nodes=[_AioNode(h, p) for h, p in nodes], retry=_AsyncRetry(NoBackoff(), 0), **kw)
+
+
+def _sync_cluster(options: str, nodes: list[tuple[str, int]], timeout: float) -> _SyncCluster:
+    kw = _cluster_kwargs(dict(_sync_parse_url(options)), _SyncSSLConnection, timeout)  # type: ignore[no-untyped-call]
+    startup = [_SyncNode(h, p) for h, p in nodes]  # type: ignore[no-untyped-call]
+    return _SyncCluster(startup_nodes=startup, retry=_SyncRetry(NoBackoff(), 0), **kw)
+
+
+def _redact_cluster_url(url: str, nodes: list[tuple[str, int]]) -> str:
+    # As _redact_url: hosts and ports only, never the user info or the query.
+    scheme = url.split("://", 1)[0]
+    return f"{scheme}://" + ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in nodes)
+
+
 def _describe_client(client: Any) -> str:
+    if isinstance(client, _AioCluster | _SyncCluster):
+        try:
+            names = sorted(client.nodes_manager.startup_nodes)
+        except AttributeError:
+            return type(client).__name__
+        return "redis+cluster://" + ",".join(names)
     try:
         kw = client.connection_pool.connection_kwargs
     except AttributeError:
@@ -130,58 +208,96 @@ class Connector:
     closed as that loop ends (``asyncio.run()`` and ``asyncio.Runner`` close
     it while the loop still runs; a loop closed without
     ``shutdown_asyncgens()`` leaves its client to the garbage collector,
-    dropped when the next loop makes its own).
-    Given clients are used as they are: their TLS, auth and timeouts are
+    dropped when the next loop makes its own). A ``redis+cluster://`` (or
+    ``rediss+cluster://``) URL makes Redis Cluster clients, with every host
+    listed as a startup node.
+    Given clients (``redis.Redis``, ``redis.asyncio.Redis`` or either
+    ``RedisCluster``) are used as they are: their TLS, auth and timeouts are
     their owner's business.
     """
 
-    __slots__ = ("_aclient", "_current", "_lock", "_loops", "_sclient", "_url", "timeout", "where")
+    __slots__ = (
+        "_aclient",
+        "_amake",
+        "_current",
+        "_lock",
+        "_loops",
+        "_sclient",
+        "_smake",
+        "cluster",
+        "timeout",
+        "where",
+    )
 
-    def __init__(self, client_or_url: ClientArg, sync_client: _sync_redis.Redis | None, timeout: float) -> None:
+    def __init__(self, client_or_url: ClientArg, sync_client: SyncClient | None, timeout: float) -> None:
         self.timeout = timeout
-        self._url: str | None = None
-        self._aclient: _aio_redis.Redis | None = None
-        self._sclient: _sync_redis.Redis | None = None
+        self._amake: Callable[[], AsyncClient] | None = None
+        self._smake: Callable[[], SyncClient] | None = None
+        self._aclient: AsyncClient | None = None
+        self._sclient: SyncClient | None = None
+        #: Whether the clients talk to a Redis Cluster.
+        self.cluster = False
         # The last loop's client, read in one step so that two threads'
         # loops never get each other's client; every loop's, with the closer
         # that closes it when that loop ends.
-        self._current: tuple[asyncio.AbstractEventLoop, _aio_redis.Redis] | None = None
-        self._loops: dict[asyncio.AbstractEventLoop, tuple[_aio_redis.Redis, AsyncGenerator[None, None]]] = {}
+        self._current: tuple[asyncio.AbstractEventLoop, AsyncClient] | None = None
+        self._loops: dict[asyncio.AbstractEventLoop, tuple[AsyncClient, AsyncGenerator[None, None]]] = {}
         self._lock = threading.Lock()
         if isinstance(client_or_url, str):
-            if not client_or_url.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError("client_or_url must be a redis://, rediss:// or unix:// URL, or a redis-py client")
-            self._url = client_or_url
-            self.where = _redact_url(client_or_url)
-        elif isinstance(client_or_url, _aio_redis.Redis):
+            if client_or_url.startswith(_CLUSTER_SCHEMES):
+                options, nodes = _parse_cluster_url(client_or_url)
+                self._amake = lambda: _async_cluster(options, nodes, timeout)
+                self._smake = lambda: _sync_cluster(options, nodes, timeout)
+                self.cluster = True
+                self.where = _redact_cluster_url(client_or_url, nodes)
+            elif client_or_url.startswith(("redis://", "rediss://", "unix://")):
+                url = client_or_url
+                self._amake = lambda: _aio_redis.Redis.from_url(
+                    url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_AsyncRetry(NoBackoff(), 0)
+                )
+                self._smake = lambda: _sync_redis.Redis.from_url(
+                    url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_SyncRetry(NoBackoff(), 0)
+                )
+                self.where = _redact_url(client_or_url)
+            else:
+                raise ValueError(
+                    "client_or_url must be a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// "
+                    "URL, or a redis-py client"
+                )
+        elif isinstance(client_or_url, _aio_redis.Redis | _AioCluster):
             self._aclient = client_or_url
+            self.cluster = isinstance(client_or_url, _AioCluster)
             self.where = _describe_client(client_or_url)
-        elif isinstance(client_or_url, _sync_redis.Redis):
+        elif isinstance(client_or_url, _sync_redis.Redis | _SyncCluster):
             self._sclient = client_or_url
+            self.cluster = isinstance(client_or_url, _SyncCluster)
             self.where = _describe_client(client_or_url)
         else:
             raise TypeError(
-                "client_or_url must be a URL or a redis.asyncio.Redis / redis.Redis client, "
+                "client_or_url must be a URL or a redis.asyncio.Redis / redis.Redis / RedisCluster client, "
                 f"got {type(client_or_url).__name__}"
             )
         if sync_client is not None:
-            if not isinstance(sync_client, _sync_redis.Redis):
-                raise TypeError(f"sync_client must be a redis.Redis, got {type(sync_client).__name__}")
+            if not isinstance(sync_client, _sync_redis.Redis | _SyncCluster):
+                raise TypeError(
+                    f"sync_client must be a redis.Redis or redis.cluster.RedisCluster, got {type(sync_client).__name__}"
+                )
             self._sclient = sync_client
 
     @property
     def has_async(self) -> bool:
         """Whether async calls can reach Redis."""
-        return self._url is not None or self._aclient is not None
+        return self._amake is not None or self._aclient is not None
 
     @property
     def has_sync(self) -> bool:
         """Whether sync calls can reach Redis."""
-        return self._url is not None or self._sclient is not None
+        return self._smake is not None or self._sclient is not None
 
-    def aclient(self) -> _aio_redis.Redis:
+    def aclient(self) -> AsyncClient:
         """The async client for the running loop."""
-        if self._url is None:
+        make = self._amake
+        if make is None:
             if self._aclient is None:
                 raise TypeError("this store was given a sync client only; async calls need a URL or an async client")
             return self._aclient
@@ -189,20 +305,31 @@ class Connector:
         current = self._current
         if current is not None and current[0] is loop:
             return current[1]
-        return self._client_for(loop, self._url)
+        return self._client_for(loop, make)
 
-    def _client_for(self, loop: asyncio.AbstractEventLoop, url: str) -> _aio_redis.Redis:
+    async def alayout(self, client: AsyncClient) -> None:
+        """Let a cluster client that does not know the cluster's layout yet read it, bounded.
+
+        Reading the layout (``CLUSTER SLOTS`` and ``COMMAND``, one node each)
+        takes longer than one operation's ``timeout``: a replica's first call
+        and the probes after a cluster error wait up to
+        :data:`CLUSTER_LAYOUT_TIMEOUT` seconds for it (a cluster that is away
+        refuses the connections at once), so that a loaded machine's first
+        call does not time out and fail open over it.
+        """
+        # redis-py's own flag (set until the layout is read, and again after a
+        # cluster error); a client without it is taken as ready.
+        if getattr(client, "_initialize", False):
+            async with asyncio.timeout(max(self.timeout, CLUSTER_LAYOUT_TIMEOUT)):
+                await client.initialize()
+
+    def _client_for(self, loop: asyncio.AbstractEventLoop, make: Callable[[], AsyncClient]) -> AsyncClient:
         made = None
         with self._lock:
             gone = self._sweep()
             entry = self._loops.get(loop)
             if entry is None:
-                client = _aio_redis.Redis.from_url(
-                    url,
-                    socket_timeout=self.timeout,
-                    socket_connect_timeout=self.timeout,
-                    retry=_AsyncRetry(NoBackoff(), 0),
-                )
+                client = make()
                 made = self._close_with_loop(client)
                 entry = self._loops[loop] = (client, made)
             self._current = (loop, entry[0])
@@ -221,7 +348,7 @@ class Connector:
         gone = [loop for loop in self._loops if loop.is_closed()]
         return [self._loops.pop(loop)[1] for loop in gone]
 
-    async def _close_with_loop(self, client: _aio_redis.Redis) -> AsyncGenerator[None, None]:
+    async def _close_with_loop(self, client: AsyncClient) -> AsyncGenerator[None, None]:
         # Started on the client's loop; asyncio.run() finalises it (with
         # shutdown_asyncgens()) while that loop still runs, the last moment
         # its connections can be closed properly.
@@ -236,7 +363,7 @@ class Connector:
                     await client.aclose()
             raise
 
-    def _forget(self, loop: asyncio.AbstractEventLoop, client: _aio_redis.Redis) -> None:
+    def _forget(self, loop: asyncio.AbstractEventLoop, client: AsyncClient) -> None:
         with self._lock:
             entry = self._loops.get(loop)
             if entry is not None and entry[0] is client:
@@ -245,22 +372,23 @@ class Connector:
             if current is not None and current[1] is client:
                 self._current = None
 
-    def sclient(self) -> _sync_redis.Redis:
-        """The sync client (thread-safe: redis-py pools its connections)."""
+    def sclient(self) -> SyncClient:
+        """The sync client (thread-safe: redis-py pools its connections).
+
+        A sync cluster client reads the cluster's layout when it is made: if
+        that fails (the cluster is away), the error goes to the caller (the
+        store fails open) and the next call tries again.
+        """
         if self._sclient is None:
-            if self._url is None:
+            make = self._smake
+            if make is None:
                 raise TypeError(
                     "this store was given an async client only; synchronous calls need a URL, "
-                    "a redis.Redis client or sync_client="
+                    "a redis.Redis / RedisCluster client or sync_client="
                 )
             with self._lock:
                 if self._sclient is None:
-                    self._sclient = _sync_redis.Redis.from_url(
-                        self._url,
-                        socket_timeout=self.timeout,
-                        socket_connect_timeout=self.timeout,
-                        retry=_SyncRetry(NoBackoff(), 0),
-                    )
+                    self._sclient = make()
         return self._sclient
 
     async def aclose(self) -> None:
@@ -269,7 +397,7 @@ class Connector:
         The async client closed is the running loop's; other loops' clients
         are closed as their loops end.
         """
-        if self._url is None:
+        if self._amake is None:
             return
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -287,7 +415,7 @@ class Connector:
 
     def close_sync(self) -> None:
         """Close the sync client this connector made itself."""
-        if self._url is None:
+        if self._smake is None:
             return
         sclient, self._sclient = self._sclient, None
         if sclient is not None:
@@ -303,18 +431,14 @@ class LuaScript:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def arun(self, client: _aio_redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def arun(self, client: AsyncClient, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the script (one round trip, two after a Redis restart)."""
         try:
-            return await client.execute_command(  # type: ignore[no-untyped-call]
-                "EVALSHA", self.sha, len(keys), *keys, *args
-            )
+            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await client.execute_command(  # type: ignore[no-untyped-call]
-                "EVAL", self.source, len(keys), *keys, *args
-            )
+            return await client.execute_command("EVAL", self.source, len(keys), *keys, *args)
 
-    def run(self, client: _sync_redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def run(self, client: SyncClient, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Synchronous :meth:`arun`."""
         try:
             return client.execute_command(  # type: ignore[no-untyped-call]
@@ -337,7 +461,13 @@ _TRANSIENT_REPLIES = (ClusterError, AskError, TryAgainError)
 
 
 def refused(exc: BaseException) -> bool:
-    """Whether ``exc`` is Redis refusing (a configuration error) rather than Redis being away."""
+    """Whether ``exc`` is Redis refusing (a configuration error) rather than Redis being away.
+
+    ``MOVED`` is one: a cluster client follows it by itself, so a store that
+    sees it was given a plain client (or URL) for a node of a Redis Cluster.
+    """
+    if isinstance(exc, MovedError):
+        return True
     return isinstance(exc, _REFUSALS) and not isinstance(exc, _TRANSIENT_REPLIES)
 
 
@@ -350,6 +480,8 @@ def _describe_error(exc: BaseException, is_refusal: bool) -> str:
     # Redis' own words (never the credentials, which it does not echo),
     # bounded: they say which command, user or key is refused.
     text = " ".join(str(exc).split())[:200]
+    if isinstance(exc, MovedError):
+        text += " (a node of a Redis Cluster: connect with a redis+cluster:// URL or a RedisCluster client)"
     return f"{name}: {text}" if text else name
 
 

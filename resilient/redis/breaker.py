@@ -8,13 +8,20 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import redis as _sync_redis
-
 from resilient.breaker.state import BreakerConfig, BreakerMetrics, BreakerSnapshot, CircuitState
 from resilient.breaker.store import InMemoryBreakerStore
 from resilient.clock import SYSTEM_CLOCK
 from resilient.events import Listener
-from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, key_part, logger, validate_common
+from resilient.redis._common import (
+    ClientArg,
+    Connector,
+    FailOpen,
+    LuaScript,
+    SyncClient,
+    key_part,
+    logger,
+    validate_common,
+)
 
 __all__ = ["BREAKER_SCRIPT", "RedisBreakerStore"]
 
@@ -294,6 +301,10 @@ class RedisBreakerStore:
       every ``recovery_interval`` seconds switches back when Redis answers
       (``store_recovered``), and Redis' state is authoritative again.
 
+    * Redis Cluster: a ``redis+cluster://`` URL or a ``RedisCluster``
+      client; the three keys share the name's hash slot, so every script
+      runs on one master.
+
     Manual control (``isolate()``, ``reset()``, ``trip()``) and ``metrics``
     are synchronous: they use the sync client (from the URL, a
     ``redis.Redis`` or ``sync_client=``). One store serves one breaker.
@@ -314,7 +325,7 @@ class RedisBreakerStore:
         sync_interval: float = 0.1,
         idle_ttl: float = 3600.0,
         recovery_interval: float = 1.0,
-        sync_client: _sync_redis.Redis | None = None,
+        sync_client: SyncClient | None = None,
         listeners: Iterable[Listener] = (),
     ) -> None:
         validate_common(prefix, timeout, recovery_interval)
@@ -503,7 +514,10 @@ class RedisBreakerStore:
         return snap, bool(int(res[9])), bool(int(res[10]))
 
     async def _arun(self, op: str, epoch: int, pending: int = 0, brk: float = 0.0, target: str = "") -> Any:
-        client = self._conn.aclient()
+        conn = self._conn
+        client = conn.aclient()
+        if conn.cluster:
+            await conn.alayout(client)
         async with asyncio.timeout(self.timeout):
             return await _SCRIPT.arun(client, self._keys, self._args(op, epoch, pending, brk, target))
 

@@ -16,12 +16,10 @@ import warnings
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-import redis as _sync_redis
-
 from resilient.clock import Clock
 from resilient.events import Listener
 from resilient.ratelimit import InMemoryRateStore, KeyedRateLimiter, Mode, RateConfig, RateDecision, RateLimiter
-from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, key_part, validate_common
+from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, SyncClient, key_part, validate_common
 from resilient.validate import check_int, check_number
 
 __all__ = ["GCRA_SCRIPT", "KeyedRedisRateLimiter", "RateDecision", "RedisRateLimiter", "RedisRateStore"]
@@ -83,7 +81,9 @@ class RedisRateStore:
     Keys: ``{prefix}rl:{name}`` for a plain limiter,
     ``{prefix}rl:{name}:{key}`` per key (``str(key)``), both parts encoded
     so that no (name, key) pair can pass for another; each expires once its
-    bucket is full again.
+    bucket is full again. A decision touches one key, so the store works on
+    a Redis Cluster as it is, and the keys of a keyed limiter spread over
+    the cluster's masters.
 
     When Redis is unreachable, slow (more than ``timeout`` seconds) or
     errors, the store fails open: decisions come from an
@@ -94,8 +94,9 @@ class RedisRateStore:
     every ``recovery_interval`` seconds switches back when Redis answers.
 
     Args:
-        url_or_client: ``redis://`` URL, or a ``redis.asyncio.Redis`` or
-            ``redis.Redis`` client.
+        url_or_client: ``redis://`` URL (``redis+cluster://host:port,...`` for a
+            Redis Cluster), or a ``redis.asyncio.Redis`` or ``redis.Redis``
+            client (or either ``RedisCluster``).
         name: the shared limit's name (default: the limiter's ``name``, which
             is then required); every replica that shares it uses the same.
         prefix: the namespace of every key.
@@ -121,7 +122,7 @@ class RedisRateStore:
         fallback_rate: float | None = None,
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
-        sync_client: _sync_redis.Redis | None = None,
+        sync_client: SyncClient | None = None,
         redis_time: bool = True,
     ) -> None:
         validate_common(prefix, timeout, recovery_interval)
@@ -251,8 +252,12 @@ class RedisRateStore:
         failopen = self.failopen
         if failopen.healthy:
             try:
+                conn = self._conn
+                client = conn.aclient()
+                if conn.cluster:
+                    await conn.alayout(client)
                 async with asyncio.timeout(self.timeout):
-                    return await _GCRA.arun(self._conn.aclient(), (rkey,), args)
+                    return await _GCRA.arun(client, (rkey,), args)
             except Exception as exc:  # any Redis trouble fails open, never the call
                 failopen.failed(exc)
         else:
@@ -282,8 +287,12 @@ class RedisRateStore:
         return self._args(0.0, float(self.config.clock.now()), 0.0)
 
     async def _aprobe(self) -> None:
+        conn = self._conn
+        client = conn.aclient()
+        if conn.cluster:
+            await conn.alayout(client)
         async with asyncio.timeout(self.timeout):
-            await _GCRA.arun(self._conn.aclient(), (self._probe_key,), self._probe_args())
+            await _GCRA.arun(client, (self._probe_key,), self._probe_args())
 
     def _probe(self) -> None:
         _GCRA.run(self._conn.sclient(), (self._probe_key,), self._probe_args())
@@ -399,7 +408,7 @@ class _OnRedis:
         fallback_rate: float | None,
         recovery_interval: float,
         max_local_keys: int,
-        sync_client: _sync_redis.Redis | None,
+        sync_client: SyncClient | None,
     ) -> RedisRateStore:
         self._redis = RedisRateStore(
             client_or_url,
@@ -454,8 +463,9 @@ class RedisRateLimiter(_OnRedis, RateLimiter):
     deadline, in ``mode="wait"``).
 
     Args:
-        client_or_url: ``redis://`` URL, or a ``redis.asyncio.Redis`` or
-            ``redis.Redis`` client.
+        client_or_url: ``redis://`` URL (``redis+cluster://host:port,...`` for a
+            Redis Cluster), or a ``redis.asyncio.Redis`` or ``redis.Redis``
+            client (or either ``RedisCluster``).
         rate: calls admitted per ``per`` seconds.
         per: the period, in seconds.
         burst: calls admitted at once after a quiet period (default:
@@ -493,7 +503,7 @@ class RedisRateLimiter(_OnRedis, RateLimiter):
         max_wait: float | None = None,
         fallback_rate: float | None = None,
         recovery_interval: float = 1.0,
-        sync_client: _sync_redis.Redis | None = None,
+        sync_client: SyncClient | None = None,
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
         enforce: bool | Callable[[], bool] = True,
@@ -552,7 +562,7 @@ class KeyedRedisRateLimiter(_OnRedis, KeyedRateLimiter):
         fallback_rate: float | None = None,
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
-        sync_client: _sync_redis.Redis | None = None,
+        sync_client: SyncClient | None = None,
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
         enforce: bool | Callable[[], bool] = True,
