@@ -61,7 +61,15 @@ TABLES = tables()
 def test_policy_pages_have_options_tables() -> None:
     # The pages converted to the one shape so far; each new page is added here.
     targets = {target for _, target, _ in TABLES}
-    assert {"resilient.Retry", "resilient.Timeout", "resilient.Fallback", "resilient.StaleCache"} <= targets
+    assert {
+        "resilient.Fallback",
+        "resilient.Keyed",
+        "resilient.KeyedRateLimiter",
+        "resilient.RateLimiter",
+        "resilient.Retry",
+        "resilient.StaleCache",
+        "resilient.Timeout",
+    } <= targets
 
 
 @pytest.mark.parametrize(("where", "target", "rows"), TABLES, ids=[where for where, _, _ in TABLES])
