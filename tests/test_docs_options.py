@@ -62,6 +62,8 @@ def test_policy_pages_have_options_tables() -> None:
     # The pages converted to the one shape so far; each new page is added here.
     targets = {target for _, target, _ in TABLES}
     assert {
+        "resilient.AdaptiveConcurrency",
+        "resilient.Bulkhead",
         "resilient.Fallback",
         "resilient.Keyed",
         "resilient.KeyedRateLimiter",
