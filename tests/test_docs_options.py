@@ -64,6 +64,7 @@ def test_policy_pages_have_options_tables() -> None:
     assert {
         "resilient.AdaptiveConcurrency",
         "resilient.Bulkhead",
+        "resilient.CircuitBreaker",
         "resilient.Fallback",
         "resilient.Keyed",
         "resilient.KeyedRateLimiter",
