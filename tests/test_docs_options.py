@@ -66,6 +66,7 @@ def test_policy_pages_have_options_tables() -> None:
         "resilient.Bulkhead",
         "resilient.CircuitBreaker",
         "resilient.Fallback",
+        "resilient.Hedge",
         "resilient.Keyed",
         "resilient.KeyedRateLimiter",
         "resilient.RateLimiter",
