@@ -225,3 +225,17 @@ def test_local_rate_limit_against_server_is_an_httpx_error(server: RunningServer
         with pytest.raises(httpx.TransportError) as info:
             client.get(server.url("/ok"))
     assert isinstance(info.value, resilient.RateLimitedError)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="is_transient_error (resilient/httpx/_rules.py, another branch) must return False for "
+    "resilient.RejectedError now that the transport's rejections are httpx.TransportError",
+)
+def test_a_rejection_is_not_transient() -> None:
+    from resilient.httpx import is_transient_error
+
+    request = httpx.Request("GET", "http://u.test/")
+    converted = as_httpx_error(resilient.CircuitOpenError("open"), request)
+    assert isinstance(converted, Exception)
+    assert not is_transient_error(converted)
