@@ -30,9 +30,13 @@ any ``httpx.BaseTransport``) and guarantees, whatever the pipeline:
 * the outcome is a normal httpx outcome: after the last retry the last
   :class:`httpx.Response` is returned (call ``raise_for_status()`` as usual),
   transport errors re-raise the last httpx exception with a note, and the
-  policies' own refusals (:class:`~resilient.CircuitOpenError`,
-  :class:`~resilient.BulkheadFullError`, :class:`~resilient.RateLimitedError`,
-  :class:`~resilient.TimeoutError`) are raised as themselves;
+  policies' own refusals and timeouts are raised as classes that are both
+  the resilient error and an httpx one (:class:`CircuitOpenError`,
+  :class:`BulkheadFullError`, :class:`RateLimitedError`,
+  :class:`RejectedError`: :class:`httpx.TransportError`;
+  :class:`TimeoutException`: :class:`httpx.TimeoutException`), so either
+  ``except resilient.CircuitOpenError`` or ``except httpx.HTTPError``
+  catches them;
 * events carry the method, host, port and status code in ``extras``
   (``http.request.method``, ``server.address``, ``server.port``,
   ``http.response.status_code``), never the path, query, userinfo or header
@@ -50,6 +54,14 @@ try:
 except ModuleNotFoundError as exc:
     raise MissingExtraError("resilient.httpx", "httpx", exc.name) from exc
 
+from resilient.httpx._errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    RateLimitedError,
+    RejectedError,
+    TimeoutException,
+    as_httpx_error,
+)
 from resilient.httpx._pacing import MAX_RESET, HeaderPacing, RateLimitHeaders, parse_rate_limit_headers
 from resilient.httpx._rules import (
     IDEMPOTENT_METHODS,
@@ -72,10 +84,16 @@ __all__ = [
     "RETRY_AFTER_HEADERS",
     "TRANSIENT_STATUSES",
     "AsyncResilientTransport",
+    "BulkheadFullError",
+    "CircuitOpenError",
     "HeaderPacing",
     "RateLimitHeaders",
+    "RateLimitedError",
+    "RejectedError",
     "ResilientTransport",
     "StandardPipeline",
+    "TimeoutException",
+    "as_httpx_error",
     "authority",
     "deadline_timeout",
     "http_retry",

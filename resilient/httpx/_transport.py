@@ -12,6 +12,7 @@ import httpx
 from cachetools import LRUCache
 
 from resilient.deadline import current_deadline
+from resilient.httpx._errors import as_httpx_error
 from resilient.httpx._io import (
     DEFAULT_MAX_DRAIN_BYTES,
     _check_max_drain,
@@ -249,9 +250,14 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
         token = _current_call.set(call)
         try:
             response: httpx.Response = await wrapped(call)
-        except BaseException:
+        except BaseException as exc:
             if call.response is not None:
                 await call.response.aclose()
+            # The inner transport's own errors pass as they are.
+            if exc is not call.error:
+                converted = as_httpx_error(exc, request)
+                if converted is not exc:
+                    raise converted from exc.__cause__
             raise
         finally:
             _current_call.reset(token)
@@ -393,9 +399,14 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
         token = _current_call.set(call)
         try:
             response: httpx.Response = wrapped(call)
-        except BaseException:
+        except BaseException as exc:
             if call.response is not None:
                 call.response.close()
+            # The inner transport's own errors pass as they are.
+            if exc is not call.error:
+                converted = as_httpx_error(exc, request)
+                if converted is not exc:
+                    raise converted from exc.__cause__
             raise
         finally:
             _current_call.reset(token)
