@@ -227,11 +227,6 @@ def test_local_rate_limit_against_server_is_an_httpx_error(server: RunningServer
     assert isinstance(info.value, resilient.RateLimitedError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="is_transient_error (resilient/httpx/_rules.py, another branch) must return False for "
-    "resilient.RejectedError now that the transport's rejections are httpx.TransportError",
-)
 def test_a_rejection_is_not_transient() -> None:
     from resilient.httpx import is_transient_error
 

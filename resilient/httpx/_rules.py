@@ -135,6 +135,10 @@ def is_transient_error(exc: Exception) -> bool:
     (an attempt that timed out), as Microsoft's ``IsTransientHttpException``
     does. :class:`httpx.InvalidURL` is not a transport error.
     """
+    if isinstance(exc, RejectedError):
+        # A rejection (open circuit, full bulkhead, local limit) is a decision, not a fault: the
+        # transport raises it as an httpx.TransportError too, which must not make it retryable.
+        return False
     if isinstance(exc, httpx.TransportError):
         return not isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError)
     return isinstance(exc, TimeoutError)
