@@ -42,7 +42,7 @@ from types import TracebackType
 from typing import Any
 
 from resilient.clock import SYSTEM_CLOCK, Clock
-from resilient.deadline import remaining as _remaining
+from resilient.deadline import remaining as deadline_remaining
 from resilient.errors import BulkheadFullError
 from resilient.events import (
     EXTRA_QUEUED,
@@ -306,7 +306,7 @@ class Bulkhead(ShadowMode, Policy):
                 raise err
             return how, None, None
         timeout = self.queue_timeout
-        rem = _remaining()
+        rem = deadline_remaining()
         if rem is not None and (timeout is None or rem < timeout):
             timeout = max(rem, 0.0)
         return how, w, timeout

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from resilient.clock import Clock, SystemClock
-from resilient.deadline import remaining as _remaining
+from resilient.deadline import remaining as deadline_remaining
 from resilient.errors import RateLimitedError
 from resilient.events import (
     EXTRA_BACKEND,
@@ -126,7 +126,7 @@ class _LimiterBase(Policy):
         if self._mode == "reject":
             return 0.0
         bound = _INF if self._max_wait is None else self._max_wait
-        rem = _remaining()
+        rem = deadline_remaining()
         if rem is not None and rem < bound:
             bound = max(rem, 0.0)
         return bound
@@ -137,7 +137,7 @@ class _LimiterBase(Policy):
         max_wait = self._max_wait
         if max_wait is not None and wait > max_wait:
             return f"the wait ({wait:.3g} s) would exceed max_wait ({max_wait:.3g} s)"
-        rem = _remaining()
+        rem = deadline_remaining()
         return f"the wait ({wait:.3g} s) would outlive the deadline ({max(rem or 0.0, 0.0):.3g} s left)"
 
     def _extras(self, wait: float) -> dict[str, Any]:
