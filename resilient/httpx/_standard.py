@@ -147,46 +147,41 @@ class _HostSignals(Policy):
     # -- the meter --------------------------------------------------------------
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        now = self.clock.now
-        failures = self.failure_statuses
-        judge, learn = self._judge, self._learn
+        now, observe = self.clock.now, self._observe
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
             start = now()
             try:
                 result = await fn(*args, **kwargs)
             except Exception:
-                judge(now() - start)
+                observe(None, start, True)
                 raise
-            if getattr(result, "status_code", None) in failures:
-                judge(now() - start)
-            else:
-                end = now()
-                learn(end - start, end)
-            return result
+            return observe(result, start, False)
 
         return timed
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        now = self.clock.now
-        failures = self.failure_statuses
-        judge, learn = self._judge, self._learn
+        now, observe = self.clock.now, self._observe
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = now()
             try:
                 result = fn(*args, **kwargs)
             except Exception:
-                judge(now() - start)
+                observe(None, start, True)
                 raise
-            if getattr(result, "status_code", None) in failures:
-                judge(now() - start)
-            else:
-                end = now()
-                learn(end - start, end)
-            return result
+            return observe(result, start, False)
 
         return timed
+
+    def _observe(self, result: Any, start: float, raised: bool) -> Any:
+        """One attempt ended: judge a failure, learn from a good answer; returns ``result``."""
+        end = self.clock.now()
+        if raised or getattr(result, "status_code", None) in self.failure_statuses:
+            self._judge(end - start)
+        else:
+            self._learn(end - start, end)
+        return result
 
     def _learn(self, took: float, at: float) -> None:
         usual = self.usual
