@@ -324,6 +324,11 @@ class ShadowMode:
         return enforce is not True and not read_switch(enforce)
 
     @property
+    def enforce_switch(self) -> bool | Callable[[], bool]:
+        """The ``enforce=`` switch as given (a bool, or the callable read at each would-be rejection)."""
+        return self._enforce
+
+    @property
     def enforcing(self) -> bool:
         """Whether rejections are enforced now (``enforce``, read at this moment)."""
         return read_switch(self._enforce)
