@@ -425,7 +425,3 @@ def _timed(inner: Callable[..., Any], site: EventSite, is_async: bool) -> Callab
 
     return pipeline_call
 
-
-# The first wave's private spellings, until every module uses the public ones.
-_operation_name = operation_name
-_is_async_callable = is_async_callable
