@@ -424,4 +424,3 @@ def _timed(inner: Callable[..., Any], site: EventSite, is_async: bool) -> Callab
             return inner(*args, **kwargs)
 
     return pipeline_call
-
