@@ -153,3 +153,39 @@ def test_the_check_would_see_a_drift() -> None:
     assert _tree(sync) != _tree(
         sync.replace("settle(permit, exc, False, start, site)", "settle(permit, exc, True, start, site)")
     )
+
+
+# RedisBreakerStore: every protocol method has an async twin; each sync one is the async one without ``await``.
+REDIS_UNASYNC = [
+    ("async def ", "def "),
+    ("await ", ""),
+    ("def aacquire", "def acquire"),
+    ("def arecord_", "def record_"),
+    ("def arelease", "def release"),
+    ("def arefresh", "def refresh"),
+    ("def _asend", "def _send"),
+    ("def _aprobe", "def _probe"),
+    ("self._asend(", "self._send("),
+    ("self._arun(", "self._run("),
+    ("self._local_async()", "self._local_sync()"),
+]
+
+REDIS_TWINS = [
+    ("acquire", "aacquire"),
+    ("record_success", "arecord_success"),
+    ("record_failure", "arecord_failure"),
+    ("release", "arelease"),
+    ("refresh", "arefresh"),
+    ("_send", "_asend"),
+    ("_probe", "_aprobe"),
+]
+
+
+@pytest.mark.parametrize(("sync", "async_"), REDIS_TWINS)
+def test_the_redis_store_sync_methods_are_the_async_ones_without_await(sync: str, async_: str) -> None:
+    from resilient.redis import RedisBreakerStore
+
+    source = inspect.getsource(getattr(RedisBreakerStore, async_))
+    for old, new in REDIS_UNASYNC:
+        source = source.replace(old, new)
+    assert _tree(source) == _tree(inspect.getsource(getattr(RedisBreakerStore, sync)))
