@@ -62,7 +62,11 @@ _ISOLATED = CircuitState.ISOLATED
 
 StateListener = Callable[[StateChange], Any]
 
-_OPEN_REJECTION: Final = MappingProxyType({EXTRA_REASON: "circuit_open", EXTRA_STATE: "open"})
+# A rejection event's extras, by the state that rejects (built once: rejections run while a circuit is open).
+_REJECTIONS: Final = {
+    state: MappingProxyType({EXTRA_REASON: "circuit_open", EXTRA_STATE: state.value}) for state in CircuitState
+}
+_OPEN_REJECTION: Final = _REJECTIONS[_OPEN]
 
 # Shadow mode: the permit of a call the breaker would have rejected and lets through. Its epoch is
 # never current, and the breaker drops its outcome before any store sees it: the enforcing breaker
@@ -426,14 +430,8 @@ class CircuitBreaker(ShadowMode, Policy):
         if self._enforce is not True and self.shadowed():
             return self._shadowed(err, snap.state, retry_after, site)
         if site.enabled(self.listeners):
-            self._emit(
-                site,
-                REJECTED,
-                Severity.INFO,
-                duration=retry_after,
-                exception=CircuitOpenError,
-                extras={EXTRA_REASON: "circuit_open", EXTRA_STATE: snap.state.value},
-            )
+            extras = _REJECTIONS[snap.state]
+            self._emit(site, REJECTED, Severity.INFO, duration=retry_after, exception=CircuitOpenError, extras=extras)
         raise err
 
     def _reject_open(self, retry_after: float, site: EventSite) -> BreakerSnapshot:
