@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from types import MappingProxyType, TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from resilient.breaker.state import (
     BreakDuration,
@@ -62,12 +62,22 @@ _ISOLATED = CircuitState.ISOLATED
 
 StateListener = Callable[[StateChange], Any]
 
-_OPEN_REJECTION: Final = MappingProxyType({EXTRA_REASON: "circuit_open", EXTRA_STATE: "open"})
+# A rejection event's extras, by the state that rejects (built once: rejections run while a circuit is open).
+_REJECTIONS: Final = {
+    state: MappingProxyType({EXTRA_REASON: "circuit_open", EXTRA_STATE: state.value}) for state in CircuitState
+}
+_OPEN_REJECTION: Final = _REJECTIONS[_OPEN]
 
 # Shadow mode: the permit of a call the breaker would have rejected and lets through. Its epoch is
 # never current, and the breaker drops its outcome before any store sees it: the enforcing breaker
 # would not have run the call, so its outcome must not move the circuit.
 _SHADOW: Final = BreakerSnapshot(_OPEN, -1, -math.inf)
+
+# The engine's verdicts on an outcome (CircuitBreaker._verdict).
+_SUCCESS: Final = 0
+_FAILURE: Final = 1
+_NEITHER: Final = 2  # counted as nothing: the permit is released (ignore=, cancelled)
+_DROPPED: Final = 3  # a shadow-mode call the enforcing breaker would not have made: no store call
 
 
 def _number(value: Any, param: str) -> float:
@@ -227,6 +237,8 @@ class CircuitBreaker(ShadowMode, Policy):
         #: Where the state lives.
         self.store: BreakerStore = store
         self._async_store: AsyncBreakerStore | None = store if isinstance(store, AsyncBreakerStore) else None
+        # The same store, typed for the async hand-offs, which run only when _async_store is set.
+        self._astore: AsyncBreakerStore = cast(AsyncBreakerStore, store)
         self._now: Callable[[], float] = time.monotonic if self.clock is SYSTEM_CLOCK else self.clock.now
         self._site = EventSite()
         self._label_text = self._label()
@@ -324,39 +336,20 @@ class CircuitBreaker(ShadowMode, Policy):
 
     def record_success(self, permit: BreakerSnapshot, duration: float | None = None) -> None:
         """The call admitted with ``permit`` succeeded (slow if ``duration >= slow_call_duration``)."""
-        if permit is _SHADOW:
-            return
-        slow = self.config.slow_call_duration
-        if slow is not None and duration is not None and duration >= slow:
-            self.record_failure(permit, duration)
-            return
-        snap = self.store.record_success(permit)
-        if snap is not None:
-            self._transitioned(snap, self._site, None)
+        self._settle(permit, None, False, None, self._site, duration)
 
     def record_failure(self, permit: BreakerSnapshot, duration: float | None = None) -> None:
         """The call admitted with ``permit`` failed."""
-        if permit is _SHADOW:
-            return
-        snap = self.store.record_failure(permit)
-        if snap is not None:
-            self._transitioned(snap, self._site, None)
+        self._settle(permit, None, True, None, self._site, duration)
 
     def record_exception(self, permit: BreakerSnapshot, exc: BaseException, duration: float | None = None) -> None:
         """Judge ``exc`` with ``on``/``ignore`` and record it (a non-``Exception`` releases the permit)."""
-        if permit is _SHADOW:
-            return
-        if not isinstance(exc, Exception):
-            self.store.release(permit)
-            return
-        self._judge_exception(permit, exc, duration, None, self._site)
+        self._settle(permit, exc, False, None, self._site, duration)
 
     def record_result(self, permit: BreakerSnapshot, result: Any, duration: float | None = None) -> None:
         """Judge ``result`` with ``on_result`` and record it."""
-        if self._on_result is not None and self._on_result(result):
-            self.record_failure(permit, duration)
-        else:
-            self.record_success(permit, duration)
+        failed = self._on_result is not None and self._on_result(result)
+        self._settle(permit, None, failed, None, self._site, duration)
 
     def release(self, permit: BreakerSnapshot) -> None:
         """The call ended with nothing to count (cancelled, ignored): free its probe slot."""
@@ -373,7 +366,56 @@ class CircuitBreaker(ShadowMode, Policy):
         """
         return BreakerGuard(self)
 
-    # -- the slow paths ------------------------------------------------------
+    # -- the engine: every decision, no I/O, no awaits -----------------------
+    #
+    # What a call meets (_gate), what the store's answer to a probe means
+    # (_admitted), what an outcome is (_verdict), what a rejection raises
+    # (_reject) and what a transition tells people (_transitioned). The
+    # adapters below only move permits and outcomes between the engine and
+    # the store.
+
+    def _gate(self, now: float, site: EventSite) -> BreakerSnapshot | None:
+        """The permit of a call the snapshot admits; ``None``: a probe, which the store decides; or reject."""
+        snap = self.store.snapshot
+        state = snap.state
+        if state is _CLOSED:
+            return snap
+        if state is _OPEN and now < snap.until:
+            return self._reject_open(snap.until - now, site)
+        if state is _ISOLATED:
+            return self._reject(snap, now, site)
+        return None
+
+    def _admitted(
+        self, acquired: tuple[BreakerSnapshot | None, BreakerSnapshot | None], now: float, site: EventSite
+    ) -> BreakerSnapshot:
+        """The store's answer to a probe: report the transition it made, then admit or reject."""
+        permit, moved = acquired
+        if moved is not None:
+            self._transitioned(moved, site, None)
+        if permit is None:
+            return self._reject(self.store.snapshot, now, site)
+        return permit
+
+    def _verdict(self, permit: BreakerSnapshot, exc: BaseException | None, failed: bool, duration: float | None) -> int:
+        """What an outcome does to the circuit: ``_FAILURE``, ``_SUCCESS``, ``_NEITHER`` or ``_DROPPED``."""
+        if permit is _SHADOW:
+            return _DROPPED
+        if exc is not None:
+            if not isinstance(exc, Exception):
+                return _NEITHER  # cancelled: the call says nothing about the dependency
+            try:
+                if self._ignore is not None and self._ignore(exc):
+                    return _NEITHER
+                if self._on(exc):
+                    return _FAILURE
+            except Exception:  # a broken predicate: count the call as failed rather than crash
+                logger.exception("resilient: %s: the on=/ignore= predicate raised; counting a failure", self._label())
+                return _FAILURE
+        elif failed:
+            return _FAILURE
+        slow = self.config.slow_call_duration
+        return _FAILURE if slow is not None and duration is not None and duration >= slow else _SUCCESS
 
     def _reject(self, snap: BreakerSnapshot, now: float, site: EventSite) -> BreakerSnapshot:
         """Refuse the call: raise :class:`~resilient.CircuitOpenError`, or, in shadow mode, report it."""
@@ -388,14 +430,8 @@ class CircuitBreaker(ShadowMode, Policy):
         if self._enforce is not True and self.shadowed():
             return self._shadowed(err, snap.state, retry_after, site)
         if site.enabled(self.listeners):
-            self._emit(
-                site,
-                REJECTED,
-                Severity.INFO,
-                duration=retry_after,
-                exception=CircuitOpenError,
-                extras={EXTRA_REASON: "circuit_open", EXTRA_STATE: snap.state.value},
-            )
+            extras = _REJECTIONS[snap.state]
+            self._emit(site, REJECTED, Severity.INFO, duration=retry_after, exception=CircuitOpenError, extras=extras)
         raise err
 
     def _reject_open(self, retry_after: float, site: EventSite) -> BreakerSnapshot:
@@ -423,77 +459,76 @@ class CircuitBreaker(ShadowMode, Policy):
             self._emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
         return _SHADOW
 
+    # -- the hand-offs: engine <-> store (the async ones are the sync ones with ``await``) --
+    #
+    # tests/test_breaker_shells.py checks that each async hand-off and shell
+    # is its sync twin with ``await``, so that the twins cannot drift.
+
     def _admit(self, site: EventSite) -> BreakerSnapshot:
-        snap = self.store.snapshot
-        state = snap.state
-        if state is _CLOSED:
-            return snap
         now = self._now()
-        if state is _OPEN and now < snap.until:
-            return self._reject_open(snap.until - now, site)
-        if state is _ISOLATED:
-            return self._reject(snap, now, site)
-        permit, moved = self.store.acquire(now)
-        if moved is not None:
-            self._transitioned(moved, site, None)
+        permit = self._gate(now, site)
         if permit is None:
-            return self._reject(self.store.snapshot, now, site)
+            permit = self._admitted(self.store.acquire(now), now, site)
         return permit
 
     async def _aadmit(self, site: EventSite) -> BreakerSnapshot:
-        store = self._async_store
-        assert store is not None
-        snap = store.snapshot
-        state = snap.state
-        if state is _CLOSED:
-            return snap
         now = self._now()
-        if state is _OPEN and now < snap.until:
-            return self._reject_open(snap.until - now, site)
-        if state is _ISOLATED:
-            return self._reject(snap, now, site)
-        permit, moved = await store.aacquire(now)
-        if moved is not None:
-            self._transitioned(moved, site, None)
+        permit = self._gate(now, site)
         if permit is None:
-            return self._reject(store.snapshot, now, site)
+            permit = self._admitted(await self._astore.aacquire(now), now, site)
         return permit
 
-    def _classify(self, exc: Exception, duration: float | None) -> bool | None:
-        """True: failure; False: success; None: neither (ignored)."""
-        try:
-            if self._ignore is not None and self._ignore(exc):
-                return None
-            if self._on(exc):
-                return True
-        except Exception:  # a broken predicate: count the call as failed rather than crash
-            logger.exception("resilient: %s: the on=/ignore= predicate raised; counting a failure", self._label())
-            return True
-        slow = self.config.slow_call_duration
-        return slow is not None and duration is not None and duration >= slow
-
-    def _judge_exception(
-        self, permit: BreakerSnapshot, exc: Exception, duration: float | None, now: float | None, site: EventSite
+    def _settle(
+        self,
+        permit: BreakerSnapshot,
+        exc: BaseException | None,
+        failed: bool,
+        start: float | None,
+        site: EventSite,
+        duration: float | None = None,
     ) -> None:
-        verdict = self._classify(exc, duration)
-        if verdict is None:
-            self.store.release(permit)
-            return
+        """Hand one outcome to the store: ``start`` is the call's clock reading (``None``: untimed, or ``duration``)."""
+        end = None
+        if start is not None:
+            end = self._now()
+            duration = end - start
+        verdict = self._verdict(permit, exc, failed, duration)
         store = self.store
-        snap = store.record_failure(permit, now) if verdict else store.record_success(permit, now)
+        if verdict == _FAILURE:
+            snap = store.record_failure(permit, end)
+        elif verdict == _SUCCESS:
+            snap = store.record_success(permit, end)
+        else:
+            if verdict == _NEITHER:
+                store.release(permit)
+            return
         if snap is not None:
             self._transitioned(snap, site, exc)
 
-    async def _ajudge_exception(
-        self, permit: BreakerSnapshot, exc: Exception, duration: float | None, now: float | None, site: EventSite
+    async def _asettle(
+        self,
+        permit: BreakerSnapshot,
+        exc: BaseException | None,
+        failed: bool,
+        start: float | None,
+        site: EventSite,
+        duration: float | None = None,
     ) -> None:
-        store = self._async_store
-        assert store is not None
-        verdict = self._classify(exc, duration)
-        if verdict is None:
-            await store.arelease(permit)
+        """:meth:`_settle` for a store that does I/O."""
+        end = None
+        if start is not None:
+            end = self._now()
+            duration = end - start
+        verdict = self._verdict(permit, exc, failed, duration)
+        store = self._astore
+        if verdict == _FAILURE:
+            snap = await store.arecord_failure(permit, end)
+        elif verdict == _SUCCESS:
+            snap = await store.arecord_success(permit, end)
+        else:
+            if verdict == _NEITHER:
+                await store.arelease(permit)
             return
-        snap = await (store.arecord_failure(permit, now) if verdict else store.arecord_success(permit, now))
         if snap is not None:
             self._transitioned(snap, site, exc)
 
@@ -571,169 +606,108 @@ class CircuitBreaker(ShadowMode, Policy):
             exc_info=exc,
         )
 
-    # -- wrappers ------------------------------------------------------------
+    # -- the shells: a fast-path check, the call, one hand-off ---------------
+    #
+    # A success in CLOSED state with neither ``on_result`` nor slow calls to
+    # judge goes straight to the store's ``record_success``; every other
+    # outcome goes to ``settle``. The three shells are one text: the sync one
+    # is the others without ``await`` (tests/test_breaker_shells.py).
+
+    def _shell(self) -> tuple[BreakerStore, Callable[[], float], bool, Callable[[Any], bool] | None, Any]:
+        return self.store, self._now, self.config.slow_call_duration is not None, self._on_result, self._transitioned
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         if self._async_store is not None:
             return self._wrap_async_store(fn, site)
-        store = self.store
-        admit = self._admit
-        judge = self._judge_exception
-        transitioned = self._transitioned
-        record_success = store.record_success
-        record_failure = store.record_failure
-        release = store.release
-        on_result = self._on_result
-        slow = self.config.slow_call_duration
-        now = self._now
+        store, now, timed, on_result, transitioned = self._shell()
+        admit, settle, release, record_success = self._admit, self._settle, store.release, store.record_success
 
-        if slow is None:
-
-            async def breaker_call(*args: Any, **kwargs: Any) -> Any:
-                permit = store.snapshot
-                if permit.state is not _CLOSED:
-                    permit = admit(site)
-                    if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
-                        return await fn(*args, **kwargs)
-                try:
-                    result = await fn(*args, **kwargs)
-                    failed = on_result is not None and on_result(result)
-                except Exception as exc:
-                    judge(permit, exc, None, None, site)
-                    raise
-                except BaseException:
-                    release(permit)
-                    raise
-                snap = record_failure(permit) if failed else record_success(permit)
-                if snap is not None:
-                    transitioned(snap, site, None)
-                return result
-
-            return breaker_call
-
-        async def slow_breaker_call(*args: Any, **kwargs: Any) -> Any:
+        async def breaker_call(*args: Any, **kwargs: Any) -> Any:
             permit = store.snapshot
             if permit.state is not _CLOSED:
                 permit = admit(site)
-                if permit is _SHADOW:
+                if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
                     return await fn(*args, **kwargs)
-            start = now()
+            start = now() if timed else None
             try:
                 result = await fn(*args, **kwargs)
                 failed = on_result is not None and on_result(result)
             except Exception as exc:
-                end = now()
-                judge(permit, exc, end - start, end, site)
+                settle(permit, exc, False, start, site)
                 raise
             except BaseException:
                 release(permit)
                 raise
-            end = now()
-            snap = record_failure(permit, end) if failed or end - start >= slow else record_success(permit, end)
-            if snap is not None:
-                transitioned(snap, site, None)
+            if failed or timed:
+                settle(permit, None, failed, start, site)
+            else:
+                snap = record_success(permit)
+                if snap is not None:
+                    transitioned(snap, site, None)
             return result
 
-        return slow_breaker_call
+        return breaker_call
 
     def _wrap_async_store(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        store = self._async_store
-        assert store is not None
-        admit = self._aadmit
-        judge = self._ajudge_exception
-        transitioned = self._transitioned
-        on_result = self._on_result
-        slow = self.config.slow_call_duration
-        now = self._now
+        store, now, timed, on_result, transitioned = self._shell()
+        astore = self._astore
+        admit, settle, release, record_success = self._aadmit, self._asettle, astore.arelease, astore.arecord_success
 
         async def breaker_call(*args: Any, **kwargs: Any) -> Any:
             permit = store.snapshot
             if permit.state is not _CLOSED:
                 permit = await admit(site)
-                if permit is _SHADOW:
+                if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
                     return await fn(*args, **kwargs)
-            start = now() if slow is not None else 0.0
+            start = now() if timed else None
             try:
                 result = await fn(*args, **kwargs)
                 failed = on_result is not None and on_result(result)
             except Exception as exc:
-                end = now() if slow is not None else None
-                await judge(permit, exc, None if end is None else end - start, end, site)
+                await settle(permit, exc, False, start, site)
                 raise
             except BaseException:
-                await store.arelease(permit)
+                await release(permit)
                 raise
-            end = now() if slow is not None else None
-            if failed or (end is not None and slow is not None and end - start >= slow):
-                snap = await store.arecord_failure(permit, end)
+            if failed or timed:
+                await settle(permit, None, failed, start, site)
             else:
-                snap = await store.arecord_success(permit, end)
-            if snap is not None:
-                transitioned(snap, site, None)
+                snap = await record_success(permit)
+                if snap is not None:
+                    transitioned(snap, site, None)
             return result
 
         return breaker_call
 
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        store = self.store
-        admit = self._admit
-        judge = self._judge_exception
-        transitioned = self._transitioned
-        record_success = store.record_success
-        record_failure = store.record_failure
-        release = store.release
-        on_result = self._on_result
-        slow = self.config.slow_call_duration
-        now = self._now
+        store, now, timed, on_result, transitioned = self._shell()
+        admit, settle, release, record_success = self._admit, self._settle, store.release, store.record_success
 
-        if slow is None:
-
-            def breaker_call(*args: Any, **kwargs: Any) -> Any:
-                permit = store.snapshot
-                if permit.state is not _CLOSED:
-                    permit = admit(site)
-                    if permit is _SHADOW:
-                        return fn(*args, **kwargs)
-                try:
-                    result = fn(*args, **kwargs)
-                    failed = on_result is not None and on_result(result)
-                except Exception as exc:
-                    judge(permit, exc, None, None, site)
-                    raise
-                except BaseException:
-                    release(permit)
-                    raise
-                snap = record_failure(permit) if failed else record_success(permit)
-                if snap is not None:
-                    transitioned(snap, site, None)
-                return result
-
-            return breaker_call
-
-        def slow_breaker_call(*args: Any, **kwargs: Any) -> Any:
+        def breaker_call(*args: Any, **kwargs: Any) -> Any:
             permit = store.snapshot
             if permit.state is not _CLOSED:
                 permit = admit(site)
-                if permit is _SHADOW:
+                if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
                     return fn(*args, **kwargs)
-            start = now()
+            start = now() if timed else None
             try:
                 result = fn(*args, **kwargs)
                 failed = on_result is not None and on_result(result)
             except Exception as exc:
-                end = now()
-                judge(permit, exc, end - start, end, site)
+                settle(permit, exc, False, start, site)
                 raise
             except BaseException:
                 release(permit)
                 raise
-            end = now()
-            snap = record_failure(permit, end) if failed or end - start >= slow else record_success(permit, end)
-            if snap is not None:
-                transitioned(snap, site, None)
+            if failed or timed:
+                settle(permit, None, failed, start, site)
+            else:
+                snap = record_success(permit)
+                if snap is not None:
+                    transitioned(snap, site, None)
             return result
 
-        return slow_breaker_call
+        return breaker_call
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
@@ -763,6 +737,11 @@ class BreakerGuard:
         """Count this call as a failure even if the block ends normally (e.g. a 503 response)."""
         self._failed = True
 
+    def _take(self) -> BreakerSnapshot | None:
+        # Leaving twice (or without having entered) hands nothing over.
+        permit, self._permit = self._permit, None
+        return permit
+
     def __enter__(self) -> BreakerGuard:
         self._permit = self._breaker.allow()
         self._start = self._breaker._now()
@@ -771,17 +750,10 @@ class BreakerGuard:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        permit = self._permit
-        if permit is None:
-            return
-        self._permit = None
-        duration = self._breaker._now() - self._start
-        if exc is not None:
-            self._breaker.record_exception(permit, exc, duration)
-        elif self._failed:
-            self._breaker.record_failure(permit, duration)
-        else:
-            self._breaker.record_success(permit, duration)
+        permit = self._take()
+        if permit is not None:
+            breaker = self._breaker
+            breaker._settle(permit, exc, self._failed, self._start, breaker._site)
 
     async def __aenter__(self) -> BreakerGuard:
         self._permit = await self._breaker.aallow()
@@ -791,29 +763,10 @@ class BreakerGuard:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        breaker = self._breaker
-        store = breaker._async_store
-        if store is None:  # a local store never blocks: the sync bookkeeping will do
-            self.__exit__(exc_type, exc, tb)
-            return
-        permit = self._permit
-        if permit is None:
-            return
-        self._permit = None
-        if permit is _SHADOW:
-            return
-        end = breaker._now()
-        duration = end - self._start
-        if exc is not None:
-            if isinstance(exc, Exception):
-                await breaker._ajudge_exception(permit, exc, duration, end, breaker._site)
+        permit = self._take()
+        if permit is not None:
+            breaker = self._breaker
+            if breaker._async_store is None:  # a local store never blocks: the sync hand-off will do
+                breaker._settle(permit, exc, self._failed, self._start, breaker._site)
             else:
-                await store.arelease(permit)
-            return
-        slow = breaker.config.slow_call_duration
-        if self._failed or (slow is not None and duration >= slow):
-            snap = await store.arecord_failure(permit, end)
-        else:
-            snap = await store.arecord_success(permit, end)
-        if snap is not None:
-            breaker._transitioned(snap, breaker._site, None)
+                await breaker._asettle(permit, exc, self._failed, self._start, breaker._site)

@@ -63,6 +63,9 @@ _adapters_lock = threading.Lock()
 #: why it is rejected or None).
 _Admission = tuple[Any, bool, str | None]
 
+# What _try_locked returns when pybreaker's lock is taken.
+_BUSY: Any = object()
+
 
 class PyBreakerOpenError(CircuitOpenError, pybreaker.CircuitBreakerError):
     """A pybreaker circuit refused the call or was just tripped by it."""
@@ -185,8 +188,15 @@ class PyBreakerPolicy(Policy):
             if self._trial is state:
                 self._trial = None
 
-    def _before_call(self, admission: _Admission, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """pybreaker's ``before_call`` listeners, outside its lock; one that raises frees the trial."""
+    def _before_call(
+        self, admission: _Admission, site: EventSite, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Reject a refused admission, else run pybreaker's ``before_call`` listeners outside its lock.
+
+        A listener that raises fails the call before it runs and frees the trial slot.
+        """
+        if admission[2] is not None:
+            self._reject(site, admission[2])
         cb = self.breaker
         try:
             for listener in cb.listeners:
@@ -274,51 +284,42 @@ class PyBreakerPolicy(Policy):
         # only a trip error is dropped, with the cancelled call.
         await asyncio.shield(future)
 
-    # -- wrappers ------------------------------------------------------------
+    # -- wrappers: the call between one admission and one recorded outcome --
+
+    def _try_locked(self, job: Callable[..., Any], *args: Any) -> Any:
+        """``job`` under pybreaker's lock if it is free now, else ``_BUSY``: the event loop never waits for it."""
+        lock = self.breaker._lock
+        if not lock.acquire(blocking=False):
+            return _BUSY
+        try:
+            return job(*args)
+        finally:
+            lock.release()
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        lock = self.breaker._lock
-        admit = self._admit_locked
-        aadmit = self._aadmit
-        reject = self._reject
-        before_call = self._before_call
-        success = self._success_locked
-        failure = self._failure_locked
-        arecord = self._arecord
-        abandon = self._abandon
+        try_locked, aadmit, arecord = self._try_locked, self._aadmit, self._arecord
+        admit, before_call, success, failure = (
+            self._admit_locked,
+            self._before_call,
+            self._success_locked,
+            self._failure_locked,
+        )
 
         async def pybreaker_call(*args: Any, **kwargs: Any) -> Any:
-            # Never block the loop on pybreaker's lock: try it, else wait in the worker.
-            if lock.acquire(blocking=False):
-                try:
-                    admission = admit()
-                finally:
-                    lock.release()
-            else:
+            admission = try_locked(admit)
+            if admission is _BUSY:  # another thread holds pybreaker's lock: wait for it in the worker
                 admission = await aadmit()
-            if admission[2] is not None:
-                reject(site, admission[2])
-            before_call(admission, fn, args, kwargs)
+            before_call(admission, site, fn, args, kwargs)
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
-                if lock.acquire(blocking=False):
-                    try:
-                        failure(admission, exc)
-                    finally:
-                        lock.release()
-                else:
+                if try_locked(failure, admission, exc) is _BUSY:
                     await arecord(failure, admission, exc)
                 raise
             except BaseException:
-                abandon(admission)
+                self._abandon(admission)
                 raise
-            if lock.acquire(blocking=False):
-                try:
-                    success(admission)
-                finally:
-                    lock.release()
-            else:
+            if try_locked(success, admission) is _BUSY:
                 await arecord(success, admission)
             return result
 
@@ -326,19 +327,17 @@ class PyBreakerPolicy(Policy):
 
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         lock = self.breaker._lock
-        admit = self._admit_locked
-        reject = self._reject
-        before_call = self._before_call
-        success = self._success_locked
-        failure = self._failure_locked
-        abandon = self._abandon
+        admit, before_call, success, failure = (
+            self._admit_locked,
+            self._before_call,
+            self._success_locked,
+            self._failure_locked,
+        )
 
         def pybreaker_call(*args: Any, **kwargs: Any) -> Any:
             with lock:
                 admission = admit()
-            if admission[2] is not None:
-                reject(site, admission[2])
-            before_call(admission, fn, args, kwargs)
+            before_call(admission, site, fn, args, kwargs)
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
@@ -346,7 +345,7 @@ class PyBreakerPolicy(Policy):
                     failure(admission, exc)
                 raise
             except BaseException:
-                abandon(admission)
+                self._abandon(admission)
                 raise
             with lock:
                 success(admission)

@@ -426,28 +426,14 @@ class RedisBreakerStore:
         local = self._local_sync()
         if local is not None:
             return local.snapshot
-        pending, self._pending = self._pending, 0
-        now = self._now()
-        self._next_sync = now + self.sync_interval
-        try:
-            res = self._run("sync", self._snap.epoch, pending)
-        except Exception as exc:
-            return self._fail_open(exc).snapshot
-        return self._apply(res, now)[0]
+        return self._refreshed(self._send(*self._sync_op()))
 
     async def arefresh(self) -> BreakerSnapshot:
         """Async :meth:`refresh`."""
         local = self._local_async()
         if local is not None:
             return local.snapshot
-        pending, self._pending = self._pending, 0
-        now = self._now()
-        self._next_sync = now + self.sync_interval
-        try:
-            res = await self._arun("sync", self._snap.epoch, pending)
-        except Exception as exc:
-            return self._fail_open(exc).snapshot
-        return self._apply(res, now)[0]
+        return self._refreshed(await self._asend(*self._sync_op()))
 
     @property
     def keys(self) -> tuple[str, str, str]:
@@ -583,29 +569,35 @@ class RedisBreakerStore:
     async def _aprobe(self) -> None:
         manual = self._manual
         op, brk, target = self._probe_op(manual)
-        res = await self._arun(op, self._snap.epoch, 0, brk, target)
-        self._recovered_with(res, manual, op)
+        self._recovered_with(await self._arun(op, self._snap.epoch, 0, brk, target), manual, op)
 
     def _probe(self) -> None:
         manual = self._manual
         op, brk, target = self._probe_op(manual)
         self._recovered_with(self._run(op, self._snap.epoch, 0, brk, target), manual, op)
 
+    def _failed_over(self, blocking: bool) -> InMemoryBreakerStore | None:
+        """The local store while failed open (a probe of Redis started first, if due); ``None`` on Redis."""
+        if self._local is not None:
+            failopen = self._failopen
+            assert failopen is not None
+            if blocking:
+                failopen.probe_sync(self._probe)
+            else:
+                failopen.aprobe(self._aprobe)
+        return self._local  # a sync probe may have found Redis again
+
     def _local_async(self) -> InMemoryBreakerStore | None:
-        local = self._local
-        if local is not None:
-            assert self._failopen is not None
-            self._failopen.aprobe(self._aprobe)
-            return self._local
-        return None
+        return self._failed_over(blocking=False)
 
     def _local_sync(self) -> InMemoryBreakerStore | None:
+        return self._failed_over(blocking=True)
+
+    def _fallback(self) -> InMemoryBreakerStore:
+        """The local store, right after a failed round trip made it."""
         local = self._local
-        if local is not None:
-            assert self._failopen is not None
-            self._failopen.probe_sync(self._probe)
-            return self._local
-        return None
+        assert local is not None
+        return local
 
     def _break_for(self, permit: BreakerSnapshot) -> float:
         cfg = self._config
@@ -613,157 +605,145 @@ class RedisBreakerStore:
             return cfg.break_duration_for(permit.failed_probes + 1, permit.break_duration)
         return cfg.break_duration_for(0, permit.break_duration)
 
-    # -- the protocol, async ------------------------------------------------------------
+    # -- decisions around the round trips (no I/O) ------------------------------------
+
+    def _ours(self, permit: BreakerSnapshot) -> bool:
+        """Whether an outcome goes to Redis: a permit of the shared snapshot, while Redis is in use."""
+        return permit is self._snap and self._local is None
+
+    def _sync_op(self) -> tuple[str, int, int]:
+        """A sync of the batched successes (which also fetches the shared state)."""
+        self._next_sync = self._now() + self.sync_interval
+        pending, self._pending = self._pending, 0
+        return "sync", self._snap.epoch, pending
+
+    def _success_op(self, now: float | None) -> tuple[str, int, int] | None:
+        """What a success sends: a probe's success, the batch when a sync is due, or nothing (batched)."""
+        snap = self._snap
+        if snap.state is not _CLOSED:
+            return "success", snap.epoch, 0
+        self._pending += 1
+        if now is None:
+            now = self._now()
+        if now < self._next_sync:
+            return None
+        self._next_sync = now + self.sync_interval
+        pending, self._pending = self._pending, 0
+        return "sync", snap.epoch, pending
+
+    def _failure_op(self) -> tuple[str, int, int, float]:
+        """A failure, sent with the batched successes and the break an opening would take."""
+        snap = self._snap
+        pending, self._pending = self._pending, 0
+        return "failure", snap.epoch, pending, self._break_for(snap)
+
+    def _acquired(self, reply: Any, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None] | None:
+        """What :meth:`acquire` returns for a reply (``None``: Redis failed; the local store answers)."""
+        if reply is None:
+            return None
+        self._gated = False
+        snap, changed, admitted = self._apply(reply, now)
+        return (snap if admitted else None), (snap if changed else None)
+
+    def _outcome(self, reply: Any, now: float | None, synced: bool = False) -> BreakerSnapshot | None:
+        """The transition a reply reports, if this outcome caused one (``None`` also when Redis failed)."""
+        if reply is None:
+            return None
+        if now is None:
+            now = self._now()
+        if synced:  # the round trip sent the batch: the next sync is due an interval from now
+            self._next_sync = now + self.sync_interval
+        new, changed, _ = self._apply(reply, now)
+        return new if changed else None
+
+    def _refreshed(self, reply: Any) -> BreakerSnapshot:
+        return self._fallback().snapshot if reply is None else self._apply(reply, self._now())[0]
+
+    # -- the protocol: each sync method is its async twin without ``await`` ------------
+    #
+    # tests/test_breaker_shells.py compares their syntax trees.
+
+    async def _asend(self, op: str, epoch: int, pending: int = 0, brk: float = 0.0, target: str = "") -> Any:
+        """One script run: the reply, or ``None`` when Redis failed (the store has then failed open)."""
+        try:
+            return await self._arun(op, epoch, pending, brk, target)
+        except Exception as exc:  # Redis trouble never fails the call
+            self._fail_open(exc)
+            return None
+
+    def _send(self, op: str, epoch: int, pending: int = 0, brk: float = 0.0, target: str = "") -> Any:
+        """Sync :meth:`_asend`."""
+        try:
+            return self._run(op, epoch, pending, brk, target)
+        except Exception as exc:  # Redis trouble never fails the call
+            self._fail_open(exc)
+            return None
 
     async def aacquire(self, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None]:
         """Admit a probe (or a replica's first call) or refuse, atomically across replicas (one round trip)."""
         local = self._local_async()
         if local is None:
-            try:
-                res = await self._arun("acquire", self._snap.epoch)
-            except Exception as exc:  # Redis trouble never fails the call
-                local = self._fail_open(exc)
-            else:
-                self._gated = False
-                snap, changed, admitted = self._apply(res, now)
-                return (snap if admitted else None), (snap if changed else None)
+            acquired = self._acquired(await self._asend("acquire", self._snap.epoch), now)
+            if acquired is not None:
+                return acquired
+            local = self._fallback()
         return local.acquire(now)
-
-    async def arecord_success(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
-        """Count a success: batched while closed, one round trip for a probe."""
-        snap = self._snap
-        if permit is snap and self._local is None:
-            if snap.state is _CLOSED:
-                self._pending += 1
-                if now is None:
-                    now = self._now()
-                if now < self._next_sync:
-                    return None
-                self._next_sync = now + self.sync_interval
-                pending, self._pending = self._pending, 0
-                try:
-                    res = await self._arun("sync", snap.epoch, pending)
-                except Exception as exc:
-                    self._fail_open(exc)
-                    return None
-                self._apply(res, now)
-                return None
-            try:
-                res = await self._arun("success", snap.epoch)
-            except Exception as exc:
-                self._fail_open(exc)
-                return None
-            new, changed, _ = self._apply(res, self._now() if now is None else now)
-            return new if changed else None
-        local = self._local_async()
-        return None if local is None else local.record_success(permit, now)
-
-    async def arecord_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
-        """Count a failure (with the batched successes) and maybe open: one round trip."""
-        snap = self._snap
-        if permit is snap and self._local is None:
-            pending, self._pending = self._pending, 0
-            try:
-                res = await self._arun("failure", snap.epoch, pending, self._break_for(snap))
-            except Exception as exc:
-                self._fail_open(exc)
-                return None
-            if now is None:
-                now = self._now()
-            self._next_sync = now + self.sync_interval
-            new, changed, _ = self._apply(res, now)
-            return new if changed else None
-        local = self._local_async()
-        return None if local is None else local.record_failure(permit, now)
-
-    async def arelease(self, permit: BreakerSnapshot) -> None:
-        """Free a probe slot (one round trip, for a half-open permit only)."""
-        snap = self._snap
-        if permit is snap and self._local is None:
-            if snap.state is not _HALF_OPEN:
-                return
-            try:
-                res = await self._arun("release", snap.epoch)
-            except Exception as exc:
-                self._fail_open(exc)
-                return
-            self._apply(res, self._now())
-            return
-        local = self._local_async()
-        if local is not None:
-            local.release(permit)
-
-    # -- the protocol, sync ------------------------------------------------------------
 
     def acquire(self, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None]:
         """Sync :meth:`aacquire`."""
         local = self._local_sync()
         if local is None:
-            try:
-                res = self._run("acquire", self._snap.epoch)
-            except Exception as exc:
-                local = self._fail_open(exc)
-            else:
-                self._gated = False
-                snap, changed, admitted = self._apply(res, now)
-                return (snap if admitted else None), (snap if changed else None)
+            acquired = self._acquired(self._send("acquire", self._snap.epoch), now)
+            if acquired is not None:
+                return acquired
+            local = self._fallback()
         return local.acquire(now)
+
+    async def arecord_success(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Count a success: batched while closed, one round trip for a probe."""
+        if self._ours(permit):
+            op = self._success_op(now)
+            return None if op is None else self._outcome(await self._asend(*op), now)
+        local = self._local_async()
+        return None if local is None else local.record_success(permit, now)
 
     def record_success(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
         """Sync :meth:`arecord_success`."""
-        snap = self._snap
-        if permit is snap and self._local is None:
-            if snap.state is _CLOSED:
-                self._pending += 1
-                if now is None:
-                    now = self._now()
-                if now < self._next_sync:
-                    return None
-                self._next_sync = now + self.sync_interval
-                pending, self._pending = self._pending, 0
-                op = "sync"
-            else:
-                pending, op = 0, "success"
-            try:
-                res = self._run(op, snap.epoch, pending)
-            except Exception as exc:
-                self._fail_open(exc)
-                return None
-            new, changed, _ = self._apply(res, self._now() if now is None else now)
-            return new if changed else None
+        if self._ours(permit):
+            op = self._success_op(now)
+            return None if op is None else self._outcome(self._send(*op), now)
         local = self._local_sync()
         return None if local is None else local.record_success(permit, now)
 
+    async def arecord_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Count a failure (with the batched successes) and maybe open: one round trip."""
+        if self._ours(permit):
+            return self._outcome(await self._asend(*self._failure_op()), now, synced=True)
+        local = self._local_async()
+        return None if local is None else local.record_failure(permit, now)
+
     def record_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
         """Sync :meth:`arecord_failure`."""
-        snap = self._snap
-        if permit is snap and self._local is None:
-            pending, self._pending = self._pending, 0
-            try:
-                res = self._run("failure", snap.epoch, pending, self._break_for(snap))
-            except Exception as exc:
-                self._fail_open(exc)
-                return None
-            if now is None:
-                now = self._now()
-            self._next_sync = now + self.sync_interval
-            new, changed, _ = self._apply(res, now)
-            return new if changed else None
+        if self._ours(permit):
+            return self._outcome(self._send(*self._failure_op()), now, synced=True)
         local = self._local_sync()
         return None if local is None else local.record_failure(permit, now)
 
+    async def arelease(self, permit: BreakerSnapshot) -> None:
+        """Free a probe slot (one round trip, for a half-open permit only)."""
+        if self._ours(permit):
+            if permit.state is _HALF_OPEN:
+                self._outcome(await self._asend("release", permit.epoch), None)
+            return
+        local = self._local_async()
+        if local is not None:
+            local.release(permit)
+
     def release(self, permit: BreakerSnapshot) -> None:
         """Sync :meth:`arelease`."""
-        snap = self._snap
-        if permit is snap and self._local is None:
-            if snap.state is not _HALF_OPEN:
-                return
-            try:
-                res = self._run("release", snap.epoch)
-            except Exception as exc:
-                self._fail_open(exc)
-                return
-            self._apply(res, self._now())
+        if self._ours(permit):
+            if permit.state is _HALF_OPEN:
+                self._outcome(self._send("release", permit.epoch), None)
             return
         local = self._local_sync()
         if local is not None:
@@ -782,14 +762,12 @@ class RedisBreakerStore:
             if to is _OPEN:
                 failed = snap.failed_probes if snap.state is not _CLOSED else 0
                 brk = self._config.break_duration_for(failed, snap.break_duration)
-            try:
-                res = self._run("transition", snap.epoch, 0, brk, to.value)
-            except Exception as exc:
-                local = self._fail_open(exc)
-            else:
+            reply = self._send("transition", snap.epoch, 0, brk, to.value)
+            if reply is not None:
                 self._pending = 0
                 self._gated = False
-                return self._apply(res, now)[0]
+                return self._apply(reply, now)[0]
+            local = self._fallback()
         # Redis is away: the transition applies here now and is written to
         # Redis by the probe that finds it again (unless this replica's
         # circuit has moved on by itself by then), so that recovery neither
@@ -812,10 +790,9 @@ class RedisBreakerStore:
         if local is None:
             if not self._conn.has_sync:
                 return self._cached_metrics(now)
-            try:
-                reply = self._run("metrics", self._snap.epoch)
-            except Exception as exc:
-                local = self._fail_open(exc)
+            reply = self._send("metrics", self._snap.epoch)
+            if reply is None:
+                local = self._fallback()
             else:
                 snap = self._apply(reply, now)[0]
                 res = _text(reply).split("|")
