@@ -33,15 +33,20 @@ _STATES = {s.value: s for s in CircuitState}
 _MANUAL = {_CLOSED: "reset()", _OPEN: "trip()", _ISOLATED: "isolate()"}
 
 #: Every decision of a shared circuit, atomically, in one script. Times are
-#: microseconds of Redis ``TIME``. KEYS: state hash, window hash, probe lease.
+#: microseconds of Redis ``TIME`` (or of the breaker's clock, ``redis_time=False``).
+#: KEYS: state hash, window hash, probe lease.
 #: ARGV: op, permit epoch, batched successes, break duration (s) of an
-#: opening caused by this op, transition target, then the breaker's options.
+#: opening caused by this op, transition target; the breaker's options; the time or nothing.
 #: The reply gives the state with times relative to Redis' now, which the
 #: client adds to its own clock.
 BREAKER_SCRIPT = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- ARGV[3]: the breaker's clock in microseconds, or empty: Redis TIME (redis_time=True).
+local now = tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local S, W, P = KEYS[1], KEYS[2], KEYS[3]
 -- ARGV[1]: 'op|permit epoch|batched successes|break (s)|target'; ARGV[2]: the options.
 local op, pe, pend, brk, target = string.match(ARGV[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
@@ -193,12 +198,17 @@ elseif op == 'acquire' then
   elseif st == 'open' then
     if now >= untl then half_open_() end
   elseif st == 'half_open' then
-    if now >= untl then
-      half_open_()
-    elseif tonumber(redis.call('GET', P) or '0') < ho_max then
+    -- A free probe slot first; full past the period's end, the probes in
+    -- flight are given up (as InMemoryBreakerStore does).
+    if tonumber(redis.call('GET', P) or '0') < ho_max then
       redis.call('INCR', P)
-      redis.call('PEXPIRE', P, math.max(1, math.ceil((untl - now) / 1000)))
+      -- The lease lasts until the period ends (a whole break once it has).
+      local left = untl - now
+      if left <= 0 then left = bd * 1000000 end
+      redis.call('PEXPIRE', P, math.max(1, math.ceil(left / 1000)))
       admitted = 1
+    elseif now >= untl then
+      half_open_()
     end
   end
 elseif op == 'release' then
@@ -213,7 +223,7 @@ elseif op == 'transition' then
     if st ~= 'closed' then nfp = fp end
     open_(nfp, brk, 1)
   else
-    prev = st; ep = ep + 1; st = 'isolated'; since = now; untl = -1; ps = 0; man = 1
+    prev = st; ep = ep + 1; st = 'isolated'; since = now; untl = -1; fp = 0; ps = 0; man = 1
     changed = 1; dirty = true
     redis.call('DEL', P)
   end
@@ -304,6 +314,10 @@ class RedisBreakerStore:
     * Redis Cluster: a ``redis+cluster://`` URL or a ``RedisCluster``
       client; the three keys share the name's hash slot, so every script
       runs on one master.
+    * ``redis_time=False`` takes the time from the breaker's clock instead
+      of Redis ``TIME`` (tests drive it with a
+      :class:`~resilient.testing.FakeClock`; only where every replica
+      shares one clock).
 
     Manual control (``isolate()``, ``reset()``, ``trip()``) and ``metrics``
     are synchronous: they use the sync client (from the URL, a
@@ -327,8 +341,12 @@ class RedisBreakerStore:
         recovery_interval: float = 1.0,
         sync_client: SyncClient | None = None,
         listeners: Iterable[Listener] = (),
+        redis_time: bool = True,
     ) -> None:
         validate_common(prefix, timeout, recovery_interval)
+        if not isinstance(redis_time, bool):
+            raise TypeError(f"redis_time must be a bool, got {redis_time!r}")
+        self._redis_time = redis_time
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None, got {name!r}")
         if (
@@ -465,10 +483,13 @@ class RedisBreakerStore:
 
     # -- Redis round trips ---------------------------------------------------------
 
-    def _args(self, op: str, epoch: int, pending: int, brk: float, target: str) -> tuple[str, str]:
+    def _args(self, op: str, epoch: int, pending: int, brk: float, target: str) -> tuple[str, ...]:
         # Two arguments, one reply string: with redis-py's pure-Python parser
         # every extra element costs microseconds.
-        return f"{op}|{epoch}|{pending}|{brk!r}|{target}", self._cfg_arg
+        head = f"{op}|{epoch}|{pending}|{brk!r}|{target}"
+        if self._redis_time:
+            return head, self._cfg_arg
+        return head, self._cfg_arg, repr(self._now() * 1e6)
 
     def _apply(self, reply: Any, now: float) -> tuple[BreakerSnapshot, bool, bool]:
         """Turn a reply into (snapshot, changed by this op, admitted)."""
