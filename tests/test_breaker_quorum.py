@@ -197,3 +197,24 @@ def test_quorum_on_a_redis_cluster(redis_cluster: LocalCluster) -> None:  # noqa
     assert not admits(c)
     assert c.store.votes_key.endswith(":votes")  # type: ignore[attr-defined]
     assert "{cluster-pay}" in c.store.votes_key  # type: ignore[attr-defined]
+
+
+@pytest.mark.redis
+def test_a_healthy_replica_counts_the_votes_at_most_every_sync_interval(redis_server: RedisServer) -> None:  # noqa: F811
+    clock = FakeClock()
+    a, b = fleet(redis_server.url, clock, name="interval-pay", n=2)
+    c = CircuitBreaker(
+        "interval-pay",
+        clock=clock,
+        store=RedisBreakerStore(redis_server.url, quorum=2, replica="c", sync_interval=1.0, redis_time=False),
+    )
+    assert admits(c)  # counted: no votes; the next count is due in 1 s
+    sicken(a)
+    sicken(b)
+    assert admits(c)  # no round trip yet: c's successes are its own business until the count is due
+    assert c.state is CLOSED
+    clock.advance(1.0)
+    assert admits(c)  # this success counts the votes: the fleet is open
+    assert c.state is OPEN
+    assert not admits(c)
+    assert c.metrics.retry_after == 1.0  # it asks again one sync_interval later (the votes last longer)

@@ -919,6 +919,8 @@ _QUORUM_SCRIPT = LuaScript(QUORUM_SCRIPT)
 
 # The one refusal acquire() gives behind an open fleet circuit.
 _REFUSED: tuple[None, None] = (None, None)
+# What a sync round trip gives when the store has no sync client (nothing was sent).
+_UNSENT: Any = object()
 
 
 class _QuorumBreakerStore(RedisBreakerStore):
@@ -1001,6 +1003,8 @@ class _QuorumBreakerStore(RedisBreakerStore):
         self, moved: BreakerSnapshot | None, ttl: float | None, reply: Any, now: float | None
     ) -> BreakerSnapshot | None:
         """Apply a count (``ttl`` set: a round trip was made; ``reply`` ``None``: it failed): what to report."""
+        if reply is _UNSENT:
+            ttl = None
         if ttl is None and moved is None:
             return None
         if now is None:
@@ -1073,7 +1077,7 @@ class _QuorumBreakerStore(RedisBreakerStore):
         failopen = self._failopen
         assert failopen is not None
         if not self._conn.has_sync:
-            return None
+            return _UNSENT  # an async client only: the next async round trip states the vote
         try:
             reply = _QUORUM_SCRIPT.run(self._conn.sclient(), self._vkeys, self._vote_args(ttl))
         except Exception as exc:  # Redis trouble never fails the call
