@@ -5,20 +5,38 @@ the window by brute force, tracks epochs, probes in flight and the break
 duration; after every step the breaker's state, probes and counts must match.
 Times are multiples of 0.5 s and the bucket width is 1 s, so the float
 arithmetic is exact on both sides.
+
+It runs against every store: :class:`InMemoryBreakerStore` (the default)
+and :class:`RedisBreakerStore` on a private redis-server and on a private
+Redis Cluster, the latter on the breaker's fake clock (``redis_time=False``)
+and sending every success (``sync_interval=0``). The one difference the
+model allows: the in-memory window's buckets start when the circuit closes,
+Redis' at whole multiples of the bucket width.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from resilient.breaker import BreakerSnapshot, CircuitBreaker, CircuitState
+from resilient.breaker import BreakerSnapshot, BreakerStore, CircuitBreaker, CircuitState
 from resilient.errors import CircuitOpenError
 from resilient.testing import FakeClock
+from tests.redis_helpers import running_cluster, running_redis
 
 CLOSED, OPEN, HALF_OPEN, ISOLATED = (
     CircuitState.CLOSED,
@@ -40,6 +58,7 @@ class Model:
     max_calls: int
     successes_needed: int
     growing: bool
+    aligned_on_close: bool = True  # the window's buckets start when the circuit closes (else at 0)
     now: float = 0.0
     state: CircuitState = CLOSED
     epoch: int = 0
@@ -81,7 +100,8 @@ class Model:
     def close(self) -> None:
         self.outcomes = []
         self.run = 0
-        self.origin = self.now
+        if self.aligned_on_close:
+            self.origin = self.now
         self.until = math.inf
         self.failed_probes = 0
         self._new_state(CLOSED)
@@ -144,7 +164,15 @@ class Model:
             self.in_flight -= 1
 
 
+_names = itertools.count()
+
+
 class BreakerMachine(RuleBasedStateMachine):
+    #: The store under test (``None``: the breaker's default, in memory), made per example.
+    make_store: Callable[[str], BreakerStore] | None = None
+    #: Whether the store's window buckets start when the circuit closes.
+    aligned_on_close = True
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
@@ -170,8 +198,13 @@ class BreakerMachine(RuleBasedStateMachine):
         growing: bool,
     ) -> None:
         both = both and consecutive is not None
-        self.model = Model(consecutive, both, ratio, throughput, max_calls, successes_needed, growing)
+        self.model = Model(
+            consecutive, both, ratio, throughput, max_calls, successes_needed, growing, self.aligned_on_close
+        )
+        name = f"model-{next(_names)}"
         self.breaker = CircuitBreaker(
+            name,
+            store=None if self.make_store is None else self.make_store(name),
             consecutive_failures=consecutive,
             failure_ratio=ratio if consecutive is None or both else None,
             minimum_throughput=throughput,
@@ -271,7 +304,7 @@ class BreakerMachine(RuleBasedStateMachine):
         assert metrics.probes_in_flight == m.in_flight
         assert metrics.probes_in_flight <= m.max_calls
         assert metrics.probe_successes == m.probe_successes
-        snap = self.breaker.store.snapshot
+        snap = self.snapshot()
         assert snap.until == m.until
         assert snap.failed_probes == m.failed_probes
         if m.state is CLOSED:
@@ -280,11 +313,100 @@ class BreakerMachine(RuleBasedStateMachine):
         if m.state is OPEN:
             assert snap.break_duration == m.break_duration
 
+    def snapshot(self) -> BreakerSnapshot:
+        store = self.breaker.store
+        # Until its first call asks Redis, a RedisBreakerStore shows a gate (HALF_OPEN) as its
+        # snapshot, so that the call goes through acquire(); the state it holds is behind it.
+        return getattr(store, "_snap", None) or store.snapshot
 
-BreakerMachine.TestCase.settings = settings(
+
+_SETTINGS = settings(
     max_examples=200,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+BreakerMachine.TestCase.settings = _SETTINGS
 TestBreakerModel = BreakerMachine.TestCase
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with running_redis() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    with running_cluster() as cluster:
+        yield cluster.url
+
+
+def _on_redis(url: str) -> type[BreakerMachine]:
+    from resilient.redis import RedisBreakerStore
+
+    def make_store(name: str) -> BreakerStore:
+        return RedisBreakerStore(url, name=name, timeout=5.0, sync_interval=0, redis_time=False)
+
+    return type(
+        "RedisBreakerMachine", (BreakerMachine,), {"make_store": staticmethod(make_store), "aligned_on_close": False}
+    )
+
+
+@pytest.mark.redis
+def test_redis_store_matches_the_model(redis_url: str) -> None:
+    run_state_machine_as_test(_on_redis(redis_url), settings=_SETTINGS)
+
+
+@pytest.mark.redis
+def test_redis_store_on_a_cluster_matches_the_model(cluster_url: str) -> None:
+    run_state_machine_as_test(_on_redis(cluster_url), settings=settings(_SETTINGS, max_examples=40))
+
+
+def _stores(request: pytest.FixtureRequest) -> Callable[[str], BreakerStore | None]:
+    if request.param == "memory":
+        return lambda _name: None
+    from resilient.redis import RedisBreakerStore
+
+    url = request.getfixturevalue("redis_url")
+    return lambda name: RedisBreakerStore(url, name=name, timeout=5.0, sync_interval=0, redis_time=False)
+
+
+store_kind = pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])(_stores)
+
+
+def test_a_free_probe_slot_past_the_half_open_period_joins_it(store_kind: Callable[[str], BreakerStore | None]) -> None:
+    """Half-open past its end with a probe slot free: the call joins the probes in flight (their outcomes count).
+
+    Only a full half-open period that outlived its end gives its probes up (a new epoch). The Redis
+    script used to start a new period at once, dropping the outcome of the probe still running.
+    """
+    clock = FakeClock()
+    name = f"model-{next(_names)}"
+    breaker = CircuitBreaker(
+        name, consecutive_failures=1, break_duration=5.0, half_open_max_calls=2, clock=clock, store=store_kind(name)
+    )
+    breaker.record_failure(breaker.allow())
+    clock.advance(5.0)
+    first = breaker.allow()  # the first probe; the period ends 5 s from now
+    clock.advance(6.0)
+    second = breaker.allow()
+    assert second is first  # the same period: both probes count
+    assert breaker.metrics.probes_in_flight == 2
+    breaker.record_success(first)
+    assert breaker.state is CLOSED
+
+
+def test_isolating_clears_the_failed_probes(store_kind: Callable[[str], BreakerStore | None]) -> None:
+    """An isolated circuit starts its count of failed probes again (the Redis script used to keep it)."""
+    clock = FakeClock()
+    name = f"model-{next(_names)}"
+    breaker = CircuitBreaker(
+        name, consecutive_failures=1, break_duration=lambda n, _: 2.0**n, clock=clock, store=store_kind(name)
+    )
+    breaker.record_failure(breaker.allow())
+    clock.advance(1.0)
+    breaker.record_failure(breaker.allow())  # a failed probe
+    assert breaker.store.snapshot.failed_probes == 1
+    breaker.isolate()
+    assert breaker.store.snapshot.failed_probes == 0

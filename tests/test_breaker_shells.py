@@ -189,3 +189,23 @@ def test_the_redis_store_sync_methods_are_the_async_ones_without_await(sync: str
     for old, new in REDIS_UNASYNC:
         source = source.replace(old, new)
     assert _tree(source) == _tree(inspect.getsource(getattr(RedisBreakerStore, sync)))
+
+
+QUORUM_TWINS = [
+    ("acquire", "aacquire"),
+    ("record_success", "arecord_success"),
+    ("record_failure", "arecord_failure"),
+    ("refresh", "arefresh"),
+]
+
+
+@pytest.mark.parametrize(("sync", "async_"), QUORUM_TWINS)
+def test_the_quorum_store_sync_methods_are_the_async_ones_without_await(sync: str, async_: str) -> None:
+    from resilient.redis import RedisBreakerStore
+
+    quorum = type(RedisBreakerStore("redis://127.0.0.1:1/0", quorum=2))
+    assert quorum is not RedisBreakerStore
+    source = inspect.getsource(getattr(quorum, async_))
+    for old, new in [*REDIS_UNASYNC, ("self._acast(", "self._cast(")]:
+        source = source.replace(old, new)
+    assert _tree(source) == _tree(inspect.getsource(getattr(quorum, sync)))

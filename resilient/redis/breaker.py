@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import secrets
+import socket
 import time
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 from resilient.breaker.state import BreakerConfig, BreakerMetrics, BreakerSnapshot, CircuitState
 from resilient.breaker.store import InMemoryBreakerStore
@@ -22,8 +26,9 @@ from resilient.redis._common import (
     logger,
     validate_common,
 )
+from resilient.validate import check_int
 
-__all__ = ["BREAKER_SCRIPT", "RedisBreakerStore"]
+__all__ = ["BREAKER_SCRIPT", "QUORUM_SCRIPT", "RedisBreakerStore"]
 
 _CLOSED = CircuitState.CLOSED
 _OPEN = CircuitState.OPEN
@@ -33,15 +38,20 @@ _STATES = {s.value: s for s in CircuitState}
 _MANUAL = {_CLOSED: "reset()", _OPEN: "trip()", _ISOLATED: "isolate()"}
 
 #: Every decision of a shared circuit, atomically, in one script. Times are
-#: microseconds of Redis ``TIME``. KEYS: state hash, window hash, probe lease.
+#: microseconds of Redis ``TIME`` (or of the breaker's clock, ``redis_time=False``).
+#: KEYS: state hash, window hash, probe lease.
 #: ARGV: op, permit epoch, batched successes, break duration (s) of an
-#: opening caused by this op, transition target, then the breaker's options.
+#: opening caused by this op, transition target; the breaker's options; the time or nothing.
 #: The reply gives the state with times relative to Redis' now, which the
 #: client adds to its own clock.
 BREAKER_SCRIPT = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- ARGV[3]: the breaker's clock in microseconds, or empty: Redis TIME (redis_time=True).
+local now = tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local S, W, P = KEYS[1], KEYS[2], KEYS[3]
 -- ARGV[1]: 'op|permit epoch|batched successes|break (s)|target'; ARGV[2]: the options.
 local op, pe, pend, brk, target = string.match(ARGV[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
@@ -193,12 +203,17 @@ elseif op == 'acquire' then
   elseif st == 'open' then
     if now >= untl then half_open_() end
   elseif st == 'half_open' then
-    if now >= untl then
-      half_open_()
-    elseif tonumber(redis.call('GET', P) or '0') < ho_max then
+    -- A free probe slot first; full past the period's end, the probes in
+    -- flight are given up (as InMemoryBreakerStore does).
+    if tonumber(redis.call('GET', P) or '0') < ho_max then
       redis.call('INCR', P)
-      redis.call('PEXPIRE', P, math.max(1, math.ceil((untl - now) / 1000)))
+      -- The lease lasts until the period ends (a whole break once it has).
+      local left = untl - now
+      if left <= 0 then left = bd * 1000000 end
+      redis.call('PEXPIRE', P, math.max(1, math.ceil(left / 1000)))
       admitted = 1
+    elseif now >= untl then
+      half_open_()
     end
   end
 elseif op == 'release' then
@@ -213,7 +228,7 @@ elseif op == 'transition' then
     if st ~= 'closed' then nfp = fp end
     open_(nfp, brk, 1)
   else
-    prev = st; ep = ep + 1; st = 'isolated'; since = now; untl = -1; ps = 0; man = 1
+    prev = st; ep = ep + 1; st = 'isolated'; since = now; untl = -1; fp = 0; ps = 0; man = 1
     changed = 1; dirty = true
     redis.call('DEL', P)
   end
@@ -304,6 +319,10 @@ class RedisBreakerStore:
     * Redis Cluster: a ``redis+cluster://`` URL or a ``RedisCluster``
       client; the three keys share the name's hash slot, so every script
       runs on one master.
+    * ``redis_time=False`` takes the time from the breaker's clock instead
+      of Redis ``TIME`` (tests drive it with a
+      :class:`~resilient.testing.FakeClock`; only where every replica
+      shares one clock).
 
     Manual control (``isolate()``, ``reset()``, ``trip()``) and ``metrics``
     are synchronous: they use the sync client (from the URL, a
@@ -327,8 +346,22 @@ class RedisBreakerStore:
         recovery_interval: float = 1.0,
         sync_client: SyncClient | None = None,
         listeners: Iterable[Listener] = (),
+        redis_time: bool = True,
+        quorum: int | None = None,
+        replica: str | None = None,
     ) -> None:
         validate_common(prefix, timeout, recovery_interval)
+        if not isinstance(redis_time, bool):
+            raise TypeError(f"redis_time must be a bool, got {redis_time!r}")
+        self._redis_time = redis_time
+        #: Quorum mode: how many replicas' own circuits must say open to open it for the fleet.
+        self.quorum = check_int(quorum, "quorum", allow_none=True)
+        if replica is not None and (not isinstance(replica, str) or not replica or "|" in replica):
+            raise TypeError(f"replica must be a non-empty str without '|', or None, got {replica!r}")
+        if replica is not None and quorum is None:
+            raise ValueError("replica= names this replica's vote in quorum mode: set quorum= too")
+        #: This replica's name in the votes of quorum mode (default: host, pid and a random part).
+        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None, got {name!r}")
         if (
@@ -366,6 +399,11 @@ class RedisBreakerStore:
         self._failopen: FailOpen | None = None
         # A manual transition made while failed open, and the local snapshot it made.
         self._manual: tuple[CircuitState, BreakerSnapshot] | None = None
+        self._vkeys: tuple[str] = ("",)
+        if self.quorum is not None:
+            # The same store, deciding otherwise (each replica's own circuit, opened for all by a quorum).
+            self.__class__ = _QuorumBreakerStore
+            cast(_QuorumBreakerStore, self)._start_quorum(self.quorum)
 
     # -- binding ---------------------------------------------------------------
 
@@ -385,6 +423,7 @@ class RedisBreakerStore:
         self._now = time.monotonic if clock is SYSTEM_CLOCK else clock.now
         base = f"{self.prefix}cb:{{{key_part(name)}}}"
         self._keys = (f"{base}:state", f"{base}:window", f"{base}:probes")
+        self._vkeys = (f"{base}:votes",)
         buckets = 10
         ratio = config.ratio_mode
         self._cfg_arg = "|".join(
@@ -465,10 +504,13 @@ class RedisBreakerStore:
 
     # -- Redis round trips ---------------------------------------------------------
 
-    def _args(self, op: str, epoch: int, pending: int, brk: float, target: str) -> tuple[str, str]:
+    def _args(self, op: str, epoch: int, pending: int, brk: float, target: str) -> tuple[str, ...]:
         # Two arguments, one reply string: with redis-py's pure-Python parser
         # every extra element costs microseconds.
-        return f"{op}|{epoch}|{pending}|{brk!r}|{target}", self._cfg_arg
+        head = f"{op}|{epoch}|{pending}|{brk!r}|{target}"
+        if self._redis_time:
+            return head, self._cfg_arg
+        return head, self._cfg_arg, repr(self._now() * 1e6)
 
     def _apply(self, reply: Any, now: float) -> tuple[BreakerSnapshot, bool, bool]:
         """Turn a reply into (snapshot, changed by this op, admitted)."""
@@ -837,3 +879,304 @@ class RedisBreakerStore:
         local = self._local
         state = (self._snap if local is None else local.snapshot).state
         return f"RedisBreakerStore(name={self.name!r}, state={state.value!r}, redis={self.using_redis})"
+
+
+#: Quorum mode: one replica states its own verdict and counts the fleet's, atomically. KEYS: the
+#: votes hash (replica -> when its vote lapses, microseconds). ARGV: replica, seconds its vote
+#: lasts (0: it withdraws), quorum, milliseconds the hash outlives its last vote, the time in
+#: microseconds or nothing (Redis ``TIME``). Lapsed votes are removed. Reply: ``votes|lapse``,
+#: ``lapse`` the microseconds until fewer than ``quorum`` votes remain (0 when already fewer).
+QUORUM_SCRIPT = """
+local now = tonumber(ARGV[5])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local V, me, ttl, k, keep = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if ttl > 0 then
+  redis.call('HSET', V, me, string.format('%.0f', now + ttl * 1000000))
+else
+  redis.call('HDEL', V, me)
+end
+local all = redis.call('HGETALL', V)
+local fresh = {}
+for i = 1, #all, 2 do
+  local lapses = tonumber(all[i + 1])
+  if lapses and lapses > now then
+    fresh[#fresh + 1] = lapses
+  else
+    redis.call('HDEL', V, all[i])
+  end
+end
+table.sort(fresh, function(a, b) return a > b end)
+local lapse = 0
+if #fresh >= k then lapse = fresh[k] - now end
+if #fresh > 0 then redis.call('PEXPIRE', V, keep + math.ceil((fresh[1] - now) / 1000)) end
+return string.format('%d|%.0f', #fresh, lapse)
+"""
+
+_QUORUM_SCRIPT = LuaScript(QUORUM_SCRIPT)
+
+# The one refusal acquire() gives behind an open fleet circuit.
+_REFUSED: tuple[None, None] = (None, None)
+# What a sync round trip gives when the store has no sync client (nothing was sent).
+_UNSENT: Any = object()
+
+
+class _QuorumBreakerStore(RedisBreakerStore):
+    """``RedisBreakerStore(..., quorum=k)``: each replica's own circuit, opened for the fleet by ``k`` of them.
+
+    Every replica keeps its own circuit (an :class:`InMemoryBreakerStore`:
+    its window, its probes), which protects it whatever the others say. Its
+    verdict (open, half-open or isolated: a vote, lasting until its break
+    or half-open period ends; closed: no vote) goes to one hash of votes
+    shared by the fleet, on each transition of its own circuit and at most
+    every ``sync_interval`` seconds with a success, and the same round trip
+    counts the fresh votes. While ``k`` or more replicas vote open, a
+    replica whose own circuit is closed rejects too (its snapshot is the
+    fleet's OPEN one, until the votes are counted again). A vote that lapses
+    (its replica died, or stopped calling) stops counting.
+    """
+
+    def _start_quorum(self, quorum: int) -> None:
+        self._k = quorum
+        self._own = InMemoryBreakerStore()
+        self._fleet: BreakerSnapshot | None = None
+        self._fleet_epochs = 0
+        self._votes = 0
+
+    # -- binding ---------------------------------------------------------------
+
+    def bind(self, config: BreakerConfig) -> None:
+        """Take the breaker's options (once); with a sync client, count the fleet's votes now."""
+        self._own.bind(config)
+        self._view = self._own.snapshot
+        super().bind(config)  # keys and the fail-open switch; calls refresh() with a sync client
+        self._gated = False
+        self._show()
+
+    @property
+    def votes_key(self) -> str:
+        """The hash of the replicas' votes (after :meth:`bind`)."""
+        return self._vkeys[0]
+
+    @property
+    def votes(self) -> int:
+        """Fresh votes for open at the last count (this replica's included)."""
+        return self._votes
+
+    @property
+    def snapshot(self) -> BreakerSnapshot:
+        """This replica's circuit, or the fleet's OPEN one while its own is closed; no I/O."""
+        return self._view
+
+    # -- decisions (no I/O) --------------------------------------------------------------
+
+    def _behind(self) -> bool:
+        """Whether this replica rejects only because of the fleet."""
+        return self._fleet is not None and self._view is self._fleet
+
+    def _show(self) -> None:
+        own = self._own.snapshot
+        fleet = self._fleet
+        self._view = fleet if fleet is not None and own.state is _CLOSED else own
+
+    def _ballot(self, moved: BreakerSnapshot | None, now: float | None, due: bool = False) -> float | None:
+        """The seconds this replica's vote lasts (0: no vote) when a round trip is due, else ``None``."""
+        if now is None:
+            now = self._now()
+        if moved is None and not due and now < self._next_sync:
+            return None
+        failopen = self._failopen
+        assert failopen is not None
+        if not failopen.healthy and not failopen.probe_due():
+            return None
+        self._next_sync = now + self.sync_interval
+        own = self._own.snapshot
+        if own.state is _CLOSED:
+            return 0.0
+        if own.state is _ISOLATED:
+            return self.idle_ttl
+        return max(0.0, own.until - now)  # an OPEN circuit past its break has no fresh verdict
+
+    def _tally(
+        self, moved: BreakerSnapshot | None, ttl: float | None, reply: Any, now: float | None
+    ) -> BreakerSnapshot | None:
+        """Apply a count (``ttl`` set: a round trip was made; ``reply`` ``None``: it failed): what to report."""
+        if reply is _UNSENT:
+            ttl = None
+        if ttl is None and moved is None:
+            return None
+        if now is None:
+            now = self._now()
+        fleet = self._fleet
+        behind = self._behind()
+        if ttl is not None:
+            votes, lapse = 0, 0.0
+            if reply is not None:
+                counted = _text(reply).split("|")
+                votes, lapse = int(counted[0]), float(counted[1])
+            self._votes = votes
+            if votes < self._k:
+                self._fleet = None  # also when Redis is away: fail open to this replica's own circuit
+            else:
+                until = now + min(lapse / 1e6, self.sync_interval)
+                if fleet is None:
+                    self._fleet_epochs += 1
+                    self._fleet = BreakerSnapshot(_OPEN, -1 - self._fleet_epochs, now, until, 0, lapse / 1e6, _CLOSED)
+                else:
+                    self._fleet = replace(fleet, until=until)
+        self._show()
+        if self._behind():
+            if behind and moved is None:
+                return None
+            logger.warning(
+                "resilient: circuit_breaker %r: %d replicas say open (quorum %d): open here too",
+                self.name,
+                self._votes,
+                self._k,
+            )
+            return self._fleet
+        if behind:  # the fleet let go: this replica's own (closed) circuit decides again
+            return BreakerSnapshot(_CLOSED, -1 - self._fleet_epochs, now, math.inf, 0, 0.0, _OPEN)
+        return moved
+
+    def _admission(self, behind: bool, permit: BreakerSnapshot | None, now: float) -> BreakerSnapshot | None:
+        if behind and not self._behind():
+            permit = self._own.acquire(now)[0]
+        return permit
+
+    def _vote_args(self, ttl: float) -> tuple[str, ...]:
+        keep = str(math.ceil(self.idle_ttl * 1000))
+        if self._redis_time:
+            return self.replica, repr(ttl), str(self._k), keep
+        return self.replica, repr(ttl), str(self._k), keep, repr(self._now() * 1e6)
+
+    # -- the round trip ------------------------------------------------------------------
+
+    async def _acast(self, ttl: float) -> Any:
+        """State this replica's vote and count the fleet's: the reply, or ``None`` (Redis failed)."""
+        conn = self._conn
+        failopen = self._failopen
+        assert failopen is not None
+        try:
+            client = conn.aclient()
+            if conn.cluster:
+                await conn.alayout(client)
+            async with asyncio.timeout(self.timeout):
+                reply = await _QUORUM_SCRIPT.arun(client, self._vkeys, self._vote_args(ttl))
+        except Exception as exc:  # Redis trouble never fails the call
+            failopen.failed(exc)
+            return None
+        if not failopen.healthy:
+            failopen.recovered()
+        return reply
+
+    def _cast(self, ttl: float) -> Any:
+        """Sync :meth:`_acast`."""
+        failopen = self._failopen
+        assert failopen is not None
+        if not self._conn.has_sync:
+            return _UNSENT  # an async client only: the next async round trip states the vote
+        try:
+            reply = _QUORUM_SCRIPT.run(self._conn.sclient(), self._vkeys, self._vote_args(ttl))
+        except Exception as exc:  # Redis trouble never fails the call
+            failopen.failed(exc)
+            return None
+        if not failopen.healthy:
+            failopen.recovered()
+        return reply
+
+    # -- the protocol: each sync method is its async twin without ``await`` ------------
+
+    async def aacquire(self, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None]:
+        """Admit a probe of this replica's circuit, or count the fleet's votes again behind an open fleet."""
+        behind = self._behind()
+        permit, moved = _REFUSED if behind else self._own.acquire(now)
+        ttl = self._ballot(moved, now, due=behind)
+        moved = self._tally(moved, ttl, None if ttl is None else await self._acast(ttl), now)
+        return self._admission(behind, permit, now), moved
+
+    def acquire(self, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None]:
+        """Sync :meth:`aacquire`."""
+        behind = self._behind()
+        permit, moved = _REFUSED if behind else self._own.acquire(now)
+        ttl = self._ballot(moved, now, due=behind)
+        moved = self._tally(moved, ttl, None if ttl is None else self._cast(ttl), now)
+        return self._admission(behind, permit, now), moved
+
+    async def arecord_success(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Count a success on this replica's circuit; every ``sync_interval``, count the fleet's votes."""
+        moved = self._own.record_success(permit, now)
+        ttl = self._ballot(moved, now)
+        return self._tally(moved, ttl, None if ttl is None else await self._acast(ttl), now)
+
+    def record_success(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Sync :meth:`arecord_success`."""
+        moved = self._own.record_success(permit, now)
+        ttl = self._ballot(moved, now)
+        return self._tally(moved, ttl, None if ttl is None else self._cast(ttl), now)
+
+    async def arecord_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Count a failure on this replica's circuit; a transition states its vote."""
+        moved = self._own.record_failure(permit, now)
+        ttl = self._ballot(moved, now)
+        return self._tally(moved, ttl, None if ttl is None else await self._acast(ttl), now)
+
+    def record_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
+        """Sync :meth:`arecord_failure`."""
+        moved = self._own.record_failure(permit, now)
+        ttl = self._ballot(moved, now)
+        return self._tally(moved, ttl, None if ttl is None else self._cast(ttl), now)
+
+    async def arelease(self, permit: BreakerSnapshot) -> None:
+        """Free a probe slot of this replica's circuit (no round trip)."""
+        self._own.release(permit)
+
+    def release(self, permit: BreakerSnapshot) -> None:
+        """Free a probe slot of this replica's circuit (no round trip)."""
+        self._own.release(permit)
+
+    async def arefresh(self) -> BreakerSnapshot:
+        """State this replica's vote and count the fleet's now (one round trip)."""
+        ttl = self._ballot(None, None, due=True)
+        self._tally(None, ttl, None if ttl is None else await self._acast(ttl), None)
+        return self._view
+
+    def refresh(self) -> BreakerSnapshot:
+        """Sync :meth:`arefresh`."""
+        ttl = self._ballot(None, None, due=True)
+        self._tally(None, ttl, None if ttl is None else self._cast(ttl), None)
+        return self._view
+
+    def transition(self, to: CircuitState, now: float) -> BreakerSnapshot:
+        """Manual control of this replica's circuit (and so of its vote)."""
+        moved = self._own.transition(to, now)
+        ttl = self._ballot(moved, now)
+        return self._tally(moved, ttl, None if ttl is None else self._cast(ttl), now) or moved
+
+    def metrics(self, now: float) -> BreakerMetrics:
+        """This replica's counters; the state is the one its calls meet (the fleet's while it is open)."""
+        view = self._view
+        return replace(self._own.metrics(now), state=view.state, retry_after=view.retry_after(now))
+
+    def status(self) -> dict[str, Any]:
+        """Backend details for a status page, the quorum's included."""
+        out: dict[str, Any] = {
+            "keys": [self.votes_key],
+            "sync_interval": self.sync_interval,
+            "quorum": self._k,
+            "replica": self.replica,
+            "votes": self._votes,
+            "fleet_open": self._fleet is not None,
+            "own_state": self._own.snapshot.state.value,
+        }
+        if self._failopen is not None:
+            out.update(self._failopen.status())
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisBreakerStore(name={self.name!r}, quorum={self._k}, replica={self.replica!r}, "
+            f"state={self._view.state.value!r}, redis={self.using_redis})"
+        )
