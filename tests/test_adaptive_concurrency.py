@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from resilient import BulkheadFullError
-from resilient.adaptive import AdaptiveConcurrency
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import AdaptiveConcurrency, Bulkhead
 from resilient.testing import FakeClock
 
 
@@ -175,3 +174,13 @@ def test_sync() -> None:
     assert ac.run_sync(lambda: 5) == 5
     assert ac.limit == 2
     assert "AdaptiveConcurrency(limit=2" in repr(ac)
+
+
+def test_resize_sets_the_limit_within_its_bounds_and_the_algorithm_goes_on_from_there() -> None:
+    ac = AdaptiveConcurrency(initial_limit=2, max_limit=10)
+    ac.resize(6)
+    assert ac.limit == 6
+    with pytest.raises(ValueError, match="max_concurrent"):
+        ac.resize(11)
+    ac.run_sync(lambda: None)  # 1 * 2 < 6: unchanged
+    assert ac.limit == 6

@@ -32,8 +32,8 @@ from resilient.asgi._common import (
     retry_after_seconds,
     send_messages,
 )
-from resilient.bulkhead import Bulkhead
 from resilient.clock import Clock
+from resilient.concurrency import Bulkhead
 from resilient.deadline import remaining
 from resilient.errors import RejectedError
 from resilient.events import EXTRA_REASON, EXTRA_RETRY_AFTER, REJECTED, WOULD_REJECT
