@@ -18,33 +18,52 @@ from typing import Any
 
 from resilient.clock import Clock
 from resilient.concurrency.bulkhead import Admission, Bulkhead
-from resilient.concurrency.limits import AIMD
+from resilient.concurrency.limits import AIMD, Gradient2, LimitAlgorithm
 from resilient.events import EventSite, Listener
 from resilient.policy import AsyncFn, AsyncWrapped, OnArg, SyncFn, exception_predicate, result_predicate
 from resilient.validate import check_int
 
 __all__ = ["AdaptiveConcurrency"]
 
+# The algorithms ``algorithm=`` names, each built with its defaults.
+_ALGORITHMS: dict[str, type[Gradient2] | type[AIMD]] = {"aimd": AIMD, "gradient2": Gradient2}
+
 
 class AdaptiveConcurrency(Bulkhead):
-    """A bulkhead whose limit adapts to the backend: AIMD (Netflix concurrency-limits).
+    """A bulkhead whose limit adapts to the backend (Netflix concurrency-limits).
 
-    The limit starts at ``initial_limit``. A call that succeeds while at
-    least half the limit is in use raises it by one (additive increase); a
-    call that fails (``on`` / ``on_result``) or takes longer than
-    ``latency_threshold`` multiplies it by ``backoff_ratio`` (multiplicative
-    decrease), never below ``min_limit`` nor above ``max_limit``. Calls over
-    the limit queue or are rejected exactly as with :class:`Bulkhead`
-    (``BulkheadFullError``), and :meth:`acquire` works the same way, so the
-    ASGI load-shedding middleware takes either.
+    The limit starts at ``initial_limit`` and, after every call, moves as its
+    algorithm says, never below ``min_limit`` nor above ``max_limit``:
+
+    * ``"gradient2"`` (the default, :class:`~resilient.concurrency.Gradient2`):
+      latency driven. Calls are averaged per short window and compared with
+      a learned long-term baseline; while latency stays at the baseline the
+      limit grows, once queueing pushes it above the limit shrinks. No
+      latency threshold to set.
+    * ``"aimd"`` (:class:`~resilient.concurrency.AIMD`): a call that succeeds
+      while at least half the limit is in use raises it by one (additive
+      increase); a call that fails (``on`` / ``on_result``) or takes longer
+      than ``latency_threshold`` multiplies it by ``backoff_ratio``
+      (multiplicative decrease).
+    * any object with the :class:`~resilient.concurrency.LimitAlgorithm`
+      protocol.
+
+    Calls over the limit queue or are rejected exactly as with
+    :class:`Bulkhead` (``BulkheadFullError``), and :meth:`acquire` works the
+    same way, so the ASGI load-shedding middleware takes either.
 
     Args:
+        algorithm: ``"gradient2"``, ``"aimd"`` or a
+            :class:`~resilient.concurrency.LimitAlgorithm`. ``None``:
+            ``"gradient2"``, unless ``backoff_ratio`` or ``latency_threshold``
+            is given (they are AIMD's: ``"aimd"`` then, as before the
+            gradient became the default).
         initial_limit: the starting limit (between ``min_limit`` and ``max_limit``).
         min_limit: the lowest limit (>= 1).
         max_limit: the highest limit (>= ``min_limit``).
-        backoff_ratio: the factor applied on a drop, in (0, 1).
-        latency_threshold: seconds (> 0) above which a successful call also
-            counts as a drop; ``None``: only failures do.
+        backoff_ratio: AIMD's factor applied on a drop, in (0, 1); ``None``: 0.9.
+        latency_threshold: AIMD's seconds (> 0) above which a successful call
+            also counts as a drop; ``None``: only failures do.
         on: exceptions that count as drops (default any exception).
         on_result: predicate flagging results that count as drops.
         max_queued: as :class:`Bulkhead`.
@@ -66,10 +85,11 @@ class AdaptiveConcurrency(Bulkhead):
     def __init__(
         self,
         *,
+        algorithm: str | LimitAlgorithm | None = None,
         initial_limit: int = 20,
         min_limit: int = 1,
         max_limit: int = 1000,
-        backoff_ratio: float = 0.9,
+        backoff_ratio: float | None = None,
         latency_threshold: float | None = None,
         on: OnArg | None = Exception,
         on_result: Callable[[Any], bool] | None = None,
@@ -88,7 +108,7 @@ class AdaptiveConcurrency(Bulkhead):
         if not min_limit <= initial_limit <= max_limit:
             raise ValueError(f"initial_limit must be between min_limit and max_limit, got {initial_limit!r}")
         #: The limit algorithm (:mod:`resilient.concurrency.limits`).
-        self.algorithm = AIMD(backoff_ratio=backoff_ratio, latency_threshold=latency_threshold)
+        self.algorithm: LimitAlgorithm = _algorithm(algorithm, backoff_ratio, latency_threshold)
         super().__init__(
             initial_limit,
             max_queued=max_queued,
@@ -100,8 +120,11 @@ class AdaptiveConcurrency(Bulkhead):
         )
         self.min_limit = min_limit
         self.max_limit = max_limit
-        self.backoff_ratio = self.algorithm.backoff_ratio
-        self.latency_threshold = self.algorithm.latency_threshold
+        aimd = self.algorithm if isinstance(self.algorithm, AIMD) else None
+        #: AIMD's factor on a drop (``None`` with another algorithm).
+        self.backoff_ratio = None if aimd is None else aimd.backoff_ratio
+        #: AIMD's latency threshold (``None`` without one, or with another algorithm).
+        self.latency_threshold = None if aimd is None else aimd.latency_threshold
         self._on = exception_predicate(on)
         self._on_result = result_predicate(on_result)
         # An exact float limit, so that repeated small steps are not lost to rounding.
@@ -115,9 +138,10 @@ class AdaptiveConcurrency(Bulkhead):
         return self.max_concurrent
 
     def status(self) -> dict[str, Any]:
-        """The bulkhead's snapshot plus the adaptive limit's bounds."""
+        """The bulkhead's snapshot plus the adaptive limit, its bounds and its algorithm's class name."""
         out = super().status()
         out.update(limit=self.max_concurrent, min_limit=self.min_limit, max_limit=self.max_limit)
+        out["algorithm"] = type(self.algorithm).__name__
         return out
 
     def resize(self, max_concurrent: int) -> None:
@@ -142,7 +166,10 @@ class AdaptiveConcurrency(Bulkhead):
         inflight = self.max_concurrent if how else self.running
         if not self.leave(how):
             return
-        new = self.algorithm.update(self._limit, self.clock.now() - start, inflight, dropped)
+        now = self.clock.now()
+        new = self.algorithm.update(self._limit, now, now - start, inflight, dropped)
+        if new == self._limit:
+            return
         low = self.min_limit
         if not new >= low:  # NaN too
             new = float(low)
@@ -205,8 +232,36 @@ class AdaptiveConcurrency(Bulkhead):
     def __repr__(self) -> str:
         return (
             f"AdaptiveConcurrency(limit={self.max_concurrent}, min_limit={self.min_limit}, "
-            f"max_limit={self.max_limit}, name={self.name!r})"
+            f"max_limit={self.max_limit}, algorithm={self.algorithm!r}, name={self.name!r})"
         )
+
+
+def _algorithm(algorithm: Any, backoff_ratio: float | None, latency_threshold: float | None) -> LimitAlgorithm:
+    """The algorithm ``algorithm=`` names (AIMD's two options only go with AIMD)."""
+    aimd_options = [
+        name
+        for name, value in (("backoff_ratio", backoff_ratio), ("latency_threshold", latency_threshold))
+        if value is not None
+    ]
+    if algorithm is None:
+        algorithm = "aimd" if aimd_options else "gradient2"
+    if algorithm == "aimd":
+        return AIMD(backoff_ratio=0.9 if backoff_ratio is None else backoff_ratio, latency_threshold=latency_threshold)
+    if aimd_options:
+        raise TypeError(
+            f"{', '.join(aimd_options)} given with algorithm={algorithm!r}: they are options of algorithm='aimd' "
+            "(configure another algorithm on its own object)"
+        )
+    if isinstance(algorithm, str):
+        if algorithm not in _ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {sorted(_ALGORITHMS)} or a LimitAlgorithm, got {algorithm!r}")
+        return _ALGORITHMS[algorithm]()
+    if not callable(getattr(algorithm, "update", None)) or isinstance(algorithm, type):
+        raise TypeError(
+            f"algorithm must be one of {sorted(_ALGORITHMS)} or an object with an update() method "
+            f"(LimitAlgorithm), got {algorithm!r}"
+        )
+    return algorithm  # type: ignore[no-any-return]
 
 
 class _AdaptiveSlot:
