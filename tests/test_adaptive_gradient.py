@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from resilient import AdaptiveConcurrency, Bulkhead, BulkheadFullError
+from resilient import AdaptiveConcurrency, Bulkhead, BulkheadFullError, Pipeline, Retry, Timeout
 from resilient.asgi import LoadShedding
 from resilient.concurrency import AIMD, Gradient2, LimitAlgorithm
 from resilient.testing import FakeClock
@@ -207,3 +207,19 @@ def test_load_shedding_adaptive_bad_config() -> None:
         LoadShedding(app, max_concurrent=2, adaptive="yes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="max_concurrent"):
         LoadShedding(app)
+
+
+async def test_in_a_client_pipeline() -> None:
+    clock = FakeClock(auto_advance=True)
+    limiter = AdaptiveConcurrency(clock=clock, initial_limit=4)
+    calls: list[int] = []
+
+    async def fetch(i: int) -> int:
+        await clock.asleep(0.01)
+        calls.append(i)
+        return i
+
+    pipeline = Pipeline(Retry(2, clock=clock), limiter, Timeout(1.0, clock=clock))
+    assert await asyncio.gather(*(pipeline.run(fetch, i) for i in range(4))) == [0, 1, 2, 3]
+    assert limiter.running == 0
+    assert sorted(calls) == [0, 1, 2, 3]

@@ -45,7 +45,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from resilient.clock import Clock
 from resilient.deadline import remaining as deadline_remaining
@@ -96,10 +96,12 @@ _ABANDONED = 2  # timed out or cancelled while queued: it owns nothing
 class _Waiter:
     """One queued call; the subclass says how it is woken and how it waits."""
 
-    __slots__ = ("state",)
+    __slots__ = ("state", "timeout")
 
     def __init__(self) -> None:
         self.state = _WAITING
+        #: The longest wait, in seconds (``None``: no limit), set when it joins the queue.
+        self.timeout: float | None = None
 
     def cancelled(self) -> bool:
         """Whether its caller is already being cancelled (it cleans up after itself)."""
@@ -131,8 +133,9 @@ class _TaskWaiter(_Waiter):
             with contextlib.suppress(RuntimeError):  # loop closed: nobody is left to wake
                 self.loop.call_soon_threadsafe(_set_if_pending, self.fut)
 
-    async def wait(self, clock: Clock, limit: float | None, expire: Callable[[_Waiter], None]) -> None:
+    async def wait(self, clock: Clock, expire: Callable[[_Waiter], None]) -> None:
         """Wait until woken; the queue timeout is a timer on the policy's clock that expires the waiter."""
+        limit = self.timeout
         if limit is None:
             await self.fut
             return
@@ -155,18 +158,20 @@ class _ThreadWaiter(_Waiter):
     def wake(self) -> None:
         self.event.set()
 
-    def wait(self, clock: Clock, timeout: float | None, expire: Callable[[_Waiter], None]) -> None:
+    def wait(self, clock: Clock, expire: Callable[[_Waiter], None]) -> None:
         """Block until woken; the timeout timer runs on a timer thread, since this one blocks."""
-        handle = (
-            None
-            if timeout is None
-            else clock.call_at(clock.now() + timeout, functools.partial(expire, self), threaded=True)
-        )
+        limit = self.timeout
+        handle = None
+        if limit is not None:
+            handle = clock.call_at(clock.now() + limit, functools.partial(expire, self), threaded=True)
         try:
             self.event.wait()
         finally:
             if handle is not None:
                 handle.cancel()
+
+
+_W = TypeVar("_W", _TaskWaiter, _ThreadWaiter)
 
 
 def _set_if_pending(fut: asyncio.Future[None]) -> None:
@@ -428,37 +433,27 @@ class Bulkhead(ShadowMode, Policy):
         to :meth:`leave` exactly once, when the call ends; a cancelled wait
         gives its place back by itself. ``site`` names the call in events.
         """
-        e = self._engine
-        with e.lock:
-            if e.running < e.limit and not e.waiters:
-                e.running += 1
-                return _SLOT
-        how, w, timeout = self._admit(site, _TaskWaiter)
-        if w is None:
-            return how
+        got = self._admit(site, _TaskWaiter)
+        if isinstance(got, Admission):
+            return got
         try:
-            await w.wait(self.clock, timeout, self._engine.expire)
+            await got.wait(self.clock, self._engine.expire)
         except BaseException:
-            self._abandon(w)
+            self._abandon(got)
             raise
-        return self._waited(site, w, timeout)
+        return self._waited(site, got)
 
     def enter_sync(self, site: EventSite | None = None) -> Admission:
         """:meth:`enter` for threads: blocks this thread while queued."""
-        e = self._engine
-        with e.lock:
-            if e.running < e.limit and not e.waiters:
-                e.running += 1
-                return _SLOT
-        how, w, timeout = self._admit(site, _ThreadWaiter)
-        if w is None:
-            return how
+        got = self._admit(site, _ThreadWaiter)
+        if isinstance(got, Admission):
+            return got
         try:
-            w.wait(self.clock, timeout, self._engine.expire)
+            got.wait(self.clock, self._engine.expire)
         except BaseException:
-            self._abandon(w)
+            self._abandon(got)
             raise
-        return self._waited(site, w, timeout)
+        return self._waited(site, got)
 
     def leave(self, how: Admission) -> bool:
         """The call that :meth:`enter` let in as ``how`` ended: give back what it held.
@@ -487,11 +482,13 @@ class Bulkhead(ShadowMode, Policy):
 
     # -- the shells' steps ---------------------------------------------------
 
-    def _admit(
-        self, site: EventSite | None, waiter: type[_TaskWaiter] | type[_ThreadWaiter]
-    ) -> tuple[Admission, Any, float | None]:
-        """No slot was free: ``(how, None, _)``: the call runs now; ``(_, waiter, timeout)``: it waits; or raise."""
+    def _admit(self, site: EventSite | None, waiter: type[_W]) -> Admission | _W:
+        """How the call runs now, or the waiter it waits on (its ``timeout`` set); or raise."""
         e = self._engine
+        with e.lock:
+            if e.running < e.limit and not e.waiters:
+                e.running += 1
+                return _SLOT
         shadow = self.shadowed()  # user code: before the lock
         w = None
         err = None
@@ -505,14 +502,15 @@ class Bulkhead(ShadowMode, Policy):
         if w is None:
             if err is not None:
                 self._refused(site, err, how)
-            return Admission(how), None, None
+            return Admission(how)
         timeout = self.queue_timeout
         rem = deadline_remaining()
         if rem is not None and (timeout is None or rem < timeout):
             timeout = max(rem, 0.0)
-        return _SLOT, w, timeout
+        w.timeout = timeout
+        return w
 
-    def _waited(self, site: EventSite | None, w: _Waiter, timeout: float | None) -> Admission:
+    def _waited(self, site: EventSite | None, w: _Waiter) -> Admission:
         """A wait ended: the slot granted, or the timeout's refusal (let through if the switch now says shadow)."""
         e = self._engine
         with e.lock:
@@ -523,7 +521,7 @@ class Bulkhead(ShadowMode, Policy):
             how = e.timed_out(w, shadow)
             if how == _SLOT:  # granted after all, between the two looks
                 return _SLOT
-            err = self._full(f"waited {timeout:.3g} s in the queue")
+            err = self._full(f"waited {w.timeout:.3g} s in the queue")
         self._refused(site, err, how)
         return _SHADOW_REJECTED
 
