@@ -223,3 +223,12 @@ async def test_in_a_client_pipeline() -> None:
     assert await asyncio.gather(*(pipeline.run(fetch, i) for i in range(4))) == [0, 1, 2, 3]
     assert limiter.running == 0
     assert sorted(calls) == [0, 1, 2, 3]
+
+
+def test_a_window_of_calls_that_took_no_time_teaches_nothing() -> None:
+    g = Gradient2(min_samples=1, window=1.0)
+    assert _window(g, 10.0, 0.0, 0.0, 10) == 10.0  # a clock that did not move
+    assert g.baseline is None
+    _window(g, 10.0, 1.0, 0.1, 10)
+    assert _window(g, 10.0, 2.0, 0.0, 10) == 10.0
+    assert g.baseline == pytest.approx(0.1)

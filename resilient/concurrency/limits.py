@@ -196,6 +196,9 @@ class Gradient2:
         self._n = 0
         self._peak = 0
         self._window_end = now + self.window
+        if latency <= 0.0:
+            # Calls that took no time (a clock that did not move), or a close raced by another thread: no news.
+            return limit
         self._latency = latency
         baseline = self._baseline
         if not baseline:
@@ -203,7 +206,7 @@ class Gradient2:
         else:
             baseline += (self._fall if latency < baseline else self._rise) * (latency - baseline)
         self._baseline = baseline
-        if peak * 2 < limit or latency <= 0.0:
+        if peak * 2 < limit:
             return limit
         gradient = baseline / latency
         if gradient < 0.5:
