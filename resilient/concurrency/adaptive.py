@@ -159,17 +159,20 @@ class AdaptiveConcurrency(Bulkhead):
 
     # -- the engine's hand-offs: after enter(), after the call ------------------
 
-    def _done(self, how: Admission, start: float, dropped: bool) -> None:
-        """Give the slot back; then, for a call an enforcing limiter would have run, adapt the limit."""
+    def _done(self, how: Admission, start: float, dropped: bool, result: Any = None) -> Any:
+        """Give the slot back; then, for a call an enforcing limiter would have run, adapt the limit.
+
+        Returns ``result``, so that a wrapper hands off and returns in one step.
+        """
         # In flight as it ends, itself included; shadow mode, no slot: a call that would have queued
         # would have run at full use.
         inflight = self.max_concurrent if how else self.running
         if not self.leave(how):
-            return
+            return result
         now = self.clock.now()
         new = self.algorithm.update(self._limit, now, now - start, inflight, dropped)
         if new == self._limit:
-            return
+            return result
         low = self.min_limit
         if not new >= low:  # NaN too
             new = float(low)
@@ -179,6 +182,7 @@ class AdaptiveConcurrency(Bulkhead):
         if int(new) != self._applied:
             self._applied = int(new)
             super().resize(self._applied)
+        return result
 
     def _failed(self, how: Admission, start: float, exc: BaseException) -> None:
         if isinstance(exc, Exception):
@@ -186,20 +190,15 @@ class AdaptiveConcurrency(Bulkhead):
         else:  # cancelled, interrupted: says nothing about the backend
             self.leave(how)
 
-    def _succeeded(self, how: Admission, start: float, result: Any) -> Any:
-        on_result = self._on_result
-        self._done(how, start, on_result is not None and on_result(result))
-        return result
-
     # -- wrappers: enter, the call, one hand-off --------------------------------
 
     def _shell_parts(self) -> tuple[Any, ...]:
         """What both wrappers bind once, as locals of their closures."""
-        return self.clock.now, self._failed, self._succeeded
+        return self.clock.now, self._failed, self._done, self._on_result
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         enter = self.enter
-        now, failed, succeeded = self._shell_parts()
+        now, failed, done, on_result = self._shell_parts()
 
         async def adaptive_call(*args: Any, **kwargs: Any) -> Any:
             how = await enter(site)
@@ -209,13 +208,13 @@ class AdaptiveConcurrency(Bulkhead):
             except BaseException as exc:
                 failed(how, start, exc)
                 raise
-            return succeeded(how, start, result)
+            return done(how, start, on_result is not None and on_result(result), result)
 
         return adaptive_call
 
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         enter = self.enter_sync
-        now, failed, succeeded = self._shell_parts()
+        now, failed, done, on_result = self._shell_parts()
 
         def adaptive_call(*args: Any, **kwargs: Any) -> Any:
             how = enter(site)
@@ -225,7 +224,7 @@ class AdaptiveConcurrency(Bulkhead):
             except BaseException as exc:
                 failed(how, start, exc)
                 raise
-            return succeeded(how, start, result)
+            return done(how, start, on_result is not None and on_result(result), result)
 
         return adaptive_call
 

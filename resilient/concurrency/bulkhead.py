@@ -182,8 +182,9 @@ def _set_if_pending(fut: asyncio.Future[None]) -> None:
 class _Engine:
     """The bulkhead's counts and decisions: no I/O, no awaits, no user code.
 
-    Every method runs with ``lock`` held (the callers take it); waking a
-    waiter only schedules it.
+    Every method runs with ``lock`` held (the callers take it), but
+    :meth:`release_now` and :meth:`expire` (a timer's callback), which take
+    it themselves; waking a waiter only schedules it.
     """
 
     __slots__ = ("limit", "lock", "max_queued", "rejected", "running", "shadow_queued", "waiters", "would_reject")
@@ -243,6 +244,11 @@ class _Engine:
             w.wake()
             return
         self.running -= 1
+
+    def release_now(self) -> None:
+        """:meth:`release`, taking the lock: a wrapped call gives its slot back."""
+        with self.lock:
+            self.release()
 
     def leave(self, how: int) -> bool:
         """A call admitted as ``how`` ended; whether an enforcing bulkhead would have run it."""
@@ -530,11 +536,6 @@ class Bulkhead(ShadowMode, Policy):
         with e.lock:
             e.abandon(w)
 
-    def _release(self) -> None:
-        e = self._engine
-        with e.lock:
-            e.release()
-
     def _full(self, reason: str) -> BulkheadFullError:
         # Called with the lock held: the counts are those of the decision.
         e = self._engine
@@ -571,7 +572,7 @@ class Bulkhead(ShadowMode, Policy):
     # -- wrappers: a fast path, the call, one hand-off -------------------------
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        e, lock, release = self._engine, self._engine.lock, self._release
+        e, lock, release = self._engine, self._engine.lock, self._engine.release_now
         enter, unslotted = self.enter, self._run_unslotted
 
         async def bulkhead_call(*args: Any, **kwargs: Any) -> Any:
@@ -591,7 +592,7 @@ class Bulkhead(ShadowMode, Policy):
         return bulkhead_call
 
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        e, lock, release = self._engine, self._engine.lock, self._release
+        e, lock, release = self._engine, self._engine.lock, self._engine.release_now
         enter, unslotted = self.enter_sync, self._run_unslotted_sync
 
         def bulkhead_call(*args: Any, **kwargs: Any) -> Any:
@@ -620,10 +621,11 @@ class Bulkhead(ShadowMode, Policy):
 class _Slot:
     """What the two context managers share: shared and stateless when enforcing; one per block in shadow mode."""
 
-    __slots__ = ("_bulkhead", "_how", "_site")
+    __slots__ = ("_bulkhead", "_engine", "_how", "_site")
 
     def __init__(self, bulkhead: Bulkhead, site: EventSite) -> None:
         self._bulkhead = bulkhead
+        self._engine = bulkhead._engine
         self._site = site
         self._how = _SLOT  # only ever changed on an instance made for one block (shadow mode)
 
@@ -639,8 +641,7 @@ class _AsyncSlot(_Slot):
     __slots__ = ()
 
     async def __aenter__(self) -> None:
-        bh = self._bulkhead
-        e = bh._engine
+        e = self._engine
         lock = e.lock
         lock.acquire()
         if e.running < e.limit and not e.waiters:
@@ -648,14 +649,14 @@ class _AsyncSlot(_Slot):
             lock.release()
             return
         lock.release()
-        if how := await bh.enter(self._site):
+        if how := await self._bulkhead.enter(self._site):
             self._how = how
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._how:
             self._leave()
         else:
-            self._bulkhead._release()
+            self._engine.release_now()
 
 
 class _SyncSlot(_Slot):
@@ -667,8 +668,8 @@ class _SyncSlot(_Slot):
         if how := self._bulkhead.enter_sync(self._site):
             self._how = how
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._how:
             self._leave()
         else:
-            self._bulkhead._release()
+            self._engine.release_now()
