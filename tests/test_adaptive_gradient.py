@@ -232,3 +232,27 @@ def test_a_window_of_calls_that_took_no_time_teaches_nothing() -> None:
     _window(g, 10.0, 1.0, 0.1, 10)
     assert _window(g, 10.0, 2.0, 0.0, 10) == 10.0
     assert g.baseline == pytest.approx(0.1)
+
+
+def test_threads_share_the_gradient_limit_without_losing_slots() -> None:
+    import threading
+    import time
+
+    limiter = AdaptiveConcurrency(initial_limit=4, max_limit=16, max_queued=64, algorithm=Gradient2(min_samples=2))
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(50):
+                limiter.run_sync(time.sleep, 0)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert (limiter.running, limiter.queued) == (0, 0)
+    assert 1 <= limiter.limit <= 16

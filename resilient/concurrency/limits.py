@@ -43,7 +43,8 @@ class LimitAlgorithm(Protocol):
     It returns the next limit (clamped to ``[min_limit, max_limit]`` by the
     caller; NaN reads ``min_limit``). It must be cheap and must not raise.
     Sync callers may call it from several threads at once: a lost update
-    under a race must cost at most one sample, never a broken state.
+    under a race must cost at most one sample, never a broken state. An
+    algorithm object keeps state: give each limiter its own.
     """
 
     def update(self, limit: float, now: float, rtt: float, inflight: int, dropped: bool) -> float:
@@ -102,8 +103,8 @@ class Gradient2:
 
     While latency stays at the baseline the limit grows by
     ``smoothing * queue_size`` a window, probing for capacity; once queueing
-    makes latency climb above the baseline the gradient pulls it back, by at
-    most half a window. No latency threshold is set by hand: the baseline is
+    makes latency climb above the baseline the gradient pulls it back toward
+    ``limit * baseline / latency`` (never below half the limit). No latency threshold is set by hand: the baseline is
     learned. It falls fast (over about ten windows) when latency drops below
     it, since a lower latency is evidence of the unloaded one, and rises only
     slowly, since a higher one may be the queueing the limit must prevent
