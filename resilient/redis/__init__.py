@@ -29,6 +29,7 @@ require_extra("resilient.redis", "redis", "redis")
 
 from resilient.redis._common import logger
 from resilient.redis.breaker import BREAKER_SCRIPT, RedisBreakerStore
+from resilient.redis.cache import JSONSerializer, RedisCacheStore, Serializer
 from resilient.redis.ratelimit import (
     GCRA_SCRIPT,
     KeyedRedisRateLimiter,
@@ -40,10 +41,13 @@ from resilient.redis.ratelimit import (
 __all__ = [
     "BREAKER_SCRIPT",
     "GCRA_SCRIPT",
+    "JSONSerializer",
     "KeyedRedisRateLimiter",
     "RateDecision",
     "RedisBreakerStore",
+    "RedisCacheStore",
     "RedisRateLimiter",
     "RedisRateStore",
+    "Serializer",
     "logger",
 ]
