@@ -58,6 +58,7 @@ from resilient.httpx._errors import (
     TimeoutException,
     as_httpx_error,
 )
+from resilient.httpx._hedging import Endpoint, EndpointGroup, HedgingPipeline, standard_hedging_pipeline
 from resilient.httpx._pacing import MAX_RESET, HeaderPacing, RateLimitHeaders, parse_rate_limit_headers
 from resilient.httpx._rules import (
     IDEMPOTENT_METHODS,
@@ -82,7 +83,10 @@ __all__ = [
     "AsyncResilientTransport",
     "BulkheadFullError",
     "CircuitOpenError",
+    "Endpoint",
+    "EndpointGroup",
     "HeaderPacing",
+    "HedgingPipeline",
     "RateLimitHeaders",
     "RateLimitedError",
     "RejectedError",
@@ -99,5 +103,6 @@ __all__ = [
     "retry_after_hint",
     "should_retry_error",
     "should_retry_response",
+    "standard_hedging_pipeline",
     "standard_pipeline",
 ]

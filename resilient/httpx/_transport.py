@@ -13,6 +13,7 @@ from cachetools import LRUCache
 
 from resilient.deadline import current_deadline
 from resilient.httpx._errors import as_httpx_error
+from resilient.httpx._hedging import HedgingPipeline
 from resilient.httpx._io import (
     DEFAULT_MAX_DRAIN_BYTES,
     _check_max_drain,
@@ -35,7 +36,7 @@ from resilient.httpx._standard import StandardPipeline, standard_pipeline
 from resilient.policy import AsyncWrapped, Pipeline, Policy, SyncFn
 from resilient.retry import Retry
 
-PipelineArg = Policy | Callable[[str], Policy]
+PipelineArg = Policy | Callable[[str], Policy] | HedgingPipeline
 
 
 # -- the transports ---------------------------------------------------------------
@@ -58,7 +59,7 @@ def _check_common(
 def _check_pipeline(pipeline: Any) -> PipelineArg:
     if pipeline is None:
         return standard_pipeline()
-    if isinstance(pipeline, Policy) or callable(pipeline):
+    if isinstance(pipeline, Policy | HedgingPipeline) or callable(pipeline):
         return cast(PipelineArg, pipeline)
     raise TypeError(f"pipeline must be a Policy, a callable (host key) -> Policy or None, got {pipeline!r}")
 
@@ -121,6 +122,7 @@ class _TransportBase:
         self._drain = self.pipeline.statuses if isinstance(self.pipeline, StandardPipeline) else TRANSIENT_STATUSES
         self._site = _HttpSite(operation="http")
         self._single_sends = _max_sends(self.pipeline) if isinstance(self.pipeline, Policy) else 1
+        self._hedging = self.pipeline if isinstance(self.pipeline, HedgingPipeline) else None
 
     def _new_call(self, request: httpx.Request, max_sends: int) -> _Call:
         host, port = _host_port(request.url)
@@ -135,6 +137,7 @@ class _TransportBase:
         pipeline = self.pipeline
         if isinstance(pipeline, Policy):
             return pipeline
+        assert not isinstance(pipeline, HedgingPipeline)
         if isinstance(pipeline, StandardPipeline):
             return pipeline.build(host_key, sync=sync)
         policy = pipeline(host_key)
@@ -188,6 +191,8 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
         if inner is not None and not isinstance(inner, httpx.AsyncBaseTransport):
             raise TypeError(f"inner must be an httpx.AsyncBaseTransport, got {inner!r}")
         self.inner: httpx.AsyncBaseTransport = inner if inner is not None else httpx.AsyncHTTPTransport()
+        if self._hedging is not None:
+            self._hedging.bind(self.inner, self.deadline_header)
         self._attempt = self._make_attempt()
         self._single: AsyncWrapped | None = None
         if isinstance(self.pipeline, Policy):
@@ -245,6 +250,14 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the pipeline; see the class docs for the outcome."""
+        if self._hedging is not None:
+            try:
+                return await self._hedging.handle(request)
+            except Exception as exc:
+                converted = as_httpx_error(exc, request)
+                if converted is not exc:
+                    raise converted from exc.__cause__
+                raise
         wrapped, max_sends = self._wrapped_for(request)
         call = self._new_call(request, max_sends)
         token = _current_call.set(call)
@@ -328,6 +341,11 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
         max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
     ) -> None:
         _TransportBase.__init__(self, pipeline, deadline_header, retry_non_idempotent, max_hosts, key, max_drain_bytes)
+        if self._hedging is not None:
+            raise TypeError(
+                "pipeline: standard_hedging_pipeline() is for AsyncResilientTransport: a blocking call cannot be "
+                "hedged without a thread per attempt"
+            )
         if inner is not None and not isinstance(inner, httpx.BaseTransport):
             raise TypeError(f"inner must be an httpx.BaseTransport, got {inner!r}")
         self.inner: httpx.BaseTransport = inner if inner is not None else httpx.HTTPTransport()
