@@ -215,6 +215,14 @@ PEERS: list[Config] = [
         breaker=True,
         requires=("resilient.httpx",),
     ),
+    Config(
+        "hedging",
+        "resilient hedging",
+        "resilient AsyncResilientTransport(standard_hedging_pipeline())",
+        lambda base_url: demo_configs._hedging(base_url),
+        breaker=True,
+        requires=("resilient.httpx",),
+    ),
 ]
 
 #: ``--sync``: the synchronous clients, one thread per in-flight call.

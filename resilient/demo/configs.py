@@ -170,6 +170,18 @@ def _microsoft(base_url: str) -> Built:
     return Built(call, client.aclose, [pipeline])
 
 
+def _hedging(base_url: str) -> Built:
+    rhttpx = _optional("resilient.httpx")
+
+    pipeline = rhttpx.standard_hedging_pipeline()
+    client = _client(base_url, rhttpx.AsyncResilientTransport(pipeline, inner=_inner()))
+
+    async def call(key: int) -> str:
+        return _outcome(await client.get(f"/item/{key}"))
+
+    return Built(call, client.aclose, [pipeline])
+
+
 def _stale_cache(base_url: str) -> Built:
     cache_module = _optional("resilient.cache")
     client, pipeline = _resilient_client(base_url, "resilient")
@@ -218,6 +230,15 @@ CONFIGS: list[Config] = [
         "Microsoft preset",
         'standard_pipeline(preset="microsoft"): the same with Microsoft\'s exact values (breaker at 10% failures)',
         _microsoft,
+        breaker=True,
+        requires=("resilient.httpx",),
+    ),
+    Config(
+        "hedging",
+        "hedging pipeline",
+        "AsyncResilientTransport(standard_hedging_pipeline()): a second attempt once the first outlives the p99 of "
+        "recent answers, within a 10% budget",
+        _hedging,
         breaker=True,
         requires=("resilient.httpx",),
     ),

@@ -346,6 +346,10 @@ GOALS: tuple[Goal, ...] = (
     Goal("overload", "success", against=("plain",), offset=-0.02),
     Goal("overload", "load", 1.10),
     Goal("overload", "p99", against=("plain",), scale=1.5),
+    # Issue 19: the hedging pipeline on the slow tail (5% of answers take 1 s).
+    Goal("slow-tail", "p99", 0.100, config="hedging"),
+    Goal("slow-tail", "load", 1.10, config="hedging"),
+    Goal("slow-tail", "success", 1.0, config="hedging"),
 )
 
 

@@ -24,6 +24,12 @@ from resilient.validate import check_int, check_number, check_seconds
 
 __all__ = ["Endpoint", "EndpointGroup", "HedgingPipeline", "standard_hedging_pipeline"]
 
+# A quantile delay is at most this many times the median of the same
+# attempts: a tail heavier than the budget can hedge would otherwise pull the
+# quantile up to the slow answers themselves, and hedging would stop exactly
+# when it is needed.
+MEDIAN_CAP = 4.0
+
 
 class Endpoint:
     """One upstream instance: ``scheme://host:port`` (a path is not allowed), with a weight in its group."""
@@ -143,6 +149,9 @@ class HedgingPipeline:
         self._header: str | None = None
         self._total: AsyncWrapped | None = None
         self._rng = random.Random()
+        self._median: LatencyQuantile | None = None
+        if isinstance(delay, LatencyQuantile):
+            self._median = LatencyQuantile(0.5, window=delay.window, floor=0.0, fallback=delay.fallback)
 
     # -- binding to a transport ------------------------------------------------------------
 
@@ -248,7 +257,10 @@ class HedgingPipeline:
 
     def _delay(self) -> float:
         delay = self.delay
-        return delay.current() if isinstance(delay, LatencyQuantile) else delay
+        if not isinstance(delay, LatencyQuantile):
+            return delay
+        assert self._median is not None
+        return max(delay.floor, min(delay.current(), MEDIAN_CAP * self._median.current()))
 
     async def _hedged(self, request: httpx.Request) -> httpx.Response:
         replay = self.hedgeable(request)
@@ -295,8 +307,10 @@ class HedgingPipeline:
                     if exc is None:
                         response = task.result()
                         if not _is_failure(response):
-                            if isinstance(self.delay, LatencyQuantile):
-                                self.delay.observe(loop.time() - began)
+                            if self._median is not None:
+                                took = loop.time() - began
+                                self.delay.observe(took)  # type: ignore[union-attr]
+                                self._median.observe(took)
                             return response
                         if last_response is not None:
                             await last_response.aclose()
@@ -411,7 +425,9 @@ def standard_hedging_pipeline(
             ``MaxHedgedAttempts``, default 1: two attempts in all).
         delay: how long an attempt runs before the next starts: seconds,
             ``"pNN"`` (a quantile of recent successful attempts' latencies,
-            default ``"p99"``, at least ``min_delay``) or a
+            default ``"p99"``, at least ``min_delay`` and at most 4 times
+            their median, so that a tail heavier than the budget cannot
+            pull the delay up to the slow answers themselves) or a
             :class:`~resilient.LatencyQuantile`. A failed attempt starts the
             next one at once.
         min_delay: the floor of a quantile delay, in seconds.
