@@ -183,6 +183,9 @@ async def scenarios(args: argparse.Namespace) -> tuple[float, float, list[Row]]:
         ),
         ("gradient (AdaptiveConcurrency())", lambda: AdaptiveConcurrency()),
     ]
+    if args.queue_size is not None:
+        q = args.queue_size
+        cases.append((f"gradient (queue_size={q:g})", lambda: AdaptiveConcurrency(algorithm=Gradient2(queue_size=q))))
     rows = []
     for i, (name, make) in enumerate(cases, start=1):
         limiter = make()
@@ -258,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load", type=float, default=2.0, help="arrival rate, as a multiple of the capacity")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per scenario")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (the limits settle)")
+    parser.add_argument("--queue-size", type=float, help="also run the gradient limit with this queue_size")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     args = parser.parse_args(argv)
     number, repeat = 20_000, 7

@@ -196,6 +196,9 @@ async def test_load_shedding_adaptive_creates_a_gradient_limiter() -> None:
     assert limiter.running == 0
     assert LoadShedding(app, adaptive=True).limiter.max_limit == 1000  # type: ignore[attr-defined]
     assert LoadShedding(app, adaptive=True, max_concurrent=8).limiter.limit == 8  # type: ignore[attr-defined]
+    # Priority classes read the slots in use: the adaptive limiter is a Bulkhead, so they work with it.
+    classed = LoadShedding(app, adaptive=True, priority=lambda scope: "sheddable")
+    assert status_of(await call(classed, http_scope())) == 200
 
 
 def test_load_shedding_adaptive_bad_config() -> None:
