@@ -90,6 +90,11 @@ def test_one_sick_replica_opens_only_its_own_circuit(redis_server: RedisServer) 
     assert b.store.votes == 1  # type: ignore[attr-defined]
     assert b.state is CLOSED
     assert c.metrics.state is CLOSED
+    status = a.status()
+    assert status["store"] == "RedisBreakerStore"  # quorum mode is a mode of that store
+    assert status["state"] == "open"
+    assert a.store.status()["own_state"] == "open"  # type: ignore[attr-defined]
+    assert a.store.status()["fleet_open"] is False  # type: ignore[attr-defined]
 
 
 @pytest.mark.redis

@@ -1179,3 +1179,8 @@ class _QuorumBreakerStore(RedisBreakerStore):
             f"RedisBreakerStore(name={self.name!r}, quorum={self._k}, replica={self.replica!r}, "
             f"state={self._view.state.value!r}, redis={self.using_redis})"
         )
+
+
+# It is a RedisBreakerStore in quorum mode, made by RedisBreakerStore(quorum=k): status pages and
+# reprs name it so.
+_QuorumBreakerStore.__name__ = _QuorumBreakerStore.__qualname__ = "RedisBreakerStore"
