@@ -10,6 +10,10 @@ one redis-py asyncio client:
   coroutine: successes batched (the default ``sync_interval=0.1``) and
   strict (``sync_interval=0``: one round trip per success);
 * a failure recorded by the breaker store (one round trip);
+* a ``GET`` of a cached value (the floor of a shared cache hit), and a
+  ``StaleCache`` fresh hit on a ``RedisCacheStore``: with ``near_ttl=0``
+  (every hit reads Redis; target <= 1.5x the ``GET``) and with the default
+  near tier (most hits answered in process);
 
 then the throughput of shared decisions across 4 processes.
 
@@ -35,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from resilient.breaker import CircuitBreaker  # noqa: E402
-from resilient.redis import RedisBreakerStore, RedisRateLimiter  # noqa: E402
+from resilient.cache import StaleCache  # noqa: E402
+from resilient.redis import RedisBreakerStore, RedisCacheStore, RedisRateLimiter  # noqa: E402
 from tests.redis_helpers import REDIS_SERVER, running_redis  # noqa: E402
 
 
@@ -71,6 +76,21 @@ async def latency(url: str, number: int, rounds: int) -> list[tuple[str, float]]
     async def record_failure() -> None:
         await fail_store.arecord_failure(permit)
 
+    far_store = RedisCacheStore(url, name="bench-far", timeout=1.0, near_ttl=0)
+    near_store = RedisCacheStore(url, name="bench-near", timeout=1.0)
+
+    async def price() -> dict[str, float]:
+        return {"price": 12.5, "fx": 1.07}
+
+    far_hit = StaleCache(3600, store=far_store)(price)
+    near_hit = StaleCache(3600, store=near_store)(price)
+    await far_hit()
+    await near_hit()
+    cached_key = (await client.keys("resilient:cache:bench-far:*"))[0]
+
+    async def get_cached() -> Any:
+        return await client.get(cached_key)
+
     cases: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
         ("bare await (no Redis)", target),
         ("PING (floor: one round trip)", client.ping),
@@ -79,11 +99,16 @@ async def latency(url: str, number: int, rounds: int) -> list[tuple[str, float]]
         ("breaker, Redis store, success (batched)", batched),
         ("breaker, Redis store, success (sync_interval=0)", strict),
         ("breaker store: record a failure", record_failure),
+        ("GET of a cached value (floor of a shared hit)", get_cached),
+        ("StaleCache hit, RedisCacheStore(near_ttl=0)", far_hit),
+        ("StaleCache hit, RedisCacheStore (near tier)", near_hit),
     ]
     out = []
     for label, fn in cases:
         out.append((label, await _per_call(fn, number, rounds)))
     await limiter.aclose()
+    await far_store.aclose()
+    await near_store.aclose()
     return out
 
 
@@ -151,6 +176,9 @@ def main() -> None:
         print(f"{'case':52} {'us/call':>9} {'x PING':>7}")
         for label, us in results:
             print(f"{label:52} {us:9.1f} {us / ping:7.2f}")
+        get = dict(results)["GET of a cached value (floor of a shared hit)"]
+        far = dict(results)["StaleCache hit, RedisCacheStore(near_ttl=0)"]
+        print(f"RedisCacheStore hit read from Redis: {far / get:.2f}x a GET (target <= 1.5x)")
         print()
         print(f"Throughput across 4 processes, {duration:g} s, one shared key:")
         for kind in ("limiter", "breaker"):

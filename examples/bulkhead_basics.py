@@ -9,7 +9,7 @@ import asyncio
 import time
 
 from resilient import BulkheadFullError
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import Bulkhead
 
 # At most 3 calls to the "database" at once; 2 more may wait up to 0.3 s.
 db = Bulkhead(3, max_queued=2, queue_timeout=0.3, name="db")

@@ -9,14 +9,13 @@ ASGI middleware. Optional integrations live in their own modules
 
 from __future__ import annotations
 
-from resilient.adaptive import AdaptiveConcurrency, AdaptiveThrottle
 from resilient.backoff import Backoff, constant, exponential, linear
 from resilient.breaker import CircuitBreaker, CircuitState
 from resilient.budget import RetryBudget
-from resilient.bulkhead import Bulkhead
 from resilient.cache import StaleCache
 from resilient.chaos import Fault, Latency, ResultInjection
 from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
+from resilient.concurrency import AdaptiveConcurrency, Bulkhead
 from resilient.deadline import Deadline, current_deadline, deadline, remaining
 from resilient.errors import (
     BulkheadFullError,
@@ -34,6 +33,7 @@ from resilient.policy import Outcome, Pipeline, Policy
 from resilient.ratelimit import KeyedRateLimiter, RateDecision, RateLimiter, RateLimitKeyError
 from resilient.registry import Registry
 from resilient.retry import GiveUp, Retry, current_attempt
+from resilient.throttle import AdaptiveThrottle
 from resilient.timeout import Timeout
 
 __version__ = "0.1.0"

@@ -487,6 +487,7 @@ class EventSite:
         """Build one event and hand it to every listener, if there is any."""
         if not (_global_listeners or self.listeners or policy_listeners):
             return
+        extras = self.context_extras(extras)
         exc_name = None
         if exception is not None:
             exc_type = exception if isinstance(exception, type) else type(exception)
@@ -507,6 +508,15 @@ class EventSite:
         )
         for listener in (*policy_listeners, *self.listeners, *_global_listeners):
             _deliver(listener, event)
+
+    def context_extras(self, extras: Mapping[str, ExtraValue] | None) -> Mapping[str, ExtraValue] | None:
+        """The extras of an event emitted here: ``extras`` as the policy gave them.
+
+        An integration's site overrides it to add what its context knows (the
+        httpx transport adds the request's method, host, port and status).
+        Called only for an event that somebody will receive.
+        """
+        return extras
 
     def record_duration(self, kind: str, seconds: float, outcome: str, attempt: int | None = None) -> None:
         """Deliver one duration event (``kind`` ``"attempt"`` or ``"pipeline"``) to the duration listeners.

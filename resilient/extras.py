@@ -9,7 +9,9 @@ integration raises :class:`MissingExtraError`, which names the extra.
 
 from __future__ import annotations
 
-__all__ = ["MissingExtraError"]
+import importlib
+
+__all__ = ["MissingExtraError", "require_extra"]
 
 
 class MissingExtraError(ModuleNotFoundError):
@@ -28,3 +30,17 @@ class MissingExtraError(ModuleNotFoundError):
         )
         self.module = module
         self.extra = extra
+
+
+def require_extra(module: str, extra: str, *packages: str) -> None:
+    """Import ``packages`` for the integration ``module``, or raise :class:`MissingExtraError` naming ``extra``.
+
+    An integration calls it first thing, so that a missing package gives the
+    install command instead of a bare :class:`ModuleNotFoundError` from
+    somewhere inside the integration.
+    """
+    for package in packages:
+        try:
+            importlib.import_module(package)
+        except ModuleNotFoundError as exc:
+            raise MissingExtraError(module, extra, exc.name) from exc

@@ -52,8 +52,8 @@ from resilient.breaker import CircuitBreaker, CircuitState
 from resilient.clock import Clock
 from resilient.errors import ResilienceError
 from resilient.events import EventSite
-from resilient.policy import AsyncFn, AsyncWrapped, Pipeline, Policy, SyncFn
-from resilient.validate import check_callable, check_clock, check_int, check_seconds
+from resilient.policy import AsyncFn, AsyncWrapped, Pipeline, Policy, ShadowMode, SyncFn
+from resilient.validate import check_callable, check_clock, check_int, check_seconds, check_switch, read_switch
 
 __all__ = ["Keyed", "PolicyKeyError"]
 
@@ -402,6 +402,24 @@ class _Table:
         return found if found is not None and found.alive else None
 
 
+def _shadowable(policy: Policy) -> list[ShadowMode]:
+    """The policies with an ``enforce=`` switch in ``policy`` (itself, or inside its pipelines)."""
+    if isinstance(policy, Pipeline):
+        return [part for inner in policy for part in _shadowable(inner)]
+    return [policy] if isinstance(policy, ShadowMode) else []
+
+
+def _add_switch(policy: ShadowMode, switch: bool | Callable[[], bool]) -> None:
+    """Make ``policy`` enforce only while its own switch and ``switch`` both say so."""
+    own = policy.enforce_switch
+    if own is True:
+        policy.set_enforce(switch)
+    elif switch is False or own is False:
+        policy.set_enforce(False)
+    else:
+        policy.set_enforce(lambda: read_switch(own) and read_switch(switch))
+
+
 def _holders(entry: _Entry) -> int:
     """Calls in flight through ``entry``."""
     return len(entry) - _BASE
@@ -432,6 +450,14 @@ class Keyed(Policy):
             pushes them out. Measured on ``clock``.
         name: shown in errors, events and the status endpoint.
         clock: the clock ``idle_ttl`` runs on (tests pass a ``FakeClock``).
+        enforce: shadow mode for every key at once: ``True`` (default), or
+            ``False`` or a callable returning a bool (a feature flag, read at
+            each would-be rejection). Every policy with an ``enforce=``
+            switch that the factory builds (the policy itself, or inside its
+            pipeline) enforces only while both its own switch and this one
+            say so; otherwise it decides as usual, emits ``would_reject``
+            and lets the call through. :meth:`status` sums their
+            ``would_reject`` counts.
 
     A forgotten key's state goes with it: the next call of that key builds a
     fresh policy. Events come from the policies the factory builds (name
@@ -450,6 +476,7 @@ class Keyed(Policy):
         idle_ttl: float | None = None,
         name: str | None = None,
         clock: Clock | None = None,
+        enforce: bool | Callable[[], bool] = True,
     ) -> None:
         super().__init__(name=name)
         if isinstance(factory, Policy):
@@ -470,6 +497,8 @@ class Keyed(Policy):
         self.idle_ttl = check_seconds(idle_ttl, "idle_ttl", allow_none=True)
         #: The clock ``idle_ttl`` runs on.
         self.clock = check_clock(clock)
+        #: The shadow-mode switch applied to every policy built (see the class documentation).
+        self.enforce: bool | Callable[[], bool] = check_switch(enforce, "enforce")
         self._table = _Table(
             self.key,
             self._key_function_error,
@@ -511,6 +540,9 @@ class Keyed(Policy):
             raise TypeError(
                 f"{self.label()}: factory must return a Policy, got {policy!r} for the key {_describe_key(key)}"
             )
+        if self.enforce is not True:
+            for part in _shadowable(policy):
+                _add_switch(part, self.enforce)
         return policy
 
     # -- inspection ----------------------------------------------------------
@@ -528,6 +560,16 @@ class Keyed(Policy):
         """
         entry = self._table.get(key)
         return entry.policy if entry is not None else None
+
+    @property
+    def enforcing(self) -> bool:
+        """Whether this keyed policy's ``enforce`` switch says enforce now."""
+        return read_switch(self.enforce)
+
+    @property
+    def would_reject(self) -> int:
+        """Calls the held keys' policies let through in shadow mode but would have rejected."""
+        return sum(part.would_reject for e in self._table.entries() for part in _shadowable(e.policy))
 
     @property
     def evicted(self) -> int:
@@ -557,6 +599,8 @@ class Keyed(Policy):
             "open": sum(1 for r in ranked if r[0][0] >= _RANK[CircuitState.OPEN]),
             "built": table.built,
             "evicted": table.evicted,
+            "enforcing": read_switch(self.enforce),
+            "would_reject": sum(part.would_reject for e in entries for part in _shadowable(e.policy)),
             "worst": [
                 {"key": _describe_key(e.key), "in_use": _holders(e), "status": _status(e.policy)} for _, _, e in worst
             ],

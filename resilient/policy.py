@@ -324,6 +324,11 @@ class ShadowMode:
         return enforce is not True and not read_switch(enforce)
 
     @property
+    def enforce_switch(self) -> bool | Callable[[], bool]:
+        """The ``enforce=`` switch as given (a bool, or the callable read at each would-be rejection)."""
+        return self._enforce
+
+    @property
     def enforcing(self) -> bool:
         """Whether rejections are enforced now (``enforce``, read at this moment)."""
         return read_switch(self._enforce)
@@ -374,49 +379,48 @@ class Pipeline(Policy):
             wrapped = policy.build(wrapped, inner_site, is_async)
         if not self._policies:
             return fn
-        return _timed_async(wrapped, inner_site) if is_async else _timed_sync(wrapped, inner_site)
+        return _timed(wrapped, inner_site, is_async)
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(p) for p in self._policies)
         return f"Pipeline({inner}, name={self.name!r})"
 
 
-def _timed_async(inner: AsyncWrapped, site: EventSite) -> AsyncWrapped:
+class _PipelineTimer:
+    """Times one pipeline call for the duration listeners (made only while some listen)."""
+
+    __slots__ = ("site", "start")
+
+    def __init__(self, site: EventSite) -> None:
+        self.site = site
+        self.start = perf_counter()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
+        outcome = "success" if exc_type is None else "failure"
+        self.site.record_duration("pipeline", perf_counter() - self.start, outcome)
+
+
+def _timed(inner: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
+    # The listeners list itself, not its truth at build time: a listener
+    # added later must see the pipelines built before it.
     durations = duration_listeners
+    if is_async:
 
-    async def pipeline_call(*args: Any, **kwargs: Any) -> Any:
-        if not durations:
-            return await inner(*args, **kwargs)
-        start = perf_counter()
-        try:
-            result = await inner(*args, **kwargs)
-        except BaseException:
-            site.record_duration("pipeline", perf_counter() - start, "failure")
-            raise
-        site.record_duration("pipeline", perf_counter() - start, "success")
-        return result
+        async def timed_pipeline(*args: Any, **kwargs: Any) -> Any:
+            if not durations:
+                return await inner(*args, **kwargs)
+            with _PipelineTimer(site):
+                return await inner(*args, **kwargs)
 
-    return pipeline_call
-
-
-def _timed_sync(inner: SyncFn, site: EventSite) -> SyncFn:
-    durations = duration_listeners
+        return timed_pipeline
 
     def pipeline_call(*args: Any, **kwargs: Any) -> Any:
         if not durations:
             return inner(*args, **kwargs)
-        start = perf_counter()
-        try:
-            result = inner(*args, **kwargs)
-        except BaseException:
-            site.record_duration("pipeline", perf_counter() - start, "failure")
-            raise
-        site.record_duration("pipeline", perf_counter() - start, "success")
-        return result
+        with _PipelineTimer(site):
+            return inner(*args, **kwargs)
 
     return pipeline_call
-
-
-# The first wave's private spellings, until every module uses the public ones.
-_operation_name = operation_name
-_is_async_callable = is_async_callable

@@ -55,12 +55,12 @@ def check_number(
     value: Any,
     param: str,
     *,
+    allow_none: Literal[True],
     minimum: float = ...,
     strict: bool = ...,
     maximum: float | None = ...,
     allow_inf: bool = ...,
     unit: str = ...,
-    allow_none: Literal[True],
 ) -> float | None: ...
 def check_number(
     value: Any,

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from resilient import RateLimitedError
-from resilient.adaptive import AdaptiveThrottle
 from resilient.events import REJECTED
 from resilient.testing import FakeClock, recording
+from resilient.throttle import AdaptiveThrottle
 
 
 class Dice:

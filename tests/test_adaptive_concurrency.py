@@ -1,4 +1,4 @@
-"""AdaptiveConcurrency: AIMD limit over a Bulkhead."""
+"""AdaptiveConcurrency: the AIMD limit over a Bulkhead (the gradient one: tests/test_adaptive_gradient.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from resilient import BulkheadFullError
-from resilient.adaptive import AdaptiveConcurrency
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import AdaptiveConcurrency, Bulkhead
 from resilient.testing import FakeClock
 
 
@@ -37,7 +36,7 @@ def test_bad_config(kwargs: dict[str, Any], param: str) -> None:
 
 
 async def test_is_a_bulkhead_and_grows_under_load() -> None:
-    ac = AdaptiveConcurrency(initial_limit=2, max_limit=5, max_queued=100, name="ac")
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=2, max_limit=5, max_queued=100, name="ac")
     assert isinstance(ac, Bulkhead)
 
     @ac
@@ -51,7 +50,7 @@ async def test_is_a_bulkhead_and_grows_under_load() -> None:
 
 
 async def test_does_not_grow_when_mostly_idle() -> None:
-    ac = AdaptiveConcurrency(initial_limit=10)
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=10)
 
     async def work() -> None:
         return None
@@ -62,7 +61,7 @@ async def test_does_not_grow_when_mostly_idle() -> None:
 
 
 async def test_failures_shrink_the_limit() -> None:
-    ac = AdaptiveConcurrency(initial_limit=10, min_limit=2, backoff_ratio=0.5, on=ConnectionError)
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=10, min_limit=2, backoff_ratio=0.5, on=ConnectionError)
 
     async def boom() -> None:
         raise ConnectionError("x")
@@ -83,7 +82,7 @@ async def test_failures_shrink_the_limit() -> None:
 
 
 async def test_slow_calls_count_as_drops(auto_clock: FakeClock) -> None:
-    ac = AdaptiveConcurrency(initial_limit=10, latency_threshold=1.0, clock=auto_clock)
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=10, latency_threshold=1.0, clock=auto_clock)
 
     async def slow() -> str:
         await auto_clock.asleep(2)
@@ -94,7 +93,7 @@ async def test_slow_calls_count_as_drops(auto_clock: FakeClock) -> None:
 
 
 async def test_lowered_limit_shrinks_as_calls_finish() -> None:
-    ac = AdaptiveConcurrency(initial_limit=4, min_limit=1, backoff_ratio=0.5, max_queued=10)
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=4, min_limit=1, backoff_ratio=0.5, max_queued=10)
     gate = asyncio.Event()
 
     async def hold() -> None:
@@ -119,7 +118,7 @@ async def test_lowered_limit_shrinks_as_calls_finish() -> None:
 
 
 async def test_raised_limit_admits_waiters() -> None:
-    ac = AdaptiveConcurrency(initial_limit=2, max_limit=10, max_queued=10)
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=2, max_limit=10, max_queued=10)
     gates = [asyncio.Event() for _ in range(4)]
     started: list[int] = []
 
@@ -144,7 +143,7 @@ async def test_raised_limit_admits_waiters() -> None:
 
 
 async def test_rejects_like_a_bulkhead() -> None:
-    ac = AdaptiveConcurrency(initial_limit=1, max_limit=1)
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=1, max_limit=1)
     async with ac.acquire():
         with pytest.raises(BulkheadFullError):
             async with ac.acquire():
@@ -153,7 +152,7 @@ async def test_rejects_like_a_bulkhead() -> None:
 
 
 async def test_cancellation_releases() -> None:
-    ac = AdaptiveConcurrency(initial_limit=1, max_queued=1)
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=1, max_queued=1)
     t = asyncio.create_task(ac.run(asyncio.sleep, 10))
     await _settle()
     t.cancel()
@@ -164,7 +163,7 @@ async def test_cancellation_releases() -> None:
 
 
 def test_sync() -> None:
-    ac = AdaptiveConcurrency(initial_limit=3, backoff_ratio=0.5)
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=3, backoff_ratio=0.5)
 
     def boom() -> None:
         raise ValueError("x")
@@ -175,3 +174,13 @@ def test_sync() -> None:
     assert ac.run_sync(lambda: 5) == 5
     assert ac.limit == 2
     assert "AdaptiveConcurrency(limit=2" in repr(ac)
+
+
+def test_resize_sets_the_limit_within_its_bounds_and_the_algorithm_goes_on_from_there() -> None:
+    ac = AdaptiveConcurrency(algorithm="aimd", initial_limit=2, max_limit=10)
+    ac.resize(6)
+    assert ac.limit == 6
+    with pytest.raises(ValueError, match="max_concurrent"):
+        ac.resize(11)
+    ac.run_sync(lambda: None)  # 1 * 2 < 6: unchanged
+    assert ac.limit == 6

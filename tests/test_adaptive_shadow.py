@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from resilient import RateLimitedError
-from resilient.adaptive import AdaptiveThrottle
 from resilient.events import REJECTED, WOULD_REJECT
 from resilient.testing import FakeClock, recording
+from resilient.throttle import AdaptiveThrottle
 
 
 class Refused(Exception):

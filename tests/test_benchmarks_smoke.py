@@ -48,3 +48,9 @@ def test_cache_memory_small_runs() -> None:
 def test_asgi_throughput_quick_runs() -> None:
     out = _run("benchmarks/asgi_throughput.py", "--quick")
     assert "server CPU per request" in out
+
+
+def test_concurrency_quick_runs() -> None:
+    out = _run("benchmarks/concurrency.py", "--quick")
+    assert "gradient (AdaptiveConcurrency())" in out
+    assert "Gradient2.update alone" in out

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from resilient import BulkheadFullError, Pipeline, RejectedError, deadline
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import Admission, Bulkhead
 from resilient.events import REJECTED
 from resilient.policy import live_policies
 from resilient.testing import FakeClock, recording
@@ -585,3 +585,70 @@ async def test_thread_release_wakes_async_waiter() -> None:
     assert await asyncio.wait_for(waiter, 5) == "woken"
     await asyncio.to_thread(holder.join)
     assert bh.running == 0
+
+
+# -- the public steps: enter / leave / resize -----------------------------------
+
+
+async def test_enter_and_leave_hold_one_slot() -> None:
+    bh = Bulkhead(1, name="db")
+    how = await bh.enter()
+    assert how is Admission.SLOT
+    assert (bh.running, bh.available) == (1, 0)
+    with pytest.raises(BulkheadFullError):
+        await bh.enter()
+    assert bh.leave(how) is True
+    assert bh.running == 0
+
+
+async def test_leave_says_whether_an_enforcing_bulkhead_would_have_run_the_call() -> None:
+    bh = Bulkhead(1, max_queued=1, enforce=False)
+    held = await bh.enter()
+    queued = await bh.enter()  # would have queued
+    rejected = await bh.enter()  # would have been rejected
+    assert (held, queued, rejected) == (Admission.SLOT, Admission.SHADOW_QUEUED, Admission.SHADOW_REJECTED)
+    assert [bh.leave(rejected), bh.leave(queued), bh.leave(held)] == [False, True, True]
+    assert (bh.running, bh.shadow_queued, bh.would_reject) == (0, 0, 1)
+
+
+def test_enter_sync_and_leave() -> None:
+    bh = Bulkhead(1)
+    how = bh.enter_sync()
+    with pytest.raises(BulkheadFullError):
+        bh.enter_sync()
+    assert bh.leave(how)
+    assert bh.running == 0
+
+
+async def test_resize_up_admits_waiters_at_once_and_down_takes_effect_as_calls_end() -> None:
+    bh = Bulkhead(1, max_queued=5)
+    gate = asyncio.Event()
+    started: list[int] = []
+
+    async def hold(i: int) -> None:
+        started.append(i)
+        await gate.wait()
+
+    tasks = [asyncio.create_task(bh.run(hold, i)) for i in range(3)]
+    await _settle()
+    assert (bh.running, bh.queued) == (1, 2)
+    bh.resize(3)
+    await _settle()
+    assert started == [0, 1, 2]
+    assert (bh.running, bh.queued) == (3, 0)
+    bh.max_concurrent = 1  # the property is the same step
+    assert bh.running == 3  # nothing is interrupted
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert (bh.running, bh.available) == (0, 1)
+
+
+def test_resize_validates() -> None:
+    bh = Bulkhead(2)
+    with pytest.raises(ValueError, match="max_concurrent"):
+        bh.resize(0)
+    with pytest.raises(TypeError, match="max_concurrent"):
+        bh.max_concurrent = 2.5  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="max_queued"):
+        bh.max_queued = -1
+    assert bh.max_concurrent == 2

@@ -153,7 +153,7 @@ async def test_switch_turned_off_while_queued_lets_a_timed_out_waiter_through() 
 
 
 async def test_adaptive_concurrency_shadow_adapts_only_to_calls_it_would_have_run() -> None:
-    lim = AdaptiveConcurrency(initial_limit=2, min_limit=1, max_queued=1, enforce=False)
+    lim = AdaptiveConcurrency(algorithm="aimd", initial_limit=2, min_limit=1, max_queued=1, enforce=False)
 
     @lim
     async def fail() -> None:
@@ -186,7 +186,7 @@ async def test_adaptive_concurrency_shadow_adapts_only_to_calls_it_would_have_ru
 
 
 async def test_adaptive_concurrency_acquire_in_shadow_mode() -> None:
-    lim = AdaptiveConcurrency(initial_limit=1, min_limit=1, enforce=False)
+    lim = AdaptiveConcurrency(algorithm="aimd", initial_limit=1, min_limit=1, enforce=False)
     async with lim.acquire():
         with pytest.raises(ValueError):
             async with lim.acquire():  # would be rejected: runs without a slot, adapts nothing

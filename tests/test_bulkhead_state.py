@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from resilient import BulkheadFullError
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import Bulkhead
 from resilient.testing import FakeClock
 
 MAX_CONCURRENT = 2

@@ -59,3 +59,12 @@ def test_the_error_is_an_import_error_that_says_what_is_missing() -> None:
     assert isinstance(exc, ModuleNotFoundError)  # `except ImportError:` around an optional import still works
     assert (exc.name, exc.module, exc.extra) == ("sniffio", "resilient.httpx", "httpx")
     assert "pip install -e '.[httpx]'" in str(exc)
+
+
+def test_require_extra_names_the_extra_of_the_first_missing_package() -> None:
+    from resilient.extras import MissingExtraError, require_extra
+
+    require_extra("resilient.httpx", "httpx", "httpx", "sniffio")  # both installed: nothing happens
+    with pytest.raises(MissingExtraError) as info:
+        require_extra("resilient.x", "x", "json", "no_such_package_here")
+    assert (info.value.name, info.value.module, info.value.extra) == ("no_such_package_here", "resilient.x", "x")

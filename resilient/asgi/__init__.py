@@ -27,6 +27,7 @@ from typing import Any
 from resilient.asgi._common import DEFAULT_EXEMPT_PATHS, ASGIApp, Message, Receive, Scope, ScopePredicate, Send
 from resilient.asgi.client import ClientIP, parse_forwarded, parse_x_forwarded_for
 from resilient.asgi.combined import ResilienceMiddleware
+from resilient.asgi.limits import Rate, Route, Tiers
 from resilient.asgi.ratelimit import KeyedLimiter, RateLimit
 from resilient.asgi.shedding import PRIORITY_CLASSES, ConcurrencyLimiter, LoadShedding
 from resilient.asgi.status import policy_snapshot, status_app
@@ -43,13 +44,16 @@ __all__ = [
     "LoadShedding",
     "Message",
     "PRIORITY_CLASSES",
+    "Rate",
     "RateLimit",
     "Receive",
     "RequestTimeout",
     "ResilienceMiddleware",
+    "Route",
     "Scope",
     "ScopePredicate",
     "Send",
+    "Tiers",
     "parse_deadline",
     "parse_forwarded",
     "parse_x_forwarded_for",

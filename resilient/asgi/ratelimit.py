@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Hashable, Iterable
-from fractions import Fraction
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from resilient.asgi._common import (
@@ -26,10 +24,11 @@ from resilient.asgi._common import (
     retry_after_seconds,
 )
 from resilient.asgi.client import ClientIP, IPAddress, IPNetwork
+from resilient.asgi.limits import Bucket, Chains, Limits, Route, policy_id, quota_window
 from resilient.clock import Clock
 from resilient.events import EXTRA_REASON, EXTRA_RETRY_AFTER, REJECTED, WOULD_REJECT
 from resilient.policy import is_async_callable
-from resilient.ratelimit import KeyedRateLimiter, RateDecision
+from resilient.ratelimit import KeyedRateLimiter, RateDecision, RateStore
 from resilient.validate import check_int, check_number
 
 __all__ = ["KeyedLimiter", "RateLimit"]
@@ -66,34 +65,6 @@ class KeyedLimiter(Protocol):
     def try_acquire(self, key: Any, tokens: int = 1) -> Any:
         """A :class:`~resilient.ratelimit.RateDecision` for one request of ``key`` (or an awaitable of it)."""
         ...
-
-
-# The longest window RateLimit-Policy advertises when the rate has to be
-# written as a fraction (one day).
-_MAX_WINDOW = 86_400
-
-
-def _policy_id(name: str) -> str:
-    # A Structured Fields sf-string: printable ASCII, with " and \ escaped.
-    if not name or any(not (0x20 <= ord(c) < 0x7F) for c in name):
-        raise ValueError(f"policy_name must be non-empty printable ASCII, got {name!r}")
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _quota_window(burst: int, rate: float, per: float) -> tuple[int, int]:
-    """``RateLimit-Policy``'s ``q`` and ``w``: whole numbers whose ratio is the enforced rate.
-
-    The bucket (``burst``) and the seconds it takes to refill when those are
-    whole; otherwise the rate itself as a fraction of whole numbers, rounded
-    up (never down: a client pacing itself by ``q/w`` must be able to use its
-    whole quota, and ``burst=30`` at 20/s as ``q=30;w=2`` would hold it to 15/s).
-    """
-    window = burst * per / rate
-    if window >= 1.0 and abs(window - round(window)) < 1e-9:
-        return burst, round(window)
-    per_second = rate / per
-    w = Fraction(per_second).limit_denominator(_MAX_WINDOW).denominator
-    return max(1, math.ceil(per_second * w - 1e-9)), w
 
 
 class RateLimit:
@@ -142,6 +113,24 @@ class RateLimit:
             request) for shadow mode: a request over its quota is not
             refused; a ``would_reject`` event (status 429) says it would have
             been, and the app serves it.
+        limits: instead of ``rate``: a :class:`~resilient.asgi.Rate`, a
+            chain of them that must all admit a request (``[Rate(10),
+            Rate(1000, per=3600)]``), or :class:`~resilient.asgi.Tiers` (a
+            key's chain from a function: tenant plans, allow-lists); for the
+            requests no route matches (``None`` with ``routes``: those are
+            not limited).
+        routes: :class:`~resilient.asgi.Route` s, first match wins, each with
+            its own limits and buckets (``Route("/search", Rate(2))``).
+        store: with ``limits``/``routes``: a callable making the store of
+            each limit (``lambda: RedisRateStore(client)`` shares them
+            between replicas); the in-memory store when ``None``.
+
+    With ``limits``/``routes``, the ``RateLimit-Policy`` header lists every
+    limit of the request's chain and ``RateLimit`` describes the one closest
+    to denial (the fewest requests left; on a refusal, the refusing one). A
+    chain is checked in order and stops at the first refusal; the limits
+    before it have counted the request (as ASP.NET Core's chained limiters
+    do), so list the scarcest first.
     """
 
     def __init__(
@@ -163,10 +152,27 @@ class RateLimit:
         clock: Clock | None = None,
         limiter: KeyedLimiter | None = None,
         enforce: Switch = True,
+        limits: Limits | None = None,
+        routes: Sequence[Route] = (),
+        store: Callable[[], RateStore] | None = None,
     ) -> None:
         self.app = check_app(app)
         own: KeyedRateLimiter | None = None
-        if limiter is None:
+        #: With ``limits``/``routes``: which limits each request meets.
+        self.chains: Chains | None = None
+        if limits is not None or routes:
+            if rate is not None or limiter is not None or burst is not None or per != 1.0:
+                raise TypeError("pass either limits/routes or rate/per/burst/limiter to RateLimit, not both")
+            max_keys = check_int(max_keys, "max_keys", minimum=1)
+            self.chains = Chains(limits, routes, name=name, max_keys=max_keys, clock=clock, store=store)
+            # The first limit stands for the whole in `limiter`, `rate` and `per` (status, repr).
+            first = next(iter(self.chains.limiters()), None)
+            own = first if first is not None else KeyedRateLimiter(1, max_keys=1, clock=clock)
+            limiter = own
+            r, p = own.rate, own.per
+        elif store is not None:
+            raise TypeError("store applies to limits/routes; with rate=, pass limiter=KeyedRateLimiter(..., store=...)")
+        elif limiter is None:
             if rate is None:
                 raise TypeError("RateLimit needs rate (a number > 0) or limiter (a keyed limiter)")
             r = check_number(rate, "rate")
@@ -231,7 +237,7 @@ class RateLimit:
         self.enforce = check_enforce(enforce)
         self._exempt_paths = exempt_set(exempt_paths)
         self._exempt = check_predicate(exempt, "exempt")
-        self._policy_id = _policy_id(policy_name)
+        self._policy_id = policy_id(policy_name, "policy_name")
         self._policy_cache: dict[int, bytes] = {}
         self._events = PartEvents("asgi.rate_limit", name)
         #: Requests let through in shadow mode that would have been refused.
@@ -240,23 +246,16 @@ class RateLimit:
     def _policy_header(self, limit: int) -> bytes:
         value = self._policy_cache.get(limit)
         if value is None:
-            q, w = _quota_window(limit, self.rate, self.per)
+            q, w = quota_window(limit, self.rate, self.per)
             value = f"{self._policy_id};q={q};w={w}".encode("ascii")
             if len(self._policy_cache) < 64:
                 self._policy_cache[limit] = value
         return value
 
     def _headers(self, decision: RateDecision) -> list[tuple[bytes, bytes]]:
-        remaining = max(0, int(decision.remaining))
-        reset = retry_after_seconds(decision.reset)
-        return [
-            (b"ratelimit-policy", self._policy_header(int(decision.limit))),
-            (b"ratelimit", f"{self._policy_id};r={remaining};t={reset}".encode("ascii")),
-        ]
+        return _rate_headers(decision, self._policy_header(int(decision.limit)), self._policy_id)
 
-    def _send_with_headers(self, send: Send, decision: RateDecision) -> Send:
-        extra = self._headers(decision)
-
+    def _send_with_headers(self, send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
@@ -282,18 +281,50 @@ class RateLimit:
         if client is None:
             await self.app(scope, receive, send)
             return
+        if self.chains is not None:
+            await self._limit_chain(scope, receive, send, client)
+            return
         decision: RateDecision = self._try_acquire(client)
         if self._async:
             decision = await decision  # type: ignore[misc]
         if not decision.allowed:
             enforce = self.enforce
             if enforce is True or enforcing(enforce):
-                await self._refuse(scope, receive, send, decision)
+                await self._refuse(scope, receive, send, decision, self._headers(decision))
                 return
             self.would_reject += 1
             self._report(WOULD_REJECT, decision)
         elif self.headers_on_success and kind == "http":
-            send = self._send_with_headers(send, decision)
+            send = self._send_with_headers(send, self._headers(decision))
+        await self.app(scope, receive, send)
+
+    async def _limit_chain(self, scope: Scope, receive: Receive, send: Send, client: Hashable) -> None:
+        # Every limit of the chain must admit the request; the first refusal ends it.
+        assert self.chains is not None
+        chain = self.chains.chain(scope, client)
+        if chain is None:
+            await self.app(scope, receive, send)
+            return
+        closest: tuple[Bucket, RateDecision] | None = None
+        for bucket in chain:
+            decision = await bucket.atry_acquire(client) if bucket.remote else bucket.try_acquire(client)
+            if not decision.allowed:
+                closest = (bucket, decision)
+                break
+            if closest is None or decision.remaining < closest[1].remaining:
+                closest = (bucket, decision)
+        assert closest is not None
+        bucket, decision = closest
+        if not decision.allowed:
+            headers = _rate_headers(decision, _chain_policy(chain), bucket.policy_id)
+            enforce = self.enforce
+            if enforce is True or enforcing(enforce):
+                await self._refuse(scope, receive, send, decision, headers)
+                return
+            self.would_reject += 1
+            self._report(WOULD_REJECT, decision)
+        elif self.headers_on_success and scope["type"] == "http":
+            send = self._send_with_headers(send, _rate_headers(decision, _chain_policy(chain), bucket.policy_id))
         await self.app(scope, receive, send)
 
     def _report(self, event: str, decision: RateDecision) -> int:
@@ -301,12 +332,14 @@ class RateLimit:
         self._events.emit(event, 429, {EXTRA_REASON: "rate_limited", EXTRA_RETRY_AFTER: decision.retry_after})
         return seconds
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, decision: RateDecision) -> None:
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, decision: RateDecision, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         seconds = self._report(REJECTED, decision)
         start, body = json_response(
             429,
             {"error": "rate_limited", "retry_after": seconds},
-            [(b"retry-after", str(seconds).encode("ascii")), *self._headers(decision)],
+            [(b"retry-after", str(seconds).encode("ascii")), *headers],
         )
         if scope["type"] == "http":
             await send(start)
@@ -325,4 +358,18 @@ class RateLimit:
             await send({"type": "websocket.close", "code": 1008, "reason": "rate limited"})
 
     def __repr__(self) -> str:
+        if self.chains is not None:
+            return f"RateLimit(limits={self.chains.default!r}, routes={list(self.chains.routes)!r}, key={self.key!r})"
         return f"RateLimit(rate={self.rate:g}, per={self.per:g}, key={self.key!r})"
+
+
+def _rate_headers(decision: RateDecision, policy: bytes, policy_id: str) -> list[tuple[bytes, bytes]]:
+    """``RateLimit-Policy`` (``policy``) and ``RateLimit`` for ``decision`` of the policy ``policy_id``."""
+    remaining = max(0, int(decision.remaining))
+    reset = retry_after_seconds(decision.reset)
+    return [(b"ratelimit-policy", policy), (b"ratelimit", f"{policy_id};r={remaining};t={reset}".encode("ascii"))]
+
+
+def _chain_policy(chain: tuple[Bucket, ...]) -> bytes:
+    """``RateLimit-Policy`` listing every limit of ``chain``."""
+    return ", ".join(bucket.policy for bucket in chain).encode("ascii")

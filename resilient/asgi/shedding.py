@@ -32,8 +32,8 @@ from resilient.asgi._common import (
     retry_after_seconds,
     send_messages,
 )
-from resilient.bulkhead import Bulkhead
 from resilient.clock import Clock
+from resilient.concurrency import AdaptiveConcurrency, Bulkhead
 from resilient.deadline import remaining
 from resilient.errors import RejectedError
 from resilient.events import EXTRA_REASON, EXTRA_RETRY_AFTER, REJECTED, WOULD_REJECT
@@ -174,6 +174,12 @@ class LoadShedding:
             and the queue is full. Only a ``critical`` request waits in the
             queue for a slot held by others; the lower classes are answered
             at once when over their share.
+        adaptive: ``True``: the limit created here adapts to the app's
+            latency (an :class:`~resilient.concurrency.AdaptiveConcurrency`
+            with its default gradient algorithm, Netflix's ``Gradient2Limit``);
+            ``max_concurrent`` is then its ceiling (optional, default 1000)
+            and it starts at ``min(20, max_concurrent)``. Pass an
+            ``AdaptiveConcurrency`` as ``limiter`` to configure it further.
 
     Every ``503`` (and ``504`` for a deadline that passed in the queue) emits
     a ``rejected`` event (extras: ``reason`` ``"overloaded"`` or
@@ -206,23 +212,42 @@ class LoadShedding:
         enforce: Switch = True,
         priority: Callable[[Scope], str] | None = None,
         reserved: Mapping[str, float] | None = None,
+        adaptive: bool = False,
     ) -> None:
         self.app = check_app(app)
         max_queued = check_int(max_queued, "max_queued", minimum=0)
         check_seconds(queue_timeout, "queue_timeout", allow_none=True)
         ra = check_seconds(retry_after, "retry_after", allow_zero=True)
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"adaptive must be a bool, got {adaptive!r}")
         if limiter is None:
-            if max_concurrent is None:
+            if max_concurrent is None and not adaptive:
                 raise TypeError("LoadShedding needs max_concurrent (an int >= 1) or limiter")
-            check_int(max_concurrent, "max_concurrent", minimum=1)
-            limiter = Bulkhead(
-                max_concurrent, max_queued=max_queued, queue_timeout=queue_timeout, name=name, clock=clock
-            )
+            if adaptive:
+                ceiling = 1000 if max_concurrent is None else check_int(max_concurrent, "max_concurrent", minimum=1)
+                limiter = AdaptiveConcurrency(
+                    initial_limit=min(20, ceiling),
+                    max_limit=ceiling,
+                    max_queued=max_queued,
+                    queue_timeout=queue_timeout,
+                    name=name,
+                    clock=clock,
+                )
+            else:
+                limiter = Bulkhead(
+                    check_int(max_concurrent, "max_concurrent", minimum=1),
+                    max_queued=max_queued,
+                    queue_timeout=queue_timeout,
+                    name=name,
+                    clock=clock,
+                )
             can_queue = max_queued > 0
             bulkhead: Bulkhead | None = limiter
         else:
             if max_concurrent is not None:
                 raise TypeError("pass either max_concurrent or limiter to LoadShedding, not both")
+            if adaptive:
+                raise TypeError("adaptive=True creates the limiter: pass an AdaptiveConcurrency as limiter instead")
             given = [
                 param
                 for param, set_ in (

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from resilient.cache.lookup import FRESH, MISS, STALE, CacheLookup, last_lookup
 from resilient.cache.stale import CACHE_REFRESH_FAILED, StaleCache
-from resilient.cache.store import AsyncCacheStore, CacheEntry, CacheStore, MemoryStore, store_kind
+from resilient.cache.store import AsyncCacheStore, CacheEntry, CacheStore, MemoryStore, SharedCacheStore, store_kind
 
 __all__ = [
     "CACHE_REFRESH_FAILED",
@@ -29,6 +29,7 @@ __all__ = [
     "CacheLookup",
     "CacheStore",
     "MemoryStore",
+    "SharedCacheStore",
     "StaleCache",
     "last_lookup",
     "store_kind",

@@ -25,8 +25,8 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal
 
 from resilient.cache.lookup import FRESH, MISS, STALE, _last
-from resilient.cache.store import CacheEntry, MemoryStore, store_kind
-from resilient.clock import Clock, SystemClock
+from resilient.cache.store import CacheEntry, MemoryStore, SharedCacheStore, store_kind
+from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
 from resilient.deadline import clear_deadline
 from resilient.errors import RejectedError, TimeoutError
 from resilient.events import CACHE_REFRESH_FAILED, CACHE_STALE_HIT, EventSite, Listener, Severity
@@ -191,6 +191,11 @@ class StaleCache(Policy):
         self.store = store
         # By type (CacheStore or AsyncCacheStore), once: the hit path only reads this bool.
         self._store_async = store_kind(store) == "async"
+        self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        # A store shared by processes: one call per key across them (its lease), entries it expires itself.
+        self._shared: SharedCacheStore | None = store if isinstance(store, SharedCacheStore) else None
+        if self._shared is not None:
+            self._shared.bind(self.ttl, self.stale_ttl, self._clock)
         user_on = exception_predicate(on)
         self._failed: Callable[[Exception], bool] = lambda exc: isinstance(exc, _ALWAYS_FAILURES) or user_on(exc)
         self._on_result = result_predicate(on_result)
@@ -406,7 +411,13 @@ class StaleCache(Policy):
     ) -> _Outcome:
         # Runs as a task and never raises an Exception (only cancellation), so
         # no "exception was never retrieved" whoever is (not) waiting.
+        leased = False
         try:
+            if self._shared is not None:
+                found, leased = await self._shared_flight(k)
+                if found is not None:
+                    # Another process made the call and stored its value: ours is not needed.
+                    return (_OK, found.value, None)
             try:
                 result = await fn(*args, **kwargs)
                 bad = self._on_result is not None and self._on_result(result)
@@ -431,6 +442,55 @@ class StaleCache(Policy):
         finally:
             if self._flights.get(k) is flight:
                 del self._flights[k]
+            if leased:
+                await self._release_quietly(k)
+
+    async def _shared_flight(self, k: Hashable) -> tuple[CacheEntry | None, bool]:
+        """Take the key's lease, or wait for the process holding it: ``(entry it stored, None)`` or ``(None, leased)``.
+
+        ``(None, False)`` means "call, without a lease" (the store failed).
+        The wait ends with the value the holder stores (an entry newer than
+        the one this process had), with the lease (the holder gave up or
+        died), or after ``lease_seconds``.
+        """
+        shared = self._shared
+        assert shared is not None
+        seconds = shared.lease_seconds
+        try:
+            if await shared.lease(k, seconds):
+                return None, True
+            known = await shared.get(k)
+        except Exception as exc:
+            self._store_error("lease", exc)
+            return None, False
+        before = known.stored_at if known is not None else None
+        clock = self._clock
+        until = clock.now() + seconds
+        while clock.now() < until:
+            await clock.asleep(shared.poll_interval)
+            try:
+                entry = await shared.get(k)
+                if entry is None or (before is not None and entry.stored_at <= before):
+                    if not await shared.lease(k, seconds):
+                        continue
+                    # The holder may have stored and released between the two looks.
+                    entry = await shared.get(k)
+                    if entry is None or (before is not None and entry.stored_at <= before):
+                        return None, True
+                    await shared.release(k)
+                return entry, False
+            except Exception as exc:
+                self._store_error("lease", exc)
+                return None, False
+        return None, False
+
+    async def _release_quietly(self, k: Hashable) -> None:
+        shared = self._shared
+        assert shared is not None
+        try:
+            await shared.release(k)
+        except Exception as exc:
+            self._store_error("release", exc)
 
     async def _aput(self, k: Hashable, entry: CacheEntry, flight: _Flight) -> None:
         try:

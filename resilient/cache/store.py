@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import cachetools
 
-__all__ = ["AsyncCacheStore", "CacheEntry", "CacheStore", "MemoryStore", "store_kind"]
+__all__ = ["AsyncCacheStore", "CacheEntry", "CacheStore", "MemoryStore", "SharedCacheStore", "store_kind"]
 
 
 class CacheEntry:
@@ -127,6 +127,56 @@ class AsyncCacheStore(abc.ABC):
     @abc.abstractmethod
     async def clear(self) -> None:
         """Forget every key this store owns."""
+
+
+class SharedCacheStore(AsyncCacheStore):
+    """An asynchronous store that several processes share: it expires entries and offers a lease.
+
+    With such a store, :class:`~resilient.cache.StaleCache` makes one call
+    per key across every process (a cross-process single flight), not one
+    per process: before calling the guarded function for a key, the flight
+    asks :meth:`lease`; the process that gets it calls and stores, the
+    others poll :meth:`get` for the value it stores (serving their stale
+    copy meanwhile, if they have one) and call themselves only once the
+    lease has lapsed (its holder died or hangs).
+
+    The call contract, on top of :class:`AsyncCacheStore`'s:
+
+    * :meth:`bind` is called once, by the cache's constructor, with the
+      cache's ``ttl``, ``stale_ttl`` and clock: the store expires an entry
+      on its own once it is older than ``stale_ttl`` (so its memory is
+      bounded without the cache's help) and converts ``stored_at`` between
+      the cache's clock and the time the processes share.
+    * :meth:`lease` is called at most once per flight before the call, and
+      again while waiting. ``True`` means "call": this process holds the
+      lease, or the store cannot tell (its backend is unreachable: then
+      every process calls, as without sharing). ``False`` means another
+      process holds a lease that has not lapsed.
+    * :meth:`release` is called once the flight's outcome is stored (or the
+      call failed), only by the flight that got the lease; a lease that is
+      not released lapses after ``seconds``.
+    * :attr:`lease_seconds` and :attr:`poll_interval` tell the cache how
+      long a lease lasts and how often a waiting flight looks for the value.
+    """
+
+    __slots__ = ()
+
+    #: Seconds a lease lasts unless released.
+    lease_seconds: float = 10.0
+    #: Seconds between two looks for the value while another process holds the lease.
+    poll_interval: float = 0.05
+
+    @abc.abstractmethod
+    def bind(self, ttl: float, stale_ttl: float, clock: Any) -> None:
+        """Take the cache's options (once, from its constructor)."""
+
+    @abc.abstractmethod
+    async def lease(self, key: Hashable, seconds: float) -> bool:
+        """Whether this process may call for ``key`` now (it holds the lease, or sharing is down)."""
+
+    @abc.abstractmethod
+    async def release(self, key: Hashable) -> None:
+        """Give back the lease this process holds for ``key`` (no error when it lapsed)."""
 
 
 _METHODS = ("get", "set", "delete", "clear")

@@ -45,14 +45,10 @@ any ``httpx.BaseTransport``) and guarantees, whatever the pipeline:
 
 from __future__ import annotations
 
-from resilient.extras import MissingExtraError
+from resilient.extras import require_extra
 
 # The extra's packages first: without them, the error names the extra to install.
-try:
-    import httpx as _httpx  # noqa: F401
-    import sniffio as _sniffio  # noqa: F401
-except ModuleNotFoundError as exc:
-    raise MissingExtraError("resilient.httpx", "httpx", exc.name) from exc
+require_extra("resilient.httpx", "httpx", "httpx", "sniffio")
 
 from resilient.httpx._errors import (
     BulkheadFullError,

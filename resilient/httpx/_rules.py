@@ -16,7 +16,7 @@ import httpx
 from resilient.backoff import Backoff, exponential
 from resilient.clock import Clock
 from resilient.errors import RejectedError, TimeoutError
-from resilient.events import EventSite, ExtraValue, Listener, Severity
+from resilient.events import EventSite, ExtraValue, Listener
 from resilient.policy import OnArg, exception_predicate
 from resilient.retry import GiveUpHook, Retry, RetryBudgetLike
 
@@ -374,42 +374,21 @@ class _HttpSite(EventSite):
 
     __slots__ = ()
 
-    def emit(
-        self,
-        policy_listeners: tuple[Listener, ...],
-        name: str,
-        severity: Severity,
-        policy_type: str,
-        policy: str | None,
-        *,
-        attempt: int | None = None,
-        duration: float | None = None,
-        exception: BaseException | type[BaseException] | None = None,
-        extras: Mapping[str, ExtraValue] | None = None,
-    ) -> None:
+    def context_extras(self, extras: Mapping[str, ExtraValue] | None) -> Mapping[str, ExtraValue] | None:
+        """The policy's extras, after the request's method, host, port and (once known) status."""
         call = _current_call.get()
-        if call is not None:
-            merged: dict[str, ExtraValue] = {
-                "http.request.method": call.request.method,
-                "server.address": call.host,
-                "server.port": call.port,
-            }
-            if call.status is not None:
-                merged["http.response.status_code"] = call.status
-            if extras:
-                merged.update(extras)
-            extras = merged
-        super().emit(
-            policy_listeners,
-            name,
-            severity,
-            policy_type,
-            policy,
-            attempt=attempt,
-            duration=duration,
-            exception=exception,
-            extras=extras,
-        )
+        if call is None:
+            return extras
+        merged: dict[str, ExtraValue] = {
+            "http.request.method": call.request.method,
+            "server.address": call.host,
+            "server.port": call.port,
+        }
+        if call.status is not None:
+            merged["http.response.status_code"] = call.status
+        if extras:
+            merged.update(extras)
+        return merged
 
     def child(self, pipeline: str | None, listeners: Iterable[Listener]) -> EventSite:
         return _HttpSite(

@@ -22,16 +22,14 @@ every script's keys share one hash slot.
 
 from __future__ import annotations
 
-from resilient.extras import MissingExtraError
+from resilient.extras import require_extra
 
 # The extra's packages first: without them, the error names the extra to install.
-try:
-    import redis as _redis  # noqa: F401
-except ModuleNotFoundError as exc:
-    raise MissingExtraError("resilient.redis", "redis", exc.name) from exc
+require_extra("resilient.redis", "redis", "redis")
 
 from resilient.redis._common import logger
 from resilient.redis.breaker import BREAKER_SCRIPT, RedisBreakerStore
+from resilient.redis.cache import JSONSerializer, RedisCacheStore, Serializer
 from resilient.redis.ratelimit import (
     GCRA_SCRIPT,
     KeyedRedisRateLimiter,
@@ -43,10 +41,13 @@ from resilient.redis.ratelimit import (
 __all__ = [
     "BREAKER_SCRIPT",
     "GCRA_SCRIPT",
+    "JSONSerializer",
     "KeyedRedisRateLimiter",
     "RateDecision",
     "RedisBreakerStore",
+    "RedisCacheStore",
     "RedisRateLimiter",
     "RedisRateStore",
+    "Serializer",
     "logger",
 ]

@@ -299,33 +299,24 @@ class RedisRateStore:
 
     # -- the RateStore methods --------------------------------------------------------
 
+    # Each method is a shell around one round trip; what the reply means (or,
+    # with no reply, what the local state answers) is decided once, below.
+
     def acquire(self, key: Hashable, cost: float, now: float, max_wait: float) -> float:
         """The GCRA step in Redis (blocking), or locally while failed open."""
-        reply = self._run(self._key(key), self._args(cost, now, max_wait))
-        if reply is None:
-            return self._local.acquire(key, cost * self._local_scale, now, max_wait)
-        return self._parse(reply, key, now)[0]
+        return self._waited(self._run(self._key(key), self._args(cost, now, max_wait)), key, cost, now, max_wait)
 
     async def aacquire(self, key: Hashable, cost: float, now: float, max_wait: float) -> float:
         """Async :meth:`acquire`."""
-        reply = await self._arun(self._key(key), self._args(cost, now, max_wait))
-        if reply is None:
-            return self._local.acquire(key, cost * self._local_scale, now, max_wait)
-        return self._parse(reply, key, now)[0]
+        return self._waited(await self._arun(self._key(key), self._args(cost, now, max_wait)), key, cost, now, max_wait)
 
     def try_acquire(self, key: Hashable, cost: float, now: float) -> RateDecision:
         """Take ``cost`` now or refuse (blocking)."""
-        reply = self._run(self._key(key), self._args(cost, now, 0.0))
-        if reply is None:
-            return self._local.try_acquire(key, cost * self._local_scale, now)
-        return self.config.decision(*self._parse(reply, key, now))
+        return self._decided(self._run(self._key(key), self._args(cost, now, 0.0)), key, cost, now)
 
     async def atry_acquire(self, key: Hashable, cost: float, now: float) -> RateDecision:
         """Async :meth:`try_acquire`."""
-        reply = await self._arun(self._key(key), self._args(cost, now, 0.0))
-        if reply is None:
-            return self._local.try_acquire(key, cost * self._local_scale, now)
-        return self.config.decision(*self._parse(reply, key, now))
+        return self._decided(await self._arun(self._key(key), self._args(cost, now, 0.0)), key, cost, now)
 
     # A cancelled waiter's turn goes back at the end of the queue: the next
     # caller gets the capacity, later than the freed turn would have come,
@@ -333,15 +324,23 @@ class RedisRateStore:
 
     def refund(self, key: Hashable, cost: float, now: float, wait: float) -> None:
         """Give ``cost`` back to ``key``'s bucket."""
-        reply = self._run(self._key(key), self._args(-cost, now, 0.0))
-        if reply is None:
-            self._local.refund(key, cost * self._local_scale, now, wait)
-        else:
-            self._parse(reply, key, now)
+        self._refunded(self._run(self._key(key), self._args(-cost, now, 0.0)), key, cost, now, wait)
 
     async def arefund(self, key: Hashable, cost: float, now: float, wait: float) -> None:
         """Async :meth:`refund`."""
-        reply = await self._arun(self._key(key), self._args(-cost, now, 0.0))
+        self._refunded(await self._arun(self._key(key), self._args(-cost, now, 0.0)), key, cost, now, wait)
+
+    def _waited(self, reply: Any, key: Hashable, cost: float, now: float, max_wait: float) -> float:
+        if reply is None:
+            return self._local.acquire(key, cost * self._local_scale, now, max_wait)
+        return self._parse(reply, key, now)[0]
+
+    def _decided(self, reply: Any, key: Hashable, cost: float, now: float) -> RateDecision:
+        if reply is None:
+            return self._local.try_acquire(key, cost * self._local_scale, now)
+        return self.config.decision(*self._parse(reply, key, now))
+
+    def _refunded(self, reply: Any, key: Hashable, cost: float, now: float, wait: float) -> None:
         if reply is None:
             self._local.refund(key, cost * self._local_scale, now, wait)
         else:

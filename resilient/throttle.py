@@ -1,0 +1,289 @@
+"""Adaptive throttling: reject locally what the backend would reject anyway.
+
+:class:`AdaptiveThrottle` is the client-side throttling of the Google SRE
+book (chapter 21, "Handling Overload"). Over the last ``window`` seconds the
+client counts ``requests`` (every call it tried, including those it rejected
+itself) and ``accepts`` (calls the backend served). While the backend accepts
+everything, nothing is throttled. When it starts refusing, the client rejects
+new calls locally, before they cost anything, with probability::
+
+    max(0, (requests - k * accepts) / (requests + 1))
+
+so the backend keeps receiving about ``k`` times what it actually serves:
+enough to notice that it has recovered, little enough not to drown it.
+``k=2`` is the book's default; a smaller ``k`` (>= 1) throttles harder.
+
+"Refused by the backend" is what ``on`` / ``on_result`` flag (by default any
+exception): an exception not matched by ``on`` (a 404 turned into an
+exception, a validation error) means the backend did its job, and counts as
+an accept. A cancelled call counts as nothing.
+
+The success path is one clock read and one comparison; the sync and async
+wrappers are thin shells of the same steps (a test compares them).
+"""
+
+from __future__ import annotations
+
+import math
+import random as _random
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.errors import RateLimitedError
+from resilient.events import (
+    EXTRA_ACCEPTS,
+    EXTRA_PROBABILITY,
+    EXTRA_REASON,
+    EXTRA_REQUESTS,
+    REJECTED,
+    WOULD_REJECT,
+    EventSite,
+    Listener,
+    Severity,
+)
+from resilient.policy import (
+    AsyncFn,
+    AsyncWrapped,
+    OnArg,
+    Policy,
+    ShadowMode,
+    SyncFn,
+    exception_predicate,
+    result_predicate,
+)
+
+__all__ = ["AdaptiveThrottle"]
+
+_BUCKETS = 10
+
+
+class AdaptiveThrottle(ShadowMode, Policy):
+    """Client-side adaptive throttling (Google SRE book): shed load the backend refuses.
+
+    Args:
+        k: the accepts multiplier (>= 1): the backend gets up to ``k`` times
+            the calls it accepts. 2.0 as in the SRE book.
+        window: seconds of history counted (> 0); the book uses 2 minutes.
+        on: exceptions that mean "the backend refused" (type, tuple or
+            predicate); default any exception.
+        on_result: predicate flagging results that mean "refused" (an HTTP
+            429 or 503 response).
+        name: shown in errors, events and the status endpoint.
+        clock: time source (tests pass a ``FakeClock``).
+        random: ``() -> float`` in [0, 1), for deterministic tests;
+            default :func:`random.random`.
+        listeners: event listeners for this policy only.
+        enforce: ``False`` (or a callable returning it, read only when the
+            dice say reject) is shadow mode: the throttle decides exactly as
+            usual, counts (:attr:`would_reject`) and emits ``would_reject``
+            with the :class:`~resilient.RateLimitedError` it would have
+            raised, and lets the call through. The window counts that call
+            as the enforcing throttle would (a request, not an accept) and
+            ignores its outcome, so every later decision is the same.
+
+    A call throttled locally raises :class:`~resilient.RateLimitedError`
+    (the function is not called) and emits a ``rejected`` event.
+    """
+
+    policy_type = "adaptive_throttle"
+
+    def __init__(
+        self,
+        *,
+        k: float = 2.0,
+        window: float = 120.0,
+        on: OnArg | None = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+        random: Callable[[], float] | None = None,
+        listeners: Iterable[Listener] = (),
+        enforce: bool | Callable[[], bool] = True,
+    ) -> None:
+        super().__init__(name=name, listeners=listeners)
+        self.set_enforce(enforce)
+        if isinstance(k, bool) or not isinstance(k, int | float):
+            raise TypeError(f"k must be a number >= 1, got {k!r}")
+        if math.isnan(k) or math.isinf(k) or k < 1:
+            raise ValueError(f"k must be a finite number >= 1, got {k!r}")
+        if isinstance(window, bool) or not isinstance(window, int | float):
+            raise TypeError(f"window must be a number of seconds > 0, got {window!r}")
+        if math.isnan(window) or math.isinf(window) or window <= 0:
+            raise ValueError(f"window must be a finite number of seconds > 0, got {window!r}")
+        if random is not None and not callable(random):
+            raise TypeError(f"random must be a callable () -> float in [0, 1), got {random!r}")
+        self.k = float(k)
+        self.window = float(window)
+        self._on = exception_predicate(on)
+        self._on_result = result_predicate(on_result)
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._random = random if random is not None else _random.random
+        self._lock = threading.Lock()
+        self._tick = self.window / _BUCKETS
+        self._requests = [0] * _BUCKETS
+        self._accepts = [0] * _BUCKETS
+        self._idx = 0
+        self._total_requests = 0
+        self._total_accepts = 0
+        self._tick_end = self.clock.now() + self._tick
+        self._rejected = 0
+
+    # -- the window ----------------------------------------------------------
+
+    def _rotate(self, now: float) -> None:
+        # Drop the buckets that fell out of the window (checked again under the lock: another thread may be first).
+        with self._lock:
+            if now < self._tick_end:
+                return
+            elapsed = int((now - self._tick_end) // self._tick) + 1
+            for _ in range(min(elapsed, _BUCKETS)):
+                self._idx = idx = (self._idx + 1) % _BUCKETS
+                self._total_requests -= self._requests[idx]
+                self._total_accepts -= self._accepts[idx]
+                self._requests[idx] = 0
+                self._accepts[idx] = 0
+            self._tick_end += self._tick * elapsed
+
+    def _record(self, accepted: bool) -> None:
+        with self._lock:
+            idx = self._idx
+            self._requests[idx] += 1
+            self._total_requests += 1
+            if accepted:
+                self._accepts[idx] += 1
+                self._total_accepts += 1
+
+    def _served(self, result: Any) -> Any:
+        """A call returned: an accept unless ``on_result`` flags the result as refused."""
+        on_result = self._on_result
+        self._record(on_result is None or not on_result(result))
+        return result
+
+    # -- introspection -------------------------------------------------------
+
+    @property
+    def requests(self) -> int:
+        """Calls counted in the window (locally rejected ones included)."""
+        self._maybe_rotate()
+        return self._total_requests
+
+    @property
+    def accepts(self) -> int:
+        """Calls the backend accepted in the window."""
+        self._maybe_rotate()
+        return self._total_accepts
+
+    @property
+    def rejected(self) -> int:
+        """Calls rejected locally since the throttle was created."""
+        return self._rejected
+
+    @property
+    def rejection_probability(self) -> float:
+        """The probability that the next call is rejected locally."""
+        self._maybe_rotate()
+        req = self._total_requests
+        return max(0.0, (req - self.k * self._total_accepts) / (req + 1))
+
+    def _maybe_rotate(self) -> None:
+        now = self.clock.now()
+        if now >= self._tick_end:
+            self._rotate(now)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: the window's counts and the current rejection probability."""
+        p = self.rejection_probability
+        return {
+            "k": self.k,
+            "window": self.window,
+            "requests": self._total_requests,
+            "accepts": self._total_accepts,
+            "rejection_probability": p,
+            "rejected": self._rejected,
+            "would_reject": self._would_reject,
+            "enforcing": self.enforcing,
+        }
+
+    # -- the decision --------------------------------------------------------
+
+    def _maybe_reject(self, site: EventSite, requests: int, accepts: int) -> bool:
+        """Slow path: the backend has refused calls lately; roll the dice.
+
+        Raises the rejection; in shadow mode reports it and returns ``True``:
+        the call runs, and its outcome must not be recorded (the enforcing
+        throttle would not have made it; it was counted as refused).
+        """
+        p = (requests - self.k * accepts) / (requests + 1)
+        if self._random() >= p:
+            return False
+        self._record(False)
+        err = RateLimitedError(
+            f"{self._label()} throttled the call locally: the backend accepted {accepts} of {requests} "
+            f"calls in the last {self.window:g} s (rejection probability {p:.2f})",
+            policy=self.name,
+        )
+        extras = {
+            EXTRA_REASON: "adaptive_throttle",
+            EXTRA_PROBABILITY: p,
+            EXTRA_REQUESTS: requests,
+            EXTRA_ACCEPTS: accepts,
+        }
+        if not self.shadowed():
+            self._rejected += 1
+            self._emit(site, REJECTED, Severity.WARNING, exception=err, extras=extras)
+            raise err
+        self._would_reject += 1
+        self._emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
+        return True
+
+    def _admit_slow(self, site: EventSite) -> bool:
+        """A new bucket is due, or the backend refused calls lately: rotate, then maybe roll the dice.
+
+        ``True``: shadow mode let a would-be rejection through (run the call
+        uncounted); raises the rejection when enforcing.
+        """
+        now = self.clock.now()
+        if now >= self._tick_end:
+            self._rotate(now)
+        requests = self._total_requests
+        accepts = self._total_accepts
+        return requests > self.k * accepts and self._maybe_reject(site, requests, accepts)
+
+    def _shell_parts(self) -> tuple[Any, ...]:
+        """What both wrappers bind once, as locals of their closures."""
+        return self._on, self.clock.now, self.k, self._record, self._served, self._admit_slow
+
+    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        on, now, k, record, served, admit_slow = self._shell_parts()
+
+        async def throttled_call(*args: Any, **kwargs: Any) -> Any:
+            if (now() >= self._tick_end or self._total_requests > k * self._total_accepts) and admit_slow(site):
+                return await fn(*args, **kwargs)  # shadow mode: would be rejected; runs uncounted
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                record(not on(exc))
+                raise
+            return served(result)
+
+        return throttled_call
+
+    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        on, now, k, record, served, admit_slow = self._shell_parts()
+
+        def throttled_call(*args: Any, **kwargs: Any) -> Any:
+            if (now() >= self._tick_end or self._total_requests > k * self._total_accepts) and admit_slow(site):
+                return fn(*args, **kwargs)  # shadow mode: would be rejected; runs uncounted
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                record(not on(exc))
+                raise
+            return served(result)
+
+        return throttled_call
+
+    def __repr__(self) -> str:
+        return f"AdaptiveThrottle(k={self.k:g}, window={self.window:g}, name={self.name!r})"

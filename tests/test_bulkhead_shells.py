@@ -1,0 +1,96 @@
+"""The sync shells of Bulkhead, AdaptiveConcurrency and AdaptiveThrottle are their async shells without ``await``.
+
+Every decision lives in one engine per policy (the bulkhead's admission
+engine, the limit algorithm, the throttle's window); what is left in the
+wrappers and in :meth:`Bulkhead.enter` / :meth:`Bulkhead.enter_sync` is the
+call, the wait and the hand-off. As for Retry (tests/test_retry_shells.py),
+each async shell is turned into its sync form and the syntax trees are
+compared, docstrings left out: a fix made to one twin and not the other fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from resilient.concurrency import AdaptiveConcurrency, Bulkhead
+from resilient.throttle import AdaptiveThrottle
+
+# Applied in order to the async source.
+UNASYNC = [
+    ("async def ", "def "),
+    ("await ", ""),
+    ("_wrap_async", "_wrap_sync"),
+    ("AsyncWrapped", "SyncFn"),
+    ("AsyncFn", "SyncFn"),
+    ("self.enter,", "self.enter_sync,"),
+    ("self.enter\n", "self.enter_sync\n"),
+    ("def enter(", "def enter_sync("),
+    ("_TaskWaiter", "_ThreadWaiter"),
+    ("_run_unslotted,", "_run_unslotted_sync,"),
+    ("_run_unslotted(", "_run_unslotted_sync("),
+    ("_run_unslotted\n", "_run_unslotted_sync\n"),
+]
+
+PAIRS: list[tuple[Callable[..., Any], Callable[..., Any]]] = [
+    (Bulkhead.enter, Bulkhead.enter_sync),
+    (Bulkhead._wrap_async, Bulkhead._wrap_sync),
+    (Bulkhead._run_unslotted, Bulkhead._run_unslotted_sync),
+    (AdaptiveConcurrency._wrap_async, AdaptiveConcurrency._wrap_sync),
+    (AdaptiveThrottle._wrap_async, AdaptiveThrottle._wrap_sync),
+]
+
+
+def _tree(source: str) -> str:
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:]
+    return ast.dump(tree, include_attributes=False)
+
+
+def _unasync(source: str) -> str:
+    for old, new in UNASYNC:
+        source = source.replace(old, new)
+    return source
+
+
+@pytest.mark.parametrize(("async_shell", "sync_shell"), PAIRS, ids=lambda f: f.__qualname__)
+def test_the_sync_shell_is_the_async_shell_without_await(
+    async_shell: Callable[..., Any], sync_shell: Callable[..., Any]
+) -> None:
+    assert _tree(_unasync(inspect.getsource(async_shell))) == _tree(inspect.getsource(sync_shell))
+
+
+def test_the_check_would_see_a_drift() -> None:
+    """The comparison is not vacuous: a one-token change in a shell is a different tree."""
+    sync = inspect.getsource(AdaptiveConcurrency._wrap_sync)
+    assert "failed(how, start, exc)" in sync
+    assert _tree(sync) != _tree(sync.replace("failed(how, start, exc)", "failed(how, 0.0, exc)"))
+
+
+def test_the_old_module_paths_still_import_the_same_objects() -> None:
+    """``resilient.bulkhead`` and ``resilient.adaptive`` are deprecated paths, kept as re-exports."""
+    import resilient
+    import resilient.adaptive
+    import resilient.bulkhead
+    import resilient.concurrency
+    import resilient.throttle
+
+    assert resilient.bulkhead.Bulkhead is resilient.concurrency.Bulkhead is resilient.Bulkhead
+    assert resilient.adaptive.AdaptiveConcurrency is resilient.concurrency.AdaptiveConcurrency
+    assert resilient.adaptive.AdaptiveThrottle is resilient.throttle.AdaptiveThrottle is resilient.AdaptiveThrottle
+    assert resilient.bulkhead.__all__ == ["Bulkhead"]
+    assert resilient.adaptive.__all__ == ["AdaptiveConcurrency", "AdaptiveThrottle"]
