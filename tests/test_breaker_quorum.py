@@ -90,6 +90,11 @@ def test_one_sick_replica_opens_only_its_own_circuit(redis_server: RedisServer) 
     assert b.store.votes == 1  # type: ignore[attr-defined]
     assert b.state is CLOSED
     assert c.metrics.state is CLOSED
+    status = a.status()
+    assert status["store"] == "RedisBreakerStore"  # quorum mode is a mode of that store
+    assert status["state"] == "open"
+    assert a.store.status()["own_state"] == "open"  # type: ignore[attr-defined]
+    assert a.store.status()["fleet_open"] is False  # type: ignore[attr-defined]
 
 
 @pytest.mark.redis
@@ -161,6 +166,18 @@ def test_the_fleet_fails_open_to_each_replicas_own_circuit_when_redis_dies(
     assert not c.store.using_redis  # type: ignore[attr-defined]
     assert not admits(a)  # a still protects itself
     assert any("cannot use Redis" in r.getMessage() for r in caplog.records)
+    # Redis comes back: the next count due after recovery_interval finds it, and a's vote is stated again.
+    redis_server.restart()
+    clock.advance(1.0)
+    for _ in range(3):  # a success's round trip probes Redis (the first may meet a pooled dead connection)
+        assert admits(c)
+        if c.store.using_redis:  # type: ignore[attr-defined]
+            break
+        clock.advance(1.0)
+    assert c.store.using_redis  # type: ignore[attr-defined]
+    # The restarted Redis is empty: a's vote is stated again by its next round trip (b's by its own).
+    a.store.refresh()  # type: ignore[attr-defined]
+    assert a.store.votes == 1  # type: ignore[attr-defined]
 
 
 @pytest.mark.redis

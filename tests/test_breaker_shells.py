@@ -14,6 +14,7 @@ fails here. The same holds for the twins of :class:`RedisBreakerStore`.
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 import textwrap
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from resilient.breaker import CircuitBreaker
+from resilient.breaker import CircuitBreaker, CircuitState
 from resilient.events import EventSite
 
 # Applied in order to the async source.
@@ -149,10 +150,38 @@ def test_the_engine_does_no_io_and_never_awaits() -> None:
 def test_the_check_would_see_a_drift() -> None:
     """The comparison is not vacuous: a one-token change in a shell is a different tree."""
     sync = inspect.getsource(_shells()["sync"])
-    assert "settle(permit, exc, False, start, site)" in sync
-    assert _tree(sync) != _tree(
-        sync.replace("settle(permit, exc, False, start, site)", "settle(permit, exc, True, start, site)")
-    )
+    assert "settle(permit, None, True, None, site)" in sync
+    drifted = sync.replace("settle(permit, None, True, None, site)", "settle(permit, None, False, None, site)")
+    assert _tree(sync) != _tree(drifted)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async, local store"])
+def test_the_shells_fast_path_and_the_engine_agree_on_a_slow_call(kind: str) -> None:
+    """A call lasting exactly ``slow_call_duration`` is slow for the shells' fast-path check and for the engine."""
+    from resilient.testing import FakeClock
+
+    clock = FakeClock()
+    direct = CircuitBreaker(consecutive_failures=1, slow_call_duration=2.0, clock=clock)
+    direct.record_success(direct.allow(), duration=2.0)
+    assert direct.state is CircuitState.OPEN
+
+    wrapped = CircuitBreaker(consecutive_failures=1, slow_call_duration=2.0, clock=clock)
+
+    def slow() -> str:
+        clock.advance(2.0)
+        return "late"
+
+    async def aslow() -> str:
+        return slow()
+
+    if kind == "sync":
+        assert wrapped(slow)() == "late"
+    else:
+        assert asyncio.run(wrapped(aslow)()) == "late"
+    assert wrapped.state is CircuitState.OPEN
+    quick = CircuitBreaker(consecutive_failures=1, slow_call_duration=2.0, clock=clock)
+    quick.record_success(quick.allow(), duration=1.5)
+    assert quick.state is CircuitState.CLOSED
 
 
 # RedisBreakerStore: every protocol method has an async twin; each sync one is the async one without ``await``.

@@ -73,6 +73,9 @@ _OPEN_REJECTION: Final = _REJECTIONS[_OPEN]
 # would not have run the call, so its outcome must not move the circuit.
 _SHADOW: Final = BreakerSnapshot(_OPEN, -1, -math.inf)
 
+# What the engine's admission gives: a permit, a rejection to raise, or None (the store decides a probe).
+_Admission = BreakerSnapshot | CircuitOpenError | None
+
 # The engine's verdicts on an outcome (CircuitBreaker._verdict).
 _SUCCESS: Final = 0
 _FAILURE: Final = 1
@@ -374,8 +377,8 @@ class CircuitBreaker(ShadowMode, Policy):
     # adapters below only move permits and outcomes between the engine and
     # the store.
 
-    def _gate(self, now: float, site: EventSite) -> BreakerSnapshot | None:
-        """The permit of a call the snapshot admits; ``None``: a probe, which the store decides; or reject."""
+    def _gate(self, now: float, site: EventSite) -> _Admission:
+        """The permit of a call the snapshot admits; ``None``: a probe, which the store decides; or a rejection."""
         snap = self.store.snapshot
         state = snap.state
         if state is _CLOSED:
@@ -388,7 +391,7 @@ class CircuitBreaker(ShadowMode, Policy):
 
     def _admitted(
         self, acquired: tuple[BreakerSnapshot | None, BreakerSnapshot | None], now: float, site: EventSite
-    ) -> BreakerSnapshot:
+    ) -> BreakerSnapshot | CircuitOpenError:
         """The store's answer to a probe: report the transition it made, then admit or reject."""
         permit, moved = acquired
         if moved is not None:
@@ -417,8 +420,12 @@ class CircuitBreaker(ShadowMode, Policy):
         slow = self.config.slow_call_duration
         return _FAILURE if slow is not None and duration is not None and duration >= slow else _SUCCESS
 
-    def _reject(self, snap: BreakerSnapshot, now: float, site: EventSite) -> BreakerSnapshot:
-        """Refuse the call: raise :class:`~resilient.CircuitOpenError`, or, in shadow mode, report it."""
+    def _reject(self, snap: BreakerSnapshot, now: float, site: EventSite) -> BreakerSnapshot | CircuitOpenError:
+        """Refuse the call: the :class:`~resilient.CircuitOpenError` to raise, or, in shadow mode, report it.
+
+        The error is returned, not raised: the hand-off raises it, so that its
+        traceback holds no frame of the engine's.
+        """
         retry_after = snap.retry_after(now)
         if snap.state is _ISOLATED:
             msg = f"{self._label()} is isolated (held open until reset())"
@@ -432,9 +439,9 @@ class CircuitBreaker(ShadowMode, Policy):
         if site.enabled(self.listeners):
             extras = _REJECTIONS[snap.state]
             self._emit(site, REJECTED, Severity.INFO, duration=retry_after, exception=CircuitOpenError, extras=extras)
-        raise err
+        return err
 
-    def _reject_open(self, retry_after: float, site: EventSite) -> BreakerSnapshot:
+    def _reject_open(self, retry_after: float, site: EventSite) -> BreakerSnapshot | CircuitOpenError:
         # The common rejection, kept lean: it runs for every call while the circuit is open.
         err = CircuitOpenError(
             f"{self._label_text} is open; retry after {retry_after:.3g} s", policy=self.name, retry_after=retry_after
@@ -445,7 +452,7 @@ class CircuitBreaker(ShadowMode, Policy):
             self._emit(
                 site, REJECTED, Severity.INFO, duration=retry_after, exception=CircuitOpenError, extras=_OPEN_REJECTION
             )
-        raise err
+        return err
 
     def _shadowed(
         self, err: CircuitOpenError, state: CircuitState, retry_after: float | None, site: EventSite
@@ -469,6 +476,8 @@ class CircuitBreaker(ShadowMode, Policy):
         permit = self._gate(now, site)
         if permit is None:
             permit = self._admitted(self.store.acquire(now), now, site)
+        if isinstance(permit, CircuitOpenError):
+            raise permit
         return permit
 
     async def _aadmit(self, site: EventSite) -> BreakerSnapshot:
@@ -476,6 +485,8 @@ class CircuitBreaker(ShadowMode, Policy):
         permit = self._gate(now, site)
         if permit is None:
             permit = self._admitted(await self._astore.aacquire(now), now, site)
+        if isinstance(permit, CircuitOpenError):
+            raise permit
         return permit
 
     def _settle(
@@ -608,18 +619,22 @@ class CircuitBreaker(ShadowMode, Policy):
 
     # -- the shells: a fast-path check, the call, one hand-off ---------------
     #
-    # A success in CLOSED state with neither ``on_result`` nor slow calls to
-    # judge goes straight to the store's ``record_success``; every other
-    # outcome goes to ``settle``. The three shells are one text: the sync one
-    # is the others without ``await`` (tests/test_breaker_shells.py).
+    # The fast-path check after the call: a success that ``on_result`` did
+    # not flag and that was quicker than ``slow_call_duration`` (the same
+    # threshold _verdict applies; tests/test_breaker_shells.py checks that
+    # they agree) goes straight to the store's ``record_success``; every
+    # other outcome goes to ``settle``. The three shells are one text: the
+    # sync one is the others without ``await`` (tests/test_breaker_shells.py).
 
-    def _shell(self) -> tuple[BreakerStore, Callable[[], float], bool, Callable[[Any], bool] | None, Any]:
-        return self.store, self._now, self.config.slow_call_duration is not None, self._on_result, self._transitioned
+    def _shell(self) -> tuple[BreakerStore, Callable[[], float], bool, float, Callable[[Any], bool] | None, Any]:
+        slow = self.config.slow_call_duration
+        timed = slow is not None
+        return self.store, self._now, timed, slow if slow is not None else math.inf, self._on_result, self._transitioned
 
     def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         if self._async_store is not None:
             return self._wrap_async_store(fn, site)
-        store, now, timed, on_result, transitioned = self._shell()
+        store, now, timed, slow, on_result, transitioned = self._shell()
         admit, settle, release, record_success = self._admit, self._settle, store.release, store.record_success
 
         async def breaker_call(*args: Any, **kwargs: Any) -> Any:
@@ -628,20 +643,20 @@ class CircuitBreaker(ShadowMode, Policy):
                 permit = admit(site)
                 if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
                     return await fn(*args, **kwargs)
-            start = now() if timed else None
+            start = now() if timed else 0.0
             try:
                 result = await fn(*args, **kwargs)
                 failed = on_result is not None and on_result(result)
             except Exception as exc:
-                settle(permit, exc, False, start, site)
+                settle(permit, exc, False, start if timed else None, site)
                 raise
             except BaseException:
                 release(permit)
                 raise
-            if failed or timed:
-                settle(permit, None, failed, start, site)
+            if failed or (timed and (end := now()) - start >= slow):
+                settle(permit, None, True, None, site)
             else:
-                snap = record_success(permit)
+                snap = record_success(permit, end if timed else None)
                 if snap is not None:
                     transitioned(snap, site, None)
             return result
@@ -649,7 +664,7 @@ class CircuitBreaker(ShadowMode, Policy):
         return breaker_call
 
     def _wrap_async_store(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        store, now, timed, on_result, transitioned = self._shell()
+        store, now, timed, slow, on_result, transitioned = self._shell()
         astore = self._astore
         admit, settle, release, record_success = self._aadmit, self._asettle, astore.arelease, astore.arecord_success
 
@@ -659,20 +674,20 @@ class CircuitBreaker(ShadowMode, Policy):
                 permit = await admit(site)
                 if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
                     return await fn(*args, **kwargs)
-            start = now() if timed else None
+            start = now() if timed else 0.0
             try:
                 result = await fn(*args, **kwargs)
                 failed = on_result is not None and on_result(result)
             except Exception as exc:
-                await settle(permit, exc, False, start, site)
+                await settle(permit, exc, False, start if timed else None, site)
                 raise
             except BaseException:
                 await release(permit)
                 raise
-            if failed or timed:
-                await settle(permit, None, failed, start, site)
+            if failed or (timed and (end := now()) - start >= slow):
+                await settle(permit, None, True, None, site)
             else:
-                snap = await record_success(permit)
+                snap = await record_success(permit, end if timed else None)
                 if snap is not None:
                     transitioned(snap, site, None)
             return result
@@ -680,7 +695,7 @@ class CircuitBreaker(ShadowMode, Policy):
         return breaker_call
 
     def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        store, now, timed, on_result, transitioned = self._shell()
+        store, now, timed, slow, on_result, transitioned = self._shell()
         admit, settle, release, record_success = self._admit, self._settle, store.release, store.record_success
 
         def breaker_call(*args: Any, **kwargs: Any) -> Any:
@@ -689,20 +704,20 @@ class CircuitBreaker(ShadowMode, Policy):
                 permit = admit(site)
                 if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
                     return fn(*args, **kwargs)
-            start = now() if timed else None
+            start = now() if timed else 0.0
             try:
                 result = fn(*args, **kwargs)
                 failed = on_result is not None and on_result(result)
             except Exception as exc:
-                settle(permit, exc, False, start, site)
+                settle(permit, exc, False, start if timed else None, site)
                 raise
             except BaseException:
                 release(permit)
                 raise
-            if failed or timed:
-                settle(permit, None, failed, start, site)
+            if failed or (timed and (end := now()) - start >= slow):
+                settle(permit, None, True, None, site)
             else:
-                snap = record_success(permit)
+                snap = record_success(permit, end if timed else None)
                 if snap is not None:
                     transitioned(snap, site, None)
             return result

@@ -1057,35 +1057,34 @@ class _QuorumBreakerStore(RedisBreakerStore):
     async def _acast(self, ttl: float) -> Any:
         """State this replica's vote and count the fleet's: the reply, or ``None`` (Redis failed)."""
         conn = self._conn
-        failopen = self._failopen
-        assert failopen is not None
         try:
             client = conn.aclient()
             if conn.cluster:
                 await conn.alayout(client)
             async with asyncio.timeout(self.timeout):
-                reply = await _QUORUM_SCRIPT.arun(client, self._vkeys, self._vote_args(ttl))
+                return self._answered(await _QUORUM_SCRIPT.arun(client, self._vkeys, self._vote_args(ttl)))
         except Exception as exc:  # Redis trouble never fails the call
-            failopen.failed(exc)
-            return None
+            return self._unanswered(exc)
+
+    def _cast(self, ttl: float) -> Any:
+        """Sync :meth:`_acast` (``_UNSENT`` without a sync client: the next async round trip votes)."""
+        if not self._conn.has_sync:
+            return _UNSENT
+        try:
+            return self._answered(_QUORUM_SCRIPT.run(self._conn.sclient(), self._vkeys, self._vote_args(ttl)))
+        except Exception as exc:  # Redis trouble never fails the call
+            return self._unanswered(exc)
+
+    def _answered(self, reply: Any) -> Any:
+        failopen = self._failopen
+        assert failopen is not None
         if not failopen.healthy:
             failopen.recovered()
         return reply
 
-    def _cast(self, ttl: float) -> Any:
-        """Sync :meth:`_acast`."""
-        failopen = self._failopen
-        assert failopen is not None
-        if not self._conn.has_sync:
-            return _UNSENT  # an async client only: the next async round trip states the vote
-        try:
-            reply = _QUORUM_SCRIPT.run(self._conn.sclient(), self._vkeys, self._vote_args(ttl))
-        except Exception as exc:  # Redis trouble never fails the call
-            failopen.failed(exc)
-            return None
-        if not failopen.healthy:
-            failopen.recovered()
-        return reply
+    def _unanswered(self, exc: Exception) -> None:
+        assert self._failopen is not None
+        self._failopen.failed(exc)
 
     # -- the protocol: each sync method is its async twin without ``await`` ------------
 
@@ -1180,3 +1179,8 @@ class _QuorumBreakerStore(RedisBreakerStore):
             f"RedisBreakerStore(name={self.name!r}, quorum={self._k}, replica={self.replica!r}, "
             f"state={self._view.state.value!r}, redis={self.using_redis})"
         )
+
+
+# It is a RedisBreakerStore in quorum mode, made by RedisBreakerStore(quorum=k): status pages and
+# reprs name it so.
+_QuorumBreakerStore.__name__ = _QuorumBreakerStore.__qualname__ = "RedisBreakerStore"
