@@ -9,8 +9,8 @@ import asyncio
 import time
 
 from resilient import RateLimitedError
-from resilient.adaptive import AdaptiveThrottle
 from resilient.ratelimit import KeyedRateLimiter, RateLimiter
+from resilient.throttle import AdaptiveThrottle
 
 
 async def waiting_limiter() -> None:

@@ -14,9 +14,9 @@ import contextlib
 from collections import Counter
 
 from resilient import Bulkhead, CircuitBreaker, Pipeline, RejectedError
-from resilient.adaptive import AdaptiveThrottle
 from resilient.events import WOULD_REJECT
 from resilient.testing import FakeClock, recording
+from resilient.throttle import AdaptiveThrottle
 
 flags = {"enforce": False}
 

@@ -8,7 +8,15 @@ working; import them from ``resilient`` instead.
 
 from __future__ import annotations
 
+import warnings
+
 from resilient.concurrency.adaptive import AdaptiveConcurrency
 from resilient.throttle import AdaptiveThrottle
 
 __all__ = ["AdaptiveConcurrency", "AdaptiveThrottle"]
+
+warnings.warn(
+    "resilient.adaptive is a deprecated module path: import from resilient.concurrency or resilient.throttle",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -6,6 +6,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 from resilient.concurrency.bulkhead import Bulkhead
 
 __all__ = ["Bulkhead"]
+
+warnings.warn(
+    "resilient.bulkhead is a deprecated module path: import from resilient (or resilient.concurrency)",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -25,7 +25,7 @@ from resilient.asgi import (
     status_app,
 )
 from resilient.asgi._common import Message, Receive, Scope, Send, serve_lifespan
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import Bulkhead
 from resilient.deadline import deadline, remaining
 from resilient.policy import Policy
 from resilient.ratelimit import KeyedRateLimiter

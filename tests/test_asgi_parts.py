@@ -27,7 +27,7 @@ from resilient.asgi import (
     ResilienceMiddleware,
 )
 from resilient.asgi._common import Message, Receive, Scope, Send
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import Bulkhead
 from resilient.events import (
     EXTRA_DEADLINE,
     EXTRA_HTTP_STATUS,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from resilient.asgi import ClientIP, DeadlinePropagation, LoadShedding, RateLimit, RequestTimeout, ResilienceMiddleware
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import Bulkhead
 from resilient.testing import FakeClock
 from tests.asgi_helpers import AfterStart, Probe, make_app, serve
 

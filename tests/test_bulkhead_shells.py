@@ -82,12 +82,20 @@ def test_the_check_would_see_a_drift() -> None:
 
 
 def test_the_old_module_paths_still_import_the_same_objects() -> None:
-    """``resilient.bulkhead`` and ``resilient.adaptive`` are deprecated paths, kept as re-exports."""
+    """``resilient.bulkhead`` and ``resilient.adaptive`` are deprecated paths, kept as re-exports that warn."""
+    import importlib
+    import warnings
+
     import resilient
-    import resilient.adaptive
-    import resilient.bulkhead
     import resilient.concurrency
     import resilient.throttle
+
+    for path in ("resilient.bulkhead", "resilient.adaptive"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = importlib.import_module(path)
+        with pytest.warns(DeprecationWarning, match=path):
+            importlib.reload(module)  # whether imported before or not: it warns on import
 
     assert resilient.bulkhead.Bulkhead is resilient.concurrency.Bulkhead is resilient.Bulkhead
     assert resilient.adaptive.AdaptiveConcurrency is resilient.concurrency.AdaptiveConcurrency

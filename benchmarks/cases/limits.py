@@ -13,9 +13,9 @@ from typing import Any
 
 from benchmarks.cases import Case, sync_target, target
 from resilient import Retry, RetryBudget
-from resilient.adaptive import AdaptiveConcurrency, AdaptiveThrottle
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import AdaptiveConcurrency, Bulkhead
 from resilient.ratelimit import KeyedRateLimiter, RateLimiter
+from resilient.throttle import AdaptiveThrottle
 
 # Far above what a benchmark loop can reach: every call is under the limit.
 _HIGH_RATE = 1e9

@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmarks.cases import Case, sync_target, target
 from resilient import CircuitBreaker, Pipeline, Retry, Timeout
-from resilient.bulkhead import Bulkhead
+from resilient.concurrency import Bulkhead
 from resilient.ratelimit import RateLimiter
 
 _HIGH_RATE = 1e9

@@ -55,7 +55,7 @@ _MAX_BUFFERED = 64 * 1024
 
 @runtime_checkable
 class ConcurrencyLimiter(Protocol):
-    """What :class:`LoadShedding` needs from its limiter (a :class:`~resilient.bulkhead.Bulkhead` has it).
+    """What :class:`LoadShedding` needs from its limiter (a :class:`~resilient.Bulkhead` has it).
 
     ``acquire()`` returns an async context manager that holds one slot for its
     block; entering it either succeeds (possibly after waiting in a queue) or
@@ -141,7 +141,7 @@ class LoadShedding:
     Args:
         app: the ASGI application.
         max_concurrent: requests the app may run at once (a
-            :class:`~resilient.bulkhead.Bulkhead` is created for it). Give
+            :class:`~resilient.Bulkhead` is created for it). Give
             either this or ``limiter``.
         max_queued: requests allowed to wait for a slot (0: reject at once).
         queue_timeout: the longest wait for a slot, in seconds (``None``: no limit
@@ -269,7 +269,7 @@ class LoadShedding:
             # A foreign limiter may queue (an adaptive one usually does).
             can_queue = True
             bulkhead = limiter if isinstance(limiter, Bulkhead) else None
-        #: The limiter holding the slots (a :class:`~resilient.bulkhead.Bulkhead` unless given).
+        #: The limiter holding the slots (a :class:`~resilient.Bulkhead` unless given).
         self.limiter: ConcurrencyLimiter = limiter
         self._can_queue = can_queue
         self._bulkhead = bulkhead

@@ -9,8 +9,8 @@ from typing import Any, Literal
 from resilient.backoff import Backoff, exponential
 from resilient.breaker import BreakDuration, CircuitBreaker, GrowingBreak
 from resilient.budget import RetryBudget
-from resilient.bulkhead import Bulkhead
 from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.concurrency import Bulkhead
 from resilient.deadline import narrow_deadline, reset_deadline
 from resilient.events import EventSite, Listener
 from resilient.httpx._pacing import HeaderPacing

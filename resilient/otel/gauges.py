@@ -51,10 +51,9 @@ try:
 except ModuleNotFoundError as exc:
     raise MissingExtraError("resilient.otel", "otel", exc.name) from exc
 
-from resilient.adaptive import AdaptiveConcurrency
 from resilient.breaker import CircuitBreaker, CircuitState
-from resilient.bulkhead import Bulkhead
 from resilient.cache import StaleCache
+from resilient.concurrency import AdaptiveConcurrency, Bulkhead
 from resilient.keyed import Keyed
 from resilient.otel.listener import PIPELINE_NAME, POLICY_NAME, POLICY_TYPE, SCOPE, AttributeValue
 from resilient.policy import Pipeline, Policy, live_policies
