@@ -248,3 +248,24 @@ async def test_the_total_timeout_bounds_everything_and_is_an_httpx_timeout(insta
     async with client(pipeline) as c:
         with pytest.raises(httpx.TimeoutException):
             await c.get("/item/1")
+
+
+async def test_each_attempt_gets_its_endpoint_and_deadline_and_the_callers_request_is_never_changed() -> None:
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503 if len(seen) == 1 else 200)
+
+    pipeline = standard_hedging_pipeline(endpoints=["http://a.test:81", "http://b.test:82"], delay=10)
+    transport = AsyncResilientTransport(pipeline, inner=httpx.MockTransport(handler))
+    request = httpx.Request("PUT", "https://service.test/items/1?x=1", content=b"body")
+    response = await transport.handle_async_request(request)
+    assert response.status_code == 200
+    assert sorted(str(r.url) for r in seen) == ["http://a.test:81/items/1?x=1", "http://b.test:82/items/1?x=1"]
+    assert {r.headers["host"] for r in seen} == {"a.test:81", "b.test:82"}
+    assert all(0 < float(r.headers["x-resilient-deadline"]) <= 30 for r in seen)
+    assert all(r.read() == b"body" for r in seen)  # the body replayed to the second endpoint
+    assert str(request.url) == "https://service.test/items/1?x=1"
+    assert "x-resilient-deadline" not in request.headers
+    assert request.headers["host"] == "service.test"

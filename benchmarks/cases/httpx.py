@@ -15,7 +15,7 @@ from benchmarks.cases import Case
 try:
     import httpx
 
-    from resilient.httpx import AsyncResilientTransport, ResilientTransport
+    from resilient.httpx import AsyncResilientTransport, ResilientTransport, standard_hedging_pipeline
 except ImportError:  # pragma: no cover - the httpx extra is not installed
     httpx = None  # type: ignore[assignment]
 
@@ -40,6 +40,12 @@ def _resilient_async() -> Callable[[], Any]:
     return lambda: transport.handle_async_request(request)
 
 
+def _hedging_async() -> Callable[[], Any]:
+    transport = AsyncResilientTransport(standard_hedging_pipeline(), inner=httpx.MockTransport(_handler))
+    request = _request()
+    return lambda: transport.handle_async_request(request)
+
+
 def _bare_sync() -> Callable[[], Any]:
     transport = httpx.MockTransport(_handler)
     request = _request()
@@ -57,6 +63,7 @@ if httpx is not None:
     CASES = [
         Case("MockTransport (async)", "httpx", _bare_async, note="floor: no resilience"),
         Case("AsyncResilientTransport(standard)", "httpx", _resilient_async, ours=True),
+        Case("AsyncResilientTransport(standard_hedging_pipeline())", "httpx", _hedging_async, ours=True),
         Case("MockTransport (sync)", "httpx", _bare_sync, kind="sync", note="floor: no resilience"),
         Case("ResilientTransport(standard) sync", "httpx", _resilient_sync, kind="sync", ours=True),
     ]

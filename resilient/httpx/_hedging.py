@@ -98,6 +98,29 @@ class _EndpointState:
         return self.breaker.effective_state is not CircuitState.OPEN and self.breaker.state is not CircuitState.ISOLATED
 
 
+async def _first_done(
+    loop: asyncio.AbstractEventLoop, tasks: dict[asyncio.Task[httpx.Response], float], wait: float | None
+) -> list[asyncio.Task[httpx.Response]]:
+    """The tasks done once one is, or after ``wait`` seconds (``asyncio.wait``'s FIRST_COMPLETED, for less)."""
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for task in tasks:
+        task.add_done_callback(wake)
+    handle = loop.call_later(wait, wake) if wait is not None else None
+    try:
+        await waiter
+    finally:
+        if handle is not None:
+            handle.cancel()
+        for task in tasks:
+            task.remove_done_callback(wake)
+    return [task for task in tasks if task.done()]
+
+
 def _is_failure(response: Any) -> bool:
     return isinstance(response, httpx.Response) and response.status_code in TRANSIENT_STATUSES
 
@@ -215,27 +238,26 @@ class HedgingPipeline:
         # Healthy endpoints first, the group order kept; an open circuit is only a last resort.
         return [s for s in ordered if s.healthy()] + [s for s in ordered if not s.healthy()]
 
-    def _request_for(self, request: httpx.Request, state: _EndpointState, replay: bool) -> httpx.Request:
+    def _request_for(self, request: httpx.Request, state: _EndpointState) -> httpx.Request:
+        """The request of one attempt: the caller's, copied (never changed) with the endpoint's URL and the deadline."""
         endpoint = state.endpoint
-        url = request.url
-        if endpoint is not None:
-            url = url.copy_with(scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port)
-        headers = request.headers
         header = self._header
-        d = current_deadline()
-        if header is not None and d is not None:
-            left = d.expires_at - d.clock.now()
-            if math.isfinite(left):
-                headers = headers.copy()
-                headers[header] = f"{max(left, 0.0):.3f}"
+        d = current_deadline() if header is not None else None
+        left = d.expires_at - d.clock.now() if d is not None else math.inf
+        if endpoint is None and not math.isfinite(left):
+            return request
+        # A shallow copy: the stream is shared (replayable when hedged, sent once otherwise),
+        # the headers are copied before any change.
+        # (not copy.copy: a Request's __setstate__ detaches the stream, as for pickling).
+        attempt = httpx.Request.__new__(httpx.Request)
+        attempt.__dict__.update(request.__dict__)
+        headers = attempt.headers = request.headers.copy()
         if endpoint is not None:
-            headers = headers.copy() if headers is request.headers else headers
+            attempt.url = url = request.url.copy_with(scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port)
             headers["host"] = url.netloc.decode("ascii")
-        if replay:
-            return httpx.Request(
-                request.method, url, headers=headers, content=request.content, extensions=request.extensions
-            )
-        return httpx.Request(request.method, url, headers=headers, stream=request.stream, extensions=request.extensions)
+        if header is not None and math.isfinite(left):
+            headers[header] = f"{max(left, 0.0):.3f}"
+        return attempt
 
     # -- one request -----------------------------------------------------------------------
 
@@ -282,7 +304,7 @@ class HedgingPipeline:
             state = candidates[next_candidate % len(candidates)]
             next_candidate += 1
             sent += 1
-            task = loop.create_task(state.send(self._request_for(request, state, replay)))
+            task = loop.create_task(state.send(self._request_for(request, state)))
             running[task] = loop.time()
 
         def may_hedge() -> bool:
@@ -292,7 +314,7 @@ class HedgingPipeline:
         try:
             while running:
                 timeout = self._delay() if sent < attempts_allowed else None
-                done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                done = await _first_done(loop, running, timeout)
                 if not done:
                     # The hedging delay passed with no answer: one more attempt, elsewhere.
                     if may_hedge():
