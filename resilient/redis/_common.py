@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -306,6 +306,14 @@ class Connector:
         if current is not None and current[0] is loop:
             return current[1]
         return self._client_for(loop, make)
+
+    async def acall(self, op: Callable[[AsyncClient], Awaitable[Any]]) -> Any:
+        """``await op(client)`` with the running loop's client (a cluster's layout read first), within ``timeout``."""
+        client = self.aclient()
+        if self.cluster:
+            await self.alayout(client)
+        async with asyncio.timeout(self.timeout):
+            return await op(client)
 
     async def alayout(self, client: AsyncClient) -> None:
         """Let a cluster client that does not know the cluster's layout yet read it, bounded.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
@@ -248,23 +247,13 @@ class RedisCacheStore(SharedCacheStore):
             failopen.aprobe(self._aprobe)
             return False, None
         try:
-            conn = self._conn
-            client = conn.aclient()
-            if conn.cluster:
-                await conn.alayout(client)
-            async with asyncio.timeout(self.timeout):
-                return True, await op(client)
+            return True, await self._conn.acall(op)
         except Exception as exc:  # any Redis trouble fails open, never the call
             failopen.failed(exc)
             return False, None
 
     async def _aprobe(self) -> None:
-        conn = self._conn
-        client = conn.aclient()
-        if conn.cluster:
-            await conn.alayout(client)
-        async with asyncio.timeout(self.timeout):
-            await client.get(self._probe_key)
+        await self._conn.acall(lambda client: client.get(self._probe_key))
 
     # -- the AsyncCacheStore methods ------------------------------------------------------
 

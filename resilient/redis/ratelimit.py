@@ -11,7 +11,6 @@ limiters built over such a store, with the first wave's parameters.
 
 from __future__ import annotations
 
-import asyncio
 import warnings
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -252,12 +251,7 @@ class RedisRateStore:
         failopen = self.failopen
         if failopen.healthy:
             try:
-                conn = self._conn
-                client = conn.aclient()
-                if conn.cluster:
-                    await conn.alayout(client)
-                async with asyncio.timeout(self.timeout):
-                    return await _GCRA.arun(client, (rkey,), args)
+                return await self._conn.acall(lambda client: _GCRA.arun(client, (rkey,), args))
             except Exception as exc:  # any Redis trouble fails open, never the call
                 failopen.failed(exc)
         else:
@@ -287,12 +281,7 @@ class RedisRateStore:
         return self._args(0.0, float(self.config.clock.now()), 0.0)
 
     async def _aprobe(self) -> None:
-        conn = self._conn
-        client = conn.aclient()
-        if conn.cluster:
-            await conn.alayout(client)
-        async with asyncio.timeout(self.timeout):
-            await _GCRA.arun(client, (self._probe_key,), self._probe_args())
+        await self._conn.acall(lambda client: _GCRA.arun(client, (self._probe_key,), self._probe_args()))
 
     def _probe(self) -> None:
         _GCRA.run(self._conn.sclient(), (self._probe_key,), self._probe_args())
