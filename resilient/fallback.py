@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from resilient.events import FALLBACK_USED, EventSite, Listener, Severity
 from resilient.policy import (
@@ -43,6 +43,15 @@ _MISSING: Any = object()
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+class _Options(TypedDict, total=False):
+    """The keyword options every form of :class:`Fallback` takes (for its overloads)."""
+
+    on: OnArg | None
+    on_result: Callable[[Any], bool] | None
+    name: str | None
+    listeners: Iterable[Listener]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,36 +108,16 @@ class Fallback(Policy, Generic[T]):
 
     policy_type = "fallback"
 
+    # The three ways to build one (a value, an async handler, a sync handler)
+    # share their keyword options, spelled once in _Options.
+    @overload
+    def __init__(self: Fallback[T], value: T, **options: Unpack[_Options]) -> None: ...
     @overload
     def __init__(
-        self: Fallback[T],
-        value: T,
-        *,
-        on: OnArg | None = ...,
-        on_result: Callable[[Any], bool] | None = ...,
-        name: str | None = ...,
-        listeners: Iterable[Listener] = ...,
+        self: Fallback[T], *, handler: Callable[[Outcome[Any]], Awaitable[T]], **options: Unpack[_Options]
     ) -> None: ...
     @overload
-    def __init__(
-        self: Fallback[T],
-        *,
-        handler: Callable[[Outcome[Any]], Awaitable[T]],
-        on: OnArg | None = ...,
-        on_result: Callable[[Any], bool] | None = ...,
-        name: str | None = ...,
-        listeners: Iterable[Listener] = ...,
-    ) -> None: ...
-    @overload
-    def __init__(
-        self: Fallback[T],
-        *,
-        handler: Callable[[Outcome[Any]], T],
-        on: OnArg | None = ...,
-        on_result: Callable[[Any], bool] | None = ...,
-        name: str | None = ...,
-        listeners: Iterable[Listener] = ...,
-    ) -> None: ...
+    def __init__(self: Fallback[T], *, handler: Callable[[Outcome[Any]], T], **options: Unpack[_Options]) -> None: ...
     def __init__(
         self,
         value: Any = _MISSING,
