@@ -207,3 +207,24 @@ def test_fake_threaded_timer_fires_on_the_advancing_thread() -> None:
     clock.call_at(1, lambda: seen.append(_ctx.get()), threaded=True)
     clock.advance(1)
     assert seen == ["empty"]
+
+
+def test_no_module_special_cases_the_system_clock() -> None:
+    # Issue 15: every policy uses only the clock it was given; the system
+    # clock's now() is time.monotonic itself, so binding clock.now costs
+    # nothing and an `is SYSTEM_CLOCK` shortcut buys nothing.
+    import pathlib
+    import re
+    import time
+
+    from resilient.clock import SYSTEM_CLOCK
+
+    assert SYSTEM_CLOCK.now is time.monotonic
+    root = pathlib.Path(__file__).resolve().parent.parent / "resilient"
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for path in sorted(root.rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bis (not )?SYSTEM_CLOCK\b", line)
+    ]
+    assert found == []

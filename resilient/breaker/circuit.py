@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, cast
@@ -242,7 +241,7 @@ class CircuitBreaker(ShadowMode, Policy):
         self._async_store: AsyncBreakerStore | None = store if isinstance(store, AsyncBreakerStore) else None
         # The same store, typed for the async hand-offs, which run only when _async_store is set.
         self._astore: AsyncBreakerStore = cast(AsyncBreakerStore, store)
-        self._now: Callable[[], float] = time.monotonic if self.clock is SYSTEM_CLOCK else self.clock.now
+        self._now: Callable[[], float] = self.clock.now
         self._site = EventSite()
         self._label_text = self._label()
         self._failed_listeners: set[int] = set()

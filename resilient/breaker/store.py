@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from typing import Protocol, runtime_checkable
 
 from resilient.breaker.state import BreakerConfig, BreakerMetrics, BreakerSnapshot, CircuitState
-from resilient.clock import SYSTEM_CLOCK
 
 __all__ = ["AsyncBreakerStore", "BreakerStore", "InMemoryBreakerStore"]
 
@@ -219,8 +217,7 @@ class InMemoryBreakerStore:
         self._bound = True
         self._config = config
         clock = config.clock
-        # The system clock's now() is time.monotonic(): call it directly.
-        self._now = time.monotonic if clock is SYSTEM_CLOCK else clock.now
+        self._now = clock.now
         self._ratio = config.ratio_mode
         self._width = config.sampling_duration / self._buckets
         now = self._now()

@@ -14,7 +14,6 @@ from typing import Any, cast
 
 from resilient.breaker.state import BreakerConfig, BreakerMetrics, BreakerSnapshot, CircuitState
 from resilient.breaker.store import InMemoryBreakerStore
-from resilient.clock import SYSTEM_CLOCK
 from resilient.events import Listener
 from resilient.redis._common import (
     ClientArg,
@@ -420,7 +419,7 @@ class RedisBreakerStore:
         self.name = name
         self._config = config
         clock = config.clock
-        self._now = time.monotonic if clock is SYSTEM_CLOCK else clock.now
+        self._now = clock.now
         base = f"{self.prefix}cb:{{{key_part(name)}}}"
         self._keys = (f"{base}:state", f"{base}:window", f"{base}:probes")
         self._vkeys = (f"{base}:votes",)
