@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from time import perf_counter
@@ -189,6 +190,18 @@ class Policy:
     #: The kind of policy, used in events (``"retry"``, ``"timeout"``...).
     policy_type: str = "policy"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The first wave's private hooks still work (build_async/build_sync
+        # call them), but a subclass should use the public ones.
+        for old, new in (("_wrap_async", "build_async"), ("_wrap_sync", "build_sync")):
+            if old in cls.__dict__:
+                warnings.warn(
+                    f"{cls.__qualname__}.{old}() is deprecated: override {new}() instead (docs/extending.md)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+
     def __init__(self, *, name: str | None = None, listeners: Iterable[Listener] = ()) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r}")
@@ -277,7 +290,7 @@ class Policy:
         """How errors and logs name this policy: ``"Retry 'orders'"``, or the class name."""
         return f"{type(self).__name__} {self.name!r}" if self.name else type(self).__name__
 
-    # -- the names of the first wave, kept for subclasses written against them
+    # -- the names of the first wave, kept (deprecated) for subclasses written against them
 
     def _wrap(self, fn: Callable[..., Any], site: EventSite, is_async: bool) -> Callable[..., Any]:
         return self.build(fn, site, is_async)

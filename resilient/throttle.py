@@ -220,7 +220,7 @@ class AdaptiveThrottle(ShadowMode, Policy):
             return False
         self._record(False)
         err = RateLimitedError(
-            f"{self._label()} throttled the call locally: the backend accepted {accepts} of {requests} "
+            f"{self.label()} throttled the call locally: the backend accepted {accepts} of {requests} "
             f"calls in the last {self.window:g} s (rejection probability {p:.2f})",
             policy=self.name,
         )
@@ -232,10 +232,10 @@ class AdaptiveThrottle(ShadowMode, Policy):
         }
         if not self.shadowed():
             self._rejected += 1
-            self._emit(site, REJECTED, Severity.WARNING, exception=err, extras=extras)
+            self.emit(site, REJECTED, Severity.WARNING, exception=err, extras=extras)
             raise err
         self._would_reject += 1
-        self._emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
+        self.emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
         return True
 
     def _admit_slow(self, site: EventSite) -> bool:
@@ -255,7 +255,7 @@ class AdaptiveThrottle(ShadowMode, Policy):
         """What both wrappers bind once, as locals of their closures."""
         return self._on, self.clock.now, self.k, self._record, self._served, self._admit_slow
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         on, now, k, record, served, admit_slow = self._shell_parts()
 
         async def throttled_call(*args: Any, **kwargs: Any) -> Any:
@@ -270,7 +270,7 @@ class AdaptiveThrottle(ShadowMode, Policy):
 
         return throttled_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         on, now, k, record, served, admit_slow = self._shell_parts()
 
         def throttled_call(*args: Any, **kwargs: Any) -> Any:

@@ -119,9 +119,9 @@ def _shells() -> dict[str, Callable[..., Any]]:
     remote = CircuitBreaker("remote", store=_AsyncStore())  # type: ignore[arg-type]
     assert remote._async_store is not None
     return {
-        "sync": local._wrap_sync(_fn, site),
-        "async, local store": local._wrap_async(_afn, site),
-        "async, store with I/O": remote._wrap_async(_afn, site),
+        "sync": local.build_sync(_fn, site),
+        "async, local store": local.build_async(_afn, site),
+        "async, store with I/O": remote.build_async(_afn, site),
     }
 
 

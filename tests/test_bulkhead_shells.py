@@ -25,7 +25,7 @@ from resilient.throttle import AdaptiveThrottle
 UNASYNC = [
     ("async def ", "def "),
     ("await ", ""),
-    ("_wrap_async", "_wrap_sync"),
+    ("build_async", "build_sync"),
     ("AsyncWrapped", "SyncFn"),
     ("AsyncFn", "SyncFn"),
     ("self.enter,", "self.enter_sync,"),
@@ -39,10 +39,10 @@ UNASYNC = [
 
 PAIRS: list[tuple[Callable[..., Any], Callable[..., Any]]] = [
     (Bulkhead.enter, Bulkhead.enter_sync),
-    (Bulkhead._wrap_async, Bulkhead._wrap_sync),
+    (Bulkhead.build_async, Bulkhead.build_sync),
     (Bulkhead._run_unslotted, Bulkhead._run_unslotted_sync),
-    (AdaptiveConcurrency._wrap_async, AdaptiveConcurrency._wrap_sync),
-    (AdaptiveThrottle._wrap_async, AdaptiveThrottle._wrap_sync),
+    (AdaptiveConcurrency.build_async, AdaptiveConcurrency.build_sync),
+    (AdaptiveThrottle.build_async, AdaptiveThrottle.build_sync),
 ]
 
 
@@ -76,7 +76,7 @@ def test_the_sync_shell_is_the_async_shell_without_await(
 
 def test_the_check_would_see_a_drift() -> None:
     """The comparison is not vacuous: a one-token change in a shell is a different tree."""
-    sync = inspect.getsource(AdaptiveConcurrency._wrap_sync)
+    sync = inspect.getsource(AdaptiveConcurrency.build_sync)
     assert "failed(how, start, exc)" in sync
     assert _tree(sync) != _tree(sync.replace("failed(how, start, exc)", "failed(how, 0.0, exc)"))
 

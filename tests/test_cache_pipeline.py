@@ -81,7 +81,7 @@ class Rejecting(Policy):
         super().__init__()
         self.open = False
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         async def call(*args: Any, **kwargs: Any) -> Any:
             if self.open:
                 raise CircuitOpenError("open", policy="simulated")

@@ -191,10 +191,10 @@ class AlwaysFull(Policy):
 
     policy_type = "bulkhead"
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         async def call(*args: Any, **kwargs: Any) -> Any:
             exc = BulkheadFullError("full", policy=self.name)
-            self._emit(site, ev.REJECTED, Severity.WARNING, exception=exc, extras={"status_code": 503})
+            self.emit(site, ev.REJECTED, Severity.WARNING, exception=exc, extras={"status_code": 503})
             raise exc
 
         return call

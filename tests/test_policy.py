@@ -23,7 +23,7 @@ class Tag(Policy):
         self.label = label
         self.log = log
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         async def call(*args: Any, **kwargs: Any) -> Any:
             self.log.append(f"enter {self.label}")
             try:
@@ -33,7 +33,7 @@ class Tag(Policy):
 
         return call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         def call(*args: Any, **kwargs: Any) -> Any:
             self.log.append(f"enter {self.label}")
             try:
@@ -237,3 +237,21 @@ def test_the_command_prints_its_version(capsys: pytest.CaptureFixture[str]) -> N
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"resilient {__version__}"
+
+
+def test_a_subclass_written_against_the_first_wave_hooks_still_works_and_is_warned() -> None:
+    with pytest.warns(DeprecationWarning, match=r"Old\._wrap_async\(\) is deprecated: override build_async\(\)"):
+
+        class Old(Policy):
+            def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+                async def call(*args: Any, **kwargs: Any) -> Any:
+                    return ("old", await fn(*args, **kwargs))
+
+                return call
+
+    async def f() -> int:
+        return 1
+
+    assert asyncio.run(Old().wrap(f)()) == ("old", 1)
+    with pytest.raises(TypeError, match="works only with async functions"):
+        Old().wrap(lambda: 1)

@@ -243,7 +243,7 @@ class CircuitBreaker(ShadowMode, Policy):
         self._astore: AsyncBreakerStore = cast(AsyncBreakerStore, store)
         self._now: Callable[[], float] = self.clock.now
         self._site = EventSite()
-        self._label_text = self._label()
+        self._label_text = self.label()
         self._failed_listeners: set[int] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -412,7 +412,7 @@ class CircuitBreaker(ShadowMode, Policy):
                 if self._on(exc):
                     return _FAILURE
             except Exception:  # a broken predicate: count the call as failed rather than crash
-                logger.exception("resilient: %s: the on=/ignore= predicate raised; counting a failure", self._label())
+                logger.exception("resilient: %s: the on=/ignore= predicate raised; counting a failure", self.label())
                 return _FAILURE
         elif failed:
             return _FAILURE
@@ -427,17 +427,17 @@ class CircuitBreaker(ShadowMode, Policy):
         """
         retry_after = snap.retry_after(now)
         if snap.state is _ISOLATED:
-            msg = f"{self._label()} is isolated (held open until reset())"
+            msg = f"{self.label()} is isolated (held open until reset())"
         elif snap.state is _HALF_OPEN:
-            msg = f"{self._label()} is half-open and its probe slots are taken"
+            msg = f"{self.label()} is half-open and its probe slots are taken"
         else:
-            msg = f"{self._label()} is open; retry after {retry_after:.3g} s"
+            msg = f"{self.label()} is open; retry after {retry_after:.3g} s"
         err = CircuitOpenError(msg, policy=self.name, retry_after=retry_after)
         if self._enforce is not True and self.shadowed():
             return self._shadowed(err, snap.state, retry_after, site)
         if site.enabled(self.listeners):
             extras = _REJECTIONS[snap.state]
-            self._emit(site, REJECTED, Severity.INFO, duration=retry_after, exception=CircuitOpenError, extras=extras)
+            self.emit(site, REJECTED, Severity.INFO, duration=retry_after, exception=CircuitOpenError, extras=extras)
         return err
 
     def _reject_open(self, retry_after: float, site: EventSite) -> BreakerSnapshot | CircuitOpenError:
@@ -448,7 +448,7 @@ class CircuitBreaker(ShadowMode, Policy):
         if self._enforce is not True and self.shadowed():
             return self._shadowed(err, _OPEN, retry_after, site)
         if site.enabled(self.listeners):
-            self._emit(
+            self.emit(
                 site, REJECTED, Severity.INFO, duration=retry_after, exception=CircuitOpenError, extras=_OPEN_REJECTION
             )
         return err
@@ -462,7 +462,7 @@ class CircuitBreaker(ShadowMode, Policy):
             extras: dict[str, str | float] = {EXTRA_REASON: "circuit_open", EXTRA_STATE: state.value}
             if retry_after is not None:
                 extras[EXTRA_RETRY_AFTER] = retry_after
-            self._emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
+            self.emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
         return _SHADOW
 
     # -- the hand-offs: engine <-> store (the async ones are the sync ones with ``await``) --
@@ -554,30 +554,30 @@ class CircuitBreaker(ShadowMode, Policy):
         }
         if state is _OPEN or state is _ISOLATED:
             if state is _ISOLATED:
-                logger.warning("resilient: %s isolated (held open until reset())", self._label())
+                logger.warning("resilient: %s isolated (held open until reset())", self.label())
             else:
                 logger.warning(
                     "resilient: %s opened (from %s) for %.3g s%s",
-                    self._label(),
+                    self.label(),
                     previous,
                     snap.break_duration,
                     f" after {snap.failed_probes} failed probes" if snap.failed_probes else "",
                 )
                 if exc is not None and isinstance(exc, Exception):
-                    exc.add_note(f"resilient: this failure opened {self._label()} for {snap.break_duration:.3g} s")
+                    exc.add_note(f"resilient: this failure opened {self.label()} for {snap.break_duration:.3g} s")
             extras["failed_probes"] = snap.failed_probes
-            self._emit(
+            self.emit(
                 site, CIRCUIT_OPENED, Severity.WARNING, duration=snap.break_duration, exception=exc, extras=extras
             )
             listener = self._on_open
         elif state is _HALF_OPEN:
-            logger.info("resilient: %s half-open: probing", self._label())
-            self._emit(site, CIRCUIT_HALF_OPENED, Severity.INFO, extras=extras)
+            logger.info("resilient: %s half-open: probing", self.label())
+            self.emit(site, CIRCUIT_HALF_OPENED, Severity.INFO, extras=extras)
             listener = self._on_half_open
         else:
             if snap.previous is not _CLOSED:
-                logger.info("resilient: %s closed", self._label())
-                self._emit(site, CIRCUIT_CLOSED, Severity.INFO, extras=extras)
+                logger.info("resilient: %s closed", self.label())
+                self.emit(site, CIRCUIT_CLOSED, Severity.INFO, extras=extras)
             listener = self._on_close if snap.previous is not _CLOSED else None
         if listener is not None:
             self._notify(listener, StateChange(self.name, snap.previous, state, snap, exc))
@@ -610,7 +610,7 @@ class CircuitBreaker(ShadowMode, Policy):
         self._failed_listeners.add(key)
         logger.error(
             "resilient: %s: state listener %r raised %s; it keeps being called, but this is logged once",
-            self._label(),
+            self.label(),
             listener,
             type(exc).__name__,
             exc_info=exc,
@@ -630,9 +630,9 @@ class CircuitBreaker(ShadowMode, Policy):
         timed = slow is not None
         return self.store, self._now, timed, slow if slow is not None else math.inf, self._on_result, self._transitioned
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         if self._async_store is not None:
-            return self._wrap_async_store(fn, site)
+            return self._build_async_store(fn, site)
         store, now, timed, slow, on_result, transitioned = self._shell()
         admit, settle, release, record_success = self._admit, self._settle, store.release, store.record_success
 
@@ -662,7 +662,7 @@ class CircuitBreaker(ShadowMode, Policy):
 
         return breaker_call
 
-    def _wrap_async_store(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def _build_async_store(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         store, now, timed, slow, on_result, transitioned = self._shell()
         astore = self._astore
         admit, settle, release, record_success = self._aadmit, self._asettle, astore.arelease, astore.arecord_success
@@ -693,7 +693,7 @@ class CircuitBreaker(ShadowMode, Policy):
 
         return breaker_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         store, now, timed, slow, on_result, transitioned = self._shell()
         admit, settle, release, record_success = self._admit, self._settle, store.release, store.record_success
 

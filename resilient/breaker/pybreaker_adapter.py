@@ -149,7 +149,7 @@ class PyBreakerPolicy(Policy):
 
     def _reject(self, site: EventSite, why: str) -> NoReturn:
         retry_after = self._retry_after()
-        self._emit(
+        self.emit(
             site,
             REJECTED,
             Severity.INFO,
@@ -157,7 +157,7 @@ class PyBreakerPolicy(Policy):
             exception=CircuitOpenError,
             extras={EXTRA_REASON: "circuit_open", EXTRA_STATE: self.breaker.current_state},
         )
-        raise PyBreakerOpenError(f"{self._label()} {why}", policy=self.name, retry_after=retry_after)
+        raise PyBreakerOpenError(f"{self.label()} {why}", policy=self.name, retry_after=retry_after)
 
     def _admit_locked(self, ticket: _Ticket | None = None) -> _Admission:
         """Admit a call (under pybreaker's lock); rejections are raised by the caller, unlocked."""
@@ -226,7 +226,7 @@ class PyBreakerPolicy(Policy):
                 state._handle_error(exc, reraise=False)
             except pybreaker.CircuitBreakerError as tripped:
                 raise PyBreakerOpenError(
-                    f"{self._label()}: {tripped}", policy=self.name, retry_after=self.breaker.reset_timeout
+                    f"{self.label()}: {tripped}", policy=self.name, retry_after=self.breaker.reset_timeout
                 ) from exc
             except BaseException as same:
                 # pybreaker re-raises the original when throw_new_error_on_trip=False.
@@ -296,7 +296,7 @@ class PyBreakerPolicy(Policy):
         finally:
             lock.release()
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         try_locked, aadmit, arecord = self._try_locked, self._aadmit, self._arecord
         admit, before_call, success, failure = (
             self._admit_locked,
@@ -325,7 +325,7 @@ class PyBreakerPolicy(Policy):
 
         return pybreaker_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         lock = self.breaker._lock
         admit, before_call, success, failure = (
             self._admit_locked,

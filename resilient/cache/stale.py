@@ -239,7 +239,7 @@ class StaleCache(Policy):
         :class:`~resilient.cache.AsyncCacheStore` use :meth:`ainvalidate`.
         """
         if self._store_async:
-            raise TypeError(f"{self._label()} has an async store: use `await ainvalidate(key)`")
+            raise TypeError(f"{self.label()} has an async store: use `await ainvalidate(key)`")
         with self._lock:
             self._detach(key)
         # The store is user code: called with the lock released. A call that
@@ -258,7 +258,7 @@ class StaleCache(Policy):
     def clear(self) -> None:
         """Forget every entry; calls in flight do not store their results."""
         if self._store_async:
-            raise TypeError(f"{self._label()} has an async store: use `await aclear()`")
+            raise TypeError(f"{self.label()} has an async store: use `await aclear()`")
         with self._lock:
             self._flights.clear()
             self._sync_flights.clear()
@@ -301,7 +301,7 @@ class StaleCache(Policy):
 
     # -- async ---------------------------------------------------------------
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         ttl = self.ttl
         keyfn = self.key
         prefix, prefix_kw = _key_prefixes(site.operation)
@@ -515,9 +515,9 @@ class StaleCache(Policy):
 
     # -- sync ----------------------------------------------------------------
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         if self._store_async:
-            raise TypeError(f"{self._label()} has an async store and cannot guard the synchronous function {fn!r}")
+            raise TypeError(f"{self.label()} has an async store and cannot guard the synchronous function {fn!r}")
         ttl = self.ttl
         keyfn = self.key
         prefix, prefix_kw = _key_prefixes(site.operation)
@@ -709,18 +709,18 @@ class StaleCache(Policy):
         _last.set((STALE, age))
         if backoff:
             self._backed_off += 1
-            self._emit(site, CACHE_STALE_HIT, Severity.INFO, duration=age, extras=_BACKING_OFF)
+            self.emit(site, CACHE_STALE_HIT, Severity.INFO, duration=age, extras=_BACKING_OFF)
         elif exc is None:
-            self._emit(site, CACHE_STALE_HIT, Severity.INFO, duration=age, extras=_REVALIDATE)
+            self.emit(site, CACHE_STALE_HIT, Severity.INFO, duration=age, extras=_REVALIDATE)
         else:
             self._stale_on_error += 1
-            self._emit(site, CACHE_STALE_HIT, Severity.WARNING, duration=age, exception=exc, extras=_ON_ERROR)
+            self.emit(site, CACHE_STALE_HIT, Severity.WARNING, duration=age, exception=exc, extras=_ON_ERROR)
         return entry.value
 
     def _note_no_stale(self, exc: BaseException) -> None:
         if self.stale_ttl <= self.ttl:
             return  # no stale window: nothing to explain
-        note = f"resilient: {self._label()} had no value younger than stale_ttl={self.stale_ttl:g} s to serve instead"
+        note = f"resilient: {self.label()} had no value younger than stale_ttl={self.stale_ttl:g} s to serve instead"
         # One exception object is shared by every coalesced caller: add the note once.
         if note not in getattr(exc, "__notes__", ()):
             exc.add_note(note)
@@ -741,7 +741,7 @@ class StaleCache(Policy):
             logger.log(
                 level,
                 "resilient: %s: the on= predicate raised %s (%s) for %r; counting the exception as a failure",
-                self._label(),
+                self.label(),
                 type(bug).__name__,
                 bug,
                 exc,
@@ -752,8 +752,8 @@ class StaleCache(Policy):
     def _refresh_failed(self, site: EventSite, exc: Exception | None) -> None:
         self._refresh_failures += 1
         self._last_refresh_error = type(exc).__name__ if exc is not None else "on_result"
-        logger.debug("resilient: %s: background refresh of %s failed: %r", self._label(), site.operation, exc)
-        self._emit(site, CACHE_REFRESH_FAILED, Severity.WARNING, exception=exc)
+        logger.debug("resilient: %s: background refresh of %s failed: %r", self.label(), site.operation, exc)
+        self.emit(site, CACHE_REFRESH_FAILED, Severity.WARNING, exception=exc)
 
     def _lookup_failed(self, operation: str | None, k: Hashable, exc: Exception) -> CacheEntry | None:
         if isinstance(exc, TypeError):
@@ -770,23 +770,23 @@ class StaleCache(Policy):
             self._store_failing = True
             logger.warning(
                 "resilient: %s: store %s failed (%s: %s); serving from the function until it recovers",
-                self._label(),
+                self.label(),
                 op,
                 type(exc).__name__,
                 exc,
             )
         else:
-            logger.debug("resilient: %s: store %s failed: %r", self._label(), op, exc)
+            logger.debug("resilient: %s: store %s failed: %r", self.label(), op, exc)
 
     def _unhashable(self, operation: str | None, exc: TypeError) -> TypeError:
         what = operation or "the function"
         if self.key is None:
             return TypeError(
-                f"{self._label()} cannot cache {what}(): its arguments are not hashable ({exc}); "
+                f"{self.label()} cannot cache {what}(): its arguments are not hashable ({exc}); "
                 "pass key= to StaleCache to build a hashable key from them, "
                 "e.g. key=lambda ids: tuple(ids)"
             )
-        return TypeError(f"{self._label()}: key= returned an unhashable key for {what}() ({exc})")
+        return TypeError(f"{self.label()}: key= returned an unhashable key for {what}() ({exc})")
 
     def __repr__(self) -> str:
         return f"StaleCache(ttl={self.ttl}, stale_ttl={self.stale_ttl}, name={self.name!r})"

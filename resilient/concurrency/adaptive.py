@@ -196,7 +196,7 @@ class AdaptiveConcurrency(Bulkhead):
         """What both wrappers bind once, as locals of their closures."""
         return self.clock.now, self._failed, self._done, self._on_result
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         enter = self.enter
         now, failed, done, on_result = self._shell_parts()
 
@@ -212,7 +212,7 @@ class AdaptiveConcurrency(Bulkhead):
 
         return adaptive_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         enter = self.enter_sync
         now, failed, done, on_result = self._shell_parts()
 

@@ -541,13 +541,13 @@ class Bulkhead(ShadowMode, Policy):
         e = self._engine
         running = e.running
         queued = len(e.waiters) + e.shadow_queued
-        msg = f"{self._label()} is full ({running}/{e.limit} running, {queued}/{e.max_queued} queued): {reason}"
+        msg = f"{self.label()} is full ({running}/{e.limit} running, {queued}/{e.max_queued} queued): {reason}"
         return BulkheadFullError(msg, policy=self.name, running=running, queued=queued)
 
     def _refused(self, site: EventSite | None, err: BulkheadFullError, how: int) -> None:
         """Report a refusal (after the lock is released); raise it unless shadow mode let the call through."""
         shadow = how == _SHADOW_REJECTED
-        self._emit(
+        self.emit(
             site or self._site,
             WOULD_REJECT if shadow else REJECTED,
             Severity.INFO if shadow else Severity.WARNING,
@@ -571,7 +571,7 @@ class Bulkhead(ShadowMode, Policy):
 
     # -- wrappers: a fast path, the call, one hand-off -------------------------
 
-    def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         e, lock, release = self._engine, self._engine.lock, self._engine.release_now
         enter, unslotted = self.enter, self._run_unslotted
 
@@ -591,7 +591,7 @@ class Bulkhead(ShadowMode, Policy):
 
         return bulkhead_call
 
-    def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         e, lock, release = self._engine, self._engine.lock, self._engine.release_now
         enter, unslotted = self.enter_sync, self._run_unslotted_sync
 
