@@ -300,6 +300,10 @@ class StaleCache(Policy):
         }
 
     # -- async ---------------------------------------------------------------
+    #
+    # The fresh-hit path is written in both shells for speed (no call beyond
+    # the store's get); tests/test_cache_shells.py checks that the sync one is
+    # the async one without ``await``, so that the twins cannot drift.
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         ttl = self.ttl
