@@ -20,7 +20,7 @@ __all__ = ["no_task_warnings"]
 
 
 class Hang:
-    """An upstream that answers until told to hang (for a real, short Timeout)."""
+    """An upstream that answers until told to hang (until a Timeout on the fake clock ends it)."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -36,22 +36,32 @@ class Hang:
 async def test_an_expired_inner_timeout_serves_the_stale_value(clock: FakeClock) -> None:
     up = Hang()
     cache = StaleCache(10, stale_ttl=300, refresh="inline", clock=clock)
-    get = Pipeline(cache, Timeout(0.02))(up)
+    get = Pipeline(cache, Timeout(0.02, clock=clock))(up)
     assert await get("a") == "a-1"
     clock.advance(60)
     up.hang = True
     with recording() as rec:
-        assert await get("a") == "a-1"
-    lookup = last_lookup()
+
+        async def get_and_look() -> tuple[str, Any]:
+            return await get("a"), last_lookup()  # last_lookup() reads the calling task's context
+
+        call = asyncio.create_task(get_and_look())
+        await settle()
+        clock.advance(0.02)  # the inner timeout expires
+        value, lookup = await call
+        assert value == "a-1"
     assert lookup is not None
     assert lookup.stale
-    assert lookup.age == pytest.approx(60)
+    assert lookup.age == pytest.approx(60.02)  # served when the timeout ended the call
     [event] = rec.of(CACHE_STALE_HIT)
     assert event.exception == "resilient.errors.TimeoutError"
     assert event.extras == {"reason": "error"}
     # no stale value for a cold key: the timeout propagates
+    cold = asyncio.create_task(get("b"))
+    await settle()
+    clock.advance(0.02)
     with pytest.raises(ResilientTimeoutError):
-        await get("b")
+        await cold
 
 
 async def test_a_timeout_in_a_background_refresh_never_reaches_a_caller(
@@ -59,13 +69,14 @@ async def test_a_timeout_in_a_background_refresh_never_reaches_a_caller(
 ) -> None:
     up = Hang()
     cache = StaleCache(10, stale_ttl=300, clock=clock)
-    get = Pipeline(cache, Timeout(0.02))(up)
+    get = Pipeline(cache, Timeout(0.02, clock=clock))(up)
     await get("a")
     clock.advance(60)
     up.hang = True
     with recording() as rec:
         assert await get("a") == "a-1"  # at once
-        await asyncio.sleep(0.05)  # the refresh times out in the background
+        await settle()
+        clock.advance(0.02)  # the refresh times out in the background
         await settle()
     [failed] = rec.of(CACHE_REFRESH_FAILED)
     assert failed.exception == "resilient.errors.TimeoutError"

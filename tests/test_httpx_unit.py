@@ -600,10 +600,15 @@ async def test_cancellation_during_backoff_releases_the_response() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, stream=TrackedStream([b"x"], log, "r"))
 
-    pipeline = Retry(2, backoff=constant(10), on_result=lambda r: r.status_code == 404)
+    clock = FakeClock()
+    pipeline = Retry(2, backoff=constant(10), on_result=lambda r: r.status_code == 404, clock=clock)
     async with await aclient(handler, pipeline) as client:
         task = asyncio.create_task(client.get("/x"))
-        await asyncio.sleep(0.05)
+        for _ in range(1000):  # bounded: until the retry waits out its 10 s backoff
+            if clock.sleeps:
+                break
+            await asyncio.sleep(0)
+        assert clock.sleeps == [10]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -887,13 +892,16 @@ async def test_open_circuit_raises_as_itself_and_is_not_retried() -> None:
 async def test_concurrency_limit_rejects_as_itself() -> None:
     release = asyncio.Event()
 
+    entered = asyncio.Event()
+
     async def handler(request: httpx.Request) -> httpx.Response:
+        entered.set()
         await release.wait()
         return httpx.Response(200)
 
     async with await aclient(handler, fast(max_concurrent=1)) as client:
         first = asyncio.create_task(client.get("/x"))
-        await asyncio.sleep(0.01)
+        await entered.wait()  # the first request holds the only slot
         with pytest.raises(resilient.BulkheadFullError):
             await client.get("/x")
         release.set()
