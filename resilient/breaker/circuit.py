@@ -24,7 +24,7 @@ from resilient.breaker.state import (
     StateChange,
 )
 from resilient.breaker.store import AsyncBreakerStore, BreakerStore, InMemoryBreakerStore
-from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.clock import Clock
 from resilient.errors import CircuitOpenError
 from resilient.events import (
     CIRCUIT_CLOSED,
@@ -49,6 +49,7 @@ from resilient.policy import (
     exception_predicate,
     result_predicate,
 )
+from resilient.validate import check_clock, check_fraction, check_int, check_seconds
 
 __all__ = ["BreakerGuard", "CircuitBreaker"]
 
@@ -80,29 +81,6 @@ _SUCCESS: Final = 0
 _FAILURE: Final = 1
 _NEITHER: Final = 2  # counted as nothing: the permit is released (ignore=, cancelled)
 _DROPPED: Final = 3  # a shadow-mode call the enforcing breaker would not have made: no store call
-
-
-def _number(value: Any, param: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{param} must be a number, got {value!r}")
-    if math.isnan(value):
-        raise ValueError(f"{param} must be a number, got {value!r}")
-    return float(value)
-
-
-def _positive_seconds(value: Any, param: str) -> float:
-    seconds = _number(value, param)
-    if not (0 < seconds < math.inf):
-        raise ValueError(f"{param} must be a finite number of seconds > 0, got {value!r}")
-    return seconds
-
-
-def _count(value: Any, param: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{param} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{param} must be >= {minimum}, got {value!r}")
-    return value
 
 
 def _listener(value: Any, param: str) -> StateListener | None:
@@ -195,22 +173,18 @@ class CircuitBreaker(ShadowMode, Policy):
     ) -> None:
         super().__init__(name=name, listeners=listeners)
         self.set_enforce(enforce)
-        ratio = 0.5 if failure_ratio is None else _number(failure_ratio, "failure_ratio")
-        if not 0 < ratio <= 1:
-            raise ValueError(f"failure_ratio must be in (0, 1], got {failure_ratio!r}")
-        sampling = _positive_seconds(sampling_duration, "sampling_duration")
-        throughput = _count(minimum_throughput, "minimum_throughput")
-        consecutive = None if consecutive_failures is None else _count(consecutive_failures, "consecutive_failures")
-        slow = None if slow_call_duration is None else _positive_seconds(slow_call_duration, "slow_call_duration")
+        ratio = 0.5 if failure_ratio is None else check_fraction(failure_ratio, "failure_ratio")
+        sampling = check_seconds(sampling_duration, "sampling_duration")
+        throughput = check_int(minimum_throughput, "minimum_throughput")
+        consecutive = check_int(consecutive_failures, "consecutive_failures", allow_none=True)
+        slow = check_seconds(slow_call_duration, "slow_call_duration", allow_none=True)
         if not callable(break_duration):
-            break_duration = _positive_seconds(break_duration, "break_duration")
+            break_duration = check_seconds(break_duration, "break_duration")
         elif isinstance(break_duration, type):
             raise TypeError(
                 f"break_duration must be seconds or a callable (failed_probes, last) -> seconds, got {break_duration!r}"
             )
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock must be a Clock (now/sleep/asleep), got {clock!r}")
-        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self.clock: Clock = check_clock(clock)
         self._on = exception_predicate(on)
         self._on_result = result_predicate(on_result)
         self._ignore = None if ignore is None or ignore == () else exception_predicate(ignore, param="ignore")
@@ -226,8 +200,8 @@ class CircuitBreaker(ShadowMode, Policy):
             consecutive_failures=consecutive,
             slow_call_duration=slow,
             break_duration=break_duration,
-            half_open_max_calls=_count(half_open_max_calls, "half_open_max_calls"),
-            half_open_successes=_count(half_open_successes, "half_open_successes"),
+            half_open_max_calls=check_int(half_open_max_calls, "half_open_max_calls"),
+            half_open_successes=check_int(half_open_successes, "half_open_successes"),
             clock=self.clock,
             both_thresholds=consecutive is not None and failure_ratio is not None,
         )
