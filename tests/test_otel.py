@@ -26,7 +26,6 @@ from resilient import (
     BulkheadFullError,
     CircuitBreaker,
     Pipeline,
-    Policy,
     RateLimitedError,
     RateLimiter,
     Retry,
@@ -35,9 +34,9 @@ from resilient import (
     otel,
 )
 from resilient import events as ev
+from resilient.cache import StaleCache
 from resilient.errors import CircuitOpenError
 from resilient.events import EventSite, Severity
-from resilient.policy import AsyncFn, AsyncWrapped
 from resilient.testing import FakeClock
 
 
@@ -186,25 +185,19 @@ def test_sync_retry_records_attempts(tel: Telemetry) -> None:
 # -- a rejection -------------------------------------------------------------------
 
 
-class AlwaysFull(Policy):
-    """A bulkhead that is always full: rejects through the real emit path."""
-
-    policy_type = "bulkhead"
-
-    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            exc = BulkheadFullError("full", policy=self.name)
-            self.emit(site, ev.REJECTED, Severity.WARNING, exception=exc, extras={"status_code": 503})
-            raise exc
-
-        return call
-
-
 async def test_rejection_counts_and_adds_a_span_event(tel: Telemetry) -> None:
+    from resilient import Bulkhead
+
     fn = flaky(0)
-    guarded = Pipeline(AlwaysFull(name="pool"), name="p")(fn)
+    bulkhead = Bulkhead(1, name="pool")
+    guarded = Pipeline(bulkhead, name="p")(fn)
+    gate = asyncio.Event()
+    holder = asyncio.create_task(bulkhead.run(gate.wait))  # takes the only slot
+    await asyncio.sleep(0)
     with tel.tracer.start_as_current_span("request"), pytest.raises(BulkheadFullError):
         await guarded()
+    gate.set()
+    await holder
     (point,) = tel.points("resilience.events")
     assert point.value == 1
     expected = {
@@ -215,7 +208,7 @@ async def test_rejection_counts_and_adds_a_span_event(tel: Telemetry) -> None:
         "resilience.pipeline.name": "p",
         "resilience.operation.name": fn.__qualname__,
         "error.type": "resilient.errors.BulkheadFullError",
-        "http.response.status_code": 503,
+        "resilience.rejection.reason": "bulkhead_full",
     }
     assert dict(point.attributes) == expected
     assert tel.span_events() == [("resilience.rejected", expected)]
@@ -254,53 +247,69 @@ async def test_timeout_counts_and_adds_a_span_event(tel: Telemetry) -> None:
     assert 0.005 < pipe.sum < 1
 
 
-# -- events emitted by other policies (synthetic, through the real EventSite) ------
+# -- events from other real policies: a per-host breaker, a stale cache ------------
 
 
 async def test_breaker_opening(tel: Telemetry) -> None:
-    site = EventSite("fetch_user", "users")
-    with tel.tracer.start_as_current_span("request"):
-        site.emit(
-            (),
-            ev.CIRCUIT_OPENED,
-            Severity.WARNING,
-            "circuit_breaker",
-            "users-api",
-            duration=5.0,
-            exception=ConnectionError("down"),
-            extras={"state": "open", "previous_state": "closed", "host": "users.internal"},
-        )
+    httpx = pytest.importorskip("httpx")
+    from resilient.httpx import AsyncResilientTransport, standard_pipeline
+
+    def upstream(request: Any) -> Any:
+        return httpx.Response(503)
+
+    clock = FakeClock(auto_advance=True)
+    pipeline = standard_pipeline(clock=clock, consecutive_failures=2, max_retries=0)
+    transport = AsyncResilientTransport(pipeline, inner=httpx.MockTransport(upstream))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with tel.tracer.start_as_current_span("request"):
+            for _ in range(2):
+                assert (await client.get("http://users.internal:8443/u/1")).status_code == 503
     expected = {
         "resilience.event.name": "circuit_opened",
         "resilience.event.severity": "warning",
         "resilience.policy.type": "circuit_breaker",
-        "resilience.policy.name": "users-api",
-        "resilience.pipeline.name": "users",
-        "resilience.operation.name": "fetch_user",
-        "error.type": "ConnectionError",
+        "resilience.policy.name": "httpx http://users.internal:8443 breaker",
+        "resilience.pipeline.name": "httpx http://users.internal:8443",
+        "resilience.operation.name": "http",
         "resilience.circuit.state": "open",
         "resilience.circuit.previous_state": "closed",
+        "resilience.circuit.manual": False,
+        "http.request.method": "GET",
         "server.address": "users.internal",
+        "server.port": 8443,
+        "http.response.status_code": 503,
     }
-    (point,) = tel.points("resilience.events")
-    assert (point.value, dict(point.attributes)) == (1, expected)
-    assert tel.span_events() == [("resilience.circuit_opened", {**expected, "resilience.event.duration": 5.0})]
+    (opened,) = _exported(tel, "circuit_opened")
+    assert opened == expected
+    assert tel.span_events() == [("resilience.circuit_opened", {**expected, "resilience.event.duration": 0.1})]
 
 
 async def test_stale_hit(tel: Telemetry) -> None:
-    site = EventSite("get_prices", None)
+    clock = FakeClock()
+    answers: list[str | Exception] = ["v1", TimeoutError(), TimeoutError(), TimeoutError()]
+
+    async def get_prices() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    cached = StaleCache(10, stale_ttl=300, refresh="inline", name="prices", clock=clock)(get_prices)
+    assert await cached() == "v1"
+    clock.advance(60)
     with tel.tracer.start_as_current_span("request"):
         for _ in range(3):
-            site.emit((), ev.CACHE_STALE_HIT, Severity.INFO, "stale_cache", "prices", exception=TimeoutError())
+            assert await cached() == "v1"  # the upstream times out: the stale value answers
     (point,) = tel.points("resilience.events")
     assert point.value == 3
     assert dict(point.attributes) == {
         "resilience.event.name": "cache_stale_hit",
-        "resilience.event.severity": "info",
+        "resilience.event.severity": "warning",  # served because the upstream failed
         "resilience.policy.type": "stale_cache",
         "resilience.policy.name": "prices",
-        "resilience.operation.name": "get_prices",
+        "resilience.operation.name": get_prices.__qualname__,
         "error.type": "TimeoutError",
+        "resilience.rejection.reason": "error",
     }
     assert [n for n, _ in tel.span_events()] == ["resilience.cache_stale_hit"] * 3
 
