@@ -16,11 +16,8 @@ Run: python examples/ratelimit_stores_and_shadow.py
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
+
+from _local_redis import local_redis  # a throwaway redis-server for the example
 
 from resilient import RateLimitedError
 from resilient.events import WOULD_REJECT, ResilienceEvent
@@ -57,30 +54,6 @@ async def shadow_mode() -> None:
         print("enforcing: admitted (a token came back meanwhile)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(binary: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="resilient-example-")
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 def replica(url: str) -> KeyedRateLimiter:
     """The same limiter in every replica: same name, same options, one Redis."""
     from resilient.redis import RedisRateStore
@@ -105,16 +78,9 @@ async def shared_limit(url: str) -> None:
 
 def main() -> None:
     asyncio.run(shadow_mode())
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not shutil.which(binary):
-        print("redis-server is not installed; the shared-limit part needs it (apt-get install redis-server). Skipping.")
-        return
-    proc, url = start_redis(binary)
-    try:
-        asyncio.run(shared_limit(url))
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    with local_redis("the shared-limit part") as url:
+        if url is not None:
+            asyncio.run(shared_limit(url))
 
 
 if __name__ == "__main__":

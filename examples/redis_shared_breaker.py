@@ -12,12 +12,11 @@ If redis-server is not installed, it says so and exits 0.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+
+from _local_redis import local_redis  # a throwaway redis-server for the example
 
 from resilient.breaker import CircuitBreaker
 from resilient.errors import CircuitOpenError
@@ -84,30 +83,6 @@ async def prober(url: str, start_at: float) -> None:
         print("  rejected: another replica holds the probe lease")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(binary: str) -> tuple[subprocess.Popen[bytes], str, str]:
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="resilient-example-")
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return proc, f"redis://127.0.0.1:{port}/0", workdir
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 def run_replica(role: str, url: str, *extra: str) -> str:
     out = subprocess.run(
         [sys.executable, __file__, role, url, *extra], capture_output=True, text=True, timeout=60, check=True
@@ -126,12 +101,9 @@ def main() -> None:
             asyncio.run(prober(url, float(sys.argv[3])))
         return
 
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not shutil.which(binary):
-        print("redis-server is not installed; this example needs it (apt-get install redis-server). Skipping.")
-        return
-    proc, url, workdir = start_redis(binary)
-    try:
+    with local_redis() as url:
+        if url is None:
+            return
         print(f"redis-server on {url}")
         print("Replica A (process 1) calls a dependency that is down:")
         print(run_replica("a", url), end="")
@@ -146,10 +118,6 @@ def main() -> None:
         for p in procs:
             out, _ = p.communicate(timeout=60)
             print(out, end="")
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,8 @@ If redis-server is not installed, it says so and exits 0.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
+
+from _local_redis import local_redis  # a throwaway redis-server for the example
 
 from resilient import StaleCache
 from resilient.redis import RedisCacheStore
@@ -59,42 +56,10 @@ async def run(url: str) -> None:
     await store_b.aclose()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(binary: str) -> tuple[subprocess.Popen[bytes], str, str]:
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="resilient-example-")
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return proc, f"redis://127.0.0.1:{port}/0", workdir
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 def main() -> None:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not shutil.which(binary):
-        print("redis-server is not installed; this example needs it (apt-get install redis-server). Skipping.")
-        return
-    proc, url, workdir = start_redis(binary)
-    try:
-        asyncio.run(run(url))
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with local_redis() as url:
+        if url is not None:
+            asyncio.run(run(url))
 
 
 if __name__ == "__main__":
