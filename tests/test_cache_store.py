@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from resilient.cache import AsyncCacheStore, CacheEntry, CacheStore, MemoryStore, StaleCache, store_kind
 from resilient.testing import FakeClock
 from tests.cache_helpers import AsyncDictStore, DictStore
+from tests.redis_helpers import running_cluster, running_redis
 
 # -- chosen by type ----------------------------------------------------------
 
@@ -246,6 +249,8 @@ class _StoreMachine(RuleBasedStateMachine):
     make_store: Callable[[], Any]
     capacity: int | None = None  # set for stores with exact LRU semantics
     is_async = False
+    # A store that serializes (Redis) hands back an equal entry, not the same object.
+    by_value = False
 
     @initialize()
     def start(self) -> None:
@@ -275,12 +280,21 @@ class _StoreMachine(RuleBasedStateMachine):
         if self.capacity is not None and len(self.lru) > self.capacity:
             self.lru.popitem(last=False)
 
+    def same(self, got: CacheEntry | None, expected: CacheEntry | None) -> bool:
+        if got is None or not self.by_value:
+            return got is expected
+        return (
+            expected is not None
+            and got.value == expected.value
+            and got.stored_at == pytest.approx(expected.stored_at, abs=1e-6)
+        )
+
     @rule(key=KEYS)
     def read(self, key: Hashable) -> None:
         got = self.run(self.store.get(key))
-        assert got is None or got is self.last.get(key), (key, got, self.last.get(key))
+        assert got is None or self.same(got, self.last.get(key)), (key, got, self.last.get(key))
         if self.capacity is not None:
-            assert got is self.lru.get(key)
+            assert self.same(got, self.lru.get(key))
             if key in self.lru:
                 self.lru.move_to_end(key)
 
@@ -323,3 +337,66 @@ TestDictStoreModel = DictStoreMachine.TestCase
 TestDictStoreModel.settings = _SETTINGS
 TestAsyncDictStoreModel = AsyncDictStoreMachine.TestCase
 TestAsyncDictStoreModel.settings = _SETTINGS
+
+
+# -- the same model on Redis: RedisCacheStore, one store per replica over one server ----------
+
+_NAMES = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with running_redis() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    with running_cluster() as cluster:
+        yield cluster.url
+
+
+def _on_redis(url: str) -> type[_StoreMachine]:
+    """The contract machine on a RedisCacheStore, plus a second replica's store reading the same keys."""
+    from resilient.redis import RedisCacheStore
+
+    class RedisCacheStoreMachine(_StoreMachine):
+        is_async = True
+        by_value = True
+
+        def make_store(self) -> Any:
+            self.clock = FakeClock(start=1000.0)
+            name = f"model-{next(_NAMES)}"
+            stores = [RedisCacheStore(url, name=name, near_ttl=0, timeout=5.0, wall=self.clock.now) for _ in range(2)]
+            for store in stores:
+                store.bind(60, math.inf, self.clock)
+            self.replicas = stores
+            return stores[0]
+
+        @rule(key=KEYS)
+        def read_on_the_other_replica(self, key: Hashable) -> None:
+            # Shared: what one replica stored, the other reads (or nothing, never a removed entry).
+            got = self.run(self.replicas[1].get(key))
+            assert got is None or self.same(got, self.last.get(key)), (key, got, self.last.get(key))
+
+        @rule()
+        def time_passes(self) -> None:
+            self.clock.advance(7.5)
+
+        def teardown(self) -> None:
+            if getattr(self, "loop", None) is not None:
+                for store in getattr(self, "replicas", ()):
+                    self.run(store.aclose())
+            super().teardown()
+
+    return RedisCacheStoreMachine
+
+
+@pytest.mark.redis
+def test_redis_cache_store_matches_the_model(redis_url: str) -> None:
+    run_state_machine_as_test(_on_redis(redis_url), settings=_SETTINGS)
+
+
+@pytest.mark.redis
+def test_redis_cache_store_on_a_cluster_matches_the_model(cluster_url: str) -> None:
+    run_state_machine_as_test(_on_redis(cluster_url), settings=settings(_SETTINGS, max_examples=25))
