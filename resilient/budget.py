@@ -17,11 +17,11 @@ downstream service::
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import Any
 
-from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.clock import Clock
+from resilient.validate import check_clock, check_number, check_seconds
 
 __all__ = ["RetryBudget"]
 
@@ -33,14 +33,6 @@ __all__ = ["RetryBudget"]
 # ago). Both err on the safe side, which makes the bound exact.
 _BUCKETS = 10
 _SLOTS = _BUCKETS + 1
-
-
-def _positive(value: float, param: str, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{param} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{param} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
 
 
 class RetryBudget:
@@ -89,10 +81,10 @@ class RetryBudget:
         *,
         clock: Clock | None = None,
     ) -> None:
-        self.ratio = _positive(ratio, "ratio", allow_zero=True)
-        self.min_per_second = _positive(min_per_second, "min_per_second", allow_zero=True)
-        self.window = _positive(window, "window")
-        self._clock = clock if clock is not None else SYSTEM_CLOCK
+        self.ratio = check_number(ratio, "ratio", strict=False)
+        self.min_per_second = check_number(min_per_second, "min_per_second", strict=False)
+        self.window = check_seconds(window, "window")
+        self._clock = check_clock(clock)
         self._floor = self.min_per_second * self.window
         self._tick = self.window / _BUCKETS
         # One slot per bucket, in a ring; the oldest slot's calls are no longer counted.

@@ -24,12 +24,19 @@ from resilient.testing import FakeClock, recording
         ({"min_per_second": -1}, "min_per_second"),
         ({"window": 0}, "window"),
         ({"window": -5}, "window"),
-        ({"ratio": "0.2"}, "ratio"),
     ],
 )
 def test_bad_config_names_the_parameter(kwargs: dict[str, Any], param: str) -> None:
     with pytest.raises(ValueError, match=param):
         RetryBudget(**kwargs)
+
+
+def test_a_value_of_the_wrong_type_is_a_type_error_like_everywhere_else() -> None:
+    # It was a ValueError here alone (issue 15: one error type per kind of mistake).
+    with pytest.raises(TypeError, match=r"ratio must be a finite number >= 0, got '0.2'"):
+        RetryBudget(ratio="0.2")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="clock must be a Clock"):
+        RetryBudget(clock=3)  # type: ignore[arg-type]
 
 
 def test_floor_alone(clock: FakeClock) -> None:
