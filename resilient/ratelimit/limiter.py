@@ -152,25 +152,24 @@ class _LimiterBase(Policy):
             policy=self.name,
             retry_after=wait,
         )
-        if self.enforcing:
-            self._rejected += 1
-            self.emit(site, REJECTED, Severity.WARNING, exception=err, extras=self._extras(wait))
+        if self._report(site, wait, err):
             raise err
-        self._would_reject += 1
-        self.emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=self._extras(wait))
 
     def _answer(self, decision: RateDecision, site: EventSite) -> RateDecision:
         """What ``try_acquire`` returns: the store's decision, reported when it denies."""
-        if decision.allowed:
+        if decision.allowed or self._report(site, decision.retry_after):
             return decision
-        extras = self._extras(decision.retry_after)
+        return decision._replace(allowed=True, retry_after=0.0)
+
+    def _report(self, site: EventSite, wait: float, err: RateLimitedError | None = None) -> bool:
+        """Count and emit a denial; ``True`` when it is enforced, ``False`` in shadow mode (the call goes)."""
         if self.enforcing:
             self._rejected += 1
-            self.emit(site, REJECTED, Severity.WARNING, extras=extras)
-            return decision
+            self.emit(site, REJECTED, Severity.WARNING, exception=err, extras=self._extras(wait))
+            return True
         self._would_reject += 1
-        self.emit(site, WOULD_REJECT, Severity.INFO, extras=extras)
-        return decision._replace(allowed=True, retry_after=0.0)
+        self.emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=self._extras(wait))
+        return False
 
     # -- the store, with key errors named ----------------------------------------
 
