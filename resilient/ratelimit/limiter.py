@@ -389,6 +389,14 @@ class _LimiterBase(Policy):
 
         return rate_limited_call
 
+    def _repr(self, bound: str) -> str:
+        """The repr of either limiter, with its own bound (``max_wait=`` or ``max_keys=``) before the name."""
+        cfg = self._cfg
+        return (
+            f"{type(self).__name__}(rate={cfg.rate:g}, per={cfg.per:g}, burst={cfg.burst}, mode={self._mode!r}, "
+            f"{bound}, name={self.name!r})"
+        )
+
     def _base_status(self) -> dict[str, Any]:
         return {
             "rate": self._cfg.rate,
@@ -495,11 +503,7 @@ class RateLimiter(_LimiterBase):
         return out
 
     def __repr__(self) -> str:
-        cfg = self._cfg
-        return (
-            f"{type(self).__name__}(rate={cfg.rate:g}, per={cfg.per:g}, burst={cfg.burst}, mode={self._mode!r}, "
-            f"max_wait={self._max_wait}, name={self.name!r})"
-        )
+        return self._repr(f"max_wait={self._max_wait}")
 
 
 class KeyedRateLimiter(_LimiterBase):
@@ -604,11 +608,7 @@ class KeyedRateLimiter(_LimiterBase):
         return self.key
 
     def __repr__(self) -> str:
-        cfg = self._cfg
-        return (
-            f"{type(self).__name__}(rate={cfg.rate:g}, per={cfg.per:g}, burst={cfg.burst}, mode={self._mode!r}, "
-            f"max_keys={self.max_keys}, name={self.name!r})"
-        )
+        return self._repr(f"max_keys={self.max_keys}")
 
 
 def _float_now(clock: Clock) -> Callable[[], float]:
