@@ -152,25 +152,24 @@ class _LimiterBase(Policy):
             policy=self.name,
             retry_after=wait,
         )
-        if self.enforcing:
-            self._rejected += 1
-            self.emit(site, REJECTED, Severity.WARNING, exception=err, extras=self._extras(wait))
+        if self._report(site, wait, err):
             raise err
-        self._would_reject += 1
-        self.emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=self._extras(wait))
 
     def _answer(self, decision: RateDecision, site: EventSite) -> RateDecision:
         """What ``try_acquire`` returns: the store's decision, reported when it denies."""
-        if decision.allowed:
+        if decision.allowed or self._report(site, decision.retry_after):
             return decision
-        extras = self._extras(decision.retry_after)
+        return decision._replace(allowed=True, retry_after=0.0)
+
+    def _report(self, site: EventSite, wait: float, err: RateLimitedError | None = None) -> bool:
+        """Count and emit a denial; ``True`` when it is enforced, ``False`` in shadow mode (the call goes)."""
         if self.enforcing:
             self._rejected += 1
-            self.emit(site, REJECTED, Severity.WARNING, extras=extras)
-            return decision
+            self.emit(site, REJECTED, Severity.WARNING, exception=err, extras=self._extras(wait))
+            return True
         self._would_reject += 1
-        self.emit(site, WOULD_REJECT, Severity.INFO, extras=extras)
-        return decision._replace(allowed=True, retry_after=0.0)
+        self.emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=self._extras(wait))
+        return False
 
     # -- the store, with key errors named ----------------------------------------
 
@@ -390,6 +389,14 @@ class _LimiterBase(Policy):
 
         return rate_limited_call
 
+    def _repr(self, bound: str) -> str:
+        """The repr of either limiter, with its own bound (``max_wait=`` or ``max_keys=``) before the name."""
+        cfg = self._cfg
+        return (
+            f"{type(self).__name__}(rate={cfg.rate:g}, per={cfg.per:g}, burst={cfg.burst}, mode={self._mode!r}, "
+            f"{bound}, name={self.name!r})"
+        )
+
     def _base_status(self) -> dict[str, Any]:
         return {
             "rate": self._cfg.rate,
@@ -496,11 +503,7 @@ class RateLimiter(_LimiterBase):
         return out
 
     def __repr__(self) -> str:
-        cfg = self._cfg
-        return (
-            f"{type(self).__name__}(rate={cfg.rate:g}, per={cfg.per:g}, burst={cfg.burst}, mode={self._mode!r}, "
-            f"max_wait={self._max_wait}, name={self.name!r})"
-        )
+        return self._repr(f"max_wait={self._max_wait}")
 
 
 class KeyedRateLimiter(_LimiterBase):
@@ -605,11 +608,7 @@ class KeyedRateLimiter(_LimiterBase):
         return self.key
 
     def __repr__(self) -> str:
-        cfg = self._cfg
-        return (
-            f"{type(self).__name__}(rate={cfg.rate:g}, per={cfg.per:g}, burst={cfg.burst}, mode={self._mode!r}, "
-            f"max_keys={self.max_keys}, name={self.name!r})"
-        )
+        return self._repr(f"max_keys={self.max_keys}")
 
 
 def _float_now(clock: Clock) -> Callable[[], float]:

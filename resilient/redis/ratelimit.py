@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from resilient.clock import Clock
 from resilient.events import Listener
+from resilient.policy import Policy
 from resilient.ratelimit import InMemoryRateStore, KeyedRateLimiter, Mode, RateConfig, RateDecision, RateLimiter
 from resilient.redis._common import ClientArg, Connector, FailOpen, LuaScript, SyncClient, key_part, validate_common
 from resilient.validate import check_int, check_number
@@ -125,10 +126,8 @@ class RedisRateStore:
         redis_time: bool = True,
     ) -> None:
         validate_common(prefix, timeout, recovery_interval)
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"name must be a non-empty str (it is part of the Redis key) or None, got {name!r}")
         #: The shared limit's name (the limiter's, once bound).
-        self.name = name
+        self.name = None if name is None else _check_name(name, or_none=True)
         #: The namespace of every key.
         self.prefix = prefix
         #: Seconds one Redis operation may take.
@@ -187,14 +186,14 @@ class RedisRateStore:
     def config(self) -> RateConfig:
         """The options given to :meth:`bind`."""
         if self._config is None:
-            raise RuntimeError("this RedisRateStore is not bound to a limiter yet")
+            _unbound()
         return self._config
 
     @property
     def failopen(self) -> FailOpen:
         """The switch between Redis and the local state."""
         if self._failopen is None:
-            raise RuntimeError("this RedisRateStore is not bound to a limiter yet")
+            _unbound()
         return self._failopen
 
     @property
@@ -361,14 +360,20 @@ class RedisRateStore:
         return f"RedisRateStore({self._conn.where!r}, name={self.name!r}, prefix={self.prefix!r})"
 
 
+def _unbound() -> NoReturn:
+    """The error of a store used before :meth:`RedisRateStore.bind`."""
+    raise RuntimeError("this RedisRateStore is not bound to a limiter yet")
+
+
 def _us(seconds: float) -> str:
     """Seconds as the script's microseconds (a bound too large for Lua's numbers is "no bound")."""
     return "1e300" if seconds > 1e290 else repr(seconds * 1e6)
 
 
-def _check_name(name: object) -> str:
+def _check_name(name: object, *, or_none: bool = False) -> str:
     if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty str (it is part of the Redis key), got {name!r}")
+        also = " or None" if or_none else ""
+        raise TypeError(f"name must be a non-empty str (it is part of the Redis key){also}, got {name!r}")
     return name
 
 
@@ -382,8 +387,11 @@ def _deprecated_try() -> None:
     )
 
 
-class _OnRedis:
-    """What both Redis limiters add to their local class: the store's health and connections."""
+class _OnRedis(Policy):
+    """What both Redis limiters add to their local class: the store's health and connections.
+
+    Listed first among the bases, so that its methods run around the local class's.
+    """
 
     _redis: RedisRateStore
 
@@ -408,6 +416,11 @@ class _OnRedis:
             max_local_keys=max_local_keys,
             sync_client=sync_client,
         )
+        # The first wave's attributes: the store's options, as it validated them.
+        #: The namespace of every key.
+        self.prefix: str = self._redis.prefix
+        #: Seconds one Redis operation may take before failing open.
+        self.timeout: float = self._redis.timeout
         return self._redis
 
     @property
@@ -415,19 +428,10 @@ class _OnRedis:
         """``False`` while the limiter has failed open to local state."""
         return self._redis.using_redis
 
-    @property
-    def prefix(self) -> str:
-        """The namespace of every key."""
-        return self._redis.prefix
-
-    @property
-    def timeout(self) -> float:
-        """Seconds one Redis operation may take before failing open."""
-        return self._redis.timeout
-
-    def _identity(self) -> dict[str, Any]:
-        # What the first wave's status() started with.
-        return {"type": type(self).__name__, "name": self._redis.name}
+    def status(self) -> dict[str, Any]:
+        """Options, rejections and whether Redis is in use."""
+        # What the first wave's status() started with, then the local class's.
+        return {"type": type(self).__name__, "name": self._redis.name, **(super().status() or {})}
 
     async def aclose(self) -> None:
         """Close the connections this limiter opened from a URL."""
@@ -515,14 +519,6 @@ class RedisRateLimiter(_OnRedis, RateLimiter):
         _deprecated_try()
         return await self.atry_acquire(tokens)
 
-    def try_acquire_sync(self, tokens: int = 1) -> RateDecision:
-        """Take ``tokens`` if the shared limit allows it now (blocking)."""
-        return RateLimiter.try_acquire(self, tokens)
-
-    def status(self) -> dict[str, Any]:
-        """Options, rejections and whether Redis is in use."""
-        return {**self._identity(), **RateLimiter.status(self)}
-
 
 class KeyedRedisRateLimiter(_OnRedis, KeyedRateLimiter):
     """A shared rate limit per key (per client, per tenant...): ``{prefix}rl:{name}:{key}``, both encoded.
@@ -577,11 +573,3 @@ class KeyedRedisRateLimiter(_OnRedis, KeyedRateLimiter):
         """Deprecated: ``await atry_acquire(key)`` (or ``try_acquire_sync(key)``)."""
         _deprecated_try()
         return await self.atry_acquire(key, tokens)
-
-    def try_acquire_sync(self, key: Hashable, tokens: int = 1) -> RateDecision:
-        """Take ``tokens`` from ``key``'s shared bucket if they are there now (blocking)."""
-        return KeyedRateLimiter.try_acquire(self, key, tokens)
-
-    def status(self) -> dict[str, Any]:
-        """Options, rejections and whether Redis is in use."""
-        return {**self._identity(), **KeyedRateLimiter.status(self)}
