@@ -416,17 +416,22 @@ class _OnRedis(Policy):
             max_local_keys=max_local_keys,
             sync_client=sync_client,
         )
-        # The first wave's attributes: the store's options, as it validated them.
-        #: The namespace of every key.
-        self.prefix: str = self._redis.prefix
-        #: Seconds one Redis operation may take before failing open.
-        self.timeout: float = self._redis.timeout
         return self._redis
 
     @property
     def using_redis(self) -> bool:
         """``False`` while the limiter has failed open to local state."""
         return self._redis.using_redis
+
+    @property
+    def prefix(self) -> str:
+        """The namespace of every key."""
+        return self._redis.prefix
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one Redis operation may take before failing open."""
+        return self._redis.timeout
 
     def status(self) -> dict[str, Any]:
         """Options, rejections and whether Redis is in use."""
