@@ -21,6 +21,7 @@ from resilient.httpx import (
     ResilientTransport,
     standard_hedging_pipeline,
 )
+from resilient.testing import FakeClock
 from tests.httpx_server import RunningServer, free_socket, start_server
 
 
@@ -210,6 +211,14 @@ async def test_weighted_groups_split_the_first_attempts() -> None:
     assert 120 <= firsts.count("http://a.test") <= 280
 
 
+async def _until(condition: Any) -> None:
+    for _ in range(1000):  # bounded: a few loop turns for the transport to start an attempt
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not met")
+
+
 async def test_without_endpoints_it_hedges_against_its_own_host() -> None:
     seen: list[str] = []
     gate = asyncio.Event()
@@ -220,26 +229,46 @@ async def test_without_endpoints_it_hedges_against_its_own_host() -> None:
             await gate.wait()  # the first attempt hangs
         return httpx.Response(200, text=f"attempt {len(seen)}")
 
-    pipeline = standard_hedging_pipeline(delay=0.01)
+    clock = FakeClock()
+    pipeline = standard_hedging_pipeline(delay=0.01, clock=clock)
     transport = AsyncResilientTransport(pipeline, inner=httpx.MockTransport(handler))
     async with httpx.AsyncClient(transport=transport) as c:
-        response = await c.get("https://api.test/items")
+        call = asyncio.create_task(c.get("https://api.test/items"))
+        await _until(lambda: len(seen) == 1)
+        clock.advance(0.009)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(seen) == 1  # not before the delay, on the pipeline's clock
+        clock.advance(0.002)  # past the delay (0.009 + 0.001 is just below 0.01 in floating point)
+        async with asyncio.timeout(10):  # a safety net only: the fake clock has already fired the hedge
+            response = await call
     assert response.text == "attempt 2"
     assert seen == ["https://api.test/items"] * 2
 
 
 async def test_a_spent_budget_stops_the_hedges() -> None:
     seen: list[int] = []
+    gate = asyncio.Event()
 
     async def handler(request: httpx.Request) -> httpx.Response:
         seen.append(1)
-        await asyncio.sleep(0.05)
+        await gate.wait()
         return httpx.Response(200)
 
-    pipeline = standard_hedging_pipeline(delay=0.001, budget=RetryBudget(ratio=0.0, min_per_second=0.0))
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0, clock=clock)
+    pipeline = standard_hedging_pipeline(delay=0.001, budget=budget, clock=clock)
     transport = AsyncResilientTransport(pipeline, inner=httpx.MockTransport(handler))
     async with httpx.AsyncClient(transport=transport) as c:
-        assert (await c.get("https://api.test/")).status_code == 200
+        call = asyncio.create_task(c.get("https://api.test/"))
+        await _until(lambda: seen == [1])
+        clock.advance(0.01)  # ten hedging delays: each finds the budget spent
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert seen == [1]
+        gate.set()
+        async with asyncio.timeout(10):  # a safety net only
+            assert (await call).status_code == 200
     assert seen == [1]
 
 

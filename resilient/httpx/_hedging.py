@@ -12,6 +12,7 @@ import httpx
 
 from resilient.breaker import CircuitBreaker, CircuitState
 from resilient.budget import RetryBudget
+from resilient.clock import Clock
 from resilient.concurrency import Bulkhead
 from resilient.deadline import current_deadline
 from resilient.errors import RejectedError
@@ -20,7 +21,7 @@ from resilient.hedge import LatencyQuantile
 from resilient.httpx._rules import IDEMPOTENT_METHODS, TRANSIENT_STATUSES
 from resilient.policy import AsyncWrapped, Pipeline
 from resilient.timeout import Timeout
-from resilient.validate import check_int, check_number, check_seconds
+from resilient.validate import check_clock, check_int, check_number, check_seconds
 
 __all__ = ["Endpoint", "EndpointGroup", "HedgingPipeline", "standard_hedging_pipeline"]
 
@@ -99,9 +100,12 @@ class _EndpointState:
 
 
 async def _first_done(
-    loop: asyncio.AbstractEventLoop, tasks: dict[asyncio.Task[httpx.Response], float], wait: float | None
+    loop: asyncio.AbstractEventLoop,
+    clock: Clock,
+    tasks: dict[asyncio.Task[httpx.Response], float],
+    wait: float | None,
 ) -> list[asyncio.Task[httpx.Response]]:
-    """The tasks done once one is, or after ``wait`` seconds (``asyncio.wait``'s FIRST_COMPLETED, for less)."""
+    """The tasks done once one is, or after ``wait`` seconds of ``clock`` (FIRST_COMPLETED, for less)."""
     waiter = loop.create_future()
 
     def wake(_: object = None) -> None:
@@ -110,7 +114,7 @@ async def _first_done(
 
     for task in tasks:
         task.add_done_callback(wake)
-    handle = loop.call_later(wait, wake) if wait is not None else None
+    handle = clock.call_at(clock.now() + wait, wake) if wait is not None else None
     try:
         await waiter
     finally:
@@ -151,6 +155,7 @@ class HedgingPipeline:
         budget: RetryBudget | None,
         hedge_non_idempotent: bool,
         name: str | None,
+        clock: Clock,
     ) -> None:
         self.groups = groups
         self.selection = selection
@@ -166,6 +171,7 @@ class HedgingPipeline:
         self.budget = budget
         self.hedge_non_idempotent = hedge_non_idempotent
         self.name = name
+        self.clock = clock
         self._inner: httpx.AsyncBaseTransport | None = None
         self._states: list[list[_EndpointState]] = []
         self._self: _EndpointState | None = None  # no endpoints: the request's own URL
@@ -189,7 +195,7 @@ class HedgingPipeline:
             self._states = [[self._endpoint_state(e, site) for e in g.endpoints] for g in self.groups]
         else:
             self._self = self._endpoint_state(None, site)
-        total = Timeout(self.total_timeout, set_deadline=True, name=f"{self.name or 'hedging'}.total")
+        total = Timeout(self.total_timeout, set_deadline=True, name=f"{self.name or 'hedging'}.total", clock=self.clock)
         self._total = total.build(self._hedged, site, True)
 
     def _endpoint_state(self, endpoint: Endpoint | None, site: EventSite) -> _EndpointState:
@@ -201,11 +207,12 @@ class HedgingPipeline:
             sampling_duration=self.sampling_duration,
             break_duration=self.break_duration,
             on_result=_is_failure,
+            clock=self.clock,
         )
         pipeline = Pipeline(
-            Bulkhead(self.max_concurrent, name=f"{self.name or 'hedging'} {label}"),
+            Bulkhead(self.max_concurrent, name=f"{self.name or 'hedging'} {label}", clock=self.clock),
             breaker,
-            Timeout(self.attempt_timeout),
+            Timeout(self.attempt_timeout, clock=self.clock),
         )
         return _EndpointState(endpoint, breaker, pipeline.build(self._send_one, site, True))
 
@@ -292,6 +299,7 @@ class HedgingPipeline:
         if budget is not None:
             budget.record_request()
         loop = asyncio.get_running_loop()
+        clock = self.clock
         running: dict[asyncio.Task[httpx.Response], float] = {}
         next_candidate = 0
         sent = 0
@@ -305,7 +313,7 @@ class HedgingPipeline:
             next_candidate += 1
             sent += 1
             task = loop.create_task(state.send(self._request_for(request, state)))
-            running[task] = loop.time()
+            running[task] = clock.now()
 
         def may_hedge() -> bool:
             return sent < attempts_allowed and (budget is None or budget.try_spend())
@@ -314,7 +322,7 @@ class HedgingPipeline:
         try:
             while running:
                 timeout = self._delay() if sent < attempts_allowed else None
-                done = await _first_done(loop, running, timeout)
+                done = await _first_done(loop, clock, running, timeout)
                 if not done:
                     # The hedging delay passed with no answer: one more attempt, elsewhere.
                     if may_hedge():
@@ -330,7 +338,7 @@ class HedgingPipeline:
                         response = task.result()
                         if not _is_failure(response):
                             if self._median is not None:
-                                took = loop.time() - began
+                                took = clock.now() - began
                                 self.delay.observe(took)  # type: ignore[union-attr]
                                 self._median.observe(took)
                             return response
@@ -424,6 +432,7 @@ def standard_hedging_pipeline(
     budget: RetryBudget | None = None,
     hedge_non_idempotent: bool = False,
     name: str | None = None,
+    clock: Clock | None = None,
 ) -> HedgingPipeline:
     """Microsoft's standard hedging handler: a total timeout, hedging, and per endpoint a bulkhead, breaker and timeout.
 
@@ -465,6 +474,10 @@ def standard_hedging_pipeline(
             body). Without it they are sent once (an ``Idempotency-Key``
             header makes them hedgeable).
         name: shown in the breakers' and events' names.
+        clock: the clock of every wait and timer (the hedging delay, the
+            timeouts, the breakers' windows, the budget); a
+            :class:`~resilient.testing.FakeClock` drives the whole pipeline
+            in tests.
 
     A request that may not be hedged is sent once; a rejection (an open
     circuit, a full bulkhead: nothing was sent) still moves it to the next
@@ -483,6 +496,7 @@ def standard_hedging_pipeline(
     if budget is not None and not isinstance(budget, RetryBudget):
         raise TypeError(f"budget must be a RetryBudget or None, got {budget!r}")
     ratio = check_number(failure_ratio, "failure_ratio", maximum=1.0)
+    the_clock = check_clock(clock)
     return HedgingPipeline(
         made,
         selection=selection,
@@ -495,7 +509,8 @@ def standard_hedging_pipeline(
         minimum_throughput=check_int(minimum_throughput, "minimum_throughput"),
         sampling_duration=check_seconds(sampling_duration, "sampling_duration"),
         break_duration=check_seconds(break_duration, "break_duration"),
-        budget=budget if budget is not None else RetryBudget(ratio=0.1, min_per_second=1.0),
+        budget=budget if budget is not None else RetryBudget(ratio=0.1, min_per_second=1.0, clock=the_clock),
         hedge_non_idempotent=bool(hedge_non_idempotent),
         name=name,
+        clock=the_clock,
     )
