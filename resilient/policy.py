@@ -154,6 +154,16 @@ def operation_name(fn: Callable[..., Any]) -> str:
     return name if isinstance(name, str) else type(fn).__qualname__
 
 
+def _calling(hook: str) -> Callable[..., Any]:
+    """A public build hook that calls a subclass's first-wave private ``hook``."""
+
+    def build(self: Policy, fn: Callable[..., Any], site: EventSite) -> Callable[..., Any]:
+        return cast("Callable[..., Any]", getattr(self, hook)(fn, site))
+
+    build.__name__ = build.__qualname__ = hook.replace("_wrap", "build")
+    return build
+
+
 class Policy:
     """Base class of every policy, and the public way to write your own.
 
@@ -192,15 +202,22 @@ class Policy:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # The first wave's private hooks still work (build_async/build_sync
-        # call them), but a subclass should use the public ones.
+        # The first wave's private hooks keep working: a subclass that
+        # overrides one (of Policy or of a built-in policy) has it called by
+        # the public hook, with a warning; a class that defines the public
+        # hook gets the old name as an alias, so that a subclass's
+        # super()._wrap_async() still reaches its parent's shell.
+        own = cls.__dict__
         for old, new in (("_wrap_async", "build_async"), ("_wrap_sync", "build_sync")):
-            if old in cls.__dict__:
+            if old in own and new not in own:
                 warnings.warn(
                     f"{cls.__qualname__}.{old}() is deprecated: override {new}() instead (docs/extending.md)",
                     DeprecationWarning,
                     stacklevel=2,
                 )
+                setattr(cls, new, _calling(old))
+            elif new in own and old not in own:
+                setattr(cls, old, own[new])
 
     def __init__(self, *, name: str | None = None, listeners: Iterable[Listener] = ()) -> None:
         if name is not None and not isinstance(name, str):

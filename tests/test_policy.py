@@ -255,3 +255,51 @@ def test_a_subclass_written_against_the_first_wave_hooks_still_works_and_is_warn
     assert asyncio.run(Old().wrap(f)()) == ("old", 1)
     with pytest.raises(TypeError, match="works only with async functions"):
         Old().wrap(lambda: 1)
+
+
+def test_a_subclass_of_a_built_in_policy_overriding_a_first_wave_hook_is_still_called() -> None:
+    from resilient import Bulkhead, CircuitBreaker
+
+    log: list[str] = []
+    with pytest.warns(DeprecationWarning, match=r"LoggedBulkhead\._wrap_async\(\) is deprecated"):
+
+        class LoggedBulkhead(Bulkhead):
+            def _wrap_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+                inner = super()._wrap_async(fn, site)  # the parent's real shell
+
+                async def call(*args: Any, **kwargs: Any) -> Any:
+                    log.append("async")
+                    return await inner(*args, **kwargs)
+
+                return call
+
+    with pytest.warns(DeprecationWarning, match=r"LoggedBreaker\._wrap_sync\(\) is deprecated"):
+
+        class LoggedBreaker(CircuitBreaker):
+            def _wrap_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+                inner = super()._wrap_sync(fn, site)
+
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    log.append("sync")
+                    return inner(*args, **kwargs)
+
+                return call
+
+    async def f() -> int:
+        return 1
+
+    bulkhead = LoggedBulkhead(1)
+    assert asyncio.run(bulkhead.wrap(f)()) == 1
+    assert LoggedBreaker("b").wrap(lambda: 2)() == 2
+    assert log == ["async", "sync"]
+    assert bulkhead.running == 0
+
+
+def test_a_class_with_both_hooks_is_not_warned(recwarn: pytest.WarningsRecorder) -> None:
+    class Both(Policy):
+        def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+            return fn
+
+        _wrap_async = build_async  # kept for callers of the old name
+
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
