@@ -56,9 +56,15 @@ def local_redis(needed_for: str = "this example") -> Iterator[str | None]:
             time.sleep(0.02)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        proc.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:  # never leave a server behind
+                proc.kill()
+                proc.wait()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from resilient.clock import Clock
-from resilient.validate import check_clock, check_number, check_seconds
+from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.validate import check_number, check_seconds
 
 __all__ = ["RetryBudget"]
 
@@ -84,7 +84,10 @@ class RetryBudget:
         self.ratio = check_number(ratio, "ratio", strict=False)
         self.min_per_second = check_number(min_per_second, "min_per_second", strict=False)
         self.window = check_seconds(window, "window")
-        self._clock = check_clock(clock)
+        # Only now() is read: any object with it will do (as before), not the full Clock protocol.
+        if clock is not None and not callable(getattr(clock, "now", None)):
+            raise TypeError(f"clock must be a Clock (an object with now()) or None, got {clock!r}")
+        self._clock = clock if clock is not None else SYSTEM_CLOCK
         self._floor = self.min_per_second * self.window
         self._tick = self.window / _BUCKETS
         # One slot per bucket, in a ring; the oldest slot's calls are no longer counted.
