@@ -4,19 +4,23 @@ Loaded by :mod:`benchmarks.peer_suites` with ``-p resilient_peer_plugin`` and
 the environment variable ``RESILIENT_WRAP``:
 
 * ``transport``: every transport an ``httpx.Client`` or ``httpx.AsyncClient``
-  builds or is given (proxies and mounts included) is wrapped in
+  builds or is given (``transport=``, proxies, ``mounts=``) is wrapped in
   ``ResilientTransport`` / ``AsyncResilientTransport`` with the default
   pipeline;
-* ``app``: every application a Starlette ``TestClient`` drives is wrapped in
-  ``ResilienceMiddleware`` with its defaults.
+* ``app``: every application a Starlette ``TestClient`` is given is wrapped in
+  ``ResilienceMiddleware`` with its defaults (requests, websockets and the
+  lifespan all go through it).
 
 The wrapping happens where the suite's objects are built (httpx's
-``Client._init_transport`` and ``_init_proxy_transport``, Starlette's
-``_TestClientTransport``), so every test exercises the wrapped path.
+``Client._init_transport`` and ``_init_proxy_transport`` and the ``mounts``
+argument, Starlette's ``TestClient.__init__``), so every test exercises the
+wrapped path. With ``RESILIENT_WRAP_REPORT`` set to a path, the counts are
+written there as JSON when the run ends.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -38,9 +42,7 @@ def _wrap_transports() -> None:
         def build(self: Any, *args: Any, **kwargs: Any) -> Any:
             transport = original(self, *args, **kwargs)
             wrapped["transports"] += 1
-            if NO_DEADLINE_HEADER:
-                return wrapper(inner=transport, deadline_header=None)
-            return wrapper(inner=transport)
+            return _options(wrapper, transport)
 
         setattr(cls, method, build)
 
@@ -48,21 +50,43 @@ def _wrap_transports() -> None:
         wrapping(httpx.Client, method, ResilientTransport)
         wrapping(httpx.AsyncClient, method, AsyncResilientTransport)
 
+    # mounts= transports go straight into the client: wrap them on the way in.
+    for cls, wrapper in ((httpx.Client, ResilientTransport), (httpx.AsyncClient, AsyncResilientTransport)):
+        original_init = cls.__init__
+
+        def init(self: Any, *args: Any, _init: Any = original_init, _wrapper: Any = wrapper, **kwargs: Any) -> None:
+            mounts = kwargs.get("mounts")
+            if mounts:
+                wrapped["transports"] += sum(1 for t in mounts.values() if t is not None)
+                kwargs["mounts"] = {k: t if t is None else _options(_wrapper, t) for k, t in mounts.items()}
+            _init(self, *args, **kwargs)
+
+        cls.__init__ = init  # type: ignore[method-assign]
+
+
+def _options(wrapper: type, transport: Any) -> Any:
+    if NO_DEADLINE_HEADER:
+        return wrapper(inner=transport, deadline_header=None)
+    return wrapper(inner=transport)
+
 
 def _wrap_apps() -> None:
     from starlette import testclient
 
     from resilient.asgi import ResilienceMiddleware
 
-    original = testclient._TestClientTransport.__init__
+    original = testclient.TestClient.__init__
 
     def init(self: Any, app: Any, *args: Any, **kwargs: Any) -> None:
         wrapped["apps"] += 1
         options: dict[str, Any] = {"deadline_header": None} if NO_DEADLINE_HEADER else {}
-        app = ResilienceMiddleware(app, **options)
-        original(self, app, *args, **kwargs)
+        if not testclient._is_asgi3(app):
+            # ASGI 2 (app(scope) -> instance): resilient's middleware, like
+            # Starlette's own, speaks ASGI 3; convert it as TestClient would.
+            app = testclient._WrapASGI2(app)
+        original(self, ResilienceMiddleware(app, **options), *args, **kwargs)
 
-    testclient._TestClientTransport.__init__ = init  # type: ignore[method-assign]
+    testclient.TestClient.__init__ = init  # type: ignore[method-assign]
 
 
 def pytest_configure(config: Any) -> None:
@@ -76,6 +100,10 @@ def pytest_configure(config: Any) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say how much was wrapped, so that a run that wrapped nothing is visible."""
+    """Say how much was wrapped, so that a run that wrapped nothing is visible (and checked)."""
     if WRAP:
         terminalreporter.write_line(f"resilient wrapped: {wrapped['transports']} transports, {wrapped['apps']} apps")
+    report = os.environ.get("RESILIENT_WRAP_REPORT")
+    if report:
+        with open(report, "w") as f:
+            json.dump(wrapped, f)
