@@ -256,6 +256,7 @@ class AdaptiveThrottle(ShadowMode, Policy):
         return self._on, self.clock.now, self.k, self._record, self._served, self._admit_slow
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
         on, now, k, record, served, admit_slow = self._shell_parts()
 
         async def throttled_call(*args: Any, **kwargs: Any) -> Any:
@@ -271,6 +272,7 @@ class AdaptiveThrottle(ShadowMode, Policy):
         return throttled_call
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The closure guarding each call of the synchronous ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
         on, now, k, record, served, admit_slow = self._shell_parts()
 
         def throttled_call(*args: Any, **kwargs: Any) -> Any:

@@ -605,6 +605,7 @@ class CircuitBreaker(ShadowMode, Policy):
         return self.store, self._now, timed, slow if slow is not None else math.inf, self._on_result, self._transitioned
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
         if self._async_store is not None:
             return self._build_async_store(fn, site)
         store, now, timed, slow, on_result, transitioned = self._shell()
@@ -668,6 +669,7 @@ class CircuitBreaker(ShadowMode, Policy):
         return breaker_call
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The closure guarding each call of the synchronous ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
         store, now, timed, slow, on_result, transitioned = self._shell()
         admit, settle, release, record_success = self._admit, self._settle, store.release, store.record_success
 

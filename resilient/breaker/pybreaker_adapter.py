@@ -297,6 +297,7 @@ class PyBreakerPolicy(Policy):
             lock.release()
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
         try_locked, aadmit, arecord = self._try_locked, self._aadmit, self._arecord
         admit, before_call, success, failure = (
             self._admit_locked,
@@ -326,6 +327,7 @@ class PyBreakerPolicy(Policy):
         return pybreaker_call
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The closure guarding each call of the synchronous ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
         lock = self.breaker._lock
         admit, before_call, success, failure = (
             self._admit_locked,

@@ -306,6 +306,7 @@ class StaleCache(Policy):
     # the async one without ``await``, so that the twins cannot drift.
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
         ttl = self.ttl
         keyfn = self.key
         prefix, prefix_kw = _key_prefixes(site.operation)
@@ -520,6 +521,7 @@ class StaleCache(Policy):
     # -- sync ----------------------------------------------------------------
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The closure guarding each call of the synchronous ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
         if self._store_async:
             raise TypeError(f"{self.label()} has an async store and cannot guard the synchronous function {fn!r}")
         ttl = self.ttl

@@ -197,6 +197,7 @@ class AdaptiveConcurrency(Bulkhead):
         return self.clock.now, self._failed, self._done, self._on_result
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
         enter = self.enter
         now, failed, done, on_result = self._shell_parts()
 
@@ -213,6 +214,7 @@ class AdaptiveConcurrency(Bulkhead):
         return adaptive_call
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The closure guarding each call of the synchronous ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
         enter = self.enter_sync
         now, failed, done, on_result = self._shell_parts()
 

@@ -572,6 +572,7 @@ class Bulkhead(ShadowMode, Policy):
     # -- wrappers: a fast path, the call, one hand-off -------------------------
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
         e, lock, release = self._engine, self._engine.lock, self._engine.release_now
         enter, unslotted = self.enter, self._run_unslotted
 
@@ -592,6 +593,7 @@ class Bulkhead(ShadowMode, Policy):
         return bulkhead_call
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The closure guarding each call of the synchronous ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
         e, lock, release = self._engine, self._engine.lock, self._engine.release_now
         enter, unslotted = self.enter_sync, self._run_unslotted_sync
 
