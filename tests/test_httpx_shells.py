@@ -82,7 +82,7 @@ def test_the_sync_shell_is_the_async_one_without_await(
 def test_the_engine_does_no_io_and_never_awaits() -> None:
     """The decisions are plain functions: no coroutine among them, and none sends, reads or closes."""
     steps = [_transport._begin, _transport._drains, _transport._converted, _transport._finished]
-    steps += [_io._body, _io._Body.full, _transport._TransportBase._open, _transport._TransportBase._wrapped_for]
+    steps += [_io._body, _io._Body.full, _transport._TransportBase._open, _transport._TransportBase._built]
     for step in steps:
         assert not inspect.iscoroutinefunction(step), step
         source = inspect.getsource(step)

@@ -205,7 +205,8 @@ class _TransportBase(Generic[_Inner, _Wrapped]):
         if isinstance(self.pipeline, Policy):
             self._single = cast(_Wrapped, self.pipeline.build(self._attempt, self._site, self._is_async))
         self._hosts: LRUCache[str, tuple[_Wrapped, int]] = LRUCache(maxsize=self.max_hosts)
-        self._lock = threading.Lock()
+        # The sync transport's threads share the host pipelines; asyncio needs no lock.
+        self._lock = None if self._is_async else threading.Lock()
 
     def _new_inner(self) -> _Inner:
         raise NotImplementedError
@@ -215,15 +216,6 @@ class _TransportBase(Generic[_Inner, _Wrapped]):
 
     def _make_attempt(self) -> Callable[[_Call], Any]:
         raise NotImplementedError
-
-    def _new_call(self, request: httpx.Request, max_sends: int) -> _Call:
-        host, port = _host_port(request.url)
-        # Fast path: GET with an empty body.
-        if request.method in IDEMPOTENT_METHODS and type(request.stream) is httpx.ByteStream:
-            retryable = True
-        else:
-            retryable = _may_resend(request, self.retry_non_idempotent)
-        return _Call(request, retryable, host, port, max_sends)
 
     def _build_for(self, host_key: str) -> Policy:
         pipeline = self.pipeline
@@ -237,27 +229,42 @@ class _TransportBase(Generic[_Inner, _Wrapped]):
             raise TypeError(f"the pipeline factory must return a Policy, got {policy!r} for {host_key!r}")
         return policy
 
-    def _wrapped_for(self, request: httpx.Request) -> tuple[_Wrapped, int]:
-        if self._single is not None:
-            return self._single, self._single_sends
-        host_key = self._key(request)
-        # The lock is for the sync transport's threads; uncontended under asyncio.
-        with self._lock:
+    def _built(self, host_key: str) -> tuple[_Wrapped, int]:
+        """The pipeline of a host key seen for the first time, and how many sends it may make."""
+        # Built outside the lock: the factory is user code.
+        policy = self._build_for(host_key)
+        built = cast(_Wrapped, policy.build(self._attempt, self._site, self._is_async)), _max_sends(policy)
+        lock = self._lock
+        if lock is None:
+            self._hosts[host_key] = built
+            return built
+        with lock:
             entry = self._hosts.get(host_key)
-        if entry is None:
-            # Built outside the lock: the factory is user code.
-            policy = self._build_for(host_key)
-            wrapped = cast(_Wrapped, policy.build(self._attempt, self._site, self._is_async))
-            with self._lock:
-                entry = self._hosts.get(host_key)
-                if entry is None:
-                    self._hosts[host_key] = entry = wrapped, _max_sends(policy)
+            if entry is None:
+                self._hosts[host_key] = entry = built
         return entry
 
     def _open(self, request: httpx.Request) -> tuple[_Wrapped, _Call, Token[_Call | None]]:
         """Start a call of ``request``: its pipeline, its state, and the token that makes it current."""
-        wrapped, max_sends = self._wrapped_for(request)
-        call = self._new_call(request, max_sends)
+        # One function for the whole set-up: it runs on every request.
+        if self._single is not None:
+            wrapped, max_sends = self._single, self._single_sends
+        else:
+            host_key = self._key(request)
+            lock = self._lock
+            if lock is None:
+                entry = self._hosts.get(host_key)
+            else:
+                with lock:
+                    entry = self._hosts.get(host_key)
+            wrapped, max_sends = entry if entry is not None else self._built(host_key)
+        host, port = _host_port(request.url)
+        # Fast path: GET with an empty body.
+        if request.method in IDEMPOTENT_METHODS and type(request.stream) is httpx.ByteStream:
+            retryable = True
+        else:
+            retryable = _may_resend(request, self.retry_non_idempotent)
+        call = _Call(request, retryable, host, port, max_sends)
         return wrapped, call, _current_call.set(call)
 
 
@@ -302,7 +309,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase[httpx.Asy
             self._hedging.bind(self.inner, self.deadline_header)
 
     def _make_attempt(self) -> Callable[[_Call], Any]:
-        send = self.inner.handle_async_request
+        inner = self.inner
         header, statuses, limit = self.deadline_header, self._drain, self.max_drain_bytes
 
         async def attempt(call: _Call) -> httpx.Response:
@@ -313,7 +320,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase[httpx.Asy
             if previous is not None:
                 await previous.aclose()
             try:
-                response = await send(request)
+                response = await inner.handle_async_request(request)
             except Exception as exc:
                 call.error = exc
                 raise
@@ -413,7 +420,7 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase[httpx.BaseTransport
         self.caps_socket_timeouts = cap_socket_operations(self.inner)
 
     def _make_attempt(self) -> Callable[[_Call], Any]:
-        send = self.inner.handle_request
+        inner = self.inner
         header, statuses, limit = self.deadline_header, self._drain, self.max_drain_bytes
 
         def attempt(call: _Call) -> httpx.Response:
@@ -424,7 +431,7 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase[httpx.BaseTransport
             if previous is not None:
                 previous.close()
             try:
-                response = send(request)
+                response = inner.handle_request(request)
             except Exception as exc:
                 call.error = exc
                 raise
