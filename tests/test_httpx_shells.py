@@ -1,13 +1,14 @@
 """The sync transport's shells are the async ones without ``await``: checked, so that the twins cannot drift.
 
-Every decision of the transports lives in plain functions of
-``resilient/httpx/_transport.py`` (``_begin``, ``_drains``, ``_converted``,
-``_finished``) and ``_io.py`` (``_body``, ``_Body.full``) and in their shared
-base class: no I/O, no awaits. What is left in each shell is the I/O those
-steps name: sending, closing a response, reading a failure body. This test
-turns each async shell into its sync form (unasync-style replacements) and
-compares syntax trees, docstrings left out: a fix made to one twin and not to
-the other fails here.
+The decisions of the transports live in plain functions of
+``resilient/httpx/_transport.py`` (``_begin``, ``_converted``, ``_finished``)
+and ``_io.py`` (``_body``, ``_Body.full``) and in their shared base class: no
+I/O, no awaits. What is left in each shell is the I/O those steps name
+(sending, closing a response, reading a failure body) and, inline because it
+runs on every response, the check whether a failure will be retried. This
+test turns each async shell into its sync form (unasync-style replacements)
+and compares syntax trees, docstrings left out: a fix made to one twin and not
+to the other fails here.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def test_the_sync_shell_is_the_async_one_without_await(
 
 def test_the_engine_does_no_io_and_never_awaits() -> None:
     """The decisions are plain functions: no coroutine among them, and none sends, reads or closes."""
-    steps = [_transport._begin, _transport._drains, _transport._converted, _transport._finished]
+    steps = [_transport._begin, _transport._converted, _transport._finished]
     steps += [_io._body, _io._Body.full, _transport._TransportBase._open, _transport._TransportBase._built]
     for step in steps:
         assert not inspect.iscoroutinefunction(step), step

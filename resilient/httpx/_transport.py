@@ -3,10 +3,10 @@
 Both are thin shells over one engine: :class:`_TransportBase` holds the
 configuration, the per-host pipelines and the call's set-up, and the plain
 functions below decide each step of an attempt (whether to send again, what
-to send, whether to drain the answer, what to raise, what is left to close).
-A shell only does the I/O those steps name, awaited or not:
-tests/test_httpx_shells.py checks that the two shells stay each other's
-twin.
+to send, what to raise, what is left to close). A shell only does the I/O
+those steps name, awaited or not, and (inline, as it runs on every response)
+the check whether a failure will be retried: tests/test_httpx_shells.py
+checks that the two shells stay each other's twin.
 """
 
 from __future__ import annotations
@@ -135,12 +135,6 @@ def _begin(call: _Call, header: str | None) -> tuple[httpx.Request, httpx.Respon
     call.error = None
     request = attempt_request(call, header) if current_deadline() is not None else call.request
     return request, previous
-
-
-def _drains(call: _Call, response: httpx.Response, statuses: frozenset[int]) -> bool:
-    """Record the status of ``response``; whether it is a failure that will be retried (so read now)."""
-    status = call.status = response.status_code
-    return status in statuses and call.retryable and call.sent < call.max_sends
 
 
 def _converted(exc: BaseException, call: _Call, token: Token[_Call | None]) -> BaseException | None:
@@ -324,7 +318,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase[httpx.Asy
             except Exception as exc:
                 call.error = exc
                 raise
-            if _drains(call, response, statuses):
+            # A failure that will be retried is read now (see _TransportBase._drain).
+            status = call.status = response.status_code
+            if status in statuses and call.retryable and call.sent < call.max_sends:
                 response = await adrain(call, response, limit)
             call.response = response
             return response
@@ -435,7 +431,9 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase[httpx.BaseTransport
             except Exception as exc:
                 call.error = exc
                 raise
-            if _drains(call, response, statuses):
+            # A failure that will be retried is read now (see _TransportBase._drain).
+            status = call.status = response.status_code
+            if status in statuses and call.retryable and call.sent < call.max_sends:
                 response = drain(call, response, limit)
             call.response = response
             return response
