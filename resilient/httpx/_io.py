@@ -150,6 +150,36 @@ class _SyncReplay(httpx.SyncByteStream):
             self._stream.close()
 
 
+class _Body:
+    """The chunks of a failure body read so far, up to the limit: what both drains decide by."""
+
+    __slots__ = ("call", "chunks", "limit", "size")
+
+    def __init__(self, call: _Call, limit: int) -> None:
+        self.call = call
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def full(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; whether the body is now longer than the limit (the call is then not sent again)."""
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.call.retryable = False
+            return True
+        _check_deadline(self.call.request)
+        return False
+
+
+def _body(call: _Call, response: httpx.Response, limit: int) -> _Body | None:
+    """Where the chunks of ``response`` go; None when it says it is too long (the call is then not sent again)."""
+    if _declared_too_long(response, limit):
+        call.retryable = False
+        return None
+    return _Body(call, limit)
+
+
 async def adrain(call: _Call, response: httpx.Response, limit: int) -> httpx.Response:
     """Read a failure response that is going to be retried and release its connection.
 
@@ -158,50 +188,38 @@ async def adrain(call: _Call, response: httpx.Response, limit: int) -> httpx.Res
     the rest, unread) and the call is marked as not to be sent again, so the
     retry gives up and hands it to the caller.
     """
-    if _declared_too_long(response, limit):
-        call.retryable = False
+    body = _body(call, response, limit)
+    if body is None:
         return response
     stream = cast(httpx.AsyncByteStream, response.stream)
     rest = stream.__aiter__()
-    chunks: list[bytes] = []
-    size = 0
     try:
         async for chunk in rest:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                call.retryable = False
-                return _kept(response, _AsyncReplay(chunks, rest, stream))
-            _check_deadline(call.request)
+            if body.full(chunk):
+                return _kept(response, _AsyncReplay(body.chunks, rest, stream))
     except BaseException:
         await stream.aclose()
         raise
     await stream.aclose()
-    return _buffered(response, chunks)
+    return _buffered(response, body.chunks)
 
 
 def drain(call: _Call, response: httpx.Response, limit: int) -> httpx.Response:
     """The synchronous :func:`adrain`."""
-    if _declared_too_long(response, limit):
-        call.retryable = False
+    body = _body(call, response, limit)
+    if body is None:
         return response
     stream = cast(httpx.SyncByteStream, response.stream)
     rest = iter(stream)
-    chunks: list[bytes] = []
-    size = 0
     try:
         for chunk in rest:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                call.retryable = False
-                return _kept(response, _SyncReplay(chunks, rest, stream))
-            _check_deadline(call.request)
+            if body.full(chunk):
+                return _kept(response, _SyncReplay(body.chunks, rest, stream))
     except BaseException:
         stream.close()
         raise
     stream.close()
-    return _buffered(response, chunks)
+    return _buffered(response, body.chunks)
 
 
 # -- every socket operation of the sync transport bounded by the deadline ------------

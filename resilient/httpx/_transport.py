@@ -1,12 +1,22 @@
-"""The transports: AsyncResilientTransport and ResilientTransport."""
+"""The transports: AsyncResilientTransport and ResilientTransport.
+
+Both are thin shells over one engine: :class:`_TransportBase` holds the
+configuration, the per-host pipelines and the call's set-up, and the plain
+functions below decide each step of an attempt (whether to send again, what
+to send, what to raise, what is left to close). A shell only does the I/O
+those steps name, awaited or not, and (inline, as it runs on every response)
+the check whether a failure will be retried: tests/test_httpx_shells.py
+checks that the two shells stay each other's twin.
+"""
 
 from __future__ import annotations
 
 import sys
 import threading
 from collections.abc import Callable
+from contextvars import Token
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import httpx
 from cachetools import LRUCache
@@ -101,17 +111,69 @@ def _max_sends(policy: Policy) -> int:
     return 1 if policy.policy_type in _SEND_ONCE else _UNBOUNDED
 
 
-class _TransportBase:
-    """What the sync and async transports share: configuration and host keys."""
+# -- the engine: the steps of an attempt, no I/O --------------------------------------
+
+
+def _begin(call: _Call, header: str | None) -> tuple[httpx.Request, httpx.Response | None] | httpx.Response:
+    """Start an attempt of ``call``: the request to send and the previous response to close first.
+
+    Or, when the pipeline sends again what the transport must not (a custom
+    Retry without the HTTP predicates), the first outcome instead: its
+    response, returned, or its error, raised.
+    """
+    previous = None
+    if call.sent:
+        previous = call.response
+        if not call.retryable:
+            if previous is not None:
+                return previous
+            assert call.error is not None
+            raise call.error
+        call.response = None
+    call.sent += 1
+    call.status = None
+    call.error = None
+    request = attempt_request(call, header) if current_deadline() is not None else call.request
+    return request, previous
+
+
+def _converted(exc: BaseException, call: _Call, token: Token[_Call | None]) -> BaseException | None:
+    """End a failed call: the httpx error to raise instead of ``exc``, or None to raise ``exc`` as it is."""
+    _current_call.reset(token)
+    # The inner transport's own errors pass as they are.
+    if exc is call.error:
+        return None
+    converted = as_httpx_error(exc, call.request)
+    return None if converted is exc else converted
+
+
+def _finished(call: _Call, token: Token[_Call | None], response: httpx.Response) -> httpx.Response | None:
+    """End a call that answers ``response``: the response of an earlier attempt left to close, if any."""
+    _current_call.reset(token)
+    left = call.response
+    return left if left is not None and left is not response else None
+
+
+_Inner = TypeVar("_Inner", bound=httpx.AsyncBaseTransport | httpx.BaseTransport)
+_Wrapped = TypeVar("_Wrapped", bound=Callable[..., Any])
+
+
+class _TransportBase(Generic[_Inner, _Wrapped]):
+    """What the sync and async transports share: the arguments, the host pipelines, each call's set-up."""
+
+    _is_async: ClassVar[bool]
+    _inner_type: ClassVar[type]
 
     def __init__(
         self,
-        pipeline: PipelineArg | None,
-        deadline_header: str | None,
-        retry_non_idempotent: bool,
-        max_hosts: int,
-        key: Callable[[httpx.Request], str] | None,
-        max_drain_bytes: int,
+        pipeline: PipelineArg | None = None,
+        *,
+        inner: _Inner | None = None,
+        deadline_header: str | None = "x-resilient-deadline",
+        retry_non_idempotent: bool = False,
+        max_hosts: int = 1024,
+        key: Callable[[httpx.Request], str] | None = None,
+        max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
     ) -> None:
         self.pipeline = _check_pipeline(pipeline)
         self.deadline_header, self.max_hosts, self._key = _check_common(deadline_header, max_hosts, key)
@@ -123,30 +185,84 @@ class _TransportBase:
         self._site = _HttpSite(operation="http")
         self._single_sends = _max_sends(self.pipeline) if isinstance(self.pipeline, Policy) else 1
         self._hedging = self.pipeline if isinstance(self.pipeline, HedgingPipeline) else None
+        if self._hedging is not None and not self._is_async:
+            raise TypeError(
+                "pipeline: standard_hedging_pipeline() is for AsyncResilientTransport: a blocking call cannot be "
+                "hedged without a thread per attempt"
+            )
+        if inner is not None and not isinstance(inner, self._inner_type):
+            raise TypeError(f"inner must be an httpx.{self._inner_type.__name__}, got {inner!r}")
+        self.inner: _Inner = inner if inner is not None else self._new_inner()
+        self._bind()
+        self._attempt = self._make_attempt()
+        self._single: _Wrapped | None = None
+        if isinstance(self.pipeline, Policy):
+            self._single = cast(_Wrapped, self.pipeline.build(self._attempt, self._site, self._is_async))
+        self._hosts: LRUCache[str, tuple[_Wrapped, int]] = LRUCache(maxsize=self.max_hosts)
+        # The sync transport's threads share the host pipelines; asyncio needs no lock.
+        self._lock = None if self._is_async else threading.Lock()
 
-    def _new_call(self, request: httpx.Request, max_sends: int) -> _Call:
+    def _new_inner(self) -> _Inner:
+        raise NotImplementedError
+
+    def _bind(self) -> None:
+        """Finish the set-up once ``self.inner`` is known."""
+
+    def _make_attempt(self) -> Callable[[_Call], Any]:
+        raise NotImplementedError
+
+    def _build_for(self, host_key: str) -> Policy:
+        pipeline = self.pipeline
+        if isinstance(pipeline, Policy):
+            return pipeline
+        assert not isinstance(pipeline, HedgingPipeline)
+        if isinstance(pipeline, StandardPipeline):
+            return pipeline.build(host_key, sync=not self._is_async)
+        policy = pipeline(host_key)
+        if not isinstance(policy, Policy):
+            raise TypeError(f"the pipeline factory must return a Policy, got {policy!r} for {host_key!r}")
+        return policy
+
+    def _built(self, host_key: str) -> tuple[_Wrapped, int]:
+        """The pipeline of a host key seen for the first time, and how many sends it may make."""
+        # Built outside the lock: the factory is user code.
+        policy = self._build_for(host_key)
+        built = cast(_Wrapped, policy.build(self._attempt, self._site, self._is_async)), _max_sends(policy)
+        lock = self._lock
+        if lock is None:
+            self._hosts[host_key] = built
+            return built
+        with lock:
+            entry = self._hosts.get(host_key)
+            if entry is None:
+                self._hosts[host_key] = entry = built
+        return entry
+
+    def _open(self, request: httpx.Request) -> tuple[_Wrapped, _Call, Token[_Call | None]]:
+        """Start a call of ``request``: its pipeline, its state, and the token that makes it current."""
+        # One function for the whole set-up: it runs on every request.
+        if self._single is not None:
+            wrapped, max_sends = self._single, self._single_sends
+        else:
+            host_key = self._key(request)
+            lock = self._lock
+            if lock is None:
+                entry = self._hosts.get(host_key)
+            else:
+                with lock:
+                    entry = self._hosts.get(host_key)
+            wrapped, max_sends = entry if entry is not None else self._built(host_key)
         host, port = _host_port(request.url)
         # Fast path: GET with an empty body.
         if request.method in IDEMPOTENT_METHODS and type(request.stream) is httpx.ByteStream:
             retryable = True
         else:
             retryable = _may_resend(request, self.retry_non_idempotent)
-        return _Call(request, retryable, host, port, max_sends)
-
-    def _build_for(self, host_key: str, sync: bool) -> Policy:
-        pipeline = self.pipeline
-        if isinstance(pipeline, Policy):
-            return pipeline
-        assert not isinstance(pipeline, HedgingPipeline)
-        if isinstance(pipeline, StandardPipeline):
-            return pipeline.build(host_key, sync=sync)
-        policy = pipeline(host_key)
-        if not isinstance(policy, Policy):
-            raise TypeError(f"the pipeline factory must return a Policy, got {policy!r} for {host_key!r}")
-        return policy
+        call = _Call(request, retryable, host, port, max_sends)
+        return wrapped, call, _current_call.set(call)
 
 
-class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
+class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase[httpx.AsyncBaseTransport, AsyncWrapped]):
     """An ``httpx.AsyncBaseTransport`` that sends each request through a resilience pipeline.
 
     ``httpx.AsyncClient(transport=AsyncResilientTransport())``.
@@ -176,59 +292,33 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
             longer is not read on and not retried: it is handed back intact.
     """
 
-    def __init__(
-        self,
-        pipeline: PipelineArg | None = None,
-        *,
-        inner: httpx.AsyncBaseTransport | None = None,
-        deadline_header: str | None = "x-resilient-deadline",
-        retry_non_idempotent: bool = False,
-        max_hosts: int = 1024,
-        key: Callable[[httpx.Request], str] | None = None,
-        max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
-    ) -> None:
-        _TransportBase.__init__(self, pipeline, deadline_header, retry_non_idempotent, max_hosts, key, max_drain_bytes)
-        if inner is not None and not isinstance(inner, httpx.AsyncBaseTransport):
-            raise TypeError(f"inner must be an httpx.AsyncBaseTransport, got {inner!r}")
-        self.inner: httpx.AsyncBaseTransport = inner if inner is not None else httpx.AsyncHTTPTransport()
+    _is_async = True
+    _inner_type = httpx.AsyncBaseTransport
+
+    def _new_inner(self) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport()
+
+    def _bind(self) -> None:
         if self._hedging is not None:
             self._hedging.bind(self.inner, self.deadline_header)
-        self._attempt = self._make_attempt()
-        self._single: AsyncWrapped | None = None
-        if isinstance(self.pipeline, Policy):
-            self._single = self.pipeline.build(self._attempt, self._site, True)
-        self._hosts: LRUCache[str, tuple[AsyncWrapped, int]] = LRUCache(maxsize=self.max_hosts)
 
     def _make_attempt(self) -> Callable[[_Call], Any]:
         inner = self.inner
-        header = self.deadline_header
-        statuses = self._drain
-        limit = self.max_drain_bytes
-        deadline_now = current_deadline
+        header, statuses, limit = self.deadline_header, self._drain, self.max_drain_bytes
 
         async def attempt(call: _Call) -> httpx.Response:
-            if call.sent:
-                previous = call.response
-                if not call.retryable:
-                    # The pipeline retries what the transport forbids (a
-                    # custom Retry without the HTTP predicates): give back
-                    # the first outcome instead of sending the request again.
-                    if previous is not None:
-                        return previous
-                    assert call.error is not None
-                    raise call.error
-                if previous is not None:
-                    call.response = None
-                    await previous.aclose()
-            call.sent += 1
-            call.status = None
-            call.error = None
-            request = attempt_request(call, header) if deadline_now() is not None else call.request
+            begun = _begin(call, header)
+            if isinstance(begun, httpx.Response):
+                return begun
+            request, previous = begun
+            if previous is not None:
+                await previous.aclose()
             try:
                 response = await inner.handle_async_request(request)
             except Exception as exc:
                 call.error = exc
                 raise
+            # A failure that will be retried is read now (see _TransportBase._drain).
             status = call.status = response.status_code
             if status in statuses and call.retryable and call.sent < call.max_sends:
                 response = await adrain(call, response, limit)
@@ -236,17 +326,6 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
             return response
 
         return attempt
-
-    def _wrapped_for(self, request: httpx.Request) -> tuple[AsyncWrapped, int]:
-        if self._single is not None:
-            return self._single, self._single_sends
-        host_key = self._key(request)
-        entry = self._hosts.get(host_key)
-        if entry is None:
-            policy = self._build_for(host_key, False)
-            entry = policy.build(self._attempt, self._site, True), _max_sends(policy)
-            self._hosts[host_key] = entry
-        return entry
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the pipeline; see the class docs for the outcome."""
@@ -258,24 +337,19 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
                 if converted is not exc:
                     raise converted from exc.__cause__
                 raise
-        wrapped, max_sends = self._wrapped_for(request)
-        call = self._new_call(request, max_sends)
-        token = _current_call.set(call)
+        wrapped, call, token = self._open(request)
         try:
             response: httpx.Response = await wrapped(call)
         except BaseException as exc:
+            instead = _converted(exc, call, token)
             if call.response is not None:
                 await call.response.aclose()
-            # The inner transport's own errors pass as they are.
-            if exc is not call.error:
-                converted = as_httpx_error(exc, request)
-                if converted is not exc:
-                    raise converted from exc.__cause__
-            raise
-        finally:
-            _current_call.reset(token)
-        if response is not call.response and call.response is not None:
-            await call.response.aclose()
+            if instead is None:
+                raise
+            raise instead from exc.__cause__
+        left = _finished(call, token, response)
+        if left is not None:
+            await left.aclose()
         return response
 
     async def aclose(self) -> None:
@@ -298,7 +372,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase):
         return f"AsyncResilientTransport({self.pipeline!r}, inner={self.inner!r})"
 
 
-class ResilientTransport(httpx.BaseTransport, _TransportBase):
+class ResilientTransport(httpx.BaseTransport, _TransportBase[httpx.BaseTransport, SyncFn]):
     """The synchronous twin of :class:`AsyncResilientTransport`, for ``httpx.Client``.
 
     Same arguments, with ``inner`` an ``httpx.BaseTransport`` (default
@@ -329,63 +403,35 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
     ``Timeout``). Safe to share between threads.
     """
 
-    def __init__(
-        self,
-        pipeline: PipelineArg | None = None,
-        *,
-        inner: httpx.BaseTransport | None = None,
-        deadline_header: str | None = "x-resilient-deadline",
-        retry_non_idempotent: bool = False,
-        max_hosts: int = 1024,
-        key: Callable[[httpx.Request], str] | None = None,
-        max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
-    ) -> None:
-        _TransportBase.__init__(self, pipeline, deadline_header, retry_non_idempotent, max_hosts, key, max_drain_bytes)
-        if self._hedging is not None:
-            raise TypeError(
-                "pipeline: standard_hedging_pipeline() is for AsyncResilientTransport: a blocking call cannot be "
-                "hedged without a thread per attempt"
-            )
-        if inner is not None and not isinstance(inner, httpx.BaseTransport):
-            raise TypeError(f"inner must be an httpx.BaseTransport, got {inner!r}")
-        self.inner: httpx.BaseTransport = inner if inner is not None else httpx.HTTPTransport()
-        #: Whether every socket operation of ``inner`` waits at most what is
-        #: left of the deadline (True for ``httpx.HTTPTransport``).
-        self.caps_socket_timeouts = cap_socket_operations(self.inner)
-        self._attempt = self._make_attempt()
-        self._single: SyncFn | None = None
-        if isinstance(self.pipeline, Policy):
-            self._single = self.pipeline.build(self._attempt, self._site, False)
-        self._hosts: LRUCache[str, tuple[SyncFn, int]] = LRUCache(maxsize=self.max_hosts)
-        self._lock = threading.Lock()
+    _is_async = False
+    _inner_type = httpx.BaseTransport
+    #: Whether every socket operation of ``inner`` waits at most what is
+    #: left of the deadline (True for ``httpx.HTTPTransport``).
+    caps_socket_timeouts: bool
 
-    def _make_attempt(self) -> Callable[[_Call], httpx.Response]:
+    def _new_inner(self) -> httpx.BaseTransport:
+        return httpx.HTTPTransport()
+
+    def _bind(self) -> None:
+        self.caps_socket_timeouts = cap_socket_operations(self.inner)
+
+    def _make_attempt(self) -> Callable[[_Call], Any]:
         inner = self.inner
-        header = self.deadline_header
-        statuses = self._drain
-        limit = self.max_drain_bytes
-        deadline_now = current_deadline
+        header, statuses, limit = self.deadline_header, self._drain, self.max_drain_bytes
 
         def attempt(call: _Call) -> httpx.Response:
-            if call.sent:
-                previous = call.response
-                if not call.retryable:
-                    if previous is not None:
-                        return previous
-                    assert call.error is not None
-                    raise call.error
-                if previous is not None:
-                    call.response = None
-                    previous.close()
-            call.sent += 1
-            call.status = None
-            call.error = None
-            request = attempt_request(call, header) if deadline_now() is not None else call.request
+            begun = _begin(call, header)
+            if isinstance(begun, httpx.Response):
+                return begun
+            request, previous = begun
+            if previous is not None:
+                previous.close()
             try:
                 response = inner.handle_request(request)
             except Exception as exc:
                 call.error = exc
                 raise
+            # A failure that will be retried is read now (see _TransportBase._drain).
             status = call.status = response.status_code
             if status in statuses and call.retryable and call.sent < call.max_sends:
                 response = drain(call, response, limit)
@@ -394,42 +440,21 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase):
 
         return attempt
 
-    def _wrapped_for(self, request: httpx.Request) -> tuple[SyncFn, int]:
-        if self._single is not None:
-            return self._single, self._single_sends
-        host_key = self._key(request)
-        with self._lock:
-            entry = self._hosts.get(host_key)
-        if entry is None:
-            # Built outside the lock: the factory is user code.
-            policy = self._build_for(host_key, True)
-            built = policy.build(self._attempt, self._site, False), _max_sends(policy)
-            with self._lock:
-                entry = self._hosts.get(host_key)
-                if entry is None:
-                    self._hosts[host_key] = entry = built
-        return entry
-
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the pipeline; see the class docs for the outcome."""
-        wrapped, max_sends = self._wrapped_for(request)
-        call = self._new_call(request, max_sends)
-        token = _current_call.set(call)
+        wrapped, call, token = self._open(request)
         try:
             response: httpx.Response = wrapped(call)
         except BaseException as exc:
+            instead = _converted(exc, call, token)
             if call.response is not None:
                 call.response.close()
-            # The inner transport's own errors pass as they are.
-            if exc is not call.error:
-                converted = as_httpx_error(exc, request)
-                if converted is not exc:
-                    raise converted from exc.__cause__
-            raise
-        finally:
-            _current_call.reset(token)
-        if response is not call.response and call.response is not None:
-            call.response.close()
+            if instead is None:
+                raise
+            raise instead from exc.__cause__
+        left = _finished(call, token, response)
+        if left is not None:
+            left.close()
         return response
 
     def close(self) -> None:
