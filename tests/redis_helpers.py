@@ -419,6 +419,20 @@ def running_cluster(masters: int = 3) -> Iterator[LocalCluster]:
     raise RuntimeError(f"could not start a Redis Cluster: {last}")
 
 
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """The URL of a redis-server shared by one test module (the model tests' many examples)."""
+    with running_redis() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    """The URL of a three-master Redis Cluster shared by one test module."""
+    with running_cluster() as cluster:
+        yield cluster.url
+
+
 @pytest.fixture
 def redis_cluster() -> Iterator[LocalCluster]:
     """A private three-master Redis Cluster for one test (skipped when redis-server is missing)."""

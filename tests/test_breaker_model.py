@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 from resilient.breaker import BreakerSnapshot, BreakerStore, CircuitBreaker, CircuitState
 from resilient.errors import CircuitOpenError
 from resilient.testing import FakeClock
-from tests.redis_helpers import running_cluster, running_redis
+from tests.redis_helpers import cluster_url, redis_url  # noqa: F401 - fixtures
 
 CLOSED, OPEN, HALF_OPEN, ISOLATED = (
     CircuitState.CLOSED,
@@ -330,18 +330,6 @@ BreakerMachine.TestCase.settings = _SETTINGS
 TestBreakerModel = BreakerMachine.TestCase
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with running_redis() as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
-    with running_cluster() as cluster:
-        yield cluster.url
-
-
 def _on_redis(url: str) -> type[BreakerMachine]:
     from resilient.redis import RedisBreakerStore
 
@@ -354,12 +342,12 @@ def _on_redis(url: str) -> type[BreakerMachine]:
 
 
 @pytest.mark.redis
-def test_redis_store_matches_the_model(redis_url: str) -> None:
+def test_redis_store_matches_the_model(redis_url: str) -> None:  # noqa: F811
     run_state_machine_as_test(_on_redis(redis_url), settings=_SETTINGS)
 
 
 @pytest.mark.redis
-def test_redis_store_on_a_cluster_matches_the_model(cluster_url: str) -> None:
+def test_redis_store_on_a_cluster_matches_the_model(cluster_url: str) -> None:  # noqa: F811
     run_state_machine_as_test(_on_redis(cluster_url), settings=settings(_SETTINGS, max_examples=40))
 
 

@@ -13,10 +13,8 @@ fails here. The same holds for the twins of :class:`RedisBreakerStore`.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import inspect
-import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +22,7 @@ import pytest
 
 from resilient.breaker import CircuitBreaker, CircuitState
 from resilient.events import EventSite
+from tests.shells_helpers import syntax_tree as _tree
 
 # Applied in order to the async source.
 UNASYNC = [
@@ -36,21 +35,6 @@ UNASYNC = [
     (".arecord_", ".record_"),
     (".arelease(", ".release("),
 ]
-
-
-def _tree(source: str) -> str:
-    tree = ast.parse(textwrap.dedent(source))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:]
-    return ast.dump(tree, include_attributes=False)
 
 
 def _unasync(source: str) -> str:

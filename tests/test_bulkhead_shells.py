@@ -10,9 +10,7 @@ compared, docstrings left out: a fix made to one twin and not the other fails he
 
 from __future__ import annotations
 
-import ast
 import inspect
-import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 
 from resilient.concurrency import AdaptiveConcurrency, Bulkhead
 from resilient.throttle import AdaptiveThrottle
+from tests.shells_helpers import syntax_tree as _tree
 
 # Applied in order to the async source.
 UNASYNC = [
@@ -44,21 +43,6 @@ PAIRS: list[tuple[Callable[..., Any], Callable[..., Any]]] = [
     (AdaptiveConcurrency.build_async, AdaptiveConcurrency.build_sync),
     (AdaptiveThrottle.build_async, AdaptiveThrottle.build_sync),
 ]
-
-
-def _tree(source: str) -> str:
-    tree = ast.parse(textwrap.dedent(source))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:]
-    return ast.dump(tree, include_attributes=False)
 
 
 def _unasync(source: str) -> str:

@@ -11,12 +11,11 @@ compares syntax trees (docstrings left out).
 
 from __future__ import annotations
 
-import ast
 import inspect
 import re
-import textwrap
 
 from resilient.cache import StaleCache
+from tests.shells_helpers import syntax_tree as _tree
 
 # Applied in order to the async source.
 UNASYNC = [
@@ -34,21 +33,6 @@ ASYNC_ONLY = [
 ]
 # What only the sync shell has: it refuses an async store at wrap time.
 SYNC_ONLY = [r"\n\s*if self\._store_async:\n\s*raise TypeError\(.*\)"]
-
-
-def _tree(source: str) -> str:
-    tree = ast.parse(textwrap.dedent(source))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:]
-    return ast.dump(tree, include_attributes=False)
 
 
 def _as_sync(source: str) -> str:

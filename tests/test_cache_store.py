@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from resilient.cache import AsyncCacheStore, CacheEntry, CacheStore, MemoryStore, StaleCache, store_kind
 from resilient.testing import FakeClock
 from tests.cache_helpers import AsyncDictStore, DictStore
-from tests.redis_helpers import running_cluster, running_redis
+from tests.redis_helpers import cluster_url, redis_url  # noqa: F401 - fixtures
 
 # -- chosen by type ----------------------------------------------------------
 
@@ -349,18 +349,6 @@ TestAsyncDictStoreModel.settings = _SETTINGS
 _NAMES = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with running_redis() as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
-    with running_cluster() as cluster:
-        yield cluster.url
-
-
 def _on_redis(url: str) -> type[_StoreMachine]:
     """The contract machine on a RedisCacheStore, plus a second replica's store reading the same keys."""
     from resilient.redis import RedisCacheStore
@@ -399,10 +387,10 @@ def _on_redis(url: str) -> type[_StoreMachine]:
 
 
 @pytest.mark.redis
-def test_redis_cache_store_matches_the_model(redis_url: str) -> None:
+def test_redis_cache_store_matches_the_model(redis_url: str) -> None:  # noqa: F811
     run_state_machine_as_test(_on_redis(redis_url), settings=_SETTINGS)
 
 
 @pytest.mark.redis
-def test_redis_cache_store_on_a_cluster_matches_the_model(cluster_url: str) -> None:
+def test_redis_cache_store_on_a_cluster_matches_the_model(cluster_url: str) -> None:  # noqa: F811
     run_state_machine_as_test(_on_redis(cluster_url), settings=settings(_SETTINGS, max_examples=25))

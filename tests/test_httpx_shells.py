@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import ast
 import inspect
-import textwrap
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from resilient.httpx import AsyncResilientTransport, ResilientTransport, _io, _transport
+from tests.shells_helpers import syntax_tree
 
 # Applied in order to the async source.
 UNASYNC = [
@@ -47,14 +47,7 @@ def _is_hedging_branch(node: ast.stmt) -> bool:
 
 
 def _tree(source: str) -> str:
-    tree = ast.parse(textwrap.dedent(source))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body:
-            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                body = body[1:]
-            node.body = [stmt for stmt in body if not _is_hedging_branch(stmt)]
-    return ast.dump(tree, include_attributes=False)
+    return syntax_tree(source, drop=_is_hedging_branch)
 
 
 def _unasync(source: str) -> str:

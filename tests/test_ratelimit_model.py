@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from resilient.ratelimit import InMemoryRateStore, RateConfig, RateDecision, RateStore
 from resilient.testing import FakeClock
-from tests.redis_helpers import running_cluster, running_redis
+from tests.redis_helpers import cluster_url, redis_url  # noqa: F401 - fixtures
 
 EPS = 1e-9
 KEYS = (None, "a", "b:{c}")
@@ -62,18 +62,6 @@ class Model:
 
     def give_back(self, key: object, cost: float) -> None:
         self.tat[key] -= cost
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with running_redis() as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
-    with running_cluster() as cluster:
-        yield cluster.url
 
 
 _names = itertools.count()
@@ -156,7 +144,7 @@ def test_in_memory_store_matches_the_model(rate: tuple[float, float], burst: int
 @_SETTINGS
 @given(rate=st.sampled_from(_RATES), burst=st.integers(1, 4), ops=_OPS)
 def test_redis_store_matches_the_model(
-    redis_url: str,
+    redis_url: str,  # noqa: F811
     rate: tuple[float, float],
     burst: int,
     ops: list[tuple[Any, ...]],
@@ -176,7 +164,7 @@ def test_the_model_admits_the_textbook_sequence() -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rate=st.sampled_from(_RATES), burst=st.integers(1, 4), ops=_OPS)
 def test_redis_store_on_a_cluster_matches_the_model(
-    cluster_url: str,
+    cluster_url: str,  # noqa: F811
     rate: tuple[float, float],
     burst: int,
     ops: list[tuple[Any, ...]],

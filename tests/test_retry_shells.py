@@ -9,11 +9,10 @@ docstrings left out: a fix made to one shell and not to the other fails here.
 
 from __future__ import annotations
 
-import ast
 import inspect
-import textwrap
 
 from resilient.retry.policy import Retry
+from tests.shells_helpers import syntax_tree as _tree
 
 # Applied in order to the async source (unasync's replacements for this module).
 UNASYNC = [
@@ -26,21 +25,6 @@ UNASYNC = [
     ("_passthrough_async(fn)", "fn"),
     ("_notify_async(", "_notify_sync("),
 ]
-
-
-def _tree(source: str) -> str:
-    tree = ast.parse(textwrap.dedent(source))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:]
-    return ast.dump(tree, include_attributes=False)
 
 
 def test_the_sync_shell_is_the_async_shell_without_await() -> None:
