@@ -1053,3 +1053,37 @@ async def test_deadline_timeout_expires() -> None:
     async with await aclient(slow, deadline_timeout(0.05)) as client:
         with pytest.raises(ResilientTimeout):
             await client.get("/x")
+
+
+# -- shadow mode ----------------------------------------------------------------------
+
+
+def test_enforce_false_runs_the_standard_pipeline_in_shadow_mode() -> None:
+    from resilient.events import WOULD_REJECT
+
+    def run(enforce: bool) -> Any:
+        async def calls() -> list[Any]:
+            upstream = Upstream(503)
+            pipeline = fast(consecutive_failures=2, max_retries=0, enforce=enforce, clock=FakeClock())
+            answers: list[Any] = []
+            async with await aclient(upstream, pipeline) as client:
+                for _ in range(5):
+                    try:
+                        answers.append((await client.get("/x")).status_code)
+                    except resilient.CircuitOpenError:
+                        answers.append("rejected")
+            return answers
+
+        with recording() as rec:
+            answers = asyncio.run(calls())
+        return answers, [e.policy_type for e in rec.of(WOULD_REJECT)]
+
+    # Enforcing, the breaker opens after two 503s and rejects the rest...
+    assert run(True) == ([503, 503, "rejected", "rejected", "rejected"], [])
+    # ...in shadow mode every call goes through, and each rejection it would have made is reported.
+    assert run(False) == ([503] * 5, ["circuit_breaker"] * 3)
+
+
+def test_enforce_is_validated() -> None:
+    with pytest.raises(TypeError, match="enforce"):
+        standard_pipeline(enforce="no")

@@ -25,7 +25,7 @@ from resilient.policy import AsyncFn, AsyncWrapped, Pipeline, Policy, SyncFn
 from resilient.ratelimit import RateLimiter
 from resilient.retry import RetryBudgetLike
 from resilient.timeout import Timeout
-from resilient.validate import check_bool, check_number
+from resilient.validate import check_bool, check_number, check_switch
 
 # -- deadline scope ---------------------------------------------------------------
 
@@ -293,6 +293,10 @@ class StandardPipeline:
     `sampling_duration`, `minimum_throughput` and `breaker_statuses`.
     ``pace=True`` adds :class:`HeaderPacing` (off by default): each host's
     requests are spaced to what its rate-limit headers say is left.
+    ``enforce=False`` (or a callable read on every decision) is shadow mode
+    for the parts that reject (concurrency limit, rate limit, breaker): they
+    decide as they would and report ``would_reject``, and the request goes
+    through, so the defaults can be rolled out watching what they would do.
 
     Why these values (the httpx page's "Defaults and why" has the
     measurements): Microsoft's standard handler values are right for
@@ -391,6 +395,7 @@ class StandardPipeline:
         name: str = "httpx",
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
+        enforce: bool | Callable[[], bool] = True,
     ) -> None:
         if preset not in _PRESETS:
             raise ValueError(f"preset must be one of {_PRESETS}, got {preset!r}")
@@ -453,6 +458,8 @@ class StandardPipeline:
         self.minimum_throughput = minimum_throughput
         self.break_duration = break_duration
         self.pace = check_bool(pace, "pace")
+        #: Shadow mode for the parts that reject (concurrency limit, rate limit, breaker): see ``enforce=``.
+        self.enforce = check_switch(enforce, "enforce")
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
         self.name = name
@@ -475,7 +482,9 @@ class StandardPipeline:
         clock = self.clock
         policies: list[Policy] = []
         if self.max_concurrent is not None:
-            policies.append(Bulkhead(self.max_concurrent, max_queued=self.max_queued, name=nm("concurrency")))
+            policies.append(
+                Bulkhead(self.max_concurrent, max_queued=self.max_queued, name=nm("concurrency"), enforce=self.enforce)
+            )
         if self.total_timeout is not None:
             if sync:
                 policies.append(_DeadlineScope(self.total_timeout, clock=clock))
@@ -484,7 +493,15 @@ class StandardPipeline:
         if self.rate is not None:
             # Inside the total timeout, so that waiting for a token is bounded by it.
             policies.append(
-                RateLimiter(self.rate, self.per, burst=self.burst, mode=self.rate_mode, name=nm("rate"), clock=clock)
+                RateLimiter(
+                    self.rate,
+                    self.per,
+                    burst=self.burst,
+                    mode=self.rate_mode,
+                    name=nm("rate"),
+                    clock=clock,
+                    enforce=self.enforce,
+                )
             )
         signals: _HostSignals | None = None
         if self.max_retries:
@@ -534,6 +551,7 @@ class StandardPipeline:
                     on=is_transient_error,
                     on_result=on_result,
                     clock=clock,
+                    enforce=self.enforce,
                 )
             )
         if signals is not None:
