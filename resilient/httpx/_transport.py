@@ -164,16 +164,17 @@ class _TransportBase(Generic[_Inner, _Wrapped]):
     _is_async: ClassVar[bool]
     _inner_type: ClassVar[type]
 
+    # No defaults here: the public ones are each transport's own signature.
     def __init__(
         self,
-        pipeline: PipelineArg | None = None,
+        pipeline: PipelineArg | None,
         *,
-        inner: _Inner | None = None,
-        deadline_header: str | None = "x-resilient-deadline",
-        retry_non_idempotent: bool = False,
-        max_hosts: int = 1024,
-        key: Callable[[httpx.Request], str] | None = None,
-        max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
+        inner: _Inner | None,
+        deadline_header: str | None,
+        retry_non_idempotent: bool,
+        max_hosts: int,
+        key: Callable[[httpx.Request], str] | None,
+        max_drain_bytes: int,
     ) -> None:
         self.pipeline = _check_pipeline(pipeline)
         self.deadline_header, self.max_hosts, self._key = _check_common(deadline_header, max_hosts, key)
