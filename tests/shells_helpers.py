@@ -11,6 +11,15 @@ import ast
 import textwrap
 from collections.abc import Callable
 
+#: The replacements every policy's shells share (each test adds its module's own).
+POLICY_UNASYNC = [
+    ("async def ", "def "),
+    ("await ", ""),
+    ("build_async", "build_sync"),
+    ("AsyncWrapped", "SyncFn"),
+    ("AsyncFn", "SyncFn"),
+]
+
 
 def syntax_tree(source: str, drop: Callable[[ast.stmt], bool] | None = None) -> str:
     """The dumped syntax tree of ``source`` (a function's text), every function's docstring left out.

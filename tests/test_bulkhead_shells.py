@@ -18,15 +18,12 @@ import pytest
 
 from resilient.concurrency import AdaptiveConcurrency, Bulkhead
 from resilient.throttle import AdaptiveThrottle
+from tests.shells_helpers import POLICY_UNASYNC
 from tests.shells_helpers import syntax_tree as _tree
 
 # Applied in order to the async source.
 UNASYNC = [
-    ("async def ", "def "),
-    ("await ", ""),
-    ("build_async", "build_sync"),
-    ("AsyncWrapped", "SyncFn"),
-    ("AsyncFn", "SyncFn"),
+    *POLICY_UNASYNC,
     ("self.enter,", "self.enter_sync,"),
     ("self.enter\n", "self.enter_sync\n"),
     ("def enter(", "def enter_sync("),

@@ -15,15 +15,12 @@ import inspect
 import re
 
 from resilient.cache import StaleCache
+from tests.shells_helpers import POLICY_UNASYNC
 from tests.shells_helpers import syntax_tree as _tree
 
 # Applied in order to the async source.
 UNASYNC = [
-    ("async def ", "def "),
-    ("await ", ""),
-    ("build_async", "build_sync"),
-    ("AsyncWrapped", "SyncFn"),
-    ("AsyncFn", "SyncFn"),
+    *POLICY_UNASYNC,
     ("_slow_async", "_slow_sync"),
 ]
 # What only the async shell has: an async store's get() returns an awaitable.

@@ -12,16 +12,13 @@ from __future__ import annotations
 import inspect
 
 from resilient.retry.policy import Retry
+from tests.shells_helpers import POLICY_UNASYNC
 from tests.shells_helpers import syntax_tree as _tree
 
 # Applied in order to the async source (unasync's replacements for this module).
 UNASYNC = [
-    ("async def ", "def "),
-    ("await ", ""),
+    *POLICY_UNASYNC,
     (".asleep(", ".sleep("),
-    ("build_async", "build_sync"),
-    ("AsyncWrapped", "SyncFn"),
-    ("AsyncFn", "SyncFn"),
     ("_passthrough_async(fn)", "fn"),
     ("_notify_async(", "_notify_sync("),
 ]
