@@ -45,6 +45,7 @@ test: lint typecheck docs pytest
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) scripts/unasync.py --check
 
 typecheck: venv
 	$(PY) -m mypy --strict resilient

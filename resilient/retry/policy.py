@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -10,12 +9,11 @@ from typing import Any
 
 from resilient.backoff import Backoff, exponential
 from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
-from resilient.events import EventSite, Listener, duration_listeners
+from resilient.events import EventSite, Listener
 from resilient.policy import (
     AsyncFn,
     AsyncWrapped,
     OnArg,
-    Outcome,
     Policy,
     SyncFn,
     exception_predicate,
@@ -23,7 +21,8 @@ from resilient.policy import (
     operation_name,
     result_predicate,
 )
-from resilient.retry.engine import DelayHint, GiveUp, RetryBudgetLike, RetryEngine, _retrying
+from resilient.retry import _shell_async, _shell_sync
+from resilient.retry.engine import DelayHint, GiveUp, RetryBudgetLike
 from resilient.validate import check_callable, check_seconds
 
 __all__ = ["GiveUpHook", "Retry"]
@@ -136,102 +135,12 @@ class Retry(Policy):
     # -- the shells: call, hand the outcome to the engine, sleep what it says --
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        """The async shell: the first attempt inline, the rest driven by a :class:`RetryEngine`."""
-        on, on_result, durations, retrying = self._on, self._on_result, duration_listeners, _retrying
-        pre, timed = self._prelude()
-        if self.attempts == 1 and self.budget is None and self.on_give_up is None:
-            return _passthrough_async(fn)
-
-        async def again(
-            args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None, first: Outcome[Any] | None
-        ) -> Any:
-            run = RetryEngine(self, site, args, kwargs, start if timed else None, first)
-            try:
-                while (delay := run.next_delay()) is not None:
-                    if delay > 0:
-                        await self.clock.asleep(delay)
-                    t0 = run.begin_attempt()
-                    try:
-                        result = await fn(*run.args, **run.kwargs)
-                    except BaseException as exc:
-                        if not run.failed_with(exc, t0):
-                            raise
-                        continue
-                    if not run.failed_with_result(result, t0):
-                        return result
-                if (record := run.give_up()) is not None:
-                    await _notify_async(self, record)
-                return run.finish()
-            finally:
-                run.close()
-
-        async def retry_call(*args: Any, **kwargs: Any) -> Any:
-            start = pre and pre()
-            if durations or retrying[0]:
-                return await again(args, kwargs, start, None)
-            try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:
-                if not on(exc):
-                    raise
-                outcome: Outcome[Any] = Outcome(exception=exc)
-            else:
-                if on_result is None or not on_result(result):
-                    return result
-                outcome = Outcome(result=result)
-            # Outside the except block, so that a re-raised exception does not
-            # carry itself as its own context.
-            return await again(args, kwargs, start, outcome)
-
-        return retry_call
+        """The async shell over :class:`~resilient.retry.engine.RetryEngine` (``retry/_shell_async.py``)."""
+        return _shell_async.build_async(self, fn, site)
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        """The sync shell: the same as :meth:`build_async`, with ``clock.sleep`` for the waits."""
-        on, on_result, durations, retrying = self._on, self._on_result, duration_listeners, _retrying
-        pre, timed = self._prelude()
-        if self.attempts == 1 and self.budget is None and self.on_give_up is None:
-            return fn
-
-        def again(
-            args: tuple[Any, ...], kwargs: dict[str, Any], start: float | None, first: Outcome[Any] | None
-        ) -> Any:
-            run = RetryEngine(self, site, args, kwargs, start if timed else None, first)
-            try:
-                while (delay := run.next_delay()) is not None:
-                    if delay > 0:
-                        self.clock.sleep(delay)
-                    t0 = run.begin_attempt()
-                    try:
-                        result = fn(*run.args, **run.kwargs)
-                    except BaseException as exc:
-                        if not run.failed_with(exc, t0):
-                            raise
-                        continue
-                    if not run.failed_with_result(result, t0):
-                        return result
-                if (record := run.give_up()) is not None:
-                    _notify_sync(self, record)
-                return run.finish()
-            finally:
-                run.close()
-
-        def retry_call(*args: Any, **kwargs: Any) -> Any:
-            start = pre and pre()
-            if durations or retrying[0]:
-                return again(args, kwargs, start, None)
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                if not on(exc):
-                    raise
-                outcome: Outcome[Any] = Outcome(exception=exc)
-            else:
-                if on_result is None or not on_result(result):
-                    return result
-                outcome = Outcome(result=result)
-            return again(args, kwargs, start, outcome)
-
-        return retry_call
+        """The sync shell, generated from the async one: the same, with ``clock.sleep`` for the waits."""
+        return _shell_sync.build_sync(self, fn, site)
 
     def _prelude(self) -> tuple[Callable[[], float | None] | None, bool]:
         """What each call does before its first attempt, and whether it reads the start time.
@@ -279,49 +188,3 @@ class Retry(Policy):
 def _now_of(clock: Clock) -> Callable[[], float]:
     """The clock's ``now``; the system clock's is read straight from time.monotonic (one call less)."""
     return time.monotonic if type(clock) is SystemClock else clock.now
-
-
-def _passthrough_async(fn: AsyncFn) -> AsyncWrapped:
-    async def retry_call(*args: Any, **kwargs: Any) -> Any:
-        return await fn(*args, **kwargs)
-
-    return retry_call
-
-
-async def _notify_async(policy: Retry, record: GiveUp) -> None:
-    """Call the give-up hook (awaited when it is async); what it raises is logged, never raised."""
-    hook = policy.on_give_up
-    if hook is None:  # taken away since the retry began
-        return
-    try:
-        value = hook(record)
-        if inspect.isawaitable(value):
-            await value
-    except Exception:
-        _hook_failed(policy)
-
-
-def _notify_sync(policy: Retry, record: GiveUp) -> None:
-    """Call the give-up hook of a synchronous retry (see :func:`_notify_async`)."""
-    hook = policy.on_give_up
-    if hook is None:
-        return
-    try:
-        value = hook(record)
-    except Exception:
-        _hook_failed(policy)
-        return
-    if inspect.iscoroutine(value):
-        # A plain function that returned a coroutine: nothing here can await it.
-        value.close()
-        logger.warning(
-            "resilient: %s: on_give_up returned a coroutine in a synchronous retry; not awaited", policy.label()
-        )
-
-
-def _hook_failed(policy: Retry) -> None:
-    logger.error(
-        "resilient: %s: on_give_up raised; the retry's outcome is returned or re-raised as it is",
-        policy.label(),
-        exc_info=True,
-    )
