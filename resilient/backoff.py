@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Literal
 
+from resilient.validate import check_callable, check_number, check_seconds
+
 __all__ = ["Backoff", "Jitter", "constant", "exponential", "linear"]
 
 Jitter = Literal["full", "equal", "decorrelated"]
@@ -33,25 +35,6 @@ _P_FACTOR = 4.0
 _RP_SCALING = 1 / 1.4
 # The growth per retry that the decorrelated formula has built in (2**t).
 _DECORRELATED_FACTOR = 2.0
-
-
-def _check_delay(value: float, param: str, *, allow_zero: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{param} must be a number of seconds, got {value!r}")
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{param} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{param} must be {bound}, got {value!r}")
-    return float(value)
-
-
-def _check_random(random: Callable[[], float] | None) -> Callable[[], float]:
-    if random is None:
-        return _random.random
-    if not callable(random):
-        raise TypeError(f"random must be a callable returning floats in [0, 1), got {random!r}")
-    return random
 
 
 class Backoff(ABC):
@@ -178,7 +161,7 @@ class _Exponential(Backoff):
 
 def constant(delay: float) -> Backoff:
     """The same ``delay`` (seconds) before every retry."""
-    return _Constant(_check_delay(delay, "delay"))
+    return _Constant(check_seconds(delay, "delay", allow_zero=True))
 
 
 def linear(start: float, step: float | None = None, *, max_delay: float = 30.0) -> Backoff:
@@ -186,9 +169,9 @@ def linear(start: float, step: float | None = None, *, max_delay: float = 30.0) 
 
     ``step`` defaults to ``start``.
     """
-    start = _check_delay(start, "start")
-    step = start if step is None else _check_delay(step, "step")
-    return _Linear(start, step, _check_delay(max_delay, "max_delay"))
+    start = check_seconds(start, "start", allow_zero=True)
+    step = start if step is None else check_seconds(step, "step", allow_zero=True)
+    return _Linear(start, step, check_seconds(max_delay, "max_delay", allow_zero=True))
 
 
 def exponential(
@@ -213,15 +196,13 @@ def exponential(
         random: source of uniform floats in ``[0, 1)``.
 
     Raises:
+        TypeError: a value of the wrong type (``factor="2"``).
         ValueError: a bad value, or ``jitter="decorrelated"`` with a
             ``factor`` other than 2 (the formula would ignore it).
     """
-    base = _check_delay(base, "base")
-    if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor):
-        raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor!r}")
-    max_delay = _check_delay(max_delay, "max_delay")
+    base = check_seconds(base, "base", allow_zero=True)
+    factor = check_number(factor, "factor", minimum=1.0, strict=False)
+    max_delay = check_seconds(max_delay, "max_delay", allow_zero=True)
     if jitter is not None and jitter not in _JITTERS:
         raise ValueError(f"jitter must be one of {_JITTERS} or None, got {jitter!r}")
     if jitter == "decorrelated" and factor != _DECORRELATED_FACTOR:
@@ -232,4 +213,5 @@ def exponential(
             f"factor must be 2 (its default) with jitter='decorrelated', which doubles each retry "
             f"by construction, got factor={factor!r}; use jitter='full' or 'equal' for another factor"
         )
-    return _Exponential(base, float(factor), max_delay, jitter, _check_random(random))
+    random = check_callable(random, "random", "a callable returning floats in [0, 1)", allow_none=True)
+    return _Exponential(base, factor, max_delay, jitter, _random.random if random is None else random)

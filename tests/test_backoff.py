@@ -88,19 +88,19 @@ def test_decorrelated_jitter_mean_grows_monotonically_and_medians_follow_base() 
 @pytest.mark.parametrize(
     ("factory", "match"),
     [
-        (lambda: constant(-1), "delay must be >= 0"),
+        (lambda: constant(-1), r"^delay must be a finite number of seconds >= 0, got -1$"),
         (lambda: constant(math.nan), "delay must be a finite"),
         (lambda: constant(math.inf), "delay must be a finite"),
-        (lambda: constant("1"), "delay must be a number"),
+        (lambda: constant("1"), r"^delay must be a finite number of seconds >= 0, got '1'$"),
         (lambda: linear(-1), "start"),
         (lambda: linear(1, step=-1), "step"),
         (lambda: linear(1, max_delay=math.nan), "max_delay"),
         (lambda: exponential(-0.1), "base"),
-        (lambda: exponential(0.1, factor=0.5), "factor must be >= 1"),
+        (lambda: exponential(0.1, factor=0.5), r"^factor must be a finite number >= 1, got 0.5$"),
         (lambda: exponential(0.1, factor=math.inf), "factor"),
         (lambda: exponential(0.1, max_delay=-1), "max_delay"),
         (lambda: exponential(0.1, jitter="fancy"), "jitter must be one of"),
-        (lambda: exponential(0.1, random=3), "random must be"),
+        (lambda: exponential(0.1, random=3), r"^random must be a callable returning floats in \[0, 1\) or None, got 3"),
     ],
 )
 def test_bad_values_fail_at_construction(factory: Any, match: str) -> None:
@@ -132,3 +132,17 @@ def test_decorrelated_jitter_refuses_a_factor_it_would_ignore(factor: float) -> 
 def test_decorrelated_jitter_accepts_its_own_factor(factor: float) -> None:
     backoff = exponential(0.1, factor=factor, jitter="decorrelated", random=random.Random(1).random)
     assert backoff(1) > 0
+
+
+@pytest.mark.parametrize(
+    ("factory", "param"),
+    [
+        (lambda: constant("1"), "delay"),
+        (lambda: exponential(0.1, factor="2"), "factor"),
+        (lambda: linear([1]), "start"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_a_type_error_like_everywhere_else(factory: Any, param: str) -> None:
+    """One error type per kind of mistake (resilient.validate): a wrong type is a TypeError."""
+    with pytest.raises(TypeError, match=f"^{param} must be a finite number"):
+        factory()
