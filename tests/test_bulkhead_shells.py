@@ -3,7 +3,7 @@
 Every decision lives in one engine per policy (the bulkhead's admission
 engine, the limit algorithm, the throttle's window); what is left in the
 wrappers and in :meth:`Bulkhead.enter` / :meth:`Bulkhead.enter_sync` is the
-call, the wait and the hand-off. As for Retry (tests/test_retry_shells.py),
+call, the wait and the hand-off. As for the breaker (tests/test_breaker_shells.py),
 each async shell is turned into its sync form and the syntax trees are
 compared, docstrings left out: a fix made to one twin and not the other fails here.
 """
