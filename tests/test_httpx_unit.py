@@ -1043,16 +1043,63 @@ async def test_deadline_timeout_in_a_custom_pipeline() -> None:
         deadline_timeout(-1)
 
 
-async def test_deadline_timeout_expires() -> None:
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run (bounded) until ``condition()`` holds."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_deadline_timeout_expires_on_its_clock() -> None:
     from resilient.httpx import deadline_timeout
 
-    async def slow(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(5)
-        return httpx.Response(200)
+    clock = FakeClock()
+    never = asyncio.Event()
 
-    async with await aclient(slow, deadline_timeout(0.05)) as client:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await never.wait()
+        return httpx.Response(200)  # pragma: no cover - the timeout fires first
+
+    async with await aclient(slow, deadline_timeout(5.0, clock=clock)) as client:
+        task = asyncio.create_task(client.get("/x"))
+        await until(lambda: clock.pending_timers == 1)
+        clock.advance(4.9)
+        await asyncio.sleep(0)
+        assert not task.done()
+        clock.advance(0.2)
         with pytest.raises(ResilientTimeout):
-            await client.get("/x")
+            await task
+
+
+@pytest.mark.parametrize("which", ["attempt_timeout", "total_timeout"])
+async def test_standard_pipeline_timeouts_run_on_its_clock(which: str) -> None:
+    # Before: the pipeline's clock drove the retry and the breaker, but its
+    # timeouts (and the concurrency limit's queue) ran on the real clock.
+    clock = FakeClock()
+    never = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await never.wait()
+        return httpx.Response(200)  # pragma: no cover - the timeout fires first
+
+    timeouts = {"attempt_timeout": None, "total_timeout": None, which: 3.0}
+    pipeline = fast(max_retries=0, clock=clock, **timeouts)
+    async with await aclient(slow, pipeline) as client:
+        task = asyncio.create_task(client.get("/x"))
+        await until(lambda: clock.pending_timers == 1)
+        clock.advance(3.0)
+        with pytest.raises(ResilientTimeout):
+            await task
+
+
+def test_every_timed_part_of_the_standard_pipeline_shares_its_clock() -> None:
+    clock = FakeClock()
+    built = fast(max_concurrent=4, max_queued=2, clock=clock).build("upstream.test")
+    timed = [p for p in built if hasattr(p, "clock")]
+    assert {type(p).__name__ for p in timed} >= {"Bulkhead", "Timeout"}
+    assert all(p.clock is clock for p in timed)
 
 
 # -- shadow mode ----------------------------------------------------------------------

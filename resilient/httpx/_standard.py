@@ -63,16 +63,17 @@ class _DeadlineScope(Policy):
         return f"_DeadlineScope({self.seconds})"
 
 
-def deadline_timeout(seconds: float, *, name: str | None = None) -> Timeout:
+def deadline_timeout(seconds: float, *, name: str | None = None, clock: Clock | None = None) -> Timeout:
     """A :class:`~resilient.Timeout` that also sets the deadline of what runs inside it.
 
     Use it instead of ``Timeout`` in custom pipelines under a resilient
     transport: the attempt then sends the time its caller will really wait
     in the deadline header (the standard pipeline does this already), and a
     retry inside it never starts a backoff that would outlive it. It is
-    ``Timeout(seconds, set_deadline=True)``.
+    ``Timeout(seconds, set_deadline=True)``; ``clock`` is its time source
+    (tests: ``FakeClock``).
     """
-    return Timeout(seconds, set_deadline=True, name=name)
+    return Timeout(seconds, set_deadline=True, name=name, clock=clock)
 
 
 # -- the standard pipeline --------------------------------------------------------
@@ -483,13 +484,19 @@ class StandardPipeline:
         policies: list[Policy] = []
         if self.max_concurrent is not None:
             policies.append(
-                Bulkhead(self.max_concurrent, max_queued=self.max_queued, name=nm("concurrency"), enforce=self.enforce)
+                Bulkhead(
+                    self.max_concurrent,
+                    max_queued=self.max_queued,
+                    name=nm("concurrency"),
+                    clock=clock,
+                    enforce=self.enforce,
+                )
             )
         if self.total_timeout is not None:
             if sync:
                 policies.append(_DeadlineScope(self.total_timeout, clock=clock))
             else:
-                policies.append(Timeout(self.total_timeout, set_deadline=True, name=nm("total timeout")))
+                policies.append(Timeout(self.total_timeout, set_deadline=True, name=nm("total timeout"), clock=clock))
         if self.rate is not None:
             # Inside the total timeout, so that waiting for a token is bounded by it.
             policies.append(
@@ -565,7 +572,9 @@ class StandardPipeline:
             if sync:
                 policies.append(_DeadlineScope(self.attempt_timeout, clock=clock))
             else:
-                policies.append(Timeout(self.attempt_timeout, set_deadline=True, name=nm("attempt timeout")))
+                policies.append(
+                    Timeout(self.attempt_timeout, set_deadline=True, name=nm("attempt timeout"), clock=clock)
+                )
         return Pipeline(*policies, name=f"{self.name} {host_key}" if _named else None, listeners=self.listeners)
 
     def __repr__(self) -> str:
