@@ -14,6 +14,7 @@ from resilient import Pipeline, Retry, RetryBudget, Timeout, constant
 from resilient import events as ev
 from resilient.events import EventSite, ResilienceEvent, Severity
 from resilient.testing import FakeClock, RecordingListener, recording
+from tests.clock_helpers import after
 
 
 @pytest.fixture(autouse=True)
@@ -70,11 +71,13 @@ async def test_exception_type_is_qualified_outside_builtins() -> None:
 
 
 async def test_timeout_event() -> None:
+    clock = FakeClock()
+
     async def slow() -> None:
-        await asyncio.sleep(1)
+        await clock.asleep(1)
 
     with recording() as rec, pytest.raises(TimeoutError):
-        await Timeout(0.01, name="t")(slow)()
+        await after(clock, 0.01, Timeout(0.01, name="t", clock=clock)(slow)())
     (event,) = rec.events
     assert (event.name, event.severity, event.policy_type, event.policy) == (
         ev.TIMEOUT,
@@ -420,15 +423,19 @@ def test_extras_keys_are_distinct_constants() -> None:
 
 
 async def test_logging_listener_writes_one_line_per_event_at_its_severity(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+
     async def slow() -> None:
-        await asyncio.sleep(1)
+        await clock.asleep(1)
 
     listener = ev.LoggingListener()
-    guard = Pipeline(Timeout(0.01, name="t"), Retry(2, backoff=constant(0), name="r"), name="p", listeners=[listener])
+    guard = Pipeline(
+        Timeout(0.01, name="t", clock=clock), Retry(2, backoff=constant(0), name="r"), name="p", listeners=[listener]
+    )
     with caplog.at_level(logging.DEBUG, logger="resilient.events"):
         await guard(flaky(1))()
         with pytest.raises(TimeoutError):
-            await guard(slow)()
+            await after(clock, 0.01, guard(slow)())
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "resilient.events"]
     assert lines[0][0] == logging.INFO
     assert lines[0][1].startswith("resilient: retry by retry 'r', in pipeline 'p', for ")

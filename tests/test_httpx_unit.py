@@ -29,6 +29,7 @@ from resilient.httpx import (
     standard_pipeline,
 )
 from resilient.testing import FakeClock, recording
+from tests.clock_helpers import until
 
 
 def fast(**overrides: Any) -> StandardPipeline:
@@ -1041,15 +1042,6 @@ async def test_deadline_timeout_in_a_custom_pipeline() -> None:
     assert 0.4 < float(upstream.requests[0].headers["x-resilient-deadline"]) <= 0.5
     with pytest.raises(ValueError, match="seconds"):
         deadline_timeout(-1)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Let the loop run (bounded) until ``condition()`` holds."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the condition never held")
 
 
 async def test_deadline_timeout_expires_on_its_clock() -> None:

@@ -18,6 +18,7 @@ import resilient
 from resilient import Retry, Timeout, constant, deadline
 from resilient.testing import FakeClock, recording
 from resilient.timers import TimerQueue
+from tests.clock_helpers import after
 
 
 async def settle() -> None:
@@ -351,8 +352,10 @@ def _live_queues() -> list[TimerQueue]:
 
 
 def test_one_timeout_object_works_across_event_loops() -> None:
-    # The real clock, on purpose: each loop arms its own timers.
-    timeout = Timeout(0.01)
+    # Each loop arms its own timers on the policy's clock (a loop that closed
+    # leaves its timers behind: they must not fire into it).
+    clock = FakeClock()
+    timeout = Timeout(0.01, clock=clock)
 
     @timeout
     async def slow() -> None:
@@ -362,10 +365,13 @@ def test_one_timeout_object_works_across_event_loops() -> None:
     async def fast() -> int:
         return 1
 
+    async def expire() -> None:
+        await after(clock, 0.01, slow())
+
     for _ in range(2):
         assert asyncio.run(fast()) == 1
         with pytest.raises(resilient.TimeoutError):
-            asyncio.run(slow())
+            asyncio.run(expire())
 
 
 async def test_cancellation_while_queued_behind_others_propagates(clock: FakeClock) -> None:
