@@ -66,6 +66,15 @@ HEADER = (
 )
 
 
+#: Python 3.12+ tokenizes f-strings in parts; the kind is absent before.
+FSTRING_START = getattr(tokenize, "FSTRING_START", -1)
+
+
+def _prefix(string: str) -> str:
+    """A string token's prefix letters (``rb``, ``f``...), lower-cased."""
+    return string[: min(i for i in (string.find('"'), string.find("'")) if i >= 0)].lower()
+
+
 def _prose(text: str, names: dict[str, str]) -> str:
     words = {**PROSE, **names}
     return re.sub(r"\b(" + "|".join(map(re.escape, words)) + r")\b", lambda m: words[m.group(1)], text)
@@ -78,11 +87,17 @@ def unasync(source: str, renames: dict[str, str]) -> str:
     that everything else, layout included, stays as it was.
     """
     names = {**COMMON, **renames}
+    # Lines as tokenize counts them (only "\n" ends one), not as str.splitlines
+    # does (which also breaks at form feeds and other separators).
     starts = [0]
-    for line in source.splitlines(keepends=True):
+    for line in io.StringIO(source).readlines():
         starts.append(starts[-1] + len(line))
     edits: list[tuple[int, int, str]] = []
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == FSTRING_START or (tok.type == tokenize.STRING and "f" in _prefix(tok.string)):
+            # Python 3.11 tokenizes an f-string as one string, 3.12 as parts: the
+            # output would differ between versions (and `{await x}` would break).
+            raise ValueError(f"line {tok.start[0]}: f-strings are not supported in a shell's async source")
         begin = starts[tok.start[0] - 1] + tok.start[1]
         end = starts[tok.end[0] - 1] + tok.end[1]
         if tok.type == tokenize.NAME and tok.string in ("async", "await"):

@@ -31,6 +31,7 @@ async def after(clock: FakeClock, seconds: float, call: Awaitable[T]) -> T:
                 break
             await asyncio.sleep(0)
         clock.advance(seconds)
-        return await task
+        await until(task.done)  # fails, rather than hangs, if nothing fired
+        return task.result()
     finally:
         task.cancel()

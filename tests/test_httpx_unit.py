@@ -1061,8 +1061,9 @@ async def test_deadline_timeout_expires_on_its_clock() -> None:
         await asyncio.sleep(0)
         assert not task.done()
         clock.advance(0.2)
+        await until(task.done)
         with pytest.raises(ResilientTimeout):
-            await task
+            task.result()
 
 
 @pytest.mark.parametrize("which", ["attempt_timeout", "total_timeout"])
@@ -1082,8 +1083,9 @@ async def test_standard_pipeline_timeouts_run_on_its_clock(which: str) -> None:
         task = asyncio.create_task(client.get("/x"))
         await until(lambda: clock.pending_timers == 1)
         clock.advance(3.0)
+        await until(task.done)
         with pytest.raises(ResilientTimeout):
-            await task
+            task.result()
 
 
 def test_every_timed_part_of_the_standard_pipeline_shares_its_clock() -> None:

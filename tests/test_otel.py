@@ -247,7 +247,6 @@ async def test_timeout_counts_and_adds_a_span_event(tel: Telemetry) -> None:
     assert attrs == {**expected, "resilience.event.duration": pytest.approx(0.01)}
     (pipe,) = tel.points("resilience.pipeline.duration")
     assert pipe.attributes["resilience.outcome"] == "failure"
-    assert 0 <= pipe.sum < 1  # real time: the 5 s sleep was cut short
 
 
 # -- events from other real policies: a per-host breaker, a stale cache ------------

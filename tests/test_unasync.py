@@ -81,3 +81,20 @@ def test_keywords_go_and_whole_names_are_renamed(unasync: ModuleType) -> None:
         "        self._aacquire_lock.acquire()  # call it\n"
         '    return "acquire"\n'
     )
+
+
+def test_a_form_feed_does_not_shift_the_edits(unasync: ModuleType) -> None:
+    # str.splitlines breaks at "\x0c", tokenize does not: the offsets once drifted.
+    source = "# a\x0c comment\nasync def f():\n    await g()\n"
+    assert unasync.unasync(source, {}) == "# a\x0c comment\ndef f():\n    g()\n"
+
+
+@pytest.mark.parametrize("literal", ['f"the async shell {x}"', "rf'{await x}'", 'F"{x}"'])
+def test_an_f_string_is_refused(unasync: ModuleType, literal: str) -> None:
+    # 3.11 and 3.12 tokenize it differently, so the output would depend on the version.
+    with pytest.raises(ValueError, match="line 2: f-strings are not supported"):
+        unasync.unasync(f"async def f(x):\n    return {literal}\n", {})
+
+
+def test_other_string_prefixes_are_rewritten(unasync: ModuleType) -> None:
+    assert unasync.unasync('x = rb"async"\ny = "async"\n', {}) == 'x = rb"sync"\ny = "sync"\n'
