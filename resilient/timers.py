@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-import weakref
 from collections import deque
 from typing import Any, Final
 
@@ -166,13 +165,25 @@ class LoopQueues:
         self.clock = clock
         #: The queue used last (the running loop's, as a rule).
         self.last: TimerQueue | None = None
-        self.by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerQueue] = weakref.WeakKeyDictionary()
+        #: Each loop's queue. Not weak keys: a queue refers to its loop (and its
+        #: armed timer does), so a weak key would never die; the queues of closed
+        #: loops are dropped instead whenever a new loop comes.
+        self.by_loop: dict[asyncio.AbstractEventLoop, TimerQueue] = {}
 
     def get(self, loop: asyncio.AbstractEventLoop) -> TimerQueue:
-        """The queue of ``loop`` (created on first use); it becomes :attr:`last`."""
-        queue = self.by_loop.get(loop)
+        """The queue of ``loop`` (created on first use); it becomes :attr:`last`.
+
+        A loop that closed is let go when the next new loop comes (one
+        ``asyncio.run`` after another, say), so a policy that outlives its
+        loops keeps at most the last one.
+        """
+        by_loop = self.by_loop
+        queue = by_loop.get(loop)
         if queue is None:
-            queue = self.by_loop[loop] = TimerQueue(self.clock, loop)
+            # list(): another thread's loop may add its queue meanwhile.
+            for old in [each for each in list(by_loop) if each.is_closed()]:
+                by_loop.pop(old, None)
+            queue = by_loop[loop] = TimerQueue(self.clock, loop)
         self.last = queue
         return queue
 

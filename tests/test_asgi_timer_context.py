@@ -105,3 +105,16 @@ async def test_the_rearmed_queue_timer_does_not_pin_the_first_request() -> None:
     assert await later == 200
     del later  # a finished task keeps its context
     assert await _alive_after(refs) == 0
+
+
+def test_the_middleware_lets_its_closed_loops_go() -> None:
+    # The same map of timer queues as Timeout's: a closed loop must not stay.
+    mw = RequestTimeout(ok, seconds=5)
+
+    async def one() -> weakref.ref[asyncio.AbstractEventLoop]:
+        assert status_of(await call(mw, http_scope())) == 200
+        return weakref.ref(asyncio.get_running_loop())
+
+    refs = [asyncio.run(one()) for _ in range(4)]
+    gc.collect()
+    assert sum(ref() is not None for ref in refs) <= 1

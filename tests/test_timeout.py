@@ -544,3 +544,17 @@ async def test_run_with_a_fake_clock_leaves_at_most_one_pending_timer(clock: Fak
     for _ in range(100):
         assert await timeout.run(work) == 1
     assert clock.pending_timers <= 1
+
+
+def test_a_timeout_lets_its_closed_loops_go() -> None:
+    # Before: each loop's timer queue referred to its loop, so the weak-keyed
+    # map of queues never let one go (a loop a test, for a module's Timeout).
+    timeout = Timeout(10)
+
+    @timeout
+    async def loop_ref() -> weakref.ref[asyncio.AbstractEventLoop]:
+        return weakref.ref(asyncio.get_running_loop())
+
+    refs = [asyncio.run(loop_ref()) for _ in range(4)]
+    gc.collect()
+    assert sum(ref() is not None for ref in refs) <= 1  # the last one, until another loop comes
