@@ -18,7 +18,9 @@ a docstring that says "async" of a shell says "sync" of its twin.
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
+import functools
 import io
 import re
 import subprocess
@@ -43,20 +45,50 @@ PROSE = {"async": "sync", "Async": "Sync", "awaited": "called", "await": "call"}
 
 @dataclass(frozen=True)
 class Shell:
-    """One async source and the sync file generated from it."""
+    """One async source and a file generated from it (its sync twin, as a rule)."""
 
     source: str
     renames: dict[str, str] = field(default_factory=dict)
+    #: The generated file; by default the source's ``_shell_async.py`` as ``_shell_sync.py``.
+    into: str | None = None
+    #: For a twin that stays async (only some awaits go): the names whose
+    #: ``await`` stays; ``async`` stays, prose and :data:`COMMON` are left alone.
+    keep_await: tuple[str, ...] = ()
+    #: The top-level functions the twin keeps (``None``: all of them).
+    only: tuple[str, ...] | None = None
 
     @property
     def target(self) -> str:
-        return self.source.replace("_shell_async.py", "_shell_sync.py")
+        """The generated file's path."""
+        return self.into or self.source.replace("_shell_async.py", "_shell_sync.py")
 
+
+#: The breaker's store methods: each I/O one is its local twin's name with an "a".
+BREAKER = {
+    "aadmit": "admit",
+    "asettle": "settle",
+    "_aadmit": "_admit",
+    "_asettle": "_settle",
+    "_astore": "store",
+    "aacquire": "acquire",
+    "arecord_failure": "record_failure",
+    "arecord_success": "record_success",
+    "arelease": "release",
+}
 
 SHELLS = [
     Shell(
         "resilient/retry/_shell_async.py",
         {"notify_async": "notify_sync", "passthrough_async": "passthrough_sync"},
+    ),
+    Shell("resilient/breaker/_shell_async.py", BREAKER),
+    # Async callers over a local store: the call is awaited, the store's steps are plain calls.
+    Shell(
+        "resilient/breaker/_shell_async.py",
+        BREAKER,
+        into="resilient/breaker/_shell_local.py",
+        keep_await=("fn",),
+        only=("build_async",),
     ),
 ]
 
@@ -75,25 +107,29 @@ def _prefix(string: str) -> str:
     return string[: min(i for i in (string.find('"'), string.find("'")) if i >= 0)].lower()
 
 
-def _prose(text: str, names: dict[str, str]) -> str:
-    words = {**PROSE, **names}
+def _prose(text: str, names: dict[str, str], *, keep_async: bool = False) -> str:
+    words = names if keep_async else {**PROSE, **names}
     return re.sub(r"\b(" + "|".join(map(re.escape, words)) + r")\b", lambda m: words[m.group(1)], text)
 
 
-def unasync(source: str, renames: dict[str, str]) -> str:
+def unasync(source: str, renames: dict[str, str], keep_await: tuple[str, ...] = ()) -> str:
     """The sync text of ``source``: ``async``/``await`` dropped, names and prose rewritten.
 
     Edits are made in place on the source text (found by tokenizing it), so
-    that everything else, layout included, stays as it was.
+    that everything else, layout included, stays as it was. With
+    ``keep_await``, the text stays async: ``async`` stays, and so does the
+    ``await`` in front of those names; the other awaits go.
     """
-    names = {**COMMON, **renames}
+    names = renames if keep_await else {**COMMON, **renames}
+    prose = functools.partial(_prose, keep_async=bool(keep_await))
     # Lines as tokenize counts them (only "\n" ends one), not as str.splitlines
     # does (which also breaks at form feeds and other separators).
     starts = [0]
     for line in io.StringIO(source).readlines():
         starts.append(starts[-1] + len(line))
     edits: list[tuple[int, int, str]] = []
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    for i, tok in enumerate(tokens):
         if tok.type == FSTRING_START or (tok.type == tokenize.STRING and "f" in _prefix(tok.string)):
             # Python 3.11 tokenizes an f-string as one string, 3.12 as parts: the
             # output would differ between versions (and `{await x}` would break).
@@ -101,23 +137,39 @@ def unasync(source: str, renames: dict[str, str]) -> str:
         begin = starts[tok.start[0] - 1] + tok.start[1]
         end = starts[tok.end[0] - 1] + tok.end[1]
         if tok.type == tokenize.NAME and tok.string in ("async", "await"):
-            edits.append((begin, end + (source[end : end + 1] == " "), ""))
+            kept = tok.string == "async" or tokens[i + 1].string in keep_await
+            if not (keep_await and kept):
+                edits.append((begin, end + (source[end : end + 1] == " "), ""))
         elif tok.type == tokenize.NAME and tok.string in names:
             edits.append((begin, end, names[tok.string]))
-        elif tok.type in (tokenize.STRING, tokenize.COMMENT) and (text := _prose(tok.string, names)) != tok.string:
+        elif tok.type in (tokenize.STRING, tokenize.COMMENT) and (text := prose(tok.string, names)) != tok.string:
             edits.append((begin, end, text))
     for begin, end, text in reversed(edits):
         source = source[:begin] + text + source[end:]
     return source
 
 
+def _keep_only(source: str, names: tuple[str, ...]) -> str:
+    """``source`` without its top-level functions other than ``names``."""
+    lines = source.splitlines(keepends=True)
+    drop: set[int] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name not in names:
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            drop.update(range(first - 1, node.end_lineno or node.lineno))
+    return "".join(line for i, line in enumerate(lines) if i not in drop)
+
+
 def generate(shell: Shell) -> str:
     """The generated file's full text, its imports fixed and formatted by ruff."""
     source = (ROOT / shell.source).read_text()
-    text = HEADER.format(source=shell.source) + unasync(source, shell.renames)
+    if shell.only is not None:
+        source = _keep_only(source, shell.only)
+    text = HEADER.format(source=shell.source) + unasync(source, shell.renames, shell.keep_await)
     # Two renames may meet in one import (AsyncFn, AsyncWrapped -> SyncFn):
-    # ruff's import fixes merge them and sort the block, then it formats.
-    for command in (["check", "--fix", "--quiet", "--select", "I,F811"], ["format"]):
+    # ruff's import fixes merge them and sort the block (and drop what the
+    # functions left out used), then it formats.
+    for command in (["check", "--fix", "--quiet", "--select", "I,F401,F811"], ["format"]):
         text = subprocess.run(
             [sys.executable, "-m", "ruff", *command, "--stdin-filename", shell.target, "-"],
             input=text,

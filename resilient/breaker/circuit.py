@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, cast
 
+from resilient.breaker import _shell_async, _shell_local, _shell_sync
 from resilient.breaker.state import (
     BreakDuration,
     BreakerConfig,
@@ -24,6 +25,7 @@ from resilient.breaker.state import (
     StateChange,
 )
 from resilient.breaker.store import AsyncBreakerStore, BreakerStore, InMemoryBreakerStore
+from resilient.breaker.verdict import DROPPED, FAILURE, NEITHER, SHADOW, SUCCESS
 from resilient.clock import Clock
 from resilient.errors import CircuitOpenError
 from resilient.events import (
@@ -68,19 +70,16 @@ _REJECTIONS: Final = {
 }
 _OPEN_REJECTION: Final = _REJECTIONS[_OPEN]
 
-# Shadow mode: the permit of a call the breaker would have rejected and lets through. Its epoch is
-# never current, and the breaker drops its outcome before any store sees it: the enforcing breaker
-# would not have run the call, so its outcome must not move the circuit.
-_SHADOW: Final = BreakerSnapshot(_OPEN, -1, -math.inf)
+# The shadow-mode permit and the engine's verdicts on an outcome (CircuitBreaker._verdict)
+# live in resilient.breaker.verdict, which the shells share.
+_SHADOW: Final = SHADOW
+_SUCCESS: Final = SUCCESS
+_FAILURE: Final = FAILURE
+_NEITHER: Final = NEITHER
+_DROPPED: Final = DROPPED
 
 # What the engine's admission gives: a permit, a rejection to raise, or None (the store decides a probe).
 _Admission = BreakerSnapshot | CircuitOpenError | None
-
-# The engine's verdicts on an outcome (CircuitBreaker._verdict).
-_SUCCESS: Final = 0
-_FAILURE: Final = 1
-_NEITHER: Final = 2  # counted as nothing: the permit is released (ignore=, cancelled)
-_DROPPED: Final = 3  # a shadow-mode call the enforcing breaker would not have made: no store call
 
 
 def _listener(value: Any, param: str) -> StateListener | None:
@@ -439,82 +438,15 @@ class CircuitBreaker(ShadowMode, Policy):
             self.emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
         return _SHADOW
 
-    # -- the hand-offs: engine <-> store (the async ones are the sync ones with ``await``) --
+    # -- the hand-offs: engine <-> store ---------------------------------------
     #
-    # tests/test_breaker_shells.py checks that each async hand-off and shell
-    # is its sync twin with ``await``, so that the twins cannot drift.
+    # Written once, in breaker/_shell_async.py (for a store that does I/O);
+    # the sync ones are generated from it by scripts/unasync.py.
 
-    def _admit(self, site: EventSite) -> BreakerSnapshot:
-        now = self._now()
-        permit = self._gate(now, site)
-        if permit is None:
-            permit = self._admitted(self.store.acquire(now), now, site)
-        if isinstance(permit, CircuitOpenError):
-            raise permit
-        return permit
-
-    async def _aadmit(self, site: EventSite) -> BreakerSnapshot:
-        now = self._now()
-        permit = self._gate(now, site)
-        if permit is None:
-            permit = self._admitted(await self._astore.aacquire(now), now, site)
-        if isinstance(permit, CircuitOpenError):
-            raise permit
-        return permit
-
-    def _settle(
-        self,
-        permit: BreakerSnapshot,
-        exc: BaseException | None,
-        failed: bool,
-        start: float | None,
-        site: EventSite,
-        duration: float | None = None,
-    ) -> None:
-        """Hand one outcome to the store: ``start`` is the call's clock reading (``None``: untimed, or ``duration``)."""
-        end = None
-        if start is not None:
-            end = self._now()
-            duration = end - start
-        verdict = self._verdict(permit, exc, failed, duration)
-        store = self.store
-        if verdict == _FAILURE:
-            snap = store.record_failure(permit, end)
-        elif verdict == _SUCCESS:
-            snap = store.record_success(permit, end)
-        else:
-            if verdict == _NEITHER:
-                store.release(permit)
-            return
-        if snap is not None:
-            self._transitioned(snap, site, exc)
-
-    async def _asettle(
-        self,
-        permit: BreakerSnapshot,
-        exc: BaseException | None,
-        failed: bool,
-        start: float | None,
-        site: EventSite,
-        duration: float | None = None,
-    ) -> None:
-        """:meth:`_settle` for a store that does I/O."""
-        end = None
-        if start is not None:
-            end = self._now()
-            duration = end - start
-        verdict = self._verdict(permit, exc, failed, duration)
-        store = self._astore
-        if verdict == _FAILURE:
-            snap = await store.arecord_failure(permit, end)
-        elif verdict == _SUCCESS:
-            snap = await store.arecord_success(permit, end)
-        else:
-            if verdict == _NEITHER:
-                await store.arelease(permit)
-            return
-        if snap is not None:
-            self._transitioned(snap, site, exc)
+    _admit = _shell_sync.admit
+    _aadmit = _shell_async.aadmit
+    _settle = _shell_sync.settle
+    _asettle = _shell_async.asettle
 
     # -- transitions: events, logs, listeners --------------------------------
 
@@ -596,8 +528,10 @@ class CircuitBreaker(ShadowMode, Policy):
     # not flag and that was quicker than ``slow_call_duration`` (the same
     # threshold _verdict applies; tests/test_breaker_shells.py checks that
     # they agree) goes straight to the store's ``record_success``; every
-    # other outcome goes to ``settle``. The three shells are one text: the
-    # sync one is the others without ``await`` (tests/test_breaker_shells.py).
+    # other outcome goes to ``settle``. The three shells are one text,
+    # breaker/_shell_async.py (a store with I/O), from which
+    # scripts/unasync.py generates the sync one and the async one over a
+    # local store (only the call awaited).
 
     def _shell(self) -> tuple[BreakerStore, Callable[[], float], bool, float, Callable[[Any], bool] | None, Any]:
         slow = self.config.slow_call_duration
@@ -607,97 +541,12 @@ class CircuitBreaker(ShadowMode, Policy):
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
         if self._async_store is not None:
-            return self._build_async_store(fn, site)
-        store, now, timed, slow, on_result, transitioned = self._shell()
-        admit, settle, release, record_success = self._admit, self._settle, store.release, store.record_success
-
-        async def breaker_call(*args: Any, **kwargs: Any) -> Any:
-            permit = store.snapshot
-            if permit.state is not _CLOSED:
-                permit = admit(site)
-                if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
-                    return await fn(*args, **kwargs)
-            start = now() if timed else 0.0
-            try:
-                result = await fn(*args, **kwargs)
-                failed = on_result is not None and on_result(result)
-            except Exception as exc:
-                settle(permit, exc, False, start if timed else None, site)
-                raise
-            except BaseException:
-                release(permit)
-                raise
-            if failed or (timed and (end := now()) - start >= slow):
-                settle(permit, None, True, None, site)
-            else:
-                snap = record_success(permit, end if timed else None)
-                if snap is not None:
-                    transitioned(snap, site, None)
-            return result
-
-        return breaker_call
-
-    def _build_async_store(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        store, now, timed, slow, on_result, transitioned = self._shell()
-        astore = self._astore
-        admit, settle, release, record_success = self._aadmit, self._asettle, astore.arelease, astore.arecord_success
-
-        async def breaker_call(*args: Any, **kwargs: Any) -> Any:
-            permit = store.snapshot
-            if permit.state is not _CLOSED:
-                permit = await admit(site)
-                if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
-                    return await fn(*args, **kwargs)
-            start = now() if timed else 0.0
-            try:
-                result = await fn(*args, **kwargs)
-                failed = on_result is not None and on_result(result)
-            except Exception as exc:
-                await settle(permit, exc, False, start if timed else None, site)
-                raise
-            except BaseException:
-                await release(permit)
-                raise
-            if failed or (timed and (end := now()) - start >= slow):
-                await settle(permit, None, True, None, site)
-            else:
-                snap = await record_success(permit, end if timed else None)
-                if snap is not None:
-                    transitioned(snap, site, None)
-            return result
-
-        return breaker_call
+            return _shell_async.build_async(self, fn, site)
+        return _shell_local.build_async(self, fn, site)
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         """The closure guarding each call of the synchronous ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
-        store, now, timed, slow, on_result, transitioned = self._shell()
-        admit, settle, release, record_success = self._admit, self._settle, store.release, store.record_success
-
-        def breaker_call(*args: Any, **kwargs: Any) -> Any:
-            permit = store.snapshot
-            if permit.state is not _CLOSED:
-                permit = admit(site)
-                if permit is _SHADOW:  # shadow mode: would be rejected; runs uncounted
-                    return fn(*args, **kwargs)
-            start = now() if timed else 0.0
-            try:
-                result = fn(*args, **kwargs)
-                failed = on_result is not None and on_result(result)
-            except Exception as exc:
-                settle(permit, exc, False, start if timed else None, site)
-                raise
-            except BaseException:
-                release(permit)
-                raise
-            if failed or (timed and (end := now()) - start >= slow):
-                settle(permit, None, True, None, site)
-            else:
-                snap = record_success(permit, end if timed else None)
-                if snap is not None:
-                    transitioned(snap, site, None)
-            return result
-
-        return breaker_call
+        return _shell_sync.build_sync(self, fn, site)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
