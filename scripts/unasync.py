@@ -90,6 +90,8 @@ SHELLS = [
         keep_await=("fn",),
         only=("build_async",),
     ),
+    Shell("resilient/cache/_shell_async.py", {"_slow_async": "_slow_sync"}),
+    Shell("resilient/cache/_shell_async.py", into="resilient/cache/_shell_local.py", keep_await=("slow",)),
 ]
 
 HEADER = (
@@ -109,6 +111,8 @@ def _prefix(string: str) -> str:
 
 def _prose(text: str, names: dict[str, str], *, keep_async: bool = False) -> str:
     words = names if keep_async else {**PROSE, **names}
+    if not words:
+        return text
     return re.sub(r"\b(" + "|".join(map(re.escape, words)) + r")\b", lambda m: words[m.group(1)], text)
 
 

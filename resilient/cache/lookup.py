@@ -27,6 +27,16 @@ LookupState = Literal["fresh", "stale", "miss"]
 _last: ContextVar[tuple[LookupState, float] | None] = ContextVar("resilient_cache_last_lookup", default=None)
 
 
+def _key_prefixes(operation: str | None) -> tuple[tuple[str], str]:
+    """The prefixes of a cache key: ``(name,)`` before positional arguments, ``name**`` with keywords."""
+    # The site's operation is the guarded function's qualified name even
+    # inside a pipeline, where ``fn`` is the next policy's closure. "**"
+    # cannot occur in a qualified name, so keys with and without keyword
+    # arguments can never be equal.
+    name = operation or "?"
+    return (name,), name + "**"
+
+
 @dataclass(frozen=True, slots=True)
 class CacheLookup:
     """The outcome of one :class:`~resilient.cache.StaleCache` lookup."""

@@ -24,7 +24,8 @@ from collections.abc import Callable, Hashable, Iterable
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal
 
-from resilient.cache.lookup import FRESH, MISS, STALE, _last
+from resilient.cache import _shell_async, _shell_local, _shell_sync
+from resilient.cache.lookup import FRESH, MISS, STALE, _key_prefixes, _last
 from resilient.cache.store import CacheEntry, MemoryStore, SharedCacheStore, store_kind
 from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
 from resilient.deadline import clear_deadline
@@ -301,47 +302,16 @@ class StaleCache(Policy):
 
     # -- async ---------------------------------------------------------------
     #
-    # The fresh-hit path is written in both shells for speed (no call beyond
-    # the store's get); tests/test_cache_shells.py checks that the sync one is
-    # the async one without ``await``, so that the twins cannot drift.
+    # The fresh-hit path is written out in each shell for speed (no call
+    # beyond the store's get), once by hand in cache/_shell_async.py (an
+    # async store); scripts/unasync.py generates the shell over a sync store
+    # (_shell_local.py) and the sync one (_shell_sync.py) from it.
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
-        ttl = self.ttl
-        keyfn = self.key
-        prefix, prefix_kw = _key_prefixes(site.operation)
-        get = self.store.get
-        store_async = self._store_async
-        now = self._now
-        set_last = _last.set
-        slow = self._slow_async
-        lookup_failed = self._lookup_failed
-
-        async def stale_cache_call(*args: Any, **kwargs: Any) -> Any:
-            if keyfn is not None:
-                k = keyfn(*args, **kwargs)
-            elif kwargs:
-                try:
-                    k = (prefix_kw, args, frozenset(kwargs.items()))
-                except TypeError as exc:
-                    raise self._unhashable(site.operation, exc) from exc
-            else:
-                k = prefix + args
-            try:
-                entry = get(k)
-                if store_async:
-                    entry = await entry
-            except Exception as exc:
-                entry = lookup_failed(site.operation, k, exc)
-            if entry is not None:
-                age = now() - entry.stored_at
-                if age < ttl:
-                    self._hits += 1
-                    set_last((FRESH, age))
-                    return entry.value
-            return await slow(fn, site, k, entry, args, kwargs)
-
-        return stale_cache_call
+        if self._store_async:
+            return _shell_async.build_async(self, fn, site)
+        return _shell_local.build_async(self, fn, site)
 
     async def _slow_async(
         self, fn: AsyncFn, site: EventSite, k: Hashable, entry: CacheEntry | None, args: Any, kwargs: Any
@@ -524,38 +494,7 @@ class StaleCache(Policy):
         """The closure guarding each call of the synchronous ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
         if self._store_async:
             raise TypeError(f"{self.label()} has an async store and cannot guard the synchronous function {fn!r}")
-        ttl = self.ttl
-        keyfn = self.key
-        prefix, prefix_kw = _key_prefixes(site.operation)
-        get = self.store.get
-        now = self._now
-        set_last = _last.set
-        slow = self._slow_sync
-        lookup_failed = self._lookup_failed
-
-        def stale_cache_call(*args: Any, **kwargs: Any) -> Any:
-            if keyfn is not None:
-                k = keyfn(*args, **kwargs)
-            elif kwargs:
-                try:
-                    k = (prefix_kw, args, frozenset(kwargs.items()))
-                except TypeError as exc:
-                    raise self._unhashable(site.operation, exc) from exc
-            else:
-                k = prefix + args
-            try:
-                entry = get(k)
-            except Exception as exc:
-                entry = lookup_failed(site.operation, k, exc)
-            if entry is not None:
-                age = now() - entry.stored_at
-                if age < ttl:
-                    self._hits += 1
-                    set_last((FRESH, age))
-                    return entry.value
-            return slow(fn, site, k, entry, args, kwargs)
-
-        return stale_cache_call
+        return _shell_sync.build_sync(self, fn, site)
 
     def _slow_sync(
         self, fn: SyncFn, site: EventSite, k: Hashable, entry: CacheEntry | None, args: Any, kwargs: Any
@@ -796,12 +735,3 @@ class StaleCache(Policy):
 
     def __repr__(self) -> str:
         return f"StaleCache(ttl={self.ttl}, stale_ttl={self.stale_ttl}, name={self.name!r})"
-
-
-def _key_prefixes(operation: str | None) -> tuple[tuple[str], str]:
-    # The site's operation is the guarded function's qualified name even
-    # inside a pipeline, where ``fn`` is the next policy's closure. "**"
-    # cannot occur in a qualified name, so keys with and without keyword
-    # arguments can never be equal.
-    name = operation or "?"
-    return (name,), name + "**"
