@@ -472,13 +472,11 @@ class StaleCache(Policy):
             await self.store.set(k, entry)
         except Exception as exc:
             self._store_error("set", exc)
-            return
-        self._store_failing = False
-        with self._lock:
-            self._backoff.pop(k, None)
-        if self._flights.get(k) is not flight:
-            # Invalidated while the write was in flight: undo it (best effort on a remote store).
-            await self._delete_quietly(k)
+        else:
+            self._written(k)
+            if self._flights.get(k) is not flight:
+                # Invalidated while the write was in flight: undo it (best effort on a remote store).
+                await self._delete_quietly(k)
 
     async def _delete_quietly(self, k: Hashable) -> None:
         try:
@@ -595,9 +593,8 @@ class StaleCache(Policy):
         except Exception as exc:
             self._store_error("set", exc)
             return
-        self._store_failing = False
+        self._written(k)
         with self._lock:
-            self._backoff.pop(k, None)
             still = current()
         if not still:
             try:
@@ -709,6 +706,12 @@ class StaleCache(Policy):
         # A broken or unreachable store is a miss: the function is still there.
         self._store_error("get", exc)
         return None
+
+    def _written(self, k: Hashable) -> None:
+        """A write of ``k`` landed: the store works, and the key's refresh backoff is over."""
+        self._store_failing = False
+        with self._lock:
+            self._backoff.pop(k, None)
 
     def _store_error(self, op: str, exc: Exception) -> None:
         if not self._store_failing:
