@@ -1,13 +1,14 @@
-"""The circuit breaker's hand-offs and call shell over a store that does I/O.
+"""The circuit breaker's hand-offs and call shells: three shells written as one text.
 
 Every decision is the engine's (:class:`~resilient.CircuitBreaker`'s
 ``_gate``, ``_admitted``, ``_verdict`` and ``_transitioned``: no I/O, no
-awaits); these functions only move permits and outcomes between it and the
-store. This file is written by hand; ``scripts/unasync.py`` generates two
-twins from it (``make lint`` fails when one is out of date): ``_shell_sync.py``
-(the plain-function wrapper and hand-offs) and ``_shell_local.py`` (the
-coroutine wrapper over a store without I/O, awaiting only the call).
-Edit this one, then run the script.
+waiting); these functions only move permits and outcomes between it and the
+store. Only ``_shell_async.py`` (the coroutine wrapper and hand-offs over a
+store that does I/O) is written by hand; ``scripts/unasync.py`` generates from
+it ``_shell_sync.py`` (the plain-function wrapper and hand-offs) and
+``_shell_local.py`` (the coroutine wrapper over a local store, where only the
+call is a coroutine), and ``make lint`` fails when one is out of date. Edit
+``_shell_async.py``, then run the script.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""The stale cache's fresh-hit path over an async store: the source of its two twins.
+"""The stale cache's fresh-hit path: one of three shells written as one text.
 
 A fresh hit calls nothing but the store's ``get``; everything past it is
-:class:`~resilient.cache.StaleCache`'s slow path. This file is written by
-hand; ``scripts/unasync.py`` generates from it ``_shell_local.py`` (the
-coroutine wrapper over a store without I/O, awaiting only the slow path)
-and ``_shell_sync.py`` (the plain-function wrapper); ``make lint`` fails
-when one is out of date. Edit this one, then run the script.
+:class:`~resilient.cache.StaleCache`'s slow path. Only ``_shell_async.py``
+(the coroutine wrapper over a store that does I/O) is written by hand;
+``scripts/unasync.py`` generates from it ``_shell_local.py`` (the coroutine
+wrapper over a local store, where only the slow path is a coroutine) and
+``_shell_sync.py`` (the plain-function wrapper), and ``make lint`` fails when
+one is out of date. Edit ``_shell_async.py``, then run the script.
 """
 
 from __future__ import annotations

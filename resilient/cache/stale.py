@@ -304,7 +304,7 @@ class StaleCache(Policy):
     #
     # The fresh-hit path is written out in each shell for speed (no call
     # beyond the store's get), once by hand in cache/_shell_async.py (an
-    # async store); scripts/unasync.py generates the shell over a sync store
+    # async store); scripts/unasync.py generates the shell over a local store
     # (_shell_local.py) and the sync one (_shell_sync.py) from it.
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
