@@ -329,12 +329,12 @@ def durations_enabled() -> bool:
     return bool(duration_listeners)
 
 
-def _report_failure(listener: object, exc: BaseException, what: str = "raised") -> None:
+def _report_failure(listener: object, exc: BaseException, what: str = "raised", log: logging.Logger = logger) -> None:
     """Log a listener's failure, once per listener: a broken listener must not flood the logs."""
     if any(_same(listener, known) for known in _failed_listeners):
         return
     _failed_listeners.append(listener)
-    logger.error(
+    log.error(
         "resilient: event listener %r %s %s; the event is dropped for it, calls are not affected, "
         "and further failures of this listener are not logged",
         listener,
@@ -355,28 +355,30 @@ def _same(a: object, b: object) -> bool:
         return False
 
 
-def notify(listener: Callable[[T], Any], payload: T) -> None:
+def notify(listener: Callable[[T], Any], payload: T, *, log: logging.Logger | None = None) -> None:
     """Call a user's callback the way every listener is called, and never let it break the caller.
 
     The one delivery path for events and for other user callbacks that
     report something (a circuit breaker's ``on_open``): a sync callback is
     called now; one that returns an awaitable (an ``async def``) is
     scheduled as a task on the running loop and not waited for; one that
-    raises is logged once (per callback) on ``resilient.events`` and
-    otherwise ignored. Call it with no lock held.
+    raises is logged once (per callback) on ``log`` (by default
+    ``resilient.events``; a policy passes its own logger) and otherwise
+    ignored. Call it with no lock held.
     """
+    log = logger if log is None else log
     try:
         result = listener(payload)
         if result is not None and inspect.isawaitable(result):
-            _schedule(listener, result)
+            _schedule(listener, result, log)
     except Exception as exc:  # a listener must never break a call
-        _report_failure(listener, exc)
+        _report_failure(listener, exc, log=log)
 
 
 _deliver = notify
 
 
-def _schedule(listener: Callable[..., Any], awaitable: Awaitable[Any]) -> None:
+def _schedule(listener: Callable[..., Any], awaitable: Awaitable[Any], log: logging.Logger = logger) -> None:
     """Run an async listener's awaitable as a task; the emitting call never waits for it."""
     try:
         loop = asyncio.get_running_loop()
@@ -386,19 +388,19 @@ def _schedule(listener: Callable[..., Any], awaitable: Awaitable[Any]) -> None:
         if inspect.iscoroutine(awaitable):
             awaitable.close()
         _report_failure(
-            listener, RuntimeError("no running event loop"), "is async but the event was emitted outside a loop:"
+            listener, RuntimeError("no running event loop"), "is async but the event was emitted outside a loop:", log
         )
         return
     coro = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
     task = loop.create_task(coro)
     _background.add(task)
-    task.add_done_callback(functools.partial(_on_task_done, listener))
+    task.add_done_callback(functools.partial(_on_task_done, listener, log))
 
 
-def _on_task_done(listener: Callable[..., Any], task: asyncio.Task[Any]) -> None:
+def _on_task_done(listener: Callable[..., Any], log: logging.Logger, task: asyncio.Task[Any]) -> None:
     _background.discard(task)
     if not task.cancelled() and (exc := task.exception()) is not None:
-        _report_failure(listener, exc)
+        _report_failure(listener, exc, log=log)
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

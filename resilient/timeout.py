@@ -26,7 +26,7 @@ from typing import Any
 from resilient.clock import Clock
 from resilient.deadline import current_deadline, narrow_deadline, reset_deadline
 from resilient.errors import TimeoutError
-from resilient.events import TIMEOUT, EventSite, Listener, Severity
+from resilient.events import EXTRA_DEADLINE, TIMEOUT, EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
 from resilient.timers import FIRED, LoopQueues, arm
 from resilient.validate import check_bool, check_clock, check_number
@@ -162,7 +162,7 @@ class Timeout(Policy):
         return timeout_call
 
     def _expired(self, site: EventSite, limit: float, *, by_deadline: bool) -> TimeoutError:
-        self.emit(site, TIMEOUT, Severity.WARNING, duration=limit, extras={"deadline": by_deadline})
+        self.emit(site, TIMEOUT, Severity.WARNING, duration=limit, extras={EXTRA_DEADLINE: by_deadline})
         if by_deadline:
             msg = f"{self.label()}: the deadline expired" + (f" after {limit:.3g} s" if limit > 0 else "")
         else:

@@ -499,3 +499,45 @@ async def test_an_async_duration_listener_is_scheduled_like_any_listener() -> No
     finally:
         ev.remove_duration_listener(listener)
     assert received == [ev.EXECUTION_ATTEMPT, ev.PIPELINE_EXECUTED]
+
+
+def _literal_extras_keys(tree: Any) -> list[tuple[int, str]]:
+    """String keys of dict literals that become event extras (``extras=``, ``extras = {...}``, MappingProxyType)."""
+    import ast
+
+    found: list[tuple[int, str]] = []
+
+    def check(node: ast.AST | None) -> None:
+        if isinstance(node, ast.Dict):
+            found.extend(
+                (k.lineno, k.value) for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)
+            )
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            for kw in node.keywords:
+                if kw.arg == "extras":
+                    check(kw.value)
+            if isinstance(node.func, ast.Name) and node.func.id == "MappingProxyType":
+                for arg in node.args:
+                    check(arg)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "extras" for t in targets):
+                check(node.value)
+    return found
+
+
+def test_producers_write_extras_keys_with_the_shared_constants() -> None:
+    """A key spelled as a string drifts from what resilient.otel exports (the review found `from`/`to` dropped)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(ev.__file__).parent
+    literal = {
+        f"{path.relative_to(root)}:{line}: {key!r}"
+        for path in sorted(root.rglob("*.py"))
+        if path.name != "events.py"
+        for line, key in _literal_extras_keys(ast.parse(path.read_text()))
+    }
+    assert not literal, "use the EXTRA_* constants of resilient.events: " + ", ".join(sorted(literal))

@@ -7,8 +7,6 @@ outcome *is* and tells people about what the store did.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -32,14 +30,19 @@ from resilient.events import (
     CIRCUIT_CLOSED,
     CIRCUIT_HALF_OPENED,
     CIRCUIT_OPENED,
+    EXTRA_FAILED_PROBES,
+    EXTRA_FROM_STATE,
+    EXTRA_MANUAL,
     EXTRA_REASON,
     EXTRA_RETRY_AFTER,
     EXTRA_STATE,
+    EXTRA_TO_STATE,
     REJECTED,
     WOULD_REJECT,
     EventSite,
     Listener,
     Severity,
+    notify,
 )
 from resilient.policy import (
     AsyncFn,
@@ -217,8 +220,6 @@ class CircuitBreaker(ShadowMode, Policy):
         self._now: Callable[[], float] = self.clock.now
         self._site = EventSite()
         self._label_text = self.label()
-        self._failed_listeners: set[int] = set()
-        self._background: set[asyncio.Task[Any]] = set()
 
     # -- inspection and manual control ---------------------------------------
 
@@ -454,9 +455,9 @@ class CircuitBreaker(ShadowMode, Policy):
         state = snap.state
         previous = snap.previous.value if snap.previous is not None else "none"
         extras: dict[str, str | int | float | bool] = {
-            "from": previous,
-            "to": state.value,
-            "manual": snap.manual,
+            EXTRA_FROM_STATE: previous,
+            EXTRA_TO_STATE: state.value,
+            EXTRA_MANUAL: snap.manual,
         }
         if state is _OPEN or state is _ISOLATED:
             if state is _ISOLATED:
@@ -471,7 +472,7 @@ class CircuitBreaker(ShadowMode, Policy):
                 )
                 if exc is not None and isinstance(exc, Exception):
                     exc.add_note(f"resilient: this failure opened {self.label()} for {snap.break_duration:.3g} s")
-            extras["failed_probes"] = snap.failed_probes
+            extras[EXTRA_FAILED_PROBES] = snap.failed_probes
             self.emit(
                 site, CIRCUIT_OPENED, Severity.WARNING, duration=snap.break_duration, exception=exc, extras=extras
             )
@@ -486,41 +487,9 @@ class CircuitBreaker(ShadowMode, Policy):
                 self.emit(site, CIRCUIT_CLOSED, Severity.INFO, extras=extras)
             listener = self._on_close if snap.previous is not _CLOSED else None
         if listener is not None:
-            self._notify(listener, StateChange(self.name, snap.previous, state, snap, exc))
-
-    def _notify(self, listener: StateListener, change: StateChange) -> None:
-        try:
-            result = listener(change)
-            if inspect.isawaitable(result):
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    if inspect.iscoroutine(result):
-                        result.close()
-                    raise RuntimeError("an async state listener needs a running event loop") from None
-                task = loop.create_task(_await(result))
-                self._background.add(task)
-                task.add_done_callback(self._listener_done)
-        except Exception as exc:  # a listener never breaks a call or the state machine
-            self._listener_failed(listener, exc)
-
-    def _listener_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self._listener_failed(task.get_coro(), exc)
-
-    def _listener_failed(self, listener: object, exc: BaseException) -> None:
-        key = id(listener) if not inspect.iscoroutine(listener) else id(getattr(listener, "cr_code", listener))
-        if key in self._failed_listeners:
-            return
-        self._failed_listeners.add(key)
-        logger.error(
-            "resilient: %s: state listener %r raised %s; it keeps being called, but this is logged once",
-            self.label(),
-            listener,
-            type(exc).__name__,
-            exc_info=exc,
-        )
+            # The one delivery path of every user callback: called now, or scheduled when async; a
+            # raising listener is logged once and never breaks the call or the state machine.
+            notify(listener, StateChange(self.name, snap.previous, state, snap, exc), log=logger)
 
     # -- the shells: a fast-path check, the call, one hand-off ---------------
     #
@@ -550,10 +519,6 @@ class CircuitBreaker(ShadowMode, Policy):
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
-
-
-async def _await(awaitable: Any) -> None:
-    await awaitable
 
 
 class BreakerGuard:

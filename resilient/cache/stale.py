@@ -30,7 +30,7 @@ from resilient.cache.store import CacheEntry, MemoryStore, SharedCacheStore, sto
 from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
 from resilient.deadline import clear_deadline
 from resilient.errors import RejectedError, TimeoutError
-from resilient.events import CACHE_REFRESH_FAILED, CACHE_STALE_HIT, EventSite, Listener, Severity
+from resilient.events import CACHE_REFRESH_FAILED, CACHE_STALE_HIT, EXTRA_REASON, EventSite, Listener, Severity
 from resilient.policy import (
     AsyncFn,
     AsyncWrapped,
@@ -61,9 +61,9 @@ _RAISED: Final = 3  # an exception that does not count: propagate it as is
 _Outcome = tuple[int, Any, TracebackType | None]
 
 # Shared, read-only: a stale hit must not allocate a dict per call.
-_REVALIDATE: Final = MappingProxyType({"reason": "revalidate"})
-_ON_ERROR: Final = MappingProxyType({"reason": "error"})
-_BACKING_OFF: Final = MappingProxyType({"reason": "backoff"})
+_REVALIDATE: Final = MappingProxyType({EXTRA_REASON: "revalidate"})
+_ON_ERROR: Final = MappingProxyType({EXTRA_REASON: "error"})
+_BACKING_OFF: Final = MappingProxyType({EXTRA_REASON: "backoff"})
 # The longest a rejection's retry_after holds back refreshes when stale_ttl
 # is infinite (a retry_after may come from another process: never trusted blindly).
 _MAX_BACKOFF: Final = 3600.0

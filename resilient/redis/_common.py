@@ -37,7 +37,7 @@ from redis.retry import Retry as _SyncRetry
 
 from resilient import events
 from resilient.clock import Clock
-from resilient.events import EventSite, Listener, Severity
+from resilient.events import EXTRA_BACKEND, EXTRA_WHERE, EventSite, Listener, Severity
 
 __all__ = [
     "CLUSTER_LAYOUT_TIMEOUT",
@@ -566,7 +566,7 @@ class FailOpen:
                 self.kind,
                 self.name,
                 exception=exc,
-                extras={"backend": "redis", "where": self.where},
+                extras={EXTRA_BACKEND: "redis", EXTRA_WHERE: self.where},
             )
 
     def failed(self, exc: BaseException, site: EventSite | None = None) -> None:
