@@ -27,7 +27,7 @@ from typing import Any, Final, Literal
 from resilient.cache import _shell_async, _shell_local, _shell_sync
 from resilient.cache.lookup import FRESH, MISS, STALE, _key_prefixes, _last
 from resilient.cache.store import CacheEntry, MemoryStore, SharedCacheStore, store_kind
-from resilient.clock import SYSTEM_CLOCK, Clock, SystemClock
+from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.deadline import clear_deadline
 from resilient.errors import RejectedError, TimeoutError
 from resilient.events import CACHE_REFRESH_FAILED, CACHE_STALE_HIT, EXTRA_REASON, EventSite, Listener, Severity
@@ -183,8 +183,8 @@ class StaleCache(Policy):
         self.refresh = refresh
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(f"clock must be a Clock (now/sleep/asleep), got {clock!r}")
-        # The system clock is read straight from time.monotonic: one call less on the hit path.
-        self._now: Callable[[], float] = time.monotonic if clock is None or type(clock) is SystemClock else clock.now
+        # Bound once: the system clock's now is time.monotonic itself, so the hit path calls it directly.
+        self._now: Callable[[], float] = time.monotonic if clock is None else clock.now
         default_store = MemoryStore(max_entries)  # validates max_entries even when unused
         if store is None:
             store = default_store

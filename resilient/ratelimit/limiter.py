@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from resilient.clock import Clock, SystemClock
+from resilient.clock import Clock
 from resilient.deadline import remaining as deadline_remaining
 from resilient.errors import RateLimitedError
 from resilient.events import (
@@ -617,9 +617,9 @@ def _float_now(clock: Clock) -> Callable[[], float]:
     The store does arithmetic on it under its lock: a custom clock returning
     something else must fail before the store is called.
     """
-    if type(clock) is SystemClock:
-        return time.monotonic
     now = clock.now
+    if now is time.monotonic:  # the system clock's (and any clock's that reads it straight): a float already
+        return now
     return lambda: float(now())
 
 
