@@ -98,15 +98,20 @@ def check_number(
     return float(value)
 
 
+def _bound(x: float) -> str:
+    # A whole bound reads as written (2592000, not 2.592e+06); others as %g.
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
 def _describe(minimum: float, strict: bool, maximum: float | None, allow_inf: bool, unit: str, allow_none: bool) -> str:
     kind = "a number" if allow_inf else "a finite number"
     if unit:
         kind += f" of {unit}"
     if maximum is not None:
         low = "(" if strict else "["
-        what = f"{kind} in {low}{minimum:g}, {maximum:g}]"
+        what = f"{kind} in {low}{_bound(minimum)}, {_bound(maximum)}]"
     else:
-        what = f"{kind} {'>' if strict else '>='} {minimum:g}"
+        what = f"{kind} {'>' if strict else '>='} {_bound(minimum)}"
     if allow_inf:
         what += " (math.inf allowed)"
     if allow_none:

@@ -95,3 +95,31 @@ def test_bool_switch_callable_clock() -> None:
     assert check_clock(clock) is clock
     with pytest.raises(TypeError, match="clock must be a Clock"):
         check_clock(object())
+
+
+def test_a_whole_bound_reads_as_written() -> None:
+    with pytest.raises(ValueError, match=r"idle_ttl must be a finite number of seconds in \[1, 2592000\], got 0.5"):
+        check_number(0.5, "idle_ttl", minimum=1, strict=False, maximum=2592000, unit="seconds")
+
+
+@pytest.mark.parametrize(
+    ("store", "option"),
+    [
+        ("RedisRateStore", "timeout"),
+        ("RedisRateStore", "recovery_interval"),
+        ("RedisCacheStore", "timeout"),
+        ("RedisBreakerStore", "sync_interval"),
+        ("RedisBreakerStore", "idle_ttl"),
+    ],
+)
+def test_the_redis_stores_refuse_a_wrong_type_with_typeerror_and_a_bad_value_with_valueerror(
+    store: str, option: str
+) -> None:
+    # They raised ValueError for both, unlike every other constructor (issue 15, point 8).
+    redis = pytest.importorskip("resilient.redis")
+    cls = getattr(redis, store)
+    url = "redis://127.0.0.1:1"  # never connected: construction alone is checked
+    with pytest.raises(TypeError, match=rf"{option} must be a finite number of seconds in "):
+        cls(url, **{option: "1"})
+    with pytest.raises(ValueError, match=rf"{option} must be a finite number of seconds in .*got -1"):
+        cls(url, **{option: -1})

@@ -38,6 +38,7 @@ from redis.retry import Retry as _SyncRetry
 from resilient import events
 from resilient.clock import Clock
 from resilient.events import EXTRA_BACKEND, EXTRA_WHERE, EventSite, Listener, Severity
+from resilient.validate import check_number
 
 __all__ = [
     "CLUSTER_LAYOUT_TIMEOUT",
@@ -72,14 +73,8 @@ def validate_common(prefix: str, timeout: float, recovery_interval: float) -> No
     """Check the options every store takes; raise naming the parameter."""
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, got {prefix!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
-        raise ValueError(f"timeout must be a number of seconds in (0, 60], got {timeout!r}")
-    if (
-        isinstance(recovery_interval, bool)
-        or not isinstance(recovery_interval, int | float)
-        or not 0 < recovery_interval <= 3600
-    ):
-        raise ValueError(f"recovery_interval must be a number of seconds in (0, 3600], got {recovery_interval!r}")
+    check_number(timeout, "timeout", maximum=60, unit="seconds")
+    check_number(recovery_interval, "recovery_interval", maximum=3600, unit="seconds")
 
 
 # ":" separates the parts of a key and braces make a Redis Cluster hash tag:

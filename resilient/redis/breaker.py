@@ -25,7 +25,7 @@ from resilient.redis._common import (
     logger,
     validate_common,
 )
-from resilient.validate import check_int
+from resilient.validate import check_int, check_number
 
 __all__ = ["BREAKER_SCRIPT", "QUORUM_SCRIPT", "RedisBreakerStore"]
 
@@ -363,14 +363,8 @@ class RedisBreakerStore:
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None, got {name!r}")
-        if (
-            isinstance(sync_interval, bool)
-            or not isinstance(sync_interval, int | float)
-            or not 0 <= sync_interval <= 60
-        ):
-            raise ValueError(f"sync_interval must be a number of seconds in [0, 60], got {sync_interval!r}")
-        if isinstance(idle_ttl, bool) or not isinstance(idle_ttl, int | float) or not 1 <= idle_ttl <= 86400 * 30:
-            raise ValueError(f"idle_ttl must be a number of seconds in [1, 2592000], got {idle_ttl!r}")
+        check_number(sync_interval, "sync_interval", strict=False, maximum=60, unit="seconds")
+        check_number(idle_ttl, "idle_ttl", minimum=1, strict=False, maximum=86400 * 30, unit="seconds")
         self.prefix = prefix
         self.name = name
         self.timeout = float(timeout)
