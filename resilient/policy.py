@@ -16,11 +16,11 @@ import functools
 import inspect
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from time import perf_counter
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from resilient.events import EventSite, Listener, duration_listeners
+from resilient.events import WOULD_REJECT, EventSite, ExtraValue, Listener, Severity, duration_listeners
 from resilient.validate import check_switch, read_switch
 
 __all__ = [
@@ -333,11 +333,12 @@ class ShadowMode:
 
     Mix it into a :class:`Policy` subclass, call :meth:`set_enforce` in the
     constructor, and, where the policy would reject, ask :meth:`shadowed`:
-    ``True`` means shadow mode; the policy then counts (``self._would_reject
-    += 1``), emits :data:`~resilient.events.WOULD_REJECT` with the error it
-    would have raised, and lets the call through, having decided (and moved
-    its state) exactly as when enforcing. ``enforce`` is read only there,
-    never on the success path.
+    ``True`` means shadow mode; the policy then calls
+    :meth:`record_would_reject` with the error it would have raised (it
+    counts it in :attr:`would_reject` and emits
+    :data:`~resilient.events.WOULD_REJECT`) and lets the call through,
+    having decided (and moved its state) exactly as when enforcing.
+    ``enforce`` is read only there, never on the success path.
     """
 
     _enforce: bool | Callable[[], bool] = True
@@ -352,6 +353,21 @@ class ShadowMode:
         """Whether a rejection now is only reported (shadow mode); a switch that raises reads enforcing."""
         enforce = self._enforce
         return enforce is not True and not read_switch(enforce)
+
+    def record_would_reject(
+        self, site: EventSite, error: BaseException | None, extras: Mapping[str, ExtraValue] | None = None
+    ) -> None:
+        """Shadow mode let a call through that enforcing would reject: count it, emit ``would_reject``.
+
+        The event carries ``error`` (what enforcing would have raised;
+        ``None`` where nothing would have been raised, as for a refused
+        ``try_acquire()``) and
+        ``extras`` (the rejection's reason, ``retry_after``..., with the
+        :mod:`resilient.events` ``EXTRA_*`` keys). Call it only where the
+        policy mixing this in is a :class:`Policy`.
+        """
+        self._would_reject += 1
+        cast(Policy, self).emit(site, WOULD_REJECT, Severity.INFO, exception=error, extras=extras)
 
     @property
     def enforce_switch(self) -> bool | Callable[[], bool]:

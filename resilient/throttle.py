@@ -38,8 +38,8 @@ from resilient.events import (
     EXTRA_REASON,
     EXTRA_REQUESTS,
     REJECTED,
-    WOULD_REJECT,
     EventSite,
+    ExtraValue,
     Listener,
     Severity,
 )
@@ -224,7 +224,7 @@ class AdaptiveThrottle(ShadowMode, Policy):
             f"calls in the last {self.window:g} s (rejection probability {p:.2f})",
             policy=self.name,
         )
-        extras = {
+        extras: dict[str, ExtraValue] = {
             EXTRA_REASON: "adaptive_throttle",
             EXTRA_PROBABILITY: p,
             EXTRA_REQUESTS: requests,
@@ -234,8 +234,7 @@ class AdaptiveThrottle(ShadowMode, Policy):
             self._rejected += 1
             self.emit(site, REJECTED, Severity.WARNING, exception=err, extras=extras)
             raise err
-        self._would_reject += 1
-        self.emit(site, WOULD_REJECT, Severity.INFO, exception=err, extras=extras)
+        self.record_would_reject(site, err, extras)
         return True
 
     def _admit_slow(self, site: EventSite) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from resilient import Fallback, Pipeline, Policy, Retry, Timeout
+from resilient import Fallback, Pipeline, Policy, RejectedError, Retry, Timeout
 from resilient.events import EventSite
 from resilient.policy import AsyncFn, AsyncWrapped, SyncFn, exception_predicate, live_policies, result_predicate
 
@@ -303,3 +303,37 @@ def test_a_class_with_both_hooks_is_not_warned(recwarn: pytest.WarningsRecorder)
         _wrap_async = build_async  # kept for callers of the old name
 
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+
+
+def test_a_custom_policy_reports_shadow_mode_with_public_names_only() -> None:
+    from resilient.events import EXTRA_REASON, WOULD_REJECT
+    from resilient.policy import ShadowMode
+    from resilient.testing import recording
+
+    class Closed(ShadowMode, Policy):
+        policy_type = "closed"
+
+        def __init__(self, *, enforce: bool = True) -> None:
+            super().__init__(name="gate")
+            self.set_enforce(enforce)
+
+        def build_sync(self, fn: Any, site: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                err = RejectedError("closed", policy=self.name)
+                if not self.shadowed():
+                    raise err
+                self.record_would_reject(site, err, {EXTRA_REASON: "closed"})
+                return fn(*args, **kwargs)
+
+            return call
+
+    gate = Closed(enforce=False)
+    with recording() as rec:
+        assert gate(lambda: "ran")() == "ran"
+    assert gate.would_reject == 1
+    (event,) = rec.events
+    assert (event.name, event.policy, event.policy_type) == (WOULD_REJECT, "gate", "closed")
+    assert isinstance(event.exception, RejectedError)
+    assert event.extras[EXTRA_REASON] == "closed"
+    with pytest.raises(RejectedError):
+        Closed()(lambda: "ran")()
