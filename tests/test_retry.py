@@ -342,6 +342,11 @@ async def test_budget_exhaustion_warns_once_per_interval_not_per_call(
     warnings = [r for r in caplog.records if r.name == "resilient.retry"]
     assert len(warnings) == 1
     assert "retry budget exhausted" in warnings[0].getMessage()
+    # The interval runs on the policy's clock (it read time.monotonic): ten seconds on it, and it warns again.
+    auto_clock.advance(10)
+    with caplog.at_level(logging.WARNING, logger="resilient.retry"), pytest.raises(ConnectionError):
+        await retry.run(Flaky(5))
+    assert len([r for r in caplog.records if r.name == "resilient.retry"]) == 2
 
 
 # -- infinite delays (issue 14, item 16) -------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -335,7 +334,7 @@ class RetryEngine:
         outcome = self.outcome
         if self.reason == "budget":
             # A storm exhausts the budget on every call: warn once per interval, not per call.
-            now = time.monotonic()
+            now = policy.clock.now()
             if now - policy._budget_warned_at >= _BUDGET_WARNING_INTERVAL:
                 policy._budget_warned_at = now
                 logger.warning("resilient: %s: retry budget exhausted; retries are being skipped", policy.label())
