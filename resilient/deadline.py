@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
 from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.validate import check_number
 
 __all__ = [
     "Deadline",
@@ -123,10 +124,7 @@ def deadline(seconds: float, *, clock: Clock | None = None) -> Iterator[Deadline
         TypeError: ``seconds`` is not a number.
         ValueError: ``seconds`` is NaN or negative.
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise TypeError(f"seconds must be a number, got {seconds!r}")
-    if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+    check_number(seconds, "seconds", strict=False, allow_inf=True, unit="seconds")
     token = narrow_deadline(seconds, clock if clock is not None else SYSTEM_CLOCK)
     try:
         d = _current.get()

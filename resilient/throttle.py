@@ -24,7 +24,6 @@ wrappers are thin shells of the same steps (a test compares them).
 
 from __future__ import annotations
 
-import math
 import random as _random
 import threading
 from collections.abc import Callable, Iterable
@@ -53,6 +52,7 @@ from resilient.policy import (
     exception_predicate,
     result_predicate,
 )
+from resilient.validate import check_number, check_seconds
 
 __all__ = ["AdaptiveThrottle"]
 
@@ -104,14 +104,8 @@ class AdaptiveThrottle(ShadowMode, Policy):
     ) -> None:
         super().__init__(name=name, listeners=listeners)
         self.set_enforce(enforce)
-        if isinstance(k, bool) or not isinstance(k, int | float):
-            raise TypeError(f"k must be a number >= 1, got {k!r}")
-        if math.isnan(k) or math.isinf(k) or k < 1:
-            raise ValueError(f"k must be a finite number >= 1, got {k!r}")
-        if isinstance(window, bool) or not isinstance(window, int | float):
-            raise TypeError(f"window must be a number of seconds > 0, got {window!r}")
-        if math.isnan(window) or math.isinf(window) or window <= 0:
-            raise ValueError(f"window must be a finite number of seconds > 0, got {window!r}")
+        check_number(k, "k", minimum=1, strict=False)
+        check_seconds(window, "window")
         if random is not None and not callable(random):
             raise TypeError(f"random must be a callable () -> float in [0, 1), got {random!r}")
         self.k = float(k)

@@ -52,7 +52,7 @@ async def test_deadline_follows_the_task_not_other_tasks(clock: FakeClock) -> No
 
 @pytest.mark.parametrize("bad", [-1, math.nan])
 def test_bad_seconds(bad: float) -> None:
-    with pytest.raises(ValueError, match="seconds must be >= 0"), deadline(bad):
+    with pytest.raises(ValueError, match="seconds must be a number of seconds >= 0"), deadline(bad):
         pass
 
 

@@ -305,7 +305,7 @@ def test_attempts_one_means_no_retry() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"attempts": 0}, ValueError, "attempts must be >= 1"),
+        ({"attempts": 0}, ValueError, "attempts must be an int >= 1, got 0"),
         ({"attempts": -3}, ValueError, "attempts"),
         ({"attempts": 2.5}, TypeError, "attempts"),
         ({"attempts": True}, TypeError, "attempts"),

@@ -31,6 +31,7 @@ import threading
 from typing import Protocol, runtime_checkable
 
 from resilient.breaker.state import BreakerConfig, BreakerMetrics, BreakerSnapshot, CircuitState
+from resilient.validate import check_int
 
 __all__ = ["AsyncBreakerStore", "BreakerStore", "InMemoryBreakerStore"]
 
@@ -183,11 +184,7 @@ class InMemoryBreakerStore:
     """
 
     def __init__(self, *, buckets: int = 10) -> None:
-        if isinstance(buckets, bool) or not isinstance(buckets, int):
-            raise TypeError(f"buckets must be an int >= 1, got {buckets!r}")
-        if buckets < 1:
-            raise ValueError(f"buckets must be >= 1, got {buckets!r}")
-        self._buckets = buckets
+        self._buckets = check_int(buckets, "buckets")
         self._lock = threading.Lock()
         self._bound = False
         #: The current snapshot (read-only for everyone but the store).

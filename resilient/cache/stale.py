@@ -41,6 +41,7 @@ from resilient.policy import (
     operation_name,
     result_predicate,
 )
+from resilient.validate import check_seconds
 
 __all__ = ["CACHE_REFRESH_FAILED", "StaleCache"]
 
@@ -89,15 +90,6 @@ class _SyncFlight:
         self.done = threading.Event()
         self.outcome: _Outcome | None = None
         self.owner = threading.get_ident()
-
-
-def _seconds(param: str, value: object, *, allow_inf: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{param} must be a number of seconds, got {value!r}")
-    if math.isnan(value) or value <= 0 or (math.isinf(value) and not allow_inf):
-        allowed = "> 0 (math.inf allowed)" if allow_inf else "finite and > 0"
-        raise ValueError(f"{param} must be {allowed}, got {value!r}")
-    return float(value)
 
 
 class StaleCache(Policy):
@@ -164,11 +156,11 @@ class StaleCache(Policy):
     ) -> None:
         super().__init__(name=name, listeners=listeners)
         #: Seconds an entry is fresh.
-        self.ttl = _seconds("ttl", ttl, allow_inf=False)
+        self.ttl = check_seconds(ttl, "ttl")
         if stale_ttl is None:
             stale = self.ttl
         else:
-            stale = _seconds("stale_ttl", stale_ttl, allow_inf=True)
+            stale = check_seconds(stale_ttl, "stale_ttl", allow_inf=True)
             if stale < self.ttl:
                 raise ValueError(f"stale_ttl must be >= ttl ({self.ttl!r}), got {stale_ttl!r}")
         #: Seconds after which an entry is never served.

@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import cachetools
 
+from resilient.validate import check_int
+
 __all__ = ["AsyncCacheStore", "CacheEntry", "CacheStore", "MemoryStore", "SharedCacheStore", "store_kind"]
 
 
@@ -240,12 +242,8 @@ class MemoryStore(CacheStore):
     __slots__ = ("_lock", "_lru", "max_entries")
 
     def __init__(self, max_entries: int = 1024) -> None:
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int):
-            raise TypeError(f"max_entries must be an int, got {max_entries!r}")
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries!r}")
         #: The most entries kept; the least recently used goes first.
-        self.max_entries = max_entries
+        self.max_entries = check_int(max_entries, "max_entries")
         self._lru: cachetools.LRUCache[Hashable, CacheEntry] = cachetools.LRUCache(max_entries)
         self._lock = threading.Lock()
 

@@ -21,17 +21,14 @@ import httpx
 from resilient.deadline import current_deadline
 from resilient.errors import TimeoutError
 from resilient.httpx._rules import _Call
+from resilient.validate import check_int
 
 #: The most bytes of a failure response read into memory before a retry.
 DEFAULT_MAX_DRAIN_BYTES = 64 * 1024
 
 
 def _check_max_drain(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_drain_bytes must be an int >= 0, got {value!r}")
-    if value < 0:
-        raise ValueError(f"max_drain_bytes must be >= 0, got {value!r}")
-    return value
+    return check_int(value, "max_drain_bytes", minimum=0)
 
 
 # -- the request of one attempt ----------------------------------------------------

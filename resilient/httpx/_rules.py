@@ -19,6 +19,7 @@ from resilient.errors import RejectedError, TimeoutError
 from resilient.events import EventSite, ExtraValue, Listener
 from resilient.policy import OnArg, exception_predicate
 from resilient.retry import GiveUpHook, Retry, RetryBudgetLike
+from resilient.validate import check_int
 
 #: Methods that RFC 9110 defines as idempotent: safe to send twice.
 IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -319,10 +320,7 @@ def http_retry(
         name: shown in notes, events and status.
         listeners: event listeners for this policy only.
     """
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-        raise TypeError(f"max_retries must be an int >= 0, got {max_retries!r}")
-    if max_retries < 0:
-        raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
+    check_int(max_retries, "max_retries", minimum=0)
     status_set = TRANSIENT_STATUSES if statuses is None else _check_statuses(statuses)
     if backoff is None:
         backoff = exponential(2.0, max_delay=max_delay if max_delay is not None else 30.0, jitter="decorrelated")

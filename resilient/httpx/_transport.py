@@ -45,6 +45,7 @@ from resilient.httpx._rules import (
 from resilient.httpx._standard import StandardPipeline, standard_pipeline
 from resilient.policy import AsyncWrapped, Pipeline, Policy, SyncFn
 from resilient.retry import Retry
+from resilient.validate import check_callable, check_int
 
 PipelineArg = Policy | Callable[[str], Policy] | HedgingPipeline
 
@@ -57,12 +58,8 @@ def _check_common(
 ) -> tuple[str | None, int, Callable[[httpx.Request], str]]:
     if deadline_header is not None and (not isinstance(deadline_header, str) or not deadline_header.strip()):
         raise TypeError(f"deadline_header must be a header name or None, got {deadline_header!r}")
-    if isinstance(max_hosts, bool) or not isinstance(max_hosts, int):
-        raise TypeError(f"max_hosts must be an int >= 1, got {max_hosts!r}")
-    if max_hosts < 1:
-        raise ValueError(f"max_hosts must be >= 1, got {max_hosts!r}")
-    if key is not None and not callable(key):
-        raise TypeError(f"key must be a callable (request) -> str, got {key!r}")
+    max_hosts = check_int(max_hosts, "max_hosts")
+    key = check_callable(key, "key", "a callable (request) -> str", allow_none=True)
     return deadline_header, max_hosts, key if key is not None else authority
 
 

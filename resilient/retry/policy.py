@@ -22,7 +22,7 @@ from resilient.policy import (
 )
 from resilient.retry import _shell_async, _shell_sync
 from resilient.retry.engine import DelayHint, GiveUp, RetryBudgetLike
-from resilient.validate import check_callable, check_seconds
+from resilient.validate import check_callable, check_int, check_seconds
 
 __all__ = ["GiveUpHook", "Retry"]
 
@@ -104,11 +104,7 @@ class Retry(Policy):
         listeners: Iterable[Listener] = (),
     ) -> None:
         super().__init__(name=name, listeners=listeners)
-        if isinstance(attempts, bool) or not isinstance(attempts, int):
-            raise TypeError(f"attempts must be an int >= 1, got {attempts!r}")
-        if attempts < 1:
-            raise ValueError(f"attempts must be >= 1, got {attempts!r}")
-        self.attempts = attempts
+        self.attempts = check_int(attempts, "attempts")
         if backoff is None:
             backoff = exponential(0.1, jitter="full")
         elif not (isinstance(backoff, Backoff) or callable(backoff)):
