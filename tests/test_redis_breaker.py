@@ -42,7 +42,9 @@ async def ok() -> str:
 
 
 def breaker(url: str, name: str = "pay", **kw: object) -> CircuitBreaker:
-    store_kw = {k: kw.pop(k) for k in ("sync_interval", "recovery_interval", "timeout", "prefix") if k in kw}
+    store_kw = {
+        k: kw.pop(k) for k in ("sync_interval", "recovery_interval", "timeout", "prefix", "redis_time") if k in kw
+    }
     # Generous unless a test is about slowness: a loaded CI machine must not fail open by accident.
     store_kw.setdefault("timeout", T)
     return CircuitBreaker(name=name, store=RedisBreakerStore(url, **store_kw), **kw)  # type: ignore[arg-type]
@@ -356,10 +358,13 @@ def test_one_of_eight_fresh_replicas_gets_the_half_open_probe(redis_server: Redi
 
 
 async def test_a_dead_probe_releases_its_lease_by_expiry(redis_server: RedisServer, rclient: aioredis.Redis) -> None:  # noqa: F811
+    # Real time on purpose: this is the store's test of the server clock path. The break ends on
+    # Redis TIME and the lease is a key redis-server expires (PX) on its own clock; no FakeClock
+    # reaches either. The other tests that wait for the circuit run on a FakeClock (redis_time=False).
     a = breaker(redis_server.url, consecutive_failures=1, break_duration=0.2)
     b = breaker(redis_server.url, consecutive_failures=1, break_duration=0.2)
     await fail_n(a, 1)
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.25)  # the 0.2 s break, on Redis TIME
     # a takes the probe and "dies": its outcome never comes.
     permit, moved = await a.store.aacquire(a.clock.now())  # type: ignore[attr-defined]
     assert permit is not None
@@ -371,7 +376,7 @@ async def test_a_dead_probe_releases_its_lease_by_expiry(redis_server: RedisServ
         await b(ok)()
     pttl = await rclient.pttl(a.store.keys[2])  # type: ignore[attr-defined]
     assert 0 < pttl <= 200
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.25)  # the lease's PX expiry, on redis-server's clock
     # The lease expired with the half-open period: b probes, succeeds, closes.
     assert await b(ok)() == "ok"
     assert b.state is CircuitState.CLOSED
@@ -382,10 +387,17 @@ async def test_a_dead_probe_releases_its_lease_by_expiry(redis_server: RedisServ
 
 
 async def test_probe_failure_reopens_with_a_longer_break(redis_server: RedisServer) -> None:  # noqa: F811
-    cb = breaker(redis_server.url, consecutive_failures=1, break_duration=lambda n, last: 0.1 * (n + 1))
+    clock = FakeClock()
+    cb = breaker(
+        redis_server.url,
+        consecutive_failures=1,
+        break_duration=lambda n, last: 0.1 * (n + 1),
+        clock=clock,
+        redis_time=False,
+    )
     await fail_n(cb, 1)
     assert cb.store.snapshot.break_duration == pytest.approx(0.1)
-    await asyncio.sleep(0.12)
+    clock.advance(0.1)  # the break is over: the next call is the probe
     await fail_n(cb, 1)  # the probe fails
     snap = cb.store.snapshot
     assert snap.state is CircuitState.OPEN
@@ -468,7 +480,9 @@ async def test_sigstop_slow_redis_fails_open_within_the_timeout(
         assert len(redis_warnings(caplog)) == 1
         clock.advance(1.0)
         await guarded()  # a probe, which times out in the background
-        await asyncio.sleep(0.15)
+        # It times out on the loop's own timer (asyncio.timeout, the Redis timeout), which a FakeClock
+        # does not drive: wait, in real time, for it to end.
+        await eventually(lambda: cb.store._failopen._probe_task.done())  # type: ignore[attr-defined]
         assert not cb.store.using_redis  # type: ignore[attr-defined]
     finally:
         redis_server.resume()
@@ -576,10 +590,10 @@ async def test_a_manual_trip_overtaken_locally_is_not_written(redis_server: Redi
 
 async def test_shared_ratio_window_stays_exact_across_bucket_rolls(redis_server: RedisServer) -> None:  # noqa: F811
     # Buckets of 0.2 s: the calls below cross several bucket starts, each of which recounts the window.
-    opts = {"failure_ratio": 1.0, "minimum_throughput": 10**6, "sampling_duration": 2}
-    good = breaker(redis_server.url, name="rolls", sync_interval=0, **opts)
-    bad = breaker(redis_server.url, name="rolls", **opts)
-    start = time.monotonic()
+    clock = FakeClock()
+    opts = {"failure_ratio": 1.0, "minimum_throughput": 10**6, "sampling_duration": 2, "clock": clock}
+    good = breaker(redis_server.url, name="rolls", sync_interval=0, redis_time=False, **opts)
+    bad = breaker(redis_server.url, name="rolls", redis_time=False, **opts)
     failures = 0
     for i in range(30):
         if i % 3:
@@ -589,12 +603,11 @@ async def test_shared_ratio_window_stays_exact_across_bucket_rolls(redis_server:
             failures += 1
         m = good.metrics
         assert (m.calls, m.failures) == (i + 1, failures)
-        await asyncio.sleep(0.03)
-    if time.monotonic() - start > 1.5:
-        pytest.skip("machine too slow: the first calls may have left the 2 s window")
+        clock.advance(0.03)
     assert bad.state is CircuitState.CLOSED
-    # Every bucket leaves the window: nothing counted, and a new call starts from zero.
-    await asyncio.sleep(2.1)
+    # One sampling duration later every bucket has left the window (the last, [0.8 s, 1 s), at
+    # 2.8 s): nothing counted, and a new call starts from zero.
+    clock.advance(2)
     assert good.metrics.calls == 0
     await fail_n(bad, 1)
     m = good.metrics
@@ -602,17 +615,18 @@ async def test_shared_ratio_window_stays_exact_across_bucket_rolls(redis_server:
 
 
 async def test_buckets_that_leave_the_window_are_subtracted(redis_server: RedisServer) -> None:  # noqa: F811
-    opts = {"failure_ratio": 0.5, "minimum_throughput": 4, "sampling_duration": 0.5}
-    good = breaker(redis_server.url, name="leave", sync_interval=0, **opts)
-    bad = breaker(redis_server.url, name="leave", **opts)
+    clock = FakeClock()
+    opts = {"failure_ratio": 0.5, "minimum_throughput": 4, "sampling_duration": 0.5, "clock": clock}
+    good = breaker(redis_server.url, name="leave", sync_interval=0, redis_time=False, **opts)
+    bad = breaker(redis_server.url, name="leave", redis_time=False, **opts)
     for _ in range(3):
         await fail_n(bad, 1)
-        await asyncio.sleep(0.06)  # a new 50 ms bucket each time
+        clock.advance(0.05)  # a new 50 ms bucket each time
     assert bad.state is CircuitState.CLOSED  # 3 calls < minimum_throughput
-    await asyncio.sleep(0.6)  # those three leave the window
+    clock.advance(0.5)  # one sampling duration: those three leave the window
     for _ in range(3):
         await good(ok)()
-        await asyncio.sleep(0.06)
+        clock.advance(0.05)
     await fail_n(bad, 1)  # 1/4: had the old failures stayed, 4/7 would open it
     assert bad.state is CircuitState.CLOSED
     m = good.metrics

@@ -39,14 +39,23 @@ class Upstream:
         return {"item": item, "version": self.calls}
 
 
-def replica(url: str, clock: FakeClock, upstream: Upstream, **store: Any) -> tuple[Callable[..., Any], RedisCacheStore]:
-    """One replica: its own store and cache over the shared Redis."""
+def replica_cache(
+    url: str, clock: FakeClock, upstream: Upstream, **store: Any
+) -> tuple[StaleCache, Callable[..., Any], RedisCacheStore]:
+    """One replica: its own store and cache over the shared Redis, on ``clock`` (``wall=`` too)."""
     s = RedisCacheStore(url, name="prices", timeout=T, wall=clock.now, **store)
     cache = StaleCache(60, stale_ttl=600, store=s, clock=clock)
-    return cache(upstream), s
+    return cache, cache(upstream), s
+
+
+def replica(url: str, clock: FakeClock, upstream: Upstream, **store: Any) -> tuple[Callable[..., Any], RedisCacheStore]:
+    """One replica: the cached function and its store."""
+    _, fn, s = replica_cache(url, clock, upstream, **store)
+    return fn, s
 
 
 async def settle(condition: Callable[[], bool]) -> None:
+    """Wait (real time) for what the replicas' round trips to Redis bring about: I/O, not time logic."""
     await eventually(condition, within=5.0)
 
 
@@ -96,12 +105,9 @@ async def test_a_cold_key_costs_one_upstream_call_for_the_fleet(redis_server: Re
     upstream.gate.set()
     # The leader's callers (A's two or B's three) are coalesced locally and finish together.
     done = lambda: {i for i, t in enumerate(calls) if t.done()}  # noqa: E731
-    await settle(lambda: done() in ({0, 1}, {2, 3, 4}))
-    for _ in range(20):
-        if all(t.done() for t in calls):
-            break
-        clock.advance(sb.poll_interval)  # the other replica looks again and finds the leader's value
-        await asyncio.sleep(0.02)
+    await settle(lambda: done() in ({0, 1}, {2, 3, 4}))  # the leader's value is in Redis
+    clock.advance(sb.poll_interval)  # the other replica looks again and finds the leader's value
+    await settle(lambda: all(t.done() for t in calls))
     assert [await t for t in calls] == [{"item": "tea", "version": 1}] * 5
     assert upstream.calls == 1
     await sa.aclose()
@@ -110,8 +116,8 @@ async def test_a_cold_key_costs_one_upstream_call_for_the_fleet(redis_server: Re
 
 async def test_an_expired_key_is_refreshed_once_while_both_serve_stale(redis_server: RedisServer) -> None:  # noqa: F811
     clock, upstream = FakeClock(start=1000.0), Upstream()
-    fa, sa = replica(redis_server.url, clock, upstream)
-    fb, sb = replica(redis_server.url, clock, upstream)
+    ca, fa, sa = replica_cache(redis_server.url, clock, upstream)
+    cb, fb, sb = replica_cache(redis_server.url, clock, upstream)
     await fa("tea")
     clock.advance(120)  # stale now
     upstream.gate = asyncio.Event()
@@ -119,11 +125,12 @@ async def test_an_expired_key_is_refreshed_once_while_both_serve_stale(redis_ser
     await settle(lambda: upstream.calls == 2)
     assert (await fb("tea"))["version"] == 1  # stale served; B's refresh waits for A's lease
     await settle(lambda: bool(clock.sleeps))
+    clock.advance(sb.poll_interval)  # B looks while A still holds the lease: nothing new, B waits on
+    await settle(lambda: len(clock.sleeps) == 2)
     upstream.gate.set()
-    await settle(lambda: upstream.calls == 2 and len(clock.sleeps) >= 1)
-    for _ in range(40):  # B looks again until it finds A's value (and calls nothing)
-        clock.advance(sb.poll_interval)
-        await asyncio.sleep(0.02)
+    await settle(lambda: ca.status()["in_flight"] == 0)  # A's refresh has stored its value in Redis
+    clock.advance(sb.poll_interval)  # B looks again and finds A's value (and calls nothing)
+    await settle(lambda: cb.status()["in_flight"] == 0)
     clock.advance(2)  # past the near tier
     assert (await fb("tea"))["version"] == 2
     assert upstream.calls == 2
@@ -144,11 +151,11 @@ async def test_when_the_lease_holder_dies_another_replica_calls_after_the_lease(
     call = asyncio.create_task(fb("tea"))
     await settle(lambda: bool(clock.sleeps))
     assert upstream.calls == 0  # B waits for the holder
-    for _ in range(200):
-        if call.done():
-            break
-        clock.advance(0.05)
-        await asyncio.sleep(0.005)
+    clock.advance(4.5)  # B looks at 4.5 s: the lease holds, B sleeps again
+    await settle(lambda: len(clock.sleeps) == 2)
+    assert upstream.calls == 0
+    clock.advance(0.5)
+    await settle(call.done)
     assert (await call)["version"] == 1  # the lease lapsed at 5 s: B called itself
     assert upstream.calls == 1
     assert clock.now() >= 1005.0

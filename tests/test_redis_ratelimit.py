@@ -37,6 +37,8 @@ async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  
 
 
 async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> None:  # noqa: F811
+    # Real time on purpose: this is the store's test of the server clock path (Redis TIME, the
+    # default; RedisRateLimiter has no redis_time=). The other tests that wait run on a FakeClock.
     lim = RedisRateLimiter(redis_server.url, rate=10, burst=3, name="api", timeout=T)
     got = [await lim.atry_acquire() for _ in range(4)]
     assert [d.allowed for d in got] == [True, True, True, False]
@@ -47,7 +49,7 @@ async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> No
     # One token comes back every 100 ms.
     assert 0.05 < denied.retry_after <= 0.1
     assert 0.2 < denied.reset <= 0.3
-    await asyncio.sleep(denied.retry_after + 0.01)
+    await asyncio.sleep(denied.retry_after + 0.01)  # on Redis TIME, which only real time moves
     assert (await lim.atry_acquire()).allowed
     assert lim.using_redis
     await lim.aclose()
@@ -86,6 +88,8 @@ async def test_keys_are_namespaced_and_expire(redis_server: RedisServer, rclient
     # The key lives as long as the bucket needs to refill, no longer.
     pttl = await rclient.pttl("svc:rl:per-user:alice")
     assert 0 < pttl <= 102
+    # Not the library's time logic: redis-server expires the key (PX) on its own clock, which no
+    # FakeClock reaches.
     await asyncio.sleep(0.15)
     assert await rclient.keys("*") == []
     await lim.aclose()
@@ -179,10 +183,16 @@ async def test_policy_rejects_with_event_and_waits_within_max_wait(redis_server:
     async def bare() -> str:
         return "ok"
 
-    waiting = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol", timeout=T, max_wait=0.2)
-    start = time.monotonic()
-    assert await waiting.run(bare) == "ok"
-    assert time.monotonic() - start >= 0.02
+    clock = FakeClock()
+    waiting = RedisRateLimiter(redis_server.url, rate=20, burst=1, name="pol", timeout=T, max_wait=0.2, clock=clock)
+    call = asyncio.create_task(waiting.run(bare))
+    await eventually(lambda: bool(clock.sleeps))  # not time logic: its round trips to Redis
+    # The bucket's one token comes back 50 ms after it was taken (on Redis TIME, so a little less is left).
+    clock.advance(0.05)
+    await eventually(call.done)
+    assert call.result() == "ok"
+    assert len(clock.sleeps) == 1
+    assert 0.02 <= clock.sleeps[0] <= 0.05
     # A deadline shorter than the wait wins: reject at once.
     with deadline(0.001), pytest.raises(RateLimitedError):
         await waiting.run(bare)
@@ -233,7 +243,7 @@ async def test_sigkill_fails_open_with_one_warning_and_recovers_after_restart(
         redis_server.restart()
         # No probe before recovery_interval has passed...
         await lim.atry_acquire()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # not time logic: room for a (wrongly started) probe's real round trip
         assert not lim.using_redis
         # ...then one, in the background, and the limiter switches back.
         clock.advance(1.0)
@@ -270,7 +280,9 @@ async def test_sigstop_slow_redis_times_out_and_recovers_after_sigcont(
         # A probe while still paused fails and changes nothing.
         clock.advance(1.0)
         await lim.atry_acquire()
-        await asyncio.sleep(0.15)
+        # The probe times out on the loop's own timer (the Redis timeout), which a FakeClock does not
+        # drive: wait, in real time, for it to end.
+        await eventually(lambda: lim.store.failopen._probe_task.done())  # type: ignore[attr-defined]
         assert not lim.using_redis
     finally:
         redis_server.resume()
@@ -337,7 +349,7 @@ WORKER = """
             d = await lim.atry_acquire()
             if d.allowed:
                 admitted += 1
-            else:
+            else:  # real time: four processes share the limit on Redis TIME, no clock to fake
                 await asyncio.sleep(min(d.retry_after, max(0.0, end - time.monotonic()), 0.01))
         print(admitted, int(lim.using_redis))
         await lim.aclose()
@@ -438,7 +450,7 @@ async def test_redis_waiters_reserve_their_turns_in_order_and_a_cancelled_one_gi
         await _settle()
         if len(clock.sleeps) == 2:
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # not time logic: the waiters' round trips to Redis
     assert sorted(clock.sleeps) == pytest.approx([1.0, 2.0])  # reserved in Redis, no polling
     second.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -449,7 +461,7 @@ async def test_redis_waiters_reserve_their_turns_in_order_and_a_cancelled_one_gi
         await _settle()
         if len(clock.sleeps) == 3:
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # not time logic: the round trips to Redis
     assert clock.sleeps[-1] == pytest.approx(2.0)
     clock.advance(2)
     await asyncio.gather(first, third)
