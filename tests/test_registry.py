@@ -91,7 +91,7 @@ def test_bad_config_names_the_place_and_changes_nothing() -> None:
     registry = Registry(CONFIG)
     before = registry.pipeline("payments")
     bad = {"payments": [{"type": "timeout", "seconds": 10}, {"type": "retry", "attempts": 0}]}
-    with pytest.raises(ValueError, match=r"pipeline 'payments', policy #1 \(retry\): attempts must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"pipeline 'payments', policy #1 \(retry\): attempts must be an int >= 1"):
         registry.configure(bad)
     assert registry.pipeline("payments") is before
     with pytest.raises(ValueError, match="unknown policy type 'retryy'"):
