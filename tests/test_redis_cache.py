@@ -138,6 +138,31 @@ async def test_an_expired_key_is_refreshed_once_while_both_serve_stale(redis_ser
     await sb.aclose()
 
 
+async def test_a_refresh_that_lands_before_the_first_poll_is_found_not_called_again(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    # B's wait re-reads the old value from Redis; its near tier kept that copy, so every poll saw
+    # it and B called the upstream a second time once A released the lease (the single flight broke).
+    clock, upstream = FakeClock(start=1000.0), Upstream()
+    ca, fa, sa = replica_cache(redis_server.url, clock, upstream)
+    cb, fb, sb = replica_cache(redis_server.url, clock, upstream)
+    await fa("tea")
+    clock.advance(120)  # stale now
+    upstream.gate = asyncio.Event()
+    assert (await fa("tea"))["version"] == 1  # stale served; A refreshes in the background
+    await settle(lambda: upstream.calls == 2)
+    assert (await fb("tea"))["version"] == 1  # stale served; B's refresh waits for A's lease
+    await settle(lambda: bool(clock.sleeps))
+    upstream.gate.set()
+    await settle(lambda: ca.status()["in_flight"] == 0)  # A stored and released before B's first look
+    clock.advance(sb.poll_interval)
+    await settle(lambda: cb.status()["in_flight"] == 0)
+    assert upstream.calls == 2
+    assert (await fb("tea"))["version"] == 2
+    await sa.aclose()
+    await sb.aclose()
+
+
 async def test_when_the_lease_holder_dies_another_replica_calls_after_the_lease(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:

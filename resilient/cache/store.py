@@ -154,6 +154,11 @@ class SharedCacheStore(AsyncCacheStore):
       lease, or the store cannot tell (its backend is unreachable: then
       every process calls, as without sharing). ``False`` means another
       process holds a lease that has not lapsed.
+    * After :meth:`lease` returned ``False`` for a key, and until the lease
+      could lapse, :meth:`get` of that key reads the shared state, never a
+      copy this process keeps (the waiting flight polls it for the value the
+      holder stores: a copy of the old value would hide it, and the flight
+      would call again).
     * :meth:`release` is called once the flight's outcome is stored (or the
       call failed), only by the flight that got the lease; a lease that is
       not released lapses after ``seconds``.

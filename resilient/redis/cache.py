@@ -141,6 +141,7 @@ class RedisCacheStore(SharedCacheStore):
     __slots__ = (
         "_clock",
         "_conn",
+        "_contended",
         "_failopen",
         "_lock",
         "_near",
@@ -204,6 +205,10 @@ class RedisCacheStore(SharedCacheStore):
         self._near: cachetools.LRUCache[Hashable, tuple[CacheEntry, float]] = cachetools.LRUCache(
             check_int(near_max_entries, "near_max_entries")
         )
+        # key -> clock time until which another replica's lease may hold it: while a flight here
+        # waits for that replica's value, get() reads Redis and keeps no near copy (a copy of the
+        # old value would hide the new one for near_ttl, and the flight would call again).
+        self._contended: cachetools.LRUCache[Hashable, float] = cachetools.LRUCache(self._near.maxsize)
         self._lock = threading.Lock()
         self._clock: Clock = SYSTEM_CLOCK
         self._px: int | None = None
@@ -260,8 +265,16 @@ class RedisCacheStore(SharedCacheStore):
     async def get(self, key: Hashable) -> CacheEntry | None:
         """The near tier's entry while it is young, else Redis' (or the near tier's while failed open)."""
         now = self._clock.now()
+        contended = False
         with self._lock:
             near = self._near.get(key)
+            if self._contended:
+                until = self._contended.get(key)
+                if until is not None:
+                    contended = now < until
+                    if not contended:
+                        del self._contended[key]
+                    near = None
         if near is not None:
             if now < near[1]:
                 return near[0]
@@ -281,7 +294,8 @@ class RedisCacheStore(SharedCacheStore):
         except Exception as exc:
             self._warn_once("an entry in Redis could not be read, so it is a miss", exc)
             return None
-        self._remember(key, entry, now)
+        if not contended:
+            self._remember(key, entry, now)
         return entry
 
     def _remember(self, key: Hashable, entry: CacheEntry, now: float) -> None:
@@ -291,6 +305,8 @@ class RedisCacheStore(SharedCacheStore):
     async def set(self, key: Hashable, entry: CacheEntry) -> None:
         """Store ``entry`` in the near tier and in Redis (expiring at the cache's ``stale_ttl``)."""
         now = self._clock.now()
+        with self._lock:
+            self._contended.pop(key, None)
         self._remember(key, entry, now)
         try:
             payload = self.serializer.dumps(entry.value)
@@ -311,6 +327,7 @@ class RedisCacheStore(SharedCacheStore):
         """Forget every key of this cache (a scan of its keys in Redis)."""
         with self._lock:
             self._near.clear()
+            self._contended.clear()
         pattern = f"{self.prefix}cache:{key_part(self.name)}:*"
 
         async def drop(client: Any) -> None:
@@ -324,10 +341,13 @@ class RedisCacheStore(SharedCacheStore):
         now = self.wall()
         args = (repr(now), repr(now + seconds), str(max(1, math.ceil(seconds * 2000))), self._token)
         ok, got = await self._redis(lambda client: _LEASE.arun(client, (self._key(key) + ":lease",), args))
-        if ok and not got:
-            # Another replica is calling: the value to wait for is the one it stores, not ours.
-            with self._lock:
+        with self._lock:
+            if ok and not got:
+                # Another replica is calling: the value to wait for is the one it stores, not ours.
                 self._near.pop(key, None)
+                self._contended[key] = self._clock.now() + seconds
+            else:
+                self._contended.pop(key, None)
         return not ok or bool(got)
 
     async def release(self, key: Hashable) -> None:
