@@ -38,7 +38,7 @@ async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  
 
 async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> None:  # noqa: F811
     # Real time on purpose: this is the store's test of the server clock path (Redis TIME, the
-    # default; RedisRateLimiter has no redis_time=). The other tests that wait run on a FakeClock.
+    # default). The other tests that wait run on a FakeClock (redis_time=False).
     lim = RedisRateLimiter(redis_server.url, rate=10, burst=3, name="api", timeout=T)
     got = [await lim.atry_acquire() for _ in range(4)]
     assert [d.allowed for d in got] == [True, True, True, False]
@@ -51,6 +51,32 @@ async def test_burst_then_deny_with_retry_after(redis_server: RedisServer) -> No
     assert 0.2 < denied.reset <= 0.3
     await asyncio.sleep(denied.retry_after + 0.01)  # on Redis TIME, which only real time moves
     assert (await lim.atry_acquire()).allowed
+    assert lim.using_redis
+    await lim.aclose()
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_the_limiters_take_redis_time_false_and_run_on_their_clock(
+    redis_server: RedisServer,  # noqa: F811
+    keyed: bool,
+) -> None:
+    # Both limiters pass redis_time= to their store (they had no such option): a FakeClock drives
+    # the shared bucket, so a token comes back exactly when the clock says so.
+    clock = FakeClock(start=50.0)
+    opts = {"rate": 10, "burst": 2, "timeout": T, "clock": clock, "redis_time": False}
+    if keyed:
+        lim: RedisRateLimiter | KeyedRedisRateLimiter = KeyedRedisRateLimiter(redis_server.url, name="rt-k", **opts)
+        args: tuple[str, ...] = ("tenant",)
+    else:
+        lim = RedisRateLimiter(redis_server.url, name="rt", **opts)
+        args = ()
+    got = [await lim.atry_acquire(*args) for _ in range(3)]  # type: ignore[arg-type]
+    assert [d.allowed for d in got] == [True, True, False]
+    assert got[2].retry_after == pytest.approx(0.1)
+    clock.advance(0.099)
+    assert not (await lim.atry_acquire(*args)).allowed  # type: ignore[arg-type]
+    clock.advance(0.001)
+    assert (await lim.atry_acquire(*args)).allowed  # type: ignore[arg-type]
     assert lim.using_redis
     await lim.aclose()
 

@@ -405,6 +405,7 @@ class _OnRedis(Policy):
         recovery_interval: float,
         max_local_keys: int,
         sync_client: SyncClient | None,
+        redis_time: bool,
     ) -> RedisRateStore:
         self._redis = RedisRateStore(
             client_or_url,
@@ -415,6 +416,7 @@ class _OnRedis(Policy):
             recovery_interval=recovery_interval,
             max_local_keys=max_local_keys,
             sync_client=sync_client,
+            redis_time=redis_time,
         )
         return self._redis
 
@@ -481,6 +483,10 @@ class RedisRateLimiter(_OnRedis, RateLimiter):
         clock: for the local state and probes (tests pass a ``FakeClock``).
         listeners: event listeners for this limiter only.
         enforce: shadow mode when false, as :class:`~resilient.ratelimit.RateLimiter`.
+        redis_time: ``True`` (default): the bucket's time is Redis ``TIME``.
+            ``False``: ``clock``'s, as :class:`RedisRateStore` (tests drive
+            the shared limit with a ``FakeClock``; only where every replica
+            shares one clock).
 
     ``try_acquire()`` is still a coroutine here (deprecated): use
     ``await atry_acquire()`` or ``try_acquire_sync()``.
@@ -504,8 +510,11 @@ class RedisRateLimiter(_OnRedis, RateLimiter):
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
         enforce: bool | Callable[[], bool] = True,
+        redis_time: bool = True,
     ) -> None:
-        store = self._connect(client_or_url, name, prefix, timeout, fallback_rate, recovery_interval, 1, sync_client)
+        store = self._connect(
+            client_or_url, name, prefix, timeout, fallback_rate, recovery_interval, 1, sync_client, redis_time
+        )
         super().__init__(
             rate,
             per,
@@ -555,9 +564,18 @@ class KeyedRedisRateLimiter(_OnRedis, KeyedRateLimiter):
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
         enforce: bool | Callable[[], bool] = True,
+        redis_time: bool = True,
     ) -> None:
         store = self._connect(
-            client_or_url, name, prefix, timeout, fallback_rate, recovery_interval, max_local_keys, sync_client
+            client_or_url,
+            name,
+            prefix,
+            timeout,
+            fallback_rate,
+            recovery_interval,
+            max_local_keys,
+            sync_client,
+            redis_time,
         )
         super().__init__(
             rate,
