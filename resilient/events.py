@@ -20,6 +20,7 @@ import functools
 import inspect
 import logging
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -227,9 +228,14 @@ _global_listeners: list[Listener] = []
 duration_listeners: Final[list[Listener]] = []
 _duration_listeners = duration_listeners
 # Listeners that already raised once: their later failures are not logged.
-# Kept by value (strong references), so that a bound method, recreated on each
-# attribute access, is recognised, and an id is never reused by a new object.
-_failed_listeners: list[object] = []
+# Compared by value, so that a bound method, recreated on each attribute
+# access, is recognised (an id could be reused by a new object). Held weakly
+# where the listener allows it (a WeakMethod for a bound method), so that a
+# listener that failed never keeps its object alive (a breaker's on_open is
+# often a method of the object that owns the breaker), and at most
+# _MAX_FAILED_LISTENERS of them: past that a listener may be logged again.
+_failed_listeners: list[Callable[[], object]] = []
+_MAX_FAILED_LISTENERS: Final = 1024
 # Async listeners' tasks: the loop keeps only weak references to tasks.
 _background: set[asyncio.Task[Any]] = set()
 
@@ -331,17 +337,33 @@ def durations_enabled() -> bool:
 
 def _report_failure(listener: object, exc: BaseException, what: str = "raised", log: logging.Logger = logger) -> None:
     """Log a listener's failure, once per listener: a broken listener must not flood the logs."""
-    if any(_same(listener, known) for known in _failed_listeners):
-        return
-    _failed_listeners.append(listener)
+    for ref in _failed_listeners:
+        known = ref()
+        if known is not None and _same(listener, known):
+            return
+    if len(_failed_listeners) >= _MAX_FAILED_LISTENERS:
+        # Forget the dead, then the older half of the living.
+        live = [ref for ref in _failed_listeners if ref() is not None]
+        _failed_listeners[:] = live[-(_MAX_FAILED_LISTENERS // 2) :]
+    _failed_listeners.append(_weak(listener))
     log.error(
-        "resilient: event listener %r %s %s; the event is dropped for it, calls are not affected, "
+        "resilient: listener %r %s %s; what it was given is dropped for it, calls are not affected, "
         "and further failures of this listener are not logged",
         listener,
         what,
         type(exc).__name__,
         exc_info=exc,
     )
+
+
+def _weak(listener: object) -> Callable[[], object]:
+    """A reference to ``listener`` that does not keep it alive (a strong one if it cannot be weak)."""
+    try:
+        if inspect.ismethod(listener):
+            return weakref.WeakMethod(listener)
+        return weakref.ref(listener)
+    except TypeError:  # not weakly referable (a builtin, a __slots__ class): bounded by the list's size
+        return lambda: listener
 
 
 def _same(a: object, b: object) -> bool:

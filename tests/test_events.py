@@ -541,3 +541,48 @@ def test_producers_write_extras_keys_with_the_shared_constants() -> None:
         for line, key in _literal_extras_keys(ast.parse(path.read_text()))
     }
     assert not literal, "use the EXTRA_* constants of resilient.events: " + ", ".join(sorted(literal))
+
+
+def test_a_listener_that_failed_does_not_keep_its_object_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A breaker's on_open is often a method of the object that owns the breaker: the record of
+    # "already logged" held it strongly, so every such object that ever failed lived forever.
+    import weakref
+
+    # The log records pytest captures would hold the listener themselves.
+    monkeypatch.setattr(logging.getLogger("resilient.breaker"), "disabled", True)
+
+    from resilient import CircuitBreaker
+
+    class Owner:
+        def __init__(self) -> None:
+            self.breaker = CircuitBreaker(consecutive_failures=1, on_open=self.opened)
+
+        def opened(self, change: Any) -> None:
+            raise RuntimeError("listener bug")
+
+    def boom() -> None:
+        raise ConnectionError
+
+    refs = []
+    for _ in range(50):
+        owner = Owner()
+        with pytest.raises(ConnectionError):
+            owner.breaker.run_sync(boom)
+        refs.append(weakref.ref(owner))
+        del owner
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []
+    assert len(ev._failed_listeners) <= ev._MAX_FAILED_LISTENERS
+
+
+def test_a_failed_listener_is_logged_once_while_it_lives(caplog: pytest.LogCaptureFixture) -> None:
+    class Sink:
+        def __call__(self, event: Any) -> None:
+            raise RuntimeError("sink bug")
+
+    sink = Sink()
+    site = EventSite(operation="op")
+    with caplog.at_level(logging.ERROR, logger="resilient.events"):
+        for _ in range(3):
+            site.emit((sink,), "retry", Severity.INFO, "retry", "r")
+    assert len([r for r in caplog.records if "sink bug" in str(r.exc_info[1] if r.exc_info else "")]) == 1
