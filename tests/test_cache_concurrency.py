@@ -9,7 +9,7 @@ import time
 import traceback
 from typing import Any
 
-from resilient.cache import CacheLookup, StaleCache, last_lookup
+from resilient.cache import CacheEntry, CacheLookup, SharedCacheStore, StaleCache, last_lookup
 from resilient.deadline import deadline, remaining
 from resilient.testing import FakeClock
 from tests.cache_helpers import AsyncDictStore, Upstream, no_task_warnings, settle
@@ -338,3 +338,58 @@ def test_threads_share_a_failure_and_serve_stale_while_one_refreshes() -> None:
     leader.join(5)
     assert leader_result == ["v2"]
     assert calls == 2
+
+
+class _RefusingShared(SharedCacheStore):
+    """A shared store where another process holds the lease and stores its value as it refuses ours."""
+
+    lease_seconds = 10.0
+    poll_interval = 0.05
+
+    def __init__(self) -> None:
+        self.data: dict[Any, CacheEntry] = {}
+        self.held = False
+        self.clock: Any = None
+
+    def bind(self, ttl: float, stale_ttl: float, clock: Any) -> None:
+        self.clock = clock
+
+    async def get(self, key: Any) -> CacheEntry | None:
+        return self.data.get(key)
+
+    async def set(self, key: Any, entry: CacheEntry) -> None:
+        self.data[key] = entry
+
+    async def delete(self, key: Any) -> None:
+        self.data.pop(key, None)
+
+    async def clear(self) -> None:
+        self.data.clear()
+
+    async def lease(self, key: Any, seconds: float) -> bool:
+        if not self.held:
+            return True
+        # The holder stores its fresh value and releases right after refusing us.
+        self.data[key] = CacheEntry("theirs", self.clock.now())
+        self.held = False
+        return False
+
+    async def release(self, key: Any) -> None:
+        pass
+
+
+async def test_a_fresh_value_read_after_a_refused_lease_is_used_not_called_again(clock: FakeClock) -> None:
+    # The value read right after the refusal was taken as "the old one" when the holder had
+    # already stored: the next look saw nothing newer, took the lapsed lease and called again.
+    store = _RefusingShared()
+    upstream = Upstream()
+    cached = StaleCache(60, stale_ttl=600, store=store, clock=clock)(upstream)
+    assert await cached("k") == "v1"
+    clock.advance(120)  # stale
+    store.held = True
+    assert await cached("k") == "v1"  # stale served; the refresh finds the lease taken
+    await settle()
+    clock.advance(store.poll_interval)
+    await settle()
+    assert upstream.calls == 1
+    assert await cached("k") == "theirs"

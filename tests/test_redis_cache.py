@@ -158,6 +158,7 @@ async def test_a_refresh_that_lands_before_the_first_poll_is_found_not_called_ag
     clock.advance(sb.poll_interval)
     await settle(lambda: cb.status()["in_flight"] == 0)
     assert upstream.calls == 2
+    assert len(sb) == 1  # the new value is in B's near tier again: hot keys are not sent to Redis for the lease
     assert (await fb("tea"))["version"] == 2
     await sa.aclose()
     await sb.aclose()

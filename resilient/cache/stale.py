@@ -417,7 +417,7 @@ class StaleCache(Policy):
 
         ``(None, False)`` means "call, without a lease" (the store failed).
         The wait ends with the value the holder stores (an entry newer than
-        the one this process had), with the lease (the holder gave up or
+        the one this process had, or a fresh one), with the lease (the holder gave up or
         died), or after ``lease_seconds``.
         """
         shared = self._shared
@@ -430,6 +430,9 @@ class StaleCache(Policy):
         except Exception as exc:
             self._store_error("lease", exc)
             return None, False
+        if known is not None and self._now() - known.stored_at < self.ttl:
+            # The holder stored between its refusal and this read: its value, not ours to wait for.
+            return known, False
         before = known.stored_at if known is not None else None
         clock = self._clock
         until = clock.now() + seconds

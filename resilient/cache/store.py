@@ -155,8 +155,9 @@ class SharedCacheStore(AsyncCacheStore):
       every process calls, as without sharing). ``False`` means another
       process holds a lease that has not lapsed.
     * After :meth:`lease` returned ``False`` for a key, and until the lease
-      could lapse, :meth:`get` of that key reads the shared state, never a
-      copy this process keeps (the waiting flight polls it for the value the
+      could lapse or a fresh entry (younger than the cache's ``ttl``) is
+      read, :meth:`get` of that key reads the shared state, never a copy
+      this process keeps (the waiting flight polls it for the value the
       holder stores: a copy of the old value would hide it, and the flight
       would call again).
     * :meth:`release` is called once the flight's outcome is stored (or the

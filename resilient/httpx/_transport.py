@@ -59,7 +59,7 @@ def _check_common(
     if deadline_header is not None and (not isinstance(deadline_header, str) or not deadline_header.strip()):
         raise TypeError(f"deadline_header must be a header name or None, got {deadline_header!r}")
     max_hosts = check_int(max_hosts, "max_hosts")
-    key = check_callable(key, "key", "a callable (request) -> str", allow_none=True)
+    key = check_callable(key, "key", "a callable (request) -> str", allow_none=True, allow_class=True)
     return deadline_header, max_hosts, key if key is not None else authority
 
 

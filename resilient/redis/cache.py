@@ -148,6 +148,7 @@ class RedisCacheStore(SharedCacheStore):
         "_probe_key",
         "_px",
         "_token",
+        "_ttl",
         "_warned",
         "lease_seconds",
         "name",
@@ -211,6 +212,7 @@ class RedisCacheStore(SharedCacheStore):
         self._contended: cachetools.LRUCache[Hashable, float] = cachetools.LRUCache(self._near.maxsize)
         self._lock = threading.Lock()
         self._clock: Clock = SYSTEM_CLOCK
+        self._ttl = 0.0  # the cache's ttl, from bind(): an entry younger than it is fresh
         self._px: int | None = None
         self._token = f"{os.getpid()}-{id(self):x}-{next(_TOKENS)}"
         self._warned: set[str] = set()
@@ -227,8 +229,9 @@ class RedisCacheStore(SharedCacheStore):
     # -- SharedCacheStore ----------------------------------------------------------------
 
     def bind(self, ttl: float, stale_ttl: float, clock: Any) -> None:
-        """Take the cache's ``stale_ttl`` (each key's expiry in Redis) and clock."""
+        """Take the cache's ``ttl`` (what is fresh), ``stale_ttl`` (each key's expiry in Redis) and clock."""
         self._clock = clock
+        self._ttl = ttl
         self._failopen.clock = clock
         self._px = None if math.isinf(stale_ttl) else max(1, math.ceil(stale_ttl * 1000))
 
@@ -294,8 +297,12 @@ class RedisCacheStore(SharedCacheStore):
         except Exception as exc:
             self._warn_once("an entry in Redis could not be read, so it is a miss", exc)
             return None
-        if not contended:
-            self._remember(key, entry, now)
+        if contended:
+            if now - entry.stored_at >= self._ttl:
+                return entry  # the old value: a near copy would hide the holder's new one
+            with self._lock:
+                self._contended.pop(key, None)  # the holder's value has landed: cache it again
+        self._remember(key, entry, now)
         return entry
 
     def _remember(self, key: Hashable, entry: CacheEntry, now: float) -> None:
