@@ -34,6 +34,7 @@ __all__ = [
     "clear_deadline",
     "current_deadline",
     "deadline",
+    "limit_for",
     "narrow_deadline",
     "remaining",
     "reset_deadline",
@@ -148,6 +149,23 @@ def clear_deadline() -> DeadlineToken:
     with it.
     """
     return _current.set(None)
+
+
+def limit_for(seconds: float) -> tuple[float, bool]:
+    """The limit of a timeout of ``seconds`` under the current deadline: ``(limit, by_deadline)``.
+
+    ``(seconds, False)`` with no deadline, or one that leaves at least
+    ``seconds``; else what the deadline leaves (never below 0) and ``True``,
+    so that the timeout, when it fires, names the deadline as its cause. A
+    lifted deadline (:meth:`Deadline.lift`) is none. :class:`~resilient.Timeout`
+    and the ASGI request timeout cut their limits with it.
+    """
+    d = _current.get()
+    if d is not None:
+        left = d.expires_at - d.clock.now()
+        if left < seconds:
+            return (left if left > 0.0 else 0.0), True
+    return seconds, False
 
 
 def remaining() -> float | None:

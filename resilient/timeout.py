@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from resilient.clock import Clock
-from resilient.deadline import current_deadline, narrow_deadline, reset_deadline
+from resilient.deadline import current_deadline, limit_for, narrow_deadline, reset_deadline
 from resilient.errors import TimeoutError
 from resilient.events import EXTRA_DEADLINE, TIMEOUT, EventSite, Listener, Severity
 from resilient.policy import AsyncFn, AsyncWrapped, Policy, SyncFn
@@ -113,10 +113,9 @@ class Timeout(Policy):
             task = current_task()
             if task is None:  # pragma: no cover - awaited outside a task
                 raise RuntimeError("Timeout must be awaited inside an asyncio task")
-            d = current()
-            if d is not None:
-                left = d.expires_at - d.clock.now()
-                if left < seconds:
+            if current() is not None:  # a deadline: does it cut this call's limit? (none: one lookup)
+                left, by_deadline = limit_for(seconds)
+                if by_deadline:
                     if left <= 0:
                         raise self._expired(site, 0.0, by_deadline=True)
                     return await clamped_call(left, task, args, kwargs)

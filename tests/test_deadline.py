@@ -100,3 +100,20 @@ def test_nothing_narrows_past_a_lifted_deadline(clock: FakeClock) -> None:
         with deadline(3, clock=clock) as inner:
             assert inner is not d
             assert remaining() == 3
+
+
+def test_limit_for_cuts_a_limit_to_the_deadline_and_says_so() -> None:
+    from resilient.deadline import limit_for
+
+    clock = FakeClock()
+    assert limit_for(10.0) == (10.0, False)
+    with deadline(3.0, clock=clock):
+        assert limit_for(10.0) == (3.0, True)
+        assert limit_for(3.0) == (3.0, False)  # a tie is our own limit
+        assert limit_for(1.0) == (1.0, False)
+        clock.advance(4)
+        assert limit_for(1.0) == (0.0, True)  # expired: never below 0
+        d = current_deadline()
+        assert d is not None
+        d.lift()
+        assert limit_for(1.0) == (1.0, False)  # a lifted deadline is none

@@ -26,7 +26,7 @@ from resilient.asgi._common import (
 )
 from resilient.clock import Clock
 from resilient.deadline import Deadline as _CoreDeadline
-from resilient.deadline import current_deadline, narrow_deadline, reset_deadline
+from resilient.deadline import current_deadline, limit_for, narrow_deadline, reset_deadline
 from resilient.events import EXTRA_DEADLINE, EXTRA_REASON, REJECTED, TIMEOUT
 from resilient.timers import FIRED, TASK, LoopQueues, TimerQueue, arm
 from resilient.validate import check_bool, check_clock, check_number
@@ -248,13 +248,7 @@ class RequestTimeout:
         clock = self.clock
         now = clock.now()
         outer = current_deadline()
-        limit = seconds
-        by_deadline = False
-        if outer is not None:
-            left = outer.expires_at - outer.clock.now()
-            if left < seconds:
-                limit = left if left > 0.0 else 0.0
-                by_deadline = True
+        limit, by_deadline = limit_for(seconds) if outer is not None else (seconds, False)
         queues = self._queues
         queue = queues.last
         loop = task.get_loop()
