@@ -158,7 +158,8 @@ def limit_for(seconds: float) -> tuple[float, bool]:
     ``seconds``; else what the deadline leaves (never below 0) and ``True``,
     so that the timeout, when it fires, names the deadline as its cause. A
     lifted deadline (:meth:`Deadline.lift`) is none. :class:`~resilient.Timeout`
-    and the ASGI request timeout cut their limits with it.
+    and the ASGI request timeout cut their limits with it. As
+    :func:`narrow_deadline`, the caller validates ``seconds`` (a hot path).
     """
     d = _current.get()
     if d is not None:

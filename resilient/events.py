@@ -19,6 +19,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import threading
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -236,6 +237,8 @@ _duration_listeners = duration_listeners
 # _MAX_FAILED_LISTENERS of them: past that a listener may be logged again.
 _failed_listeners: list[Callable[[], object]] = []
 _MAX_FAILED_LISTENERS: Final = 1024
+# Listeners fail on any thread: the trim and the append must not lose each other's entries.
+_failed_lock = threading.Lock()
 # Async listeners' tasks: the loop keeps only weak references to tasks.
 _background: set[asyncio.Task[Any]] = set()
 
@@ -273,7 +276,7 @@ def remove_listener(listener: Listener) -> None:
 class _LegacyDurations:
     """Delivers duration events to a first-wave ``(kind, site, seconds, outcome)`` callable."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("__weakref__", "fn")  # weakly referable: a failed one must not be kept alive
 
     def __init__(self, fn: DurationListener) -> None:
         self.fn = fn
@@ -337,15 +340,17 @@ def durations_enabled() -> bool:
 
 def _report_failure(listener: object, exc: BaseException, what: str = "raised", log: logging.Logger = logger) -> None:
     """Log a listener's failure, once per listener: a broken listener must not flood the logs."""
-    for ref in _failed_listeners:
+    # The scan calls the listeners' __eq__ (user code): over a snapshot, with no lock held.
+    for ref in tuple(_failed_listeners):
         known = ref()
         if known is not None and _same(listener, known):
             return
-    if len(_failed_listeners) >= _MAX_FAILED_LISTENERS:
-        # Forget the dead, then the older half of the living.
-        live = [ref for ref in _failed_listeners if ref() is not None]
-        _failed_listeners[:] = live[-(_MAX_FAILED_LISTENERS // 2) :]
-    _failed_listeners.append(_weak(listener))
+    with _failed_lock:
+        if len(_failed_listeners) >= _MAX_FAILED_LISTENERS:
+            # Forget the dead, then all but the newest half of the living.
+            live = [ref for ref in _failed_listeners if ref() is not None]
+            _failed_listeners[:] = live[-(_MAX_FAILED_LISTENERS // 2) :]
+        _failed_listeners.append(_weak(listener))
     log.error(
         "resilient: listener %r %s %s; what it was given is dropped for it, calls are not affected, "
         "and further failures of this listener are not logged",

@@ -113,7 +113,7 @@ class Timeout(Policy):
             task = current_task()
             if task is None:  # pragma: no cover - awaited outside a task
                 raise RuntimeError("Timeout must be awaited inside an asyncio task")
-            if current() is not None:  # a deadline: does it cut this call's limit? (none: one lookup)
+            if current() is not None:  # no deadline costs one lookup; with one, does it cut our limit?
                 left, by_deadline = limit_for(seconds)
                 if by_deadline:
                     if left <= 0:
