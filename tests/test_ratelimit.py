@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from resilient import RateLimitedError, deadline
 from resilient.events import REJECTED
-from resilient.ratelimit import KeyedRateLimiter, RateDecision, RateLimiter, RateLimitKeyError
+from resilient.ratelimit import InMemoryRateStore, KeyedRateLimiter, RateDecision, RateLimiter, RateLimitKeyError
 from resilient.testing import FakeClock, recording
 
 
@@ -670,3 +670,40 @@ async def test_a_clock_reading_that_is_not_a_number_never_leaves_the_lock_held(k
     threading.Thread(target=lambda: (probe(), done.set()), daemon=True).start()
     assert done.wait(5), "the limiter's lock was left held"
     assert await guarded("b") == "b"
+
+
+class _NotInlined(InMemoryRateStore):
+    """The in-memory store under another type: the shell calls its acquire() for every call."""
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(st.tuples(st.floats(0, 0.5), st.integers(1, 4)), min_size=1, max_size=30),
+    rate=st.sampled_from([1, 5, 20]),
+    burst=st.integers(1, 5),
+)
+def test_the_inlined_fast_path_decides_as_the_store_does(steps: list[tuple[float, int]], rate: int, burst: int) -> None:
+    # The local single-bucket shell inlines the store's "the bucket has room" step; a twin over a
+    # store of another type goes through acquire() every time: both must admit the same calls.
+    async def run(store: InMemoryRateStore | None) -> list[bool]:
+        clock = FakeClock()
+        limiter = RateLimiter(rate, burst=burst, mode="reject", clock=clock, store=store)
+
+        @limiter
+        async def call() -> None:
+            pass
+
+        admitted = []
+        for gap, calls in steps:
+            clock.advance(gap)
+            for _ in range(calls):
+                try:
+                    await call()
+                    admitted.append(True)
+                except RateLimitedError:
+                    admitted.append(False)
+        return admitted
+
+    inlined = asyncio.run(run(None))
+    assert inlined == asyncio.run(run(_NotInlined()))
+    assert not all(inlined) or sum(c for _, c in steps) <= burst + rate * sum(g for g, _ in steps) + 1

@@ -341,16 +341,37 @@ class _LimiterBase(Policy):
 
             return remote_rate_limited_call
         acquire = self.store.acquire
-        if key_fn is None:
+        if key_fn is None and type(self.store) is InMemoryRateStore:
+            lock, state, tau_eps = self.store._fits_now()
 
             async def rate_limited_call(*args: Any, **kwargs: Any) -> Any:
+                now = now_fn()
+                # The store's step when the bucket has room, inlined (nothing between acquire and
+                # release can raise); any other case is the store's own acquire().
+                lock.acquire()
+                tat = state[0]
+                new = (tat if tat > now else now) + cost
+                if new - now <= tau_eps:
+                    state[0] = new
+                    lock.release()
+                else:
+                    lock.release()
+                    wait = acquire(None, cost, now, 0.0)
+                    if wait:
+                        await slow(None, cost, site, wait, now)
+                return await fn(*args, **kwargs)
+
+            return rate_limited_call
+        if key_fn is None:
+
+            async def one_bucket_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
                 now = now_fn()
                 wait = acquire(None, cost, now, 0.0)
                 if wait:
                     await slow(None, cost, site, wait, now)
                 return await fn(*args, **kwargs)
 
-            return rate_limited_call
+            return one_bucket_rate_limited_call
         # The keyed fast path inlines the key function's and the lookup's error handling (no extra calls).
         key_error = self._key_error
         bad_key = self._bad_key
