@@ -341,27 +341,45 @@ class _LimiterBase(Policy):
 
             return remote_rate_limited_call
         acquire = self.store.acquire
-        if key_fn is None and type(self.store) is InMemoryRateStore:
-            lock, state, tau_eps = self.store._fits_now()
+        key_error = self._key_error
+        bad_key = self._bad_key
+        if type(self.store) is InMemoryRateStore:  # a subclass may override acquire(): not inlined
+            lock, single, buckets, tau_eps = self.store._fits_now()
+            take = self._take
 
-            async def rate_limited_call(*args: Any, **kwargs: Any) -> Any:
-                now = now_fn()
-                # The store's step when the bucket has room, inlined (nothing between acquire and
-                # release can raise); any other case is the store's own acquire().
-                lock.acquire()
-                tat = state[0]
-                new = (tat if tat > now else now) + cost
-                if new - now <= tau_eps:
-                    state[0] = new
-                    lock.release()
+            async def local_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
+                if key_fn is None:
+                    key, state = None, single
                 else:
-                    lock.release()
-                    wait = acquire(None, cost, now, 0.0)
+                    try:
+                        key = key_fn(*args, **kwargs)
+                    except Exception as exc:
+                        raise key_error(exc) from exc
+                    state = None
+                now = now_fn()
+                # The store's step when the bucket has room, inlined; any other case is the
+                # store's own acquire(). A key's __hash__ or __eq__ may raise: the lock is released.
+                try:
+                    lock.acquire()
+                    try:
+                        if state is None:
+                            state = buckets[key]
+                        tat = state[0]
+                        new = (tat if tat > now else now) + cost
+                        fits = new - now <= tau_eps
+                        if fits:
+                            state[0] = new
+                    finally:
+                        lock.release()
+                except Exception as exc:
+                    raise bad_key(key, exc) from exc
+                if not fits:
+                    wait = take(key, cost, now, 0.0)
                     if wait:
-                        await slow(None, cost, site, wait, now)
+                        await slow(key, cost, site, wait, now)
                 return await fn(*args, **kwargs)
 
-            return rate_limited_call
+            return local_rate_limited_call
         if key_fn is None:
 
             async def one_bucket_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
@@ -372,9 +390,7 @@ class _LimiterBase(Policy):
                 return await fn(*args, **kwargs)
 
             return one_bucket_rate_limited_call
-        # The keyed fast path inlines the key function's and the lookup's error handling (no extra calls).
-        key_error = self._key_error
-        bad_key = self._bad_key
+        # A store of another type: the keyed path inlines the key function's and the lookup's error handling.
 
         async def keyed_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
             try:

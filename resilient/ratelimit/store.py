@@ -226,15 +226,15 @@ class InMemoryRateStore:
             state[0] = new  # reserve our turn, in arrival order
         return wait
 
-    def _fits_now(self) -> tuple[threading.Lock, list[float], float]:
-        """The single bucket's lock, state and ``tau`` + EPS: what a shell needs to inline a call that fits now.
+    def _fits_now(self) -> tuple[threading.Lock, list[float], _Buckets, float]:
+        """The lock, the single bucket, the keyed ones and ``tau`` + EPS: what a shell inlines a call that fits with.
 
         :meth:`_step`'s first case (the bucket has room: take it) is the
         whole success path of a local limiter; a shell that inlines it calls
         :meth:`acquire` for everything else. Only for this exact class (a
         subclass may override :meth:`acquire`).
         """
-        return self._lock, self._single, self._tau_eps
+        return self._lock, self._single, self._buckets, self._tau_eps
 
     def acquire(self, key: Hashable, cost: float, now: float, max_wait: float) -> float:
         """The GCRA step on ``key``'s bucket (see :class:`RateStore`)."""
