@@ -697,7 +697,7 @@ def test_the_inlined_fast_path_decides_as_the_store_does(
             limiter = RateLimiter(rate, burst=burst, mode="reject", clock=clock, store=store)
 
         @limiter
-        async def call(k: int) -> None:
+        async def call(k: int | None) -> None:
             pass
 
         admitted = []
@@ -705,7 +705,7 @@ def test_the_inlined_fast_path_decides_as_the_store_does(
             clock.advance(gap)
             for j in range(calls):
                 try:
-                    await call((i + j) % 3)
+                    await call((0, 1, 2, None)[(i + j) % 4])  # None: the store's single bucket
                     admitted.append(True)
                 except RateLimitedError:
                     admitted.append(False)
@@ -713,3 +713,23 @@ def test_the_inlined_fast_path_decides_as_the_store_does(
 
     inlined = asyncio.run(run(None))
     assert inlined == asyncio.run(run(_NotInlined()))
+
+
+async def test_a_key_of_none_is_one_bucket_on_the_fast_path_too() -> None:
+    # The store files key None in its single bucket; the inlined step looked it up among the keyed
+    # buckets, so a full bucket fell through to the empty single one: twice the burst.
+    limiter = KeyedRateLimiter(1, burst=1, mode="reject", key=lambda k: k, clock=FakeClock())
+
+    @limiter
+    async def call(k: object) -> None:
+        pass
+
+    admitted = []
+    for _ in range(4):
+        try:
+            await call(None)
+            admitted.append(True)
+        except RateLimitedError:
+            admitted.append(False)
+    assert admitted == [True, False, False, False]
+    assert limiter.keys == 0

@@ -348,6 +348,7 @@ class _LimiterBase(Policy):
             take = self._take
 
             async def local_rate_limited_call(*args: Any, **kwargs: Any) -> Any:
+                state: list[float] | None
                 if key_fn is None:
                     key, state = None, single
                 else:
@@ -355,7 +356,7 @@ class _LimiterBase(Policy):
                         key = key_fn(*args, **kwargs)
                     except Exception as exc:
                         raise key_error(exc) from exc
-                    state = None
+                    state = single if key is None else None  # the store's bucket for None, as acquire()
                 now = now_fn()
                 # The store's step when the bucket has room, inlined; any other case is the
                 # store's own acquire(). A key's __hash__ or __eq__ may raise: the lock is released.
