@@ -104,12 +104,10 @@ class AdaptiveThrottle(ShadowMode, Policy):
     ) -> None:
         super().__init__(name=name, listeners=listeners)
         self.set_enforce(enforce)
-        check_number(k, "k", minimum=1, strict=False)
-        check_seconds(window, "window")
+        self.k = check_number(k, "k", minimum=1, strict=False)
+        self.window = check_seconds(window, "window")
         if random is not None and not callable(random):
             raise TypeError(f"random must be a callable () -> float in [0, 1), got {random!r}")
-        self.k = float(k)
-        self.window = float(window)
         self._on = exception_predicate(on)
         self._on_result = result_predicate(on_result)
         self.clock = clock if clock is not None else SYSTEM_CLOCK

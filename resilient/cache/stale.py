@@ -19,7 +19,6 @@ import inspect
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Hashable, Iterable
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal
@@ -27,7 +26,7 @@ from typing import Any, Final, Literal
 from resilient.cache import _shell_async, _shell_local, _shell_sync
 from resilient.cache.lookup import FRESH, MISS, STALE, _key_prefixes, _last
 from resilient.cache.store import CacheEntry, MemoryStore, SharedCacheStore, store_kind
-from resilient.clock import SYSTEM_CLOCK, Clock
+from resilient.clock import Clock
 from resilient.deadline import clear_deadline
 from resilient.errors import RejectedError, TimeoutError
 from resilient.events import CACHE_REFRESH_FAILED, CACHE_STALE_HIT, EXTRA_REASON, EventSite, Listener, Severity
@@ -41,7 +40,7 @@ from resilient.policy import (
     operation_name,
     result_predicate,
 )
-from resilient.validate import check_seconds
+from resilient.validate import check_clock, check_seconds
 
 __all__ = ["CACHE_REFRESH_FAILED", "StaleCache"]
 
@@ -173,10 +172,9 @@ class StaleCache(Policy):
             raise ValueError(f"refresh must be 'background' or 'inline', got {refresh!r}")
         #: ``"background"`` or ``"inline"``.
         self.refresh = refresh
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock must be a Clock (now/sleep/asleep), got {clock!r}")
+        self._clock: Clock = check_clock(clock)
         # Bound once: the system clock's now is time.monotonic itself, so the hit path calls it directly.
-        self._now: Callable[[], float] = time.monotonic if clock is None else clock.now
+        self._now: Callable[[], float] = self._clock.now
         default_store = MemoryStore(max_entries)  # validates max_entries even when unused
         if store is None:
             store = default_store
@@ -184,7 +182,6 @@ class StaleCache(Policy):
         self.store = store
         # By type (CacheStore or AsyncCacheStore), once: the hit path only reads this bool.
         self._store_async = store_kind(store) == "async"
-        self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         # A store shared by processes: one call per key across them (its lease), entries it expires itself.
         self._shared: SharedCacheStore | None = store if isinstance(store, SharedCacheStore) else None
         if self._shared is not None:

@@ -363,13 +363,11 @@ class RedisBreakerStore:
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None, got {name!r}")
-        check_number(sync_interval, "sync_interval", strict=False, maximum=60, unit="seconds")
-        check_number(idle_ttl, "idle_ttl", minimum=1, strict=False, maximum=86400 * 30, unit="seconds")
         self.prefix = prefix
         self.name = name
         self.timeout = float(timeout)
-        self.sync_interval = float(sync_interval)
-        self.idle_ttl = float(idle_ttl)
+        self.sync_interval = check_number(sync_interval, "sync_interval", strict=False, maximum=60, unit="seconds")
+        self.idle_ttl = check_number(idle_ttl, "idle_ttl", minimum=1, strict=False, maximum=86400 * 30, unit="seconds")
         self._recovery_interval = float(recovery_interval)
         self._listeners = tuple(listeners)
         self._conn = Connector(client_or_url, sync_client, self.timeout)

@@ -274,10 +274,10 @@ class RedisCacheStore(SharedCacheStore):
             if self._contended:
                 until = self._contended.get(key)
                 if until is not None:
-                    contended = now < until
-                    if not contended:
-                        del self._contended[key]
-                    near = None
+                    if now < until:
+                        contended, near = True, None
+                    else:
+                        del self._contended[key]  # the lease has lapsed
         if near is not None:
             if now < near[1]:
                 return near[0]

@@ -148,7 +148,8 @@ class Retry(Policy):
         the budget has work to do.
         """
         budget = self.budget
-        now = _now_of(self.clock) if self.max_elapsed is not None or self.on_give_up is not None else None
+        # Bound once (the system clock's now is time.monotonic itself), and only when something reads it.
+        now = self.clock.now if self.max_elapsed is not None or self.on_give_up is not None else None
         if budget is None:
             return now, now is not None
         if now is None:
@@ -178,8 +179,3 @@ class Retry(Policy):
 
     def __repr__(self) -> str:
         return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, name={self.name!r})"
-
-
-def _now_of(clock: Clock) -> Callable[[], float]:
-    """The clock's ``now``, bound once (the system clock's is time.monotonic itself: no call in between)."""
-    return clock.now
