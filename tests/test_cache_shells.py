@@ -4,7 +4,7 @@ The fresh-hit path of :class:`~resilient.cache.StaleCache` (build the key,
 read the store, serve a fresh entry, else hand off to the slow path) is
 written out in each shell for speed, once by hand in
 ``cache/_shell_async.py`` (an async store, whose ``get`` is awaited);
-``scripts/unasync.py`` generates the shell over a sync store
+``scripts/unasync.py`` generates the shell over a local store
 (``_shell_local.py``, only the slow path awaited) and the sync shell
 (``_shell_sync.py``). tests/test_unasync.py checks they are up to date;
 this test checks that each store kind gets its shell.

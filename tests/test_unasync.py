@@ -73,9 +73,11 @@ def test_only_the_named_top_level_functions_are_kept(unasync: ModuleType) -> Non
     assert unasync._keep_only(source, ("b",)) == "import x\n\n\n\n\ndef b():\n    pass\n"
 
 
-def test_the_check_sees_a_drift(unasync: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hand edit of a generated file (or an async edit not regenerated) fails the check."""
-    (shell,) = [s for s in unasync.SHELLS if s.source == "resilient/retry/_shell_async.py"]
+@pytest.mark.parametrize("shell", SCRIPT.SHELLS, ids=lambda shell: shell.target)
+def test_the_check_sees_a_drift(
+    unasync: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shell: Any
+) -> None:
+    """A one-token hand edit of any generated file (or an async edit not regenerated) fails the check."""
     for name in (shell.source, shell.target):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text((ROOT / name).read_text())
@@ -84,11 +86,13 @@ def test_the_check_sees_a_drift(unasync: ModuleType, tmp_path: Path, monkeypatch
     monkeypatch.setattr(unasync, "SHELLS", [shell])
     assert unasync.main(["--check"]) == 0
     target = tmp_path / shell.target
-    target.write_text(target.read_text().replace("if delay > 0:", "if delay >= 0:"))
+    generated = target.read_text()
+    assert " is not None" in generated
+    target.write_text(generated.replace(" is not None", " is None", 1))
     assert unasync.main(["--check"]) == 1
     assert unasync.main([]) == 0  # regenerates it
     assert unasync.main(["--check"]) == 0
-    assert "if delay > 0:" in target.read_text()
+    assert target.read_text() == generated
 
 
 def test_keywords_go_and_whole_names_are_renamed(unasync: ModuleType) -> None:
