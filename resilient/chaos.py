@@ -55,6 +55,33 @@ class _Injector(Policy):
             return True
         return False
 
+    def _instead(self) -> Any:
+        """What a hit call returns, instead of calling the function (or raises)."""
+        raise NotImplementedError
+
+    # Fault and ResultInjection: a hit replaces the call (Latency delays it instead).
+    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
+        """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
+        hit, instead = self._hit, self._instead
+
+        async def chaos_call(*args: Any, **kwargs: Any) -> Any:
+            if hit():
+                return instead()
+            return await fn(*args, **kwargs)
+
+        return chaos_call
+
+    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
+        """The closure guarding each call of the sync ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
+        hit, instead = self._hit, self._instead
+
+        def chaos_call(*args: Any, **kwargs: Any) -> Any:
+            if hit():
+                return instead()
+            return fn(*args, **kwargs)
+
+        return chaos_call
+
     def status(self) -> dict[str, Any]:
         """Rate and count of injections."""
         return {"type": self.policy_type, "rate": self.rate, "injected": self.injected}
@@ -105,21 +132,8 @@ class Fault(_Injector):
         made.add_note(f"resilient: injected by {self.label()}")
         return made
 
-    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        async def fault_call(*args: Any, **kwargs: Any) -> Any:
-            if self._hit():
-                raise self._make()
-            return await fn(*args, **kwargs)
-
-        return fault_call
-
-    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        def fault_call(*args: Any, **kwargs: Any) -> Any:
-            if self._hit():
-                raise self._make()
-            return fn(*args, **kwargs)
-
-        return fault_call
+    def _instead(self) -> Any:
+        raise self._make()
 
 
 def _copy_exception(template: BaseException, notes: list[str] | None) -> BaseException | None:
@@ -201,21 +215,5 @@ class ResultInjection(_Injector):
         self.result = result
         self.factory = factory
 
-    def _value(self) -> Any:
+    def _instead(self) -> Any:
         return self.result() if self.factory else self.result
-
-    def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
-        async def result_call(*args: Any, **kwargs: Any) -> Any:
-            if self._hit():
-                return self._value()
-            return await fn(*args, **kwargs)
-
-        return result_call
-
-    def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
-        def result_call(*args: Any, **kwargs: Any) -> Any:
-            if self._hit():
-                return self._value()
-            return fn(*args, **kwargs)
-
-        return result_call

@@ -197,6 +197,7 @@ QUORUM_TWINS = [
     ("record_success", "arecord_success"),
     ("record_failure", "arecord_failure"),
     ("refresh", "arefresh"),
+    ("_vote", "_avote"),
 ]
 
 
@@ -207,6 +208,6 @@ def test_the_quorum_store_sync_methods_are_the_async_ones_without_await(sync: st
     quorum = type(RedisBreakerStore("redis://127.0.0.1:1/0", quorum=2))
     assert quorum is not RedisBreakerStore
     source = inspect.getsource(getattr(quorum, async_))
-    for old, new in [*REDIS_UNASYNC, ("self._acast(", "self._cast(")]:
+    for old, new in [*REDIS_UNASYNC, ("self._acast(", "self._cast("), ("_avote(", "_vote(")]:
         source = source.replace(old, new)
     assert _tree(source) == _tree(inspect.getsource(getattr(quorum, sync)))

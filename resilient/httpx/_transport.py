@@ -161,17 +161,19 @@ class _TransportBase(Generic[_Inner, _Wrapped]):
     _is_async: ClassVar[bool]
     _inner_type: ClassVar[type]
 
-    # No defaults here: the public ones are each transport's own signature.
+    # One signature for both transports: ``inner`` is the subclass's own
+    # transport type (``_Inner``), so a type checker still refuses a sync
+    # transport given to the async one.
     def __init__(
         self,
-        pipeline: PipelineArg | None,
+        pipeline: PipelineArg | None = None,
         *,
-        inner: _Inner | None,
-        deadline_header: str | None,
-        retry_non_idempotent: bool,
-        max_hosts: int,
-        key: Callable[[httpx.Request], str] | None,
-        max_drain_bytes: int,
+        inner: _Inner | None = None,
+        deadline_header: str | None = "x-resilient-deadline",
+        retry_non_idempotent: bool = False,
+        max_hosts: int = 1024,
+        key: Callable[[httpx.Request], str] | None = None,
+        max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
     ) -> None:
         self.pipeline = _check_pipeline(pipeline)
         self.deadline_header, self.max_hosts, self._key = _check_common(deadline_header, max_hosts, key)
@@ -290,29 +292,6 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport, _TransportBase[httpx.Asy
             longer is not read on and not retried: it is handed back intact.
     """
 
-    # The signature is spelled here, not inherited, so that help() and the
-    # reference show the real type of ``inner`` rather than the base's TypeVar.
-    def __init__(
-        self,
-        pipeline: PipelineArg | None = None,
-        *,
-        inner: httpx.AsyncBaseTransport | None = None,
-        deadline_header: str | None = "x-resilient-deadline",
-        retry_non_idempotent: bool = False,
-        max_hosts: int = 1024,
-        key: Callable[[httpx.Request], str] | None = None,
-        max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
-    ) -> None:
-        super().__init__(
-            pipeline,
-            inner=inner,
-            deadline_header=deadline_header,
-            retry_non_idempotent=retry_non_idempotent,
-            max_hosts=max_hosts,
-            key=key,
-            max_drain_bytes=max_drain_bytes,
-        )
-
     _is_async = True
     _inner_type = httpx.AsyncBaseTransport
 
@@ -423,29 +402,6 @@ class ResilientTransport(httpx.BaseTransport, _TransportBase[httpx.BaseTransport
     those reads too. A custom pipeline must be usable synchronously (no
     ``Timeout``). Safe to share between threads.
     """
-
-    # The signature is spelled here, not inherited, so that help() and the
-    # reference show the real type of ``inner`` rather than the base's TypeVar.
-    def __init__(
-        self,
-        pipeline: PipelineArg | None = None,
-        *,
-        inner: httpx.BaseTransport | None = None,
-        deadline_header: str | None = "x-resilient-deadline",
-        retry_non_idempotent: bool = False,
-        max_hosts: int = 1024,
-        key: Callable[[httpx.Request], str] | None = None,
-        max_drain_bytes: int = DEFAULT_MAX_DRAIN_BYTES,
-    ) -> None:
-        super().__init__(
-            pipeline,
-            inner=inner,
-            deadline_header=deadline_header,
-            retry_non_idempotent=retry_non_idempotent,
-            max_hosts=max_hosts,
-            key=key,
-            max_drain_bytes=max_drain_bytes,
-        )
 
     _is_async = False
     _inner_type = httpx.BaseTransport

@@ -1066,6 +1066,18 @@ class _QuorumBreakerStore(RedisBreakerStore):
         except Exception as exc:  # Redis trouble never fails the call
             return self._unanswered(exc)
 
+    async def _avote(
+        self, moved: BreakerSnapshot | None, now: float | None, due: bool = False
+    ) -> BreakerSnapshot | None:
+        """State this replica's vote and count the fleet's when a ballot is due (one round trip); the view's move."""
+        ttl = self._ballot(moved, now, due=due)
+        return self._tally(moved, ttl, None if ttl is None else await self._acast(ttl), now)
+
+    def _vote(self, moved: BreakerSnapshot | None, now: float | None, due: bool = False) -> BreakerSnapshot | None:
+        """Sync :meth:`_avote`."""
+        ttl = self._ballot(moved, now, due=due)
+        return self._tally(moved, ttl, None if ttl is None else self._cast(ttl), now)
+
     def _answered(self, reply: Any) -> Any:
         failopen = self._failopen
         assert failopen is not None
@@ -1083,41 +1095,31 @@ class _QuorumBreakerStore(RedisBreakerStore):
         """Admit a probe of this replica's circuit, or count the fleet's votes again behind an open fleet."""
         behind = self._behind()
         permit, moved = _REFUSED if behind else self._own.acquire(now)
-        ttl = self._ballot(moved, now, due=behind)
-        moved = self._tally(moved, ttl, None if ttl is None else await self._acast(ttl), now)
+        moved = await self._avote(moved, now, behind)
         return self._admission(behind, permit, now), moved
 
     def acquire(self, now: float) -> tuple[BreakerSnapshot | None, BreakerSnapshot | None]:
         """Sync :meth:`aacquire`."""
         behind = self._behind()
         permit, moved = _REFUSED if behind else self._own.acquire(now)
-        ttl = self._ballot(moved, now, due=behind)
-        moved = self._tally(moved, ttl, None if ttl is None else self._cast(ttl), now)
+        moved = self._vote(moved, now, behind)
         return self._admission(behind, permit, now), moved
 
     async def arecord_success(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
         """Count a success on this replica's circuit; every ``sync_interval``, count the fleet's votes."""
-        moved = self._own.record_success(permit, now)
-        ttl = self._ballot(moved, now)
-        return self._tally(moved, ttl, None if ttl is None else await self._acast(ttl), now)
+        return await self._avote(self._own.record_success(permit, now), now)
 
     def record_success(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
         """Sync :meth:`arecord_success`."""
-        moved = self._own.record_success(permit, now)
-        ttl = self._ballot(moved, now)
-        return self._tally(moved, ttl, None if ttl is None else self._cast(ttl), now)
+        return self._vote(self._own.record_success(permit, now), now)
 
     async def arecord_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
         """Count a failure on this replica's circuit; a transition states its vote."""
-        moved = self._own.record_failure(permit, now)
-        ttl = self._ballot(moved, now)
-        return self._tally(moved, ttl, None if ttl is None else await self._acast(ttl), now)
+        return await self._avote(self._own.record_failure(permit, now), now)
 
     def record_failure(self, permit: BreakerSnapshot, now: float | None = None) -> BreakerSnapshot | None:
         """Sync :meth:`arecord_failure`."""
-        moved = self._own.record_failure(permit, now)
-        ttl = self._ballot(moved, now)
-        return self._tally(moved, ttl, None if ttl is None else self._cast(ttl), now)
+        return self._vote(self._own.record_failure(permit, now), now)
 
     async def arelease(self, permit: BreakerSnapshot) -> None:
         """Free a probe slot of this replica's circuit (no round trip)."""
@@ -1129,21 +1131,18 @@ class _QuorumBreakerStore(RedisBreakerStore):
 
     async def arefresh(self) -> BreakerSnapshot:
         """State this replica's vote and count the fleet's now (one round trip)."""
-        ttl = self._ballot(None, None, due=True)
-        self._tally(None, ttl, None if ttl is None else await self._acast(ttl), None)
+        await self._avote(None, None, True)
         return self._view
 
     def refresh(self) -> BreakerSnapshot:
         """Sync :meth:`arefresh`."""
-        ttl = self._ballot(None, None, due=True)
-        self._tally(None, ttl, None if ttl is None else self._cast(ttl), None)
+        self._vote(None, None, True)
         return self._view
 
     def transition(self, to: CircuitState, now: float) -> BreakerSnapshot:
         """Manual control of this replica's circuit (and so of its vote)."""
         moved = self._own.transition(to, now)
-        ttl = self._ballot(moved, now)
-        return self._tally(moved, ttl, None if ttl is None else self._cast(ttl), now) or moved
+        return self._vote(moved, now) or moved
 
     def metrics(self, now: float) -> BreakerMetrics:
         """This replica's counters; the state is the one its calls meet (the fleet's while it is open)."""
