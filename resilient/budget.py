@@ -22,17 +22,16 @@ from typing import Any
 
 from resilient.clock import SYSTEM_CLOCK, Clock
 from resilient.validate import check_number, check_seconds
+from resilient.window import PairWindow
 
 __all__ = ["RetryBudget"]
 
-# The window is kept in _BUCKETS buckets of window / _BUCKETS seconds. Calls
-# are counted over the last _BUCKETS buckets (the current one included), so
-# only calls of the last `window` seconds earn retries; retries are counted
-# over one bucket more, so a retry of the last `window` seconds is never
-# forgotten (its bucket may have started up to window + window / _BUCKETS
-# ago). Both err on the safe side, which makes the bound exact.
-_BUCKETS = 10
-_SLOTS = _BUCKETS + 1
+# Calls are counted over the window's last BUCKETS buckets (the current one
+# included), so only calls of the last `window` seconds earn retries; retries
+# are counted over one bucket more (lag), so a retry of the last `window`
+# seconds is never forgotten (its bucket may have started up to
+# window + window / BUCKETS ago). Both err on the safe side, which makes the
+# bound exact.
 
 
 class RetryBudget:
@@ -55,23 +54,7 @@ class RetryBudget:
     is ``window`` old, and a retry is forgotten up to ``window / 10`` after.
     """
 
-    __slots__ = (
-        "_clock",
-        "_floor",
-        "_idx",
-        "_lock",
-        "_origin",
-        "_requests",
-        "_retries",
-        "_slot",
-        "_tick",
-        "_tick_end",
-        "_total_requests",
-        "_total_retries",
-        "min_per_second",
-        "ratio",
-        "window",
-    )
+    __slots__ = ("_clock", "_floor", "_lock", "_window", "min_per_second", "ratio", "window")
 
     def __init__(
         self,
@@ -89,47 +72,10 @@ class RetryBudget:
             raise TypeError(f"clock must be a Clock (an object with now()) or None, got {clock!r}")
         self._clock = clock if clock is not None else SYSTEM_CLOCK
         self._floor = self.min_per_second * self.window
-        self._tick = self.window / _BUCKETS
-        # One slot per bucket, in a ring; the oldest slot's calls are no longer counted.
-        self._requests = [0] * _SLOTS
-        self._retries = [0] * _SLOTS
-        self._total_requests = 0
-        self._total_retries = 0
-        #: The current bucket's number (buckets are numbered from the budget's creation).
-        self._idx = 0
-        #: Its slot in the ring (``_idx % _SLOTS``).
-        self._slot = 0
-        self._origin = self._clock.now()
-        self._tick_end = self._origin + self._tick
+        # Calls in `first`, retries in `second` (kept one bucket longer).
+        self._window = PairWindow(self.window, self._clock.now(), lag=True)
         # Uncontended under asyncio (one thread), so it costs tens of nanoseconds.
         self._lock = threading.Lock()
-
-    def _rotate(self, now: float) -> None:
-        # Bucket numbers come from one multiplication each, not from a running
-        # sum of ticks, so that rounding never drifts the buckets' edges.
-        target = int((now - self._origin) // self._tick)
-        if target <= self._idx:  # rounding at an edge: stay in the current bucket
-            self._tick_end = self._origin + (self._idx + 1) * self._tick
-            return
-        if target - self._idx >= _SLOTS:
-            self._requests = [0] * _SLOTS
-            self._retries = [0] * _SLOTS
-            self._total_requests = 0
-            self._total_retries = 0
-        else:
-            requests = self._requests
-            retries = self._retries
-            for idx in range(self._idx + 1, target + 1):
-                slot = idx % _SLOTS
-                # Bucket idx - _BUCKETS becomes the oldest: its calls stop counting.
-                self._total_requests -= requests[(idx - _BUCKETS) % _SLOTS]
-                requests[(idx - _BUCKETS) % _SLOTS] = 0
-                # Bucket idx - _SLOTS leaves the window: its retries stop counting. Its slot is reused.
-                self._total_retries -= retries[slot]
-                retries[slot] = 0
-        self._idx = target
-        self._slot = target % _SLOTS
-        self._tick_end = self._origin + (target + 1) * self._tick
 
     def record_request(self) -> None:
         """Count one call (its first attempt): it earns ``ratio`` of a retry."""
@@ -138,38 +84,36 @@ class RetryBudget:
         # add to a bucket that a rotation in another thread has just emptied,
         # and the running total would drift away from the buckets' sum.
         with self._lock:
-            if now >= self._tick_end:
-                self._rotate(now)
-            self._requests[self._slot] += 1
-            self._total_requests += 1
+            self._window.count_first(now)
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; ``False`` when it is exhausted."""
         now = self._clock.now()
+        window = self._window
         with self._lock:
-            if now >= self._tick_end:
-                self._rotate(now)
-            if self._total_retries + 1 > self._floor + self.ratio * self._total_requests:
+            if now >= window.tick_end:
+                window.advance(now)
+            if window.second + 1 > self._floor + self.ratio * window.first:
                 return False
-            self._retries[self._slot] += 1
-            self._total_retries += 1
+            window.count_second(now)
             return True
 
     @property
     def available(self) -> float:
         """Retries that could be spent now."""
         now = self._clock.now()
+        window = self._window
         with self._lock:
-            if now >= self._tick_end:
-                self._rotate(now)
-            return max(0.0, self._floor + self.ratio * self._total_requests - self._total_retries)
+            if now >= window.tick_end:
+                window.advance(now)
+            return max(0.0, self._floor + self.ratio * window.first - window.second)
 
     def status(self) -> dict[str, Any]:
         """Counts in the current window, JSON-able."""
         avail = self.available
         return {
-            "requests": self._total_requests,
-            "retries": self._total_retries,
+            "requests": self._window.first,
+            "retries": self._window.second,
             "available": avail,
             "ratio": self.ratio,
         }

@@ -53,10 +53,9 @@ from resilient.policy import (
     result_predicate,
 )
 from resilient.validate import check_number, check_seconds
+from resilient.window import PairWindow
 
 __all__ = ["AdaptiveThrottle"]
-
-_BUCKETS = 10
 
 
 class AdaptiveThrottle(ShadowMode, Policy):
@@ -113,39 +112,22 @@ class AdaptiveThrottle(ShadowMode, Policy):
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         self._random = random if random is not None else _random.random
         self._lock = threading.Lock()
-        self._tick = self.window / _BUCKETS
-        self._requests = [0] * _BUCKETS
-        self._accepts = [0] * _BUCKETS
-        self._idx = 0
-        self._total_requests = 0
-        self._total_accepts = 0
-        self._tick_end = self.clock.now() + self._tick
+        # Requests in `first`, accepts in `second`.
+        self._window = PairWindow(self.window, self.clock.now())
         self._rejected = 0
 
     # -- the window ----------------------------------------------------------
 
     def _rotate(self, now: float) -> None:
-        # Drop the buckets that fell out of the window (checked again under the lock: another thread may be first).
+        # Checked again under the lock: another thread may have been first.
+        window = self._window
         with self._lock:
-            if now < self._tick_end:
-                return
-            elapsed = int((now - self._tick_end) // self._tick) + 1
-            for _ in range(min(elapsed, _BUCKETS)):
-                self._idx = idx = (self._idx + 1) % _BUCKETS
-                self._total_requests -= self._requests[idx]
-                self._total_accepts -= self._accepts[idx]
-                self._requests[idx] = 0
-                self._accepts[idx] = 0
-            self._tick_end += self._tick * elapsed
+            if now >= window.tick_end:
+                window.advance(now)
 
     def _record(self, accepted: bool) -> None:
         with self._lock:
-            idx = self._idx
-            self._requests[idx] += 1
-            self._total_requests += 1
-            if accepted:
-                self._accepts[idx] += 1
-                self._total_accepts += 1
+            self._window.add(1, 1 if accepted else 0)
 
     def _served(self, result: Any) -> Any:
         """A call returned: an accept unless ``on_result`` flags the result as refused."""
@@ -159,13 +141,13 @@ class AdaptiveThrottle(ShadowMode, Policy):
     def requests(self) -> int:
         """Calls counted in the window (locally rejected ones included)."""
         self._maybe_rotate()
-        return self._total_requests
+        return self._window.first
 
     @property
     def accepts(self) -> int:
         """Calls the backend accepted in the window."""
         self._maybe_rotate()
-        return self._total_accepts
+        return self._window.second
 
     @property
     def rejected(self) -> int:
@@ -176,12 +158,12 @@ class AdaptiveThrottle(ShadowMode, Policy):
     def rejection_probability(self) -> float:
         """The probability that the next call is rejected locally."""
         self._maybe_rotate()
-        req = self._total_requests
-        return max(0.0, (req - self.k * self._total_accepts) / (req + 1))
+        window = self._window
+        return max(0.0, (window.first - self.k * window.second) / (window.first + 1))
 
     def _maybe_rotate(self) -> None:
         now = self.clock.now()
-        if now >= self._tick_end:
+        if now >= self._window.tick_end:
             self._rotate(now)
 
     def status(self) -> dict[str, Any]:
@@ -190,8 +172,8 @@ class AdaptiveThrottle(ShadowMode, Policy):
         return {
             "k": self.k,
             "window": self.window,
-            "requests": self._total_requests,
-            "accepts": self._total_accepts,
+            "requests": self._window.first,
+            "accepts": self._window.second,
             "rejection_probability": p,
             "rejected": self._rejected,
             "would_reject": self._would_reject,
@@ -236,22 +218,23 @@ class AdaptiveThrottle(ShadowMode, Policy):
         uncounted); raises the rejection when enforcing.
         """
         now = self.clock.now()
-        if now >= self._tick_end:
+        window = self._window
+        if now >= window.tick_end:
             self._rotate(now)
-        requests = self._total_requests
-        accepts = self._total_accepts
+        requests = window.first
+        accepts = window.second
         return requests > self.k * accepts and self._maybe_reject(site, requests, accepts)
 
     def _shell_parts(self) -> tuple[Any, ...]:
         """What both wrappers bind once, as locals of their closures."""
-        return self._on, self.clock.now, self.k, self._record, self._served, self._admit_slow
+        return self._on, self.clock.now, self.k, self._window, self._record, self._served, self._admit_slow
 
     def build_async(self, fn: AsyncFn, site: EventSite) -> AsyncWrapped:
         """The closure guarding each call of the async ``fn`` (:meth:`~resilient.Policy.build_async`)."""
-        on, now, k, record, served, admit_slow = self._shell_parts()
+        on, now, k, window, record, served, admit_slow = self._shell_parts()
 
         async def throttled_call(*args: Any, **kwargs: Any) -> Any:
-            if (now() >= self._tick_end or self._total_requests > k * self._total_accepts) and admit_slow(site):
+            if (now() >= window.tick_end or window.first > k * window.second) and admit_slow(site):
                 return await fn(*args, **kwargs)  # shadow mode: would be rejected; runs uncounted
             try:
                 result = await fn(*args, **kwargs)
@@ -264,10 +247,10 @@ class AdaptiveThrottle(ShadowMode, Policy):
 
     def build_sync(self, fn: SyncFn, site: EventSite) -> SyncFn:
         """The closure guarding each call of the synchronous ``fn`` (:meth:`~resilient.Policy.build_sync`)."""
-        on, now, k, record, served, admit_slow = self._shell_parts()
+        on, now, k, window, record, served, admit_slow = self._shell_parts()
 
         def throttled_call(*args: Any, **kwargs: Any) -> Any:
-            if (now() >= self._tick_end or self._total_requests > k * self._total_accepts) and admit_slow(site):
+            if (now() >= window.tick_end or window.first > k * window.second) and admit_slow(site):
                 return fn(*args, **kwargs)  # shadow mode: would be rejected; runs uncounted
             try:
                 result = fn(*args, **kwargs)

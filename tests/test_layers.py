@@ -16,7 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "resilient"
 
 #: The core every policy builds on (docs/architecture.md, "The core").
-CORE = frozenset({"clock", "deadline", "errors", "events", "extras", "policy", "testing", "timers", "validate"})
+CORE = frozenset(
+    {"clock", "deadline", "errors", "events", "extras", "policy", "testing", "timers", "validate", "window"}
+)
 #: The integrations: adapters over the engines, each with its optional dependency.
 INTEGRATIONS = frozenset({"asgi", "httpx", "otel", "redis"})
 #: Tools over everything: the registry builds pipelines from configuration, the demo runs scenarios.
