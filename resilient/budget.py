@@ -89,24 +89,25 @@ class RetryBudget:
     def try_spend(self) -> bool:
         """Take one retry from the budget; ``False`` when it is exhausted."""
         now = self._clock.now()
-        window = self._window
         with self._lock:
-            if now >= window.tick_end:
-                window.advance(now)
-            if window.second + 1 > self._floor + self.ratio * window.first:
+            if self._left(now) < 1:
                 return False
-            window.count_second(now)
+            self._window.count_second(now)
             return True
 
     @property
     def available(self) -> float:
         """Retries that could be spent now."""
         now = self._clock.now()
-        window = self._window
         with self._lock:
-            if now >= window.tick_end:
-                window.advance(now)
-            return max(0.0, self._floor + self.ratio * window.first - window.second)
+            return max(0.0, self._left(now))
+
+    def _left(self, now: float) -> float:
+        """Retries left at ``now`` (fractional, negative once overspent); called under the lock."""
+        window = self._window
+        if now >= window.tick_end:
+            window.advance(now)
+        return self._floor + self.ratio * window.first - window.second
 
     def status(self) -> dict[str, Any]:
         """Counts in the current window, JSON-able."""
