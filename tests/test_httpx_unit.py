@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import io
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -1128,3 +1129,12 @@ def test_enforce_false_runs_the_standard_pipeline_in_shadow_mode() -> None:
 def test_enforce_is_validated() -> None:
     with pytest.raises(TypeError, match="enforce"):
         standard_pipeline(enforce="no")
+
+
+def test_each_transport_shows_its_own_kind_of_inner_in_its_signature() -> None:
+    # One constructor serves both; help() must still name the transport type each takes.
+    sync, async_ = inspect.signature(ResilientTransport), inspect.signature(AsyncResilientTransport)
+    assert sync.parameters["inner"].annotation == "httpx.BaseTransport | None"
+    assert async_.parameters["inner"].annotation == "httpx.AsyncBaseTransport | None"
+    assert [p for p in sync.parameters if p != "inner"] == [p for p in async_.parameters if p != "inner"]
+    assert sync.parameters["max_hosts"].default == async_.parameters["max_hosts"].default == 1024

@@ -11,6 +11,7 @@ checks that the two shells stay each other's twin.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 from collections.abc import Callable
@@ -201,6 +202,14 @@ class _TransportBase(Generic[_Inner, _Wrapped]):
         self._hosts: LRUCache[str, tuple[_Wrapped, int]] = LRUCache(maxsize=self.max_hosts)
         # The sync transport's threads share the host pipelines; asyncio needs no lock.
         self._lock = None if self._is_async else threading.Lock()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # help() and inspect.signature() show each transport's own kind of ``inner``, not the base's type variable.
+        sig = inspect.signature(_TransportBase.__init__)
+        inner = f"httpx.{cls._inner_type.__name__} | None"
+        params = [p.replace(annotation=inner) if p.name == "inner" else p for p in list(sig.parameters.values())[1:]]
+        cls.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
 
     def _new_inner(self) -> _Inner:
         raise NotImplementedError
