@@ -202,12 +202,13 @@ class _LimiterBase(Policy):
         except Exception as exc:  # the key's __hash__ or __eq__; the store's lock is released by now
             raise self._bad_key(key, exc) from exc
 
+    # The async steps: over a store with no I/O, the sync step itself; else one awaited store call.
     async def _atake(self, key: Hashable, cost: float, now: float, bound: float) -> float:
         astore = self._astore
+        if astore is None:
+            return self._take(key, cost, now, bound)
         try:
-            if astore is not None:
-                return await astore.aacquire(key, cost, now, bound)
-            return self.store.acquire(key, cost, now, bound)
+            return await astore.aacquire(key, cost, now, bound)
         except Exception as exc:
             raise self._bad_key(key, exc) from exc
 
@@ -222,15 +223,14 @@ class _LimiterBase(Policy):
         return self._answer(decision, site)
 
     async def _try_async(self, key: Hashable, tokens: int, site: EventSite) -> RateDecision:
-        cost = self._cfg.cost(tokens)
         astore = self._astore
+        if astore is None:
+            return self._try_sync(key, tokens, site)
+        cost = self._cfg.cost(tokens)
+        self._need_async()
         now = float(self.clock.now())
         try:
-            if astore is not None:
-                self._need_async()
-                decision = await astore.atry_acquire(key, cost, now)
-            else:
-                decision = self.store.try_acquire(key, cost, now)
+            decision = await astore.atry_acquire(key, cost, now)
         except Exception as exc:
             raise self._bad_key(key, exc) from exc
         return self._answer(decision, site)
@@ -266,17 +266,20 @@ class _LimiterBase(Policy):
                     try:
                         self.clock.sleep(wait)
                     except BaseException:
-                        self.store.refund(key, cost, now, wait)
+                        self._refund(key, cost, now, wait)
                         raise
                 return
         self._refused(site, wait)
 
+    def _refund(self, key: Hashable, cost: float, now: float, wait: float) -> None:
+        self.store.refund(key, cost, now, wait)
+
     async def _arefund(self, key: Hashable, cost: float, now: float, wait: float) -> None:
         astore = self._astore
-        if astore is not None:
-            await astore.arefund(key, cost, now, wait)
+        if astore is None:
+            self._refund(key, cost, now, wait)
         else:
-            self.store.refund(key, cost, now, wait)
+            await astore.arefund(key, cost, now, wait)
 
     async def _acquire_async(self, key: Hashable, cost: float, site: EventSite) -> None:
         now = float(self.clock.now())
