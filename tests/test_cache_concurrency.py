@@ -292,15 +292,18 @@ def test_threads_on_a_cold_key_make_one_call() -> None:
         release.wait(5)
         return key.upper()
 
-    cached = StaleCache(10, clock=FakeClock())(load)
+    cache = StaleCache(10, clock=FakeClock())
+    cached = cache(load)
     results: list[Any] = []
     threads = [threading.Thread(target=lambda: results.append(cached("k"))) for _ in range(8)]
     for t in threads:
         t.start()
+    # Until the seven others wait on the leader's flight (counted as coalesced just before they wait).
     deadline_at = time.monotonic() + 5
-    while calls == 0 and time.monotonic() < deadline_at:
+    while cache.status()["coalesced"] < 7 and time.monotonic() < deadline_at:
         time.sleep(0.001)
-    time.sleep(0.05)  # let the other threads reach the wait
+    assert calls == 1
+    assert cache.status()["coalesced"] == 7
     release.set()
     for t in threads:
         t.join(5)
