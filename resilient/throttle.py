@@ -132,7 +132,10 @@ class AdaptiveThrottle(ShadowMode, Policy):
     def _served(self, result: Any) -> Any:
         """A call returned: an accept unless ``on_result`` flags the result as refused."""
         on_result = self._on_result
-        self._record(on_result is None or not on_result(result))
+        accepted = on_result is None or not on_result(result)
+        # _record's body, inlined: this is the success path.
+        with self._lock:
+            self._window.add(1, 1 if accepted else 0)
         return result
 
     # -- introspection -------------------------------------------------------
