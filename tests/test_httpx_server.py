@@ -216,14 +216,18 @@ async def test_retried_response_releases_its_connection_before_the_backoff(serve
     async with client(
         fast(backoff=constant(0.6), max_delay=1.0), inner=inner, timeout=httpx.Timeout(5.0, pool=0.3)
     ) as c:
-        first = asyncio.create_task(c.get(server.url(f"/flaky?key={k}&fail=1&code=503")))
-        while server.count(k) == 0:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)  # the first call is in its backoff now
-        # The only connection must be free: otherwise this waits for the pool and times out.
-        assert (await c.get(server.url("/ok"))).status_code == 200
-        assert not first.done()
-        assert (await first).status_code == 200
+        with recording() as rec:
+            first = asyncio.create_task(c.get(server.url(f"/flaky?key={k}&fail=1&code=503")))
+            # The retry event comes once the failure was read and before the backoff's sleep.
+            for _ in range(500):  # bounded: 5 s
+                if rec.of("retry"):
+                    break
+                await asyncio.sleep(0.01)
+            assert rec.of("retry"), "the first call never retried"
+            # The only connection must be free: otherwise this waits for the pool and times out.
+            assert (await c.get(server.url("/ok"))).status_code == 200
+            assert not first.done()
+            assert (await first).status_code == 200
 
 
 async def test_streaming_success_through_a_real_server(server: RunningServer) -> None:
