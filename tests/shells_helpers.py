@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 #: The replacements every policy's shells share (each test adds its module's own).
 POLICY_UNASYNC = [
@@ -19,6 +19,13 @@ POLICY_UNASYNC = [
     ("AsyncWrapped", "SyncFn"),
     ("AsyncFn", "SyncFn"),
 ]
+
+
+def unasync(source: str, replacements: Iterable[tuple[str, str]]) -> str:
+    """``source`` with each ``(old, new)`` replacement applied in order: an async twin's text in its sync form."""
+    for old, new in replacements:
+        source = source.replace(old, new)
+    return source
 
 
 def syntax_tree(source: str, drop: Callable[[ast.stmt], bool] | None = None) -> str:

@@ -18,7 +18,7 @@ import pytest
 
 from resilient.concurrency import AdaptiveConcurrency, Bulkhead
 from resilient.throttle import AdaptiveThrottle
-from tests.shells_helpers import POLICY_UNASYNC
+from tests.shells_helpers import POLICY_UNASYNC, unasync
 from tests.shells_helpers import syntax_tree as _tree
 
 # Applied in order to the async source.
@@ -42,17 +42,11 @@ PAIRS: list[tuple[Callable[..., Any], Callable[..., Any]]] = [
 ]
 
 
-def _unasync(source: str) -> str:
-    for old, new in UNASYNC:
-        source = source.replace(old, new)
-    return source
-
-
 @pytest.mark.parametrize(("async_shell", "sync_shell"), PAIRS, ids=lambda f: f.__qualname__)
 def test_the_sync_shell_is_the_async_shell_without_await(
     async_shell: Callable[..., Any], sync_shell: Callable[..., Any]
 ) -> None:
-    assert _tree(_unasync(inspect.getsource(async_shell))) == _tree(inspect.getsource(sync_shell))
+    assert _tree(unasync(inspect.getsource(async_shell), UNASYNC)) == _tree(inspect.getsource(sync_shell))
 
 
 def test_the_check_would_see_a_drift() -> None:

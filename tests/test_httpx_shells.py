@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from resilient.httpx import AsyncResilientTransport, ResilientTransport, _io, _transport
-from tests.shells_helpers import syntax_tree
+from tests.shells_helpers import syntax_tree, unasync
 
 # Applied in order to the async source.
 UNASYNC = [
@@ -50,12 +50,6 @@ def _tree(source: str) -> str:
     return syntax_tree(source, drop=_is_hedging_branch)
 
 
-def _unasync(source: str) -> str:
-    for old, new in UNASYNC:
-        source = source.replace(old, new)
-    return source
-
-
 TWINS: list[tuple[str, Callable[..., Any], Callable[..., Any]]] = [
     ("attempt", AsyncResilientTransport._make_attempt, ResilientTransport._make_attempt),
     ("call", AsyncResilientTransport.handle_async_request, ResilientTransport.handle_request),
@@ -70,7 +64,7 @@ TWINS: list[tuple[str, Callable[..., Any], Callable[..., Any]]] = [
 def test_the_sync_shell_is_the_async_one_without_await(
     name: str, async_: Callable[..., Any], sync: Callable[..., Any]
 ) -> None:
-    assert _tree(_unasync(inspect.getsource(async_))) == _tree(inspect.getsource(sync)), name
+    assert _tree(unasync(inspect.getsource(async_), UNASYNC)) == _tree(inspect.getsource(sync)), name
 
 
 def test_the_engine_does_no_io_and_never_awaits() -> None:
@@ -91,4 +85,6 @@ def test_the_check_would_see_a_drift() -> None:
     assert _tree(sync) != _tree(sync.replace("raise instead from exc.__cause__", "raise instead"))
     # Nor does leaving out the hedging branch hide anything else.
     source = inspect.getsource(AsyncResilientTransport.handle_async_request)
-    assert _tree(_unasync(source)) != _tree(_unasync(source.replace("if left is not None:", "if left:")))
+    assert _tree(unasync(source, UNASYNC)) != _tree(
+        unasync(source.replace("if left is not None:", "if left:"), UNASYNC)
+    )

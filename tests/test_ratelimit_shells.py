@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from resilient.ratelimit import KeyedRateLimiter, RateLimiter
-from tests.shells_helpers import POLICY_UNASYNC
+from tests.shells_helpers import POLICY_UNASYNC, unasync
 from tests.shells_helpers import syntax_tree as _tree
 
 UNASYNC = [
@@ -33,6 +33,7 @@ UNASYNC = [
     ("self._arefund(", "self._refund("),
     ("self._need_async()", "self._need_sync()"),
     ("self.clock.asleep(", "self.clock.sleep("),
+    ("def acquire(", "def acquire_sync("),
 ]
 
 PAIRS: list[tuple[Callable[..., Any], Callable[..., Any]]] = [
@@ -43,17 +44,11 @@ PAIRS: list[tuple[Callable[..., Any], Callable[..., Any]]] = [
 ]
 
 
-def _unasync(source: str) -> str:
-    for old, new in UNASYNC:
-        source = source.replace(old, new)
-    return source.replace("def acquire(", "def acquire_sync(")
-
-
 @pytest.mark.parametrize(("async_twin", "sync_twin"), PAIRS, ids=lambda f: f.__qualname__)
 def test_the_sync_twin_is_the_async_one_without_await(
     async_twin: Callable[..., Any], sync_twin: Callable[..., Any]
 ) -> None:
-    assert _tree(_unasync(inspect.getsource(async_twin))) == _tree(inspect.getsource(sync_twin))
+    assert _tree(unasync(inspect.getsource(async_twin), UNASYNC)) == _tree(inspect.getsource(sync_twin))
 
 
 def test_the_check_would_see_a_drift() -> None:
@@ -61,4 +56,4 @@ def test_the_check_would_see_a_drift() -> None:
     sync = inspect.getsource(RateLimiter._wait_turn)
     assert "if wait <= bound:" in sync
     drifted = sync.replace("if wait <= bound:", "if wait < bound:")
-    assert _tree(_unasync(inspect.getsource(RateLimiter._await_turn))) != _tree(drifted)
+    assert _tree(unasync(inspect.getsource(RateLimiter._await_turn), UNASYNC)) != _tree(drifted)
