@@ -165,6 +165,38 @@ def enforcing(switch: Switch) -> bool:
         return True
 
 
+class EdgePart:
+    """What the two edge limits (:class:`LoadShedding`, :class:`RateLimit`) share.
+
+    The app they wrap, the requests they leave alone (``exempt_paths``,
+    ``exempt``), shadow mode (``enforce``) and its count. Each part calls
+    :meth:`_edge` first in its constructor.
+    """
+
+    app: ASGIApp
+    #: ``enforce=``: ``False`` (or a callable returning it) for shadow mode.
+    enforce: Switch
+    #: Requests let through in shadow mode that would have been refused.
+    would_reject: int
+
+    def _edge(self, app: Any, exempt_paths: Iterable[str], exempt: Any, enforce: Any) -> None:
+        self.app = check_app(app)
+        self.enforce = check_enforce(enforce)
+        self._exempt_paths = exempt_set(exempt_paths)
+        self._exempt = check_predicate(exempt, "exempt")
+        self.would_reject = 0
+
+    def exempted(self, scope: Scope) -> bool:
+        """Whether the limit leaves this request alone (its path is exempt, or ``exempt(scope)`` says so)."""
+        exempt = self._exempt
+        return scope["path"] in self._exempt_paths or (exempt is not None and exempt(scope))
+
+    def enforcing_now(self) -> bool:
+        """Whether a refusal is answered now, or only reported (shadow mode; ``enforce`` read at this moment)."""
+        enforce = self.enforce
+        return enforce is True or enforcing(enforce)
+
+
 class PartEvents:
     """The events one ASGI part emits: for every response it produces instead of the app, and in shadow mode.
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 from resilient.asgi._common import (
     DEFAULT_EXEMPT_PATHS,
     ASGIApp,
+    EdgePart,
     Message,
     PartEvents,
     Receive,
@@ -15,11 +16,6 @@ from resilient.asgi._common import (
     ScopePredicate,
     Send,
     Switch,
-    check_app,
-    check_enforce,
-    check_predicate,
-    enforcing,
-    exempt_set,
     json_response,
     retry_after_seconds,
 )
@@ -67,7 +63,7 @@ class KeyedLimiter(Protocol):
         ...
 
 
-class RateLimit:
+class RateLimit(EdgePart):
     """Limit each client to ``rate`` requests per ``per`` seconds; the excess gets ``429``.
 
     Each client key has a token bucket of ``burst`` tokens refilled at
@@ -156,7 +152,7 @@ class RateLimit:
         routes: Sequence[Route] = (),
         store: Callable[[], RateStore] | None = None,
     ) -> None:
-        self.app = check_app(app)
+        self._edge(app, exempt_paths, exempt, enforce)
         own: KeyedRateLimiter | None = None
         #: With ``limits``/``routes``: which limits each request meets.
         self.chains: Chains | None = None
@@ -233,15 +229,9 @@ class RateLimit:
         self.per = p
         self.headers_on_success = bool(headers_on_success)
         self.websockets = bool(websockets)
-        #: ``enforce=``: ``False`` (or a callable returning it) for shadow mode.
-        self.enforce = check_enforce(enforce)
-        self._exempt_paths = exempt_set(exempt_paths)
-        self._exempt = check_predicate(exempt, "exempt")
         self._policy_id = policy_id(policy_name, "policy_name")
         self._policy_cache: dict[int, bytes] = {}
         self._events = PartEvents("asgi.rate_limit", name)
-        #: Requests let through in shadow mode that would have been refused.
-        self.would_reject = 0
 
     def _policy_header(self, limit: int) -> bytes:
         value = self._policy_cache.get(limit)
@@ -269,7 +259,7 @@ class RateLimit:
         if kind != "http" and (kind != "websocket" or not self.websockets):
             await self.app(scope, receive, send)
             return
-        if scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope)):
+        if self.exempted(scope):
             await self.app(scope, receive, send)
             return
         if self._peer_is_key:
@@ -288,8 +278,7 @@ class RateLimit:
         if self._async:
             decision = await decision  # type: ignore[misc]
         if not decision.allowed:
-            enforce = self.enforce
-            if enforce is True or enforcing(enforce):
+            if self.enforcing_now():
                 await self._refuse(scope, receive, send, decision, self._headers(decision))
                 return
             self.would_reject += 1
@@ -317,8 +306,7 @@ class RateLimit:
         bucket, decision = closest
         if not decision.allowed:
             headers = _rate_headers(decision, _chain_policy(chain), bucket.policy_id)
-            enforce = self.enforce
-            if enforce is True or enforcing(enforce):
+            if self.enforcing_now():
                 await self._refuse(scope, receive, send, decision, headers)
                 return
             self.would_reject += 1

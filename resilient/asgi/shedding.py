@@ -16,6 +16,7 @@ from resilient.asgi._common import (
     DEADLINE_SLACK,
     DEFAULT_EXEMPT_PATHS,
     ASGIApp,
+    EdgePart,
     Message,
     PartEvents,
     Receive,
@@ -23,11 +24,6 @@ from resilient.asgi._common import (
     ScopePredicate,
     Send,
     Switch,
-    check_app,
-    check_enforce,
-    check_predicate,
-    enforcing,
-    exempt_set,
     json_response,
     retry_after_seconds,
     send_messages,
@@ -125,7 +121,7 @@ class _QueueWatch:
         return replay_receive
 
 
-class LoadShedding:
+class LoadShedding(EdgePart):
     """Admit at most ``max_concurrent`` requests at a time; the excess gets ``503``.
 
     Requests beyond the limit wait in a queue of at most ``max_queued`` for at
@@ -214,7 +210,7 @@ class LoadShedding:
         reserved: Mapping[str, float] | None = None,
         adaptive: bool = False,
     ) -> None:
-        self.app = check_app(app)
+        self._edge(app, exempt_paths, exempt, enforce)
         max_queued = check_int(max_queued, "max_queued", minimum=0)
         check_seconds(queue_timeout, "queue_timeout", allow_none=True)
         ra = check_seconds(retry_after, "retry_after", allow_zero=True)
@@ -274,10 +270,6 @@ class LoadShedding:
         self._can_queue = can_queue
         self._bulkhead = bulkhead
         self.retry_after = ra
-        #: ``enforce=``: ``False`` (or a callable returning it) for shadow mode.
-        self.enforce = check_enforce(enforce)
-        self._exempt_paths = exempt_set(exempt_paths)
-        self._exempt = check_predicate(exempt, "exempt")
         seconds = retry_after_seconds(ra)
         self._retry_after_header = seconds
         self._reject_messages = json_response(
@@ -307,20 +299,13 @@ class LoadShedding:
         self._caps_limit = -1
         # Shadow mode: requests running over the limit (without a slot) now.
         self._over = 0
-        #: Requests let through in shadow mode that would have been refused.
-        self.would_reject = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for this connection, or shed it."""
-        if (
-            scope["type"] != "http"
-            or scope["path"] in self._exempt_paths
-            or (self._exempt is not None and self._exempt(scope))
-        ):
+        if scope["type"] != "http" or self.exempted(scope):
             await self.app(scope, receive, send)
             return
-        enforce = self.enforce
-        if enforce is True or enforcing(enforce):
+        if self.enforcing_now():
             if self.priority is not None and self._over_share(scope):
                 await self._reject(send)
                 return
