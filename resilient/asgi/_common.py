@@ -169,8 +169,10 @@ class EdgePart:
     """What the two edge limits (:class:`LoadShedding`, :class:`RateLimit`) share.
 
     The app they wrap, the requests they leave alone (``exempt_paths``,
-    ``exempt``), shadow mode (``enforce``) and its count. Each part calls
-    :meth:`_edge` first in its constructor.
+    ``exempt``), shadow mode (``enforce``) and its count, validated once by
+    :meth:`_edge`, which each part calls first in its constructor. The
+    per-request tests of the exemptions and of the switch stay inline in
+    each part's ``__call__``: they are its success path.
     """
 
     app: ASGIApp
@@ -185,16 +187,6 @@ class EdgePart:
         self._exempt_paths = exempt_set(exempt_paths)
         self._exempt = check_predicate(exempt, "exempt")
         self.would_reject = 0
-
-    def exempted(self, scope: Scope) -> bool:
-        """Whether the limit leaves this request alone (its path is exempt, or ``exempt(scope)`` says so)."""
-        exempt = self._exempt
-        return scope["path"] in self._exempt_paths or (exempt is not None and exempt(scope))
-
-    def enforcing_now(self) -> bool:
-        """Whether a refusal is answered now, or only reported (shadow mode; ``enforce`` read at this moment)."""
-        enforce = self.enforce
-        return enforce is True or enforcing(enforce)
 
 
 class PartEvents:

@@ -16,6 +16,7 @@ from resilient.asgi._common import (
     ScopePredicate,
     Send,
     Switch,
+    enforcing,
     json_response,
     retry_after_seconds,
 )
@@ -259,7 +260,7 @@ class RateLimit(EdgePart):
         if kind != "http" and (kind != "websocket" or not self.websockets):
             await self.app(scope, receive, send)
             return
-        if self.exempted(scope):
+        if scope["path"] in self._exempt_paths or (self._exempt is not None and self._exempt(scope)):
             await self.app(scope, receive, send)
             return
         if self._peer_is_key:
@@ -278,7 +279,8 @@ class RateLimit(EdgePart):
         if self._async:
             decision = await decision  # type: ignore[misc]
         if not decision.allowed:
-            if self.enforcing_now():
+            enforce = self.enforce
+            if enforce is True or enforcing(enforce):
                 await self._refuse(scope, receive, send, decision, self._headers(decision))
                 return
             self.would_reject += 1
@@ -306,7 +308,8 @@ class RateLimit(EdgePart):
         bucket, decision = closest
         if not decision.allowed:
             headers = _rate_headers(decision, _chain_policy(chain), bucket.policy_id)
-            if self.enforcing_now():
+            enforce = self.enforce
+            if enforce is True or enforcing(enforce):
                 await self._refuse(scope, receive, send, decision, headers)
                 return
             self.would_reject += 1

@@ -24,6 +24,7 @@ from resilient.asgi._common import (
     ScopePredicate,
     Send,
     Switch,
+    enforcing,
     json_response,
     retry_after_seconds,
     send_messages,
@@ -302,10 +303,15 @@ class LoadShedding(EdgePart):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for this connection, or shed it."""
-        if scope["type"] != "http" or self.exempted(scope):
+        if (
+            scope["type"] != "http"
+            or scope["path"] in self._exempt_paths
+            or (self._exempt is not None and self._exempt(scope))
+        ):
             await self.app(scope, receive, send)
             return
-        if self.enforcing_now():
+        enforce = self.enforce
+        if enforce is True or enforcing(enforce):
             if self.priority is not None and self._over_share(scope):
                 await self._reject(send)
                 return
