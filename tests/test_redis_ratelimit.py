@@ -180,6 +180,19 @@ def test_sync_client_and_sync_policy(redis_server: RedisServer) -> None:  # noqa
     assert not lim.try_acquire_sync().allowed
 
 
+async def test_sync_client_only_refuses_async_use_naming_the_client(redis_server: RedisServer) -> None:  # noqa: F811
+    # atry_acquire() raised RateLimitKeyError ("the key None is not hashable"): the client check ran inside the
+    # step's key-error guard.
+    client = sync_redis.Redis.from_url(redis_server.url)
+    lim = RateLimiter(1, name="s-only", store=RedisRateStore(client, timeout=T))
+    with pytest.raises(TypeError, match="sync client only"):
+        await lim.atry_acquire()
+    with pytest.raises(TypeError, match="sync client only"):
+        await lim.acquire()
+    assert lim.try_acquire().allowed  # the sync side works
+    client.close()
+
+
 async def test_async_client_only_refuses_sync_use(redis_server: RedisServer) -> None:  # noqa: F811
     client = aioredis.Redis.from_url(redis_server.url)
     lim = RedisRateLimiter(client, rate=1, name="a-only", timeout=T)
