@@ -92,7 +92,7 @@ class RetryBudget:
         with self._lock:
             if self._left(now) < 1:
                 return False
-            self._window.count_second(now)
+            self._window.add(0, 1)  # _left() has advanced the window to now
             return True
 
     @property

@@ -133,7 +133,7 @@ class AdaptiveThrottle(ShadowMode, Policy):
         """A call returned: an accept unless ``on_result`` flags the result as refused."""
         on_result = self._on_result
         accepted = on_result is None or not on_result(result)
-        # _record's body, inlined: this is the success path.
+        # _record's body, inlined: this is the success path (an int, not the bool: int + bool is the slow add).
         with self._lock:
             self._window.add(1, 1 if accepted else 0)
         return result

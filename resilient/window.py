@@ -77,24 +77,16 @@ class PairWindow:
         self.tick_end = self._origin + (target + 1) * self._tick
 
     def add(self, first: int, second: int) -> None:
-        """Count ``first`` and ``second`` more in the current bucket (the owner has advanced it)."""
+        """Count ``first`` and ``second`` more in the current bucket (as of the last :meth:`advance`)."""
         slot = self._slot
         self._firsts[slot] += first
         self.first += first
         self._seconds[slot] += second
         self.second += second
 
-    # One method per count, each whole: the owners call one on every call they count.
     def count_first(self, now: float) -> None:
-        """Count one more of the first kind at ``now``."""
+        """Count one more of the first kind at ``now``: the budget's step on every call, so one method, whole."""
         if now >= self.tick_end:
             self.advance(now)
         self._firsts[self._slot] += 1
         self.first += 1
-
-    def count_second(self, now: float) -> None:
-        """Count one more of the second kind at ``now``."""
-        if now >= self.tick_end:
-            self.advance(now)
-        self._seconds[self._slot] += 1
-        self.second += 1
