@@ -26,6 +26,7 @@ import pytest
 from resilient.breaker import CircuitBreaker, CircuitState
 from resilient.events import EventSite
 from tests.shells_helpers import syntax_tree as _tree
+from tests.shells_helpers import unasync
 
 
 class _AsyncStore:
@@ -186,9 +187,7 @@ REDIS_TWINS = [
 def test_the_redis_store_sync_methods_are_the_async_ones_without_await(sync: str, async_: str) -> None:
     from resilient.redis import RedisBreakerStore
 
-    source = inspect.getsource(getattr(RedisBreakerStore, async_))
-    for old, new in REDIS_UNASYNC:
-        source = source.replace(old, new)
+    source = unasync(inspect.getsource(getattr(RedisBreakerStore, async_)), REDIS_UNASYNC)
     assert _tree(source) == _tree(inspect.getsource(getattr(RedisBreakerStore, sync)))
 
 
@@ -207,7 +206,6 @@ def test_the_quorum_store_sync_methods_are_the_async_ones_without_await(sync: st
 
     quorum = type(RedisBreakerStore("redis://127.0.0.1:1/0", quorum=2))
     assert quorum is not RedisBreakerStore
-    source = inspect.getsource(getattr(quorum, async_))
-    for old, new in [*REDIS_UNASYNC, ("self._acast(", "self._cast("), ("_avote(", "_vote(")]:
-        source = source.replace(old, new)
+    quorum_unasync = [*REDIS_UNASYNC, ("self._acast(", "self._cast("), ("_avote(", "_vote(")]
+    source = unasync(inspect.getsource(getattr(quorum, async_)), quorum_unasync)
     assert _tree(source) == _tree(inspect.getsource(getattr(quorum, sync)))
